@@ -1,0 +1,17 @@
+"""The only code that changes the machine: Root, Runner, FileSystem, secrets redaction."""
+
+from system.errors import AgentError, CommandFailed, UnsafeOperation
+from system.fs import FileSystem
+from system.root import Root
+from system.runner import PlannedChange, Result, Runner
+
+__all__ = [
+    "AgentError",
+    "CommandFailed",
+    "FileSystem",
+    "PlannedChange",
+    "Result",
+    "Root",
+    "Runner",
+    "UnsafeOperation",
+]

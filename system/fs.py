@@ -1,0 +1,173 @@
+"""FileSystem: the agent's file changes, atomic, with mode and owner, recorded in plan mode.
+
+Writes go to a temporary file in the same directory, are fsynced and renamed over
+the target (DESIGN rule 6), so a crash leaves either the old or the new file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from system.runner import Runner
+
+log = logging.getLogger("waagent.fs")
+
+MARKER = "Managed by waagent-graph"
+
+
+@dataclass
+class FileSystem:
+    """File changes below the runner's root; in plan mode they are only recorded."""
+
+    runner: Runner
+
+    @property
+    def plan(self) -> bool:
+        return self.runner.plan
+
+    def _shown(self, path: Path) -> str:
+        try:
+            return self.runner.root.system_path(path)
+        except ValueError:
+            return str(path)
+
+    def write(
+        self,
+        path: Path,
+        data: str | bytes,
+        *,
+        why: str,
+        mode: int | None = None,
+        owner: tuple[int, int] | None = None,
+        secret: bool = False,
+    ) -> bool:
+        """Write a file atomically; return False (and do nothing) when it already holds data.
+
+        Without `mode`/`owner` an existing file keeps its own; a new file gets 0644 and root.
+        """
+        content = data.encode() if isinstance(data, str) else data
+        try:
+            current = path.read_bytes()
+            st: os.stat_result | None = path.stat()
+        except FileNotFoundError:
+            current, st = None, None
+        want_mode = mode if mode is not None else (stat.S_IMODE(st.st_mode) if st else 0o644)
+        want_owner = owner if owner is not None else ((st.st_uid, st.st_gid) if st else None)
+        same_meta = st is not None and stat.S_IMODE(st.st_mode) == want_mode and (
+            want_owner is None or (st.st_uid, st.st_gid) == want_owner)
+        if current == content and same_meta:
+            return False
+        self.runner.record("write", self._shown(path), why)
+        if self.plan:
+            return True
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            # Mode before content, so a secret is never readable by others, even briefly.
+            os.fchmod(fd, want_mode)
+            if want_owner is not None:
+                os.fchown(fd, *want_owner)
+            with os.fdopen(fd, "wb") as out:
+                out.write(content)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._fsync_dir(path.parent)
+        log.info("changed: %s%s", self._shown(path), "" if secret else f" ({why})")
+        return True
+
+    def mkdir(self, path: Path, *, why: str, mode: int = 0o755,
+              owner: tuple[int, int] | None = None) -> bool:
+        """Create a directory (and parents) or fix its mode/owner; False when already right."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(f"{self._shown(path)} exists and is not a directory")
+        if st is not None and stat.S_IMODE(st.st_mode) == mode and (
+                owner is None or (st.st_uid, st.st_gid) == owner):
+            return False
+        self.runner.record("mkdir", self._shown(path), why)
+        if self.plan:
+            return True
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, mode)
+        if owner is not None:
+            os.chown(path, *owner)
+        log.info("changed: %s/ (%s)", self._shown(path), why)
+        return True
+
+    def remove(self, path: Path, *, why: str) -> bool:
+        """Remove a file, link or directory tree; False when it was not there."""
+        if not path.exists() and not path.is_symlink():
+            return False
+        self.runner.record("remove", self._shown(path), why)
+        if self.plan:
+            return True
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        log.info("removed: %s (%s)", self._shown(path), why)
+        return True
+
+    def chmod(self, path: Path, mode: int, *, why: str) -> bool:
+        """Set a mode; False when already set."""
+        if stat.S_IMODE(path.stat().st_mode) == mode:
+            return False
+        self.runner.record("chmod", f"{oct(mode)} {self._shown(path)}", why)
+        if not self.plan:
+            os.chmod(path, mode)
+        return True
+
+    def chown(self, path: Path, owner: tuple[int, int], *, why: str) -> bool:
+        """Set owner and group; False when already set."""
+        st = path.lstat()
+        if (st.st_uid, st.st_gid) == owner:
+            return False
+        self.runner.record("chown", f"{owner[0]}:{owner[1]} {self._shown(path)}", why)
+        if not self.plan:
+            os.lchown(path, *owner)
+        return True
+
+    def move(self, source: Path, target: Path, *, why: str) -> bool:
+        """Rename a file (used to move rules aside); False when the source is absent."""
+        if not source.exists():
+            return False
+        self.runner.record("move", f"{self._shown(source)} -> {self._shown(target)}", why)
+        if not self.plan:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+            log.info("moved: %s -> %s (%s)", self._shown(source), self._shown(target), why)
+        return True
+
+    def truncate(self, path: Path, *, why: str) -> bool:
+        """Empty a file, keeping it (e.g. /etc/machine-id); False when already empty or absent."""
+        if not path.exists() or path.stat().st_size == 0:
+            return False
+        self.runner.record("truncate", self._shown(path), why)
+        if not self.plan:
+            with open(path, "r+b") as handle:
+                handle.truncate(0)
+                os.fsync(handle.fileno())
+        return True
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

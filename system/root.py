@@ -1,0 +1,36 @@
+"""Root: every path the agent touches, below `/`, a sandbox, or a mounted image (rule 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Root:
+    """A file system root. `root / "etc/hostname"` is that file inside this root."""
+
+    def __init__(self, base: str | Path = "/") -> None:
+        self.base = Path(base).resolve()
+
+    @property
+    def is_host(self) -> bool:
+        """True when this root is the running system's `/`."""
+        return self.base == Path("/")
+
+    def __truediv__(self, system_path: str | Path) -> Path:
+        """The real path of an absolute or relative system path inside this root."""
+        relative = str(system_path).lstrip("/")
+        return self.base / relative if relative else self.base
+
+    def system_path(self, real: str | Path) -> str:
+        """The path as the VM sees it (`/etc/hostname`) for a real path inside the root."""
+        rel = str(Path(real).relative_to(self.base))
+        return "/" if rel == "." else "/" + rel
+
+    def __repr__(self) -> str:
+        return f"Root({str(self.base)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Root) and other.base == self.base
+
+    def __hash__(self) -> int:
+        return hash(self.base)

@@ -1,0 +1,160 @@
+"""Runner: commands as argument lists, with a timeout, LC_ALL=C, secrets on stdin only.
+
+`probe` runs read-only commands (also in plan mode); `change` runs commands that
+change the machine, and in plan mode only records what it would have run.
+In chroot mode (an offline image root) commands run inside the root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from system.errors import CommandFailed
+from system.redact import redact
+from system.root import Root
+
+log = logging.getLogger("waagent.run")
+
+DEFAULT_TIMEOUT = 120.0
+# Tools found here in any distro; the sandbox's PATH is not the host's.
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a command did."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float = 0.0
+    planned: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass(frozen=True)
+class PlannedChange:
+    """A change the agent would make, recorded in plan mode."""
+
+    kind: str  # "run", "write", "remove", "mkdir", "chmod", "chown", "move", "symlink"
+    target: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.target}  ({self.why})" if self.why else f"{self.kind} {self.target}"
+
+
+@dataclass
+class Runner:
+    """Runs commands for the agent. One per process; tasks share it through the Context."""
+
+    root: Root = field(default_factory=Root)
+    plan: bool = False
+    chroot: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    planned: list[PlannedChange] = field(default_factory=list)
+    # Seconds spent inside child processes, for benchmarks that separate our own time.
+    child_seconds: float = 0.0
+
+    def record(self, kind: str, target: str, why: str) -> None:
+        """Note a change made (or, in plan mode, one that would be made)."""
+        self.planned.append(PlannedChange(kind, redact(target), why))
+
+    def probe(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        check: bool = False,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Result:
+        """Run a read-only command: it runs in plan mode too."""
+        return self._run(argv, timeout=timeout, check=check, stdin=input, env=env, cwd=None)
+
+    def change(
+        self,
+        argv: Sequence[str],
+        *,
+        why: str,
+        timeout: float | None = None,
+        check: bool = True,
+        secret_input: str | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> Result:
+        """Run a command that changes the machine; in plan mode record it and return success.
+
+        `secret_input` goes to stdin and is never logged; `input` is ordinary stdin.
+        """
+        shown = self.show(argv)
+        self.record("run", shown, why)
+        if self.plan:
+            return Result(tuple(argv), 0, "", "", planned=True)
+        log.debug("run: %s (%s)", shown, why)
+        stdin = secret_input if secret_input is not None else input
+        return self._run(argv, timeout=timeout, check=check, stdin=stdin, env=env, cwd=cwd)
+
+    def show(self, argv: Sequence[str]) -> str:
+        """The command as a redacted shell-quoted line, for logs and plans."""
+        return redact(shlex.join(self._argv(argv)))
+
+    def _argv(self, argv: Sequence[str]) -> list[str]:
+        if self.chroot and not self.root.is_host:
+            return ["chroot", str(self.root.base), *argv]
+        return list(argv)
+
+    def _run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None,
+        check: bool,
+        stdin: str | None,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+    ) -> Result:
+        full = self._argv(argv)
+        child_env = {"PATH": os.environ.get("PATH", _PATH) + ":" + _PATH, "LC_ALL": "C"}
+        if env:
+            child_env.update(env)
+        limit = timeout if timeout is not None else self.timeout
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(  # noqa: S603 - argv list, never a shell
+                full,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=limit,
+                env=child_env,
+                cwd=cwd,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise CommandFailed(f"{full[0]}: command not found (needed to run: {self.show(argv)})",
+                                127) from None
+        except subprocess.TimeoutExpired:
+            raise CommandFailed(f"{self.show(argv)}: timed out after {limit:.0f} s") from None
+        finally:
+            self.child_seconds += time.monotonic() - started
+        result = Result(tuple(full), proc.returncode, proc.stdout, proc.stderr,
+                        time.monotonic() - started)
+        if check and proc.returncode != 0:
+            detail = redact((proc.stderr or proc.stdout).strip())[-2000:]
+            raise CommandFailed(
+                f"{self.show(argv)} failed with exit status {proc.returncode}: {detail}",
+                proc.returncode, detail)
+        return result
