@@ -1,0 +1,12 @@
+"""The platform protocols: endpoint discovery, WireServer, HostGAPlugin and IMDS clients,
+their documents, and the transport certificate and certificate decryption.
+
+Nothing here changes the machine except through `system.FileSystem` (certificates,
+the transport pair, the cached endpoint). Heavy libraries (cryptography, asn1crypto,
+requests) are imported inside the functions that need them: the no-op boot path
+imports this package and must stay fast.
+"""
+
+from wire.errors import DocumentError, HttpStatusError, WireError
+
+__all__ = ["DocumentError", "HttpStatusError", "WireError"]
