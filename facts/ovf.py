@@ -1,0 +1,244 @@
+"""ovf-env.xml: the provisioning environment, parsed into a typed, frozen OvfEnv.
+
+Format: PLATFORM.md section 4. The document comes from the platform but is
+still untrusted input: it is size-capped and parsed with defusedxml, which
+refuses DTDs, entities and external references (no entity bombs).
+The password and the custom data are registered as secrets the moment they
+are parsed, so no log line or error message can show them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from system.errors import AgentError
+from system.redact import register_secret
+
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
+
+OVF_NS = "http://schemas.dmtf.org/ovf/environment/1"
+WA_NS = "http://schemas.microsoft.com/windowsazure"
+
+# Real documents are a few KiB; anything near this is not an ovf-env.xml.
+MAX_OVF_BYTES = 1024 * 1024
+
+_WA = "{" + WA_NS + "}"
+_OVF = "{" + OVF_NS + "}"
+
+
+class OvfError(AgentError):
+    """ovf-env.xml cannot be used; the message names the field or the problem."""
+
+
+@dataclass(frozen=True)
+class SshPublicKey:
+    """An authorized key: its Value (OpenSSH text), or a certificate named by Fingerprint."""
+
+    path: str
+    fingerprint: str | None = None
+    value: str | None = None
+
+
+@dataclass(frozen=True)
+class SshKeyPair:
+    """A key pair whose private half is `<Lib.Dir>/<fingerprint>.prv`, installed at path."""
+
+    fingerprint: str
+    path: str
+
+
+@dataclass(frozen=True)
+class OvfEnv:
+    """The provisioning environment (LinuxProvisioningConfigurationSet + PlatformSettings).
+
+    `password` and `custom_data` never appear in repr(); custom_data is the text as
+    sent (base64 unless the platform says otherwise): decoding is the task's job
+    (Provisioning.DecodeCustomData).
+    """
+
+    username: str
+    hostname: str | None = None
+    password: str | None = field(default=None, repr=False)
+    custom_data: str | None = field(default=None, repr=False)
+    # walinuxagent's default when the element is absent: password logins disabled.
+    disable_ssh_password_authentication: bool = True
+    public_keys: tuple[SshPublicKey, ...] = ()
+    key_pairs: tuple[SshKeyPair, ...] = ()
+    # Only an explicit "false" stands the agent down after provisioning.
+    provision_guest_agent: bool = True
+    preprovisioned_vm: bool = False
+    preprovisioned_vm_type: str | None = None
+
+    def public_facts(self) -> dict[str, Any]:
+        """A JSON-able view without secrets: password as a flag, custom data as a sha256."""
+        return {
+            "username": self.username,
+            "hostname": self.hostname,
+            "password_set": self.password is not None,
+            "custom_data_sha256": (hashlib.sha256(self.custom_data.encode()).hexdigest()
+                                   if self.custom_data is not None else None),
+            "disable_ssh_password_authentication": self.disable_ssh_password_authentication,
+            "public_keys": [{"path": k.path, "fingerprint": k.fingerprint, "value": k.value}
+                            for k in self.public_keys],
+            "key_pairs": [{"path": k.path, "fingerprint": k.fingerprint} for k in self.key_pairs],
+            "provision_guest_agent": self.provision_guest_agent,
+            "preprovisioned_vm": self.preprovisioned_vm,
+            "preprovisioned_vm_type": self.preprovisioned_vm_type,
+        }
+
+
+def parse_ovf_env(data: bytes | str, *, source: str = "ovf-env.xml") -> OvfEnv:
+    """Parse ovf-env.xml; raise OvfError naming the problem (`source` names the file)."""
+    root = _parse_xml(data, source)
+    if root.tag != _OVF + "Environment":
+        raise OvfError(f"{source}: root element is {_plain(root.tag)!r}, expected Environment "
+                       f"in namespace {OVF_NS}")
+    config = root.find(f"{_WA}ProvisioningSection/{_WA}LinuxProvisioningConfigurationSet")
+    if config is None:
+        raise OvfError(f"{source}: no ProvisioningSection/LinuxProvisioningConfigurationSet "
+                       f"in namespace {WA_NS}")
+    set_type = _text(config, "ConfigurationSetType")
+    if set_type is not None and set_type.strip() != "LinuxProvisioningConfiguration":
+        raise OvfError(f"{source}: ConfigurationSetType is {set_type.strip()!r}, "
+                       "expected LinuxProvisioningConfiguration")
+
+    # An empty element is no password / no custom data, as the platform means it.
+    password = _text(config, "UserPassword") or None
+    custom_data = _text(config, "CustomData") or None
+    # Before anything else can fail and put them into a message.
+    register_secret(password)
+    register_secret(custom_data)
+    if custom_data is not None:
+        register_secret(custom_data.strip())
+
+    username = (_text(config, "UserName") or "").strip()
+    if not username:
+        raise OvfError(f"{source}: UserName is missing or empty "
+                       "(LinuxProvisioningConfigurationSet/UserName)")
+    hostname = (_text(config, "HostName") or "").strip() or None
+    disable_text = _text(config, "DisableSshPasswordAuthentication")
+    disable_password = True if disable_text is None else disable_text.strip().lower() == "true"
+
+    public_keys: list[SshPublicKey] = []
+    for number, node in enumerate(config.findall(f"{_WA}SSH/{_WA}PublicKeys/{_WA}PublicKey"), 1):
+        where = f"SSH/PublicKeys/PublicKey[{number}]"
+        path = _required(node, "Path", where, source)
+        fingerprint = _fingerprint(node)
+        value = (_text(node, "Value") or "").strip() or None
+        if fingerprint is None and value is None:
+            raise OvfError(f"{source}: {where} has neither Fingerprint nor Value")
+        public_keys.append(SshPublicKey(path=path, fingerprint=fingerprint, value=value))
+
+    key_pairs: list[SshKeyPair] = []
+    for number, node in enumerate(config.findall(f"{_WA}SSH/{_WA}KeyPairs/{_WA}KeyPair"), 1):
+        where = f"SSH/KeyPairs/KeyPair[{number}]"
+        path = _required(node, "Path", where, source)
+        fingerprint = _fingerprint(node)
+        if fingerprint is None:
+            raise OvfError(f"{source}: {where}/Fingerprint is missing or empty")
+        key_pairs.append(SshKeyPair(fingerprint=fingerprint, path=path))
+
+    provision_agent = True
+    preprovisioned = False
+    preprovisioned_type: str | None = None
+    settings = root.find(f"{_WA}PlatformSettingsSection/{_WA}PlatformSettings")
+    if settings is not None:
+        provision_text = _text(settings, "ProvisionGuestAgent")
+        provision_agent = (provision_text or "").strip().lower() != "false"
+        preprovisioned = (_text(settings, "PreprovisionedVm") or "").strip().lower() == "true"
+        preprovisioned_type = (_text(settings, "PreprovisionedVMType") or "").strip() or None
+
+    return OvfEnv(
+        username=username,
+        hostname=hostname,
+        password=password,
+        custom_data=custom_data,
+        disable_ssh_password_authentication=disable_password,
+        public_keys=tuple(public_keys),
+        key_pairs=tuple(key_pairs),
+        provision_guest_agent=provision_agent,
+        preprovisioned_vm=preprovisioned,
+        preprovisioned_vm_type=preprovisioned_type,
+    )
+
+
+_PASSWORD_ELEMENT = re.compile(
+    rb"<(?P<tag>(?:[A-Za-z_][\w.-]*:)?UserPassword)\b[^>]*?(?:/>|>.*?</(?P=tag)\s*>)",
+    re.DOTALL,
+)
+
+
+def without_password(data: bytes, *, source: str = "ovf-env.xml") -> bytes:
+    """The document with its UserPassword element removed, everything else byte for byte.
+
+    The result is parsed again and must equal the original minus the password:
+    a copy that might still hold it is never produced (fail closed).
+    """
+    original = parse_ovf_env(data, source=source)
+    stripped = _PASSWORD_ELEMENT.sub(b"", data)
+    try:
+        again = parse_ovf_env(stripped, source=source)
+    except OvfError as err:
+        raise OvfError(f"{source}: cannot remove UserPassword safely: {err}") from None
+    if again.password is not None or again != _replace_password(original):
+        raise OvfError(f"{source}: cannot remove UserPassword safely "
+                       "(unusual markup around it); no copy kept")
+    return stripped
+
+
+def _replace_password(env: OvfEnv) -> OvfEnv:
+    from dataclasses import replace
+
+    return replace(env, password=None)
+
+
+def _parse_xml(data: bytes | str, source: str) -> Element:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if len(raw) > MAX_OVF_BYTES:
+        raise OvfError(f"{source}: {len(raw)} bytes is too large for an ovf-env.xml "
+                       f"(limit {MAX_OVF_BYTES})")
+    # Imported here: defusedxml costs ~10 ms and most runs never parse an OVF.
+    import defusedxml
+    import defusedxml.ElementTree as SafeET
+
+    try:
+        element: Element = SafeET.fromstring(raw, forbid_dtd=True, forbid_entities=True,
+                                             forbid_external=True)
+    except defusedxml.DTDForbidden:
+        raise OvfError(f"{source}: a DOCTYPE is not allowed in ovf-env.xml") from None
+    except defusedxml.EntitiesForbidden:
+        raise OvfError(f"{source}: entity declarations are not allowed in ovf-env.xml") from None
+    except defusedxml.DefusedXmlException as err:
+        raise OvfError(f"{source}: refused unsafe XML: {type(err).__name__}") from None
+    except SafeET.ParseError as err:
+        # The parser's message holds only a position, never document text.
+        raise OvfError(f"{source}: not well-formed XML: {err}") from None
+    return element
+
+
+def _text(parent: Element, name: str) -> str | None:
+    node = parent.find(_WA + name)
+    if node is None:
+        return None
+    return node.text or ""
+
+
+def _required(parent: Element, name: str, where: str, source: str) -> str:
+    value = (_text(parent, name) or "").strip()
+    if not value:
+        raise OvfError(f"{source}: {where}/{name} is missing or empty")
+    return value
+
+
+def _fingerprint(node: Element) -> str | None:
+    # Certificate files are named by the upper-case thumbprint (<THUMB>.crt/.prv).
+    value = (_text(node, "Fingerprint") or "").strip()
+    return value.upper() or None
+
+
+def _plain(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
