@@ -216,8 +216,8 @@ class CertificateFile:
 
     @property
     def is_pfx(self) -> bool:
-        """True when the data is the PKCS#7-wrapped PFX the agent knows how to decrypt."""
-        return self.format == PFX_FORMAT
+        """True unless another format is named: an empty Format is PFX, as the platform sends."""
+        return self.format is None or self.format == PFX_FORMAT
 
 
 def parse_certificate_file(text: str | bytes) -> CertificateFile:
