@@ -28,8 +28,8 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import padding, serialization
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 _PBE_ITERATIONS = 2000
 _OPENSSL_TIMEOUT = 30
@@ -211,7 +211,8 @@ def _openssl_cms_encrypt(data: bytes, recipient: x509.Certificate, cipher: str, 
             raise CertificateError(
                 f"openssl cms -encrypt failed ({result.returncode}): {result.stderr.decode(errors='replace')}"
             )
-        return result.stdout
+        output: bytes = result.stdout
+        return output
 
 
 def envelope_certificates(

@@ -13,8 +13,9 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def _body_text(body: bytes) -> dict[str, str]:
@@ -32,7 +33,7 @@ class Record:
         self._max_body = max_body
         self._data: dict[str, list[dict[str, Any]]] = {
             "requests": [], "health": [], "role_properties": [], "status_blobs": [],
-            "logs": [], "telemetry": [], "certificates": [],
+            "logs": [], "telemetry": [], "certificates": [], "observations": [],
         }
 
     def _add(self, kind: str, entry: dict[str, Any]) -> None:
@@ -77,6 +78,11 @@ class Record:
         """A telemetry POST body."""
         self._add("telemetry", {"size": len(body), **_body_text(body)})
 
+    def add_observations(self, observations: list[dict[str, Any]]) -> None:
+        """HealthService observations (POST /HealthService on the WireServer address)."""
+        for observation in observations:
+            self._add("observations", dict(observation))
+
     def add_certificates(self, entry: dict[str, Any]) -> None:
         """A certificates document served (thumbprints, cipher, transport subject)."""
         self._add("certificates", entry)
@@ -108,6 +114,10 @@ class Record:
     def telemetry(self) -> list[dict[str, Any]]:
         """Telemetry bodies."""
         return self._get("telemetry")
+
+    def observations(self) -> list[dict[str, Any]]:
+        """HealthService observations (HostGAPlugin health as the agent saw it)."""
+        return self._get("observations")
 
     def certificates(self) -> list[dict[str, Any]]:
         """Certificates documents served."""

@@ -282,6 +282,12 @@ def _plain(node: yaml.Node) -> Any:
     return _CONSTRUCTOR.construct_object(node, deep=True)
 
 
+def _kind(node: yaml.Node) -> str:
+    return {"ScalarNode": "single value", "SequenceNode": "list", "MappingNode": "mapping"}.get(
+        type(node).__name__, "node"
+    )
+
+
 def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
@@ -331,7 +337,7 @@ class _Loader:
 
     def typed_scalar(self, hint: Any, node: yaml.Node, key: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):
-            raise self.error(f"expected a {hint.__name__}, got a {node.id}", key, node)
+            raise self.error(f"expected a {hint.__name__}, got a {_kind(node)}", key, node)
         if hint is str:
             # The text as written: "version: 1.10" stays "1.10", not the float 1.1.
             if node.tag == "tag:yaml.org,2002:null":
@@ -352,7 +358,7 @@ class _Loader:
         if not isinstance(node, yaml.MappingNode):
             what = f"{key!r}" if key else "the scenario"
             raise ScenarioError(
-                f"{what} must be a mapping of keys, got a {node.id}",
+                f"{what} must be a mapping of keys, got a {_kind(node)}",
                 key=key, line=_line(node), source=self.source,
             )
         hints = typing.get_type_hints(cls)
@@ -456,7 +462,7 @@ def default_scenario() -> Scenario:
 # Routes faults can name: the WireServer, HostGAPlugin, IMDS and storage calls.
 ROUTES = (
     "versions", "goalstate", "hostingenv", "sharedconfig", "extensionsconfig", "fullconfig",
-    "certificates", "remoteaccess", "health", "roleproperties", "telemetry",
+    "certificates", "remoteaccess", "health", "roleproperties", "telemetry", "healthservice",
     "hgap.versions", "hgap.health", "artifact", "status", "vmagentlog", "vmsettings",
     "imds", "storage",
 )

@@ -15,11 +15,12 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from fabric import documents
@@ -119,7 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -434,6 +435,8 @@ class Fabric:
 
     def _route_of(self, request: Request) -> str:
         if request.server == "wire":
+            if request.path.rstrip("/").lower() == "/healthservice":
+                return "healthservice"
             comp = request.query.get("comp", "").lower()
             if comp == "config":
                 kinds = {"hostingenvironmentconfig": "hostingenv", "sharedconfig": "sharedconfig",
@@ -466,12 +469,13 @@ class Fabric:
     # --- WireServer ---------------------------------------------------------------------------
 
     def _wire(self, route: str, request: Request) -> Response:
-        posts = {"health", "roleproperties", "telemetry"}
+        posts = {"health", "roleproperties", "telemetry", "healthservice"}
         expected = "POST" if route in posts else "GET"
         if request.method != expected:
             return _error(405, f"{route} takes {expected}")
-        # The published agent asks for versions without any x-ms-* header; every other call has them.
-        if route != "versions" and request.header("x-ms-version") is None:
+        # The published agent asks for versions and posts HealthService observations
+        # without any x-ms-* header; every other call has them.
+        if route not in ("versions", "healthservice") and request.header("x-ms-version") is None:
             return _error(400, "missing header x-ms-version")
         goal_state = self.goal_state
         if route == "versions":
@@ -503,6 +507,13 @@ class Fabric:
             self.record.add_role_properties(properties)
             self._record_changed()
             return Response(202)
+        if route == "healthservice":
+            try:
+                observations = json.loads(request.body).get("Observations", [])
+            except (ValueError, AttributeError) as error:
+                return _error(400, f"HealthService body is not JSON: {error}")
+            self.record.add_observations(observations)
+            return Response(200)
         # telemetry
         self.record.add_telemetry(request.body)
         if len(request.body) > TELEMETRY_LIMIT:
