@@ -1,0 +1,236 @@
+"""The facts store: gathered facts as JSON under `<Lib.Dir>/facts/<name>.json`.
+
+Files are written atomically through FileSystem and only when their content
+changes, so a task's file_dep on a facts file (or a fingerprint of a subset)
+reruns it exactly when what it uses changed. Secrets never enter the store:
+the OVF is stored as OvfEnv.public_facts() (a password flag, a custom data
+sha256), and a document holding any registered secret is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from system.errors import AgentError, ProbeFailed
+from system.redact import MASK, redact
+from system.root import Root
+
+if TYPE_CHECKING:
+    from conf.config import Config
+    from system.fs import FileSystem
+
+log = logging.getLogger("waagent.facts.store")
+
+FACTS_DIR = "facts"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+# Keys whose values are shown masked in redacted views, whatever they hold.
+SECRET_KEYS = frozenset({"password", "user_password", "custom_data", "private_key", "secret"})
+
+
+class SecretInFacts(AgentError):
+    """A facts document would have stored a secret; nothing was written."""
+
+
+def facts_path(root: Root, conf: Config, name: str) -> Path:
+    """The real path of a facts file, `<Lib.Dir>/facts/<name>.json`."""
+    if not _NAME.match(name):
+        raise ValueError(f"facts name {name!r} must be lower-case letters, digits, '-' or '_'")
+    return root / conf.required_path("Lib.Dir") / FACTS_DIR / f"{name}.json"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, tuples, sets and paths as plain JSON values (dict keys as strings)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        public = getattr(value, "public_facts", None)
+        if callable(public):
+            return to_jsonable(public())
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.repr}
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(to_jsonable(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} as a fact")
+
+
+def dumps(facts: Mapping[str, Any]) -> str:
+    """The canonical text of a facts document: sorted keys, so equal facts give equal bytes."""
+    return json.dumps(to_jsonable(facts), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def save(fs: FileSystem, conf: Config, name: str, facts: Mapping[str, Any]) -> bool:
+    """Store a facts document (0600); True when the file changed."""
+    text = dumps(facts)
+    if redact(text) != text:
+        raise SecretInFacts(f"facts {name!r} hold a secret (password or custom data); "
+                            "not stored")
+    path = facts_path(fs.runner.root, conf, name)
+    directory = path.parent
+    if not directory.is_dir():
+        fs.mkdir(directory, mode=0o700, why="facts store")
+    return fs.write(path, text, mode=0o600, why=f"facts {name} changed")
+
+
+def load(root: Root, conf: Config, name: str) -> dict[str, Any] | None:
+    """A stored facts document, or None when it was never gathered."""
+    path = facts_path(root, conf, name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ProbeFailed(f"facts {name}: cannot read {root.system_path(path)}: "
+                          f"{err.strerror}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ProbeFailed(f"facts {name}: {root.system_path(path)} is not JSON ({err}); "
+                          "delete it to gather again") from None
+    if not isinstance(value, dict):
+        raise ProbeFailed(f"facts {name}: {root.system_path(path)} is not a JSON object")
+    return value
+
+
+_MISSING = {"missing": True}
+
+
+def subset(facts: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """Exactly these keys ("a.b" reaches into nested objects); an absent key is marked missing."""
+    chosen: dict[str, Any] = {}
+    for key in sorted(set(keys)):
+        value: Any = facts
+        for part in key.split("."):
+            if isinstance(value, Mapping) and part in value:
+                value = value[part]
+            else:
+                value = _MISSING
+                break
+        chosen[key] = to_jsonable(value)
+    return chosen
+
+
+def fingerprint(facts: Mapping[str, Any], keys: Iterable[str]) -> str:
+    """A stable digest of exactly a subset of facts: a task reruns when exactly those change."""
+    text = json.dumps(subset(facts, keys), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def redacted(facts: Any) -> Any:
+    """A copy for printing: values of secret-named keys and every registered secret masked."""
+    if isinstance(facts, Mapping):
+        return {str(k): (MASK if str(k).lower() in SECRET_KEYS and v is not None
+                         else redacted(v)) for k, v in facts.items()}
+    if isinstance(facts, (list, tuple)):
+        return [redacted(v) for v in facts]
+    if isinstance(facts, str):
+        return redact(facts)
+    return facts
+
+
+# --- gathering -------------------------------------------------------------------------------
+
+def vm_facts(root: Root, conf: Config) -> dict[str, Any]:
+    """The VM id (its own section: without DMI it fails alone)."""
+    from facts import hardware
+
+    return {"vm_id": hardware.vm_id(root)}
+
+
+def hardware_facts(root: Root, conf: Config) -> dict[str, Any]:
+    """Kernel release and NICs."""
+    from facts import hardware
+
+    return {"kernel_release": hardware.kernel_release(root),
+            "nics": to_jsonable(hardware.nics(root))}
+
+
+def distro_facts(root: Root, conf: Config) -> dict[str, Any]:
+    """The distribution and its family facts."""
+    from facts import distro, users
+
+    found = distro.distro(root)
+    return {**to_jsonable(found), "family_facts": to_jsonable(found.family_facts),
+            "uid_min": users.uid_min(root)}
+
+
+def resource_disk_facts(root: Root, conf: Config) -> dict[str, Any]:
+    """The resource disk, its partitions and their filesystem signatures."""
+    from facts import disks
+
+    device = disks.resource_disk_device(root)
+    if device is None:
+        return {"device": None}
+    disk = disks.block_device(root, device)
+    partitions = []
+    for part in disk.partitions:
+        signature = disks.filesystem_signature(root, part.device)
+        partitions.append({**to_jsonable(part), "filesystem": to_jsonable(signature)})
+    return {"device": device, "size_bytes": disk.size_bytes,
+            "partition_table": disk.partition_table, "partitions": partitions,
+            "filesystem": to_jsonable(disks.filesystem_signature(root, device))}
+
+
+def mount_facts(root: Root, conf: Config) -> dict[str, Any]:
+    """Mounts and active swaps."""
+    from facts import mounts
+
+    return {"mounts": to_jsonable(mounts.mounts(root)),
+            "swaps": to_jsonable(mounts.active_swaps(root))}
+
+
+def ovf_facts(root: Root, conf: Config) -> dict[str, Any]:
+    """The kept OVF (no secrets) and the DVD devices present now."""
+    from facts import media
+
+    env = media.cached_ovf_env(root, conf)
+    return {"dvd_devices": list(media.dvd_devices(root)),
+            "cached": env.public_facts() if env is not None else None}
+
+
+SECTIONS: dict[str, Callable[[Root, Config], dict[str, Any]]] = {
+    "vm": vm_facts,
+    "hardware": hardware_facts,
+    "distro": distro_facts,
+    "resource_disk": resource_disk_facts,
+    "mounts": mount_facts,
+    "ovf": ovf_facts,
+}
+
+
+def gather(root: Root, conf: Config, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """Facts sections by name; a section whose probe failed is {"error": message}."""
+    gathered: dict[str, Any] = {}
+    for name in names if names is not None else SECTIONS:
+        try:
+            gathered[name] = SECTIONS[name](root, conf)
+        except (AgentError, OSError, ValueError) as err:
+            log.debug("facts %s: %s", name, err)
+            gathered[name] = {"error": redact(str(err))}
+    return gathered
+
+
+def save_all(fs: FileSystem, conf: Config, gathered: Mapping[str, Any]) -> list[str]:
+    """Store each gathered section that has no error; the names of files that changed."""
+    changed = []
+    for name, facts in gathered.items():
+        if isinstance(facts, Mapping) and "error" not in facts and save(fs, conf, name, facts):
+            changed.append(name)
+    return changed
+
+
+def describe_all(root: Root, conf: Config) -> dict[str, Any]:
+    """Every facts section gathered now, redacted, for `waagent facts` to print."""
+    return dict(redacted(gather(root, conf)))
