@@ -178,7 +178,8 @@ def build_pkcs12(items: list[Delivered]) -> bytes:
             ),
         }
     )
-    return pfx.dump()
+    der: bytes = pfx.dump()
+    return der
 
 
 def transport_cert_from_header(value: str) -> x509.Certificate:

@@ -586,6 +586,9 @@ def parse_role_properties(body: bytes) -> dict[str, Any]:
 _URL = re.compile(r"(https?)://([A-Za-z0-9._\-$]+(?::\d+)?)(?=[/?\"'<\s]|&amp;|$)")
 
 
+_NAMESPACE_HOSTS = {"www.w3.org", "schemas.microsoft.com", "schemas.dmtf.org", "schemas.xmlsoap.org"}
+
+
 def rewrite_platform_urls(text: str, urls: Urls) -> str:
     """Point every URL of a platform document at the fabric.
 
@@ -596,6 +599,8 @@ def rewrite_platform_urls(text: str, urls: Urls) -> str:
 
     def replace(match: re.Match[str]) -> str:
         host = match.group(2)
+        if host in _NAMESPACE_HOSTS:
+            return match.group(0)  # an XML namespace name, never fetched
         if host.split(":")[0] == PLATFORM_ADDRESS:
             return urls.wire
         return f"{urls.storage}/_/{host}"
