@@ -138,13 +138,13 @@ def test_imds_document_and_overrides() -> None:
 
 def test_parse_health_in_the_agents_format() -> None:
     body = (
-        '<?xml version="1.0" encoding="utf-8"?><Health xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
-        ' xmlns:xsd="http://www.w3.org/2001/XMLSchema"><GoalStateIncarnation>1</GoalStateIncarnation>'
-        "<Container><ContainerId>c</ContainerId><RoleInstanceList><Role><InstanceId>i</InstanceId>"
-        "<Health><State>NotReady</State><Details><SubStatus>ProvisioningFailed</SubStatus>"
-        "<Description>bad &amp; worse</Description></Details></Health></Role></RoleInstanceList>"
-        "</Container></Health>"
-    ).encode()
+        b'<?xml version="1.0" encoding="utf-8"?><Health xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+        b' xmlns:xsd="http://www.w3.org/2001/XMLSchema"><GoalStateIncarnation>1</GoalStateIncarnation>'
+        b"<Container><ContainerId>c</ContainerId><RoleInstanceList><Role><InstanceId>i</InstanceId>"
+        b"<Health><State>NotReady</State><Details><SubStatus>ProvisioningFailed</SubStatus>"
+        b"<Description>bad &amp; worse</Description></Details></Health></Role></RoleInstanceList>"
+        b"</Container></Health>"
+    )
     assert d.parse_health(body) == {"incarnation": "1", "container_id": "c", "instance_id": "i",
                                     "state": "NotReady", "substatus": "ProvisioningFailed",
                                     "description": "bad & worse"}
