@@ -141,9 +141,8 @@ def parse_config(text: str, path: str = "<text>") -> Config:
             raise ConfigError(f"{where}: expected Key=Value, got {stripped!r}")
         key, _, raw = stripped.partition("=")
         key = key.strip()
-        # Trailing comments are not part of the value in waagent's format only after '#'
-        # preceded by whitespace; values such as mount options never contain ' #'.
-        raw = raw.split(" #", 1)[0]
+        # As in waagent, '#' starts a comment anywhere on the line.
+        raw = raw.split("#", 1)[0]
         opt = OPTIONS_BY_LOWER.get(key.lower())
         if opt is None:
             unknown.append(key)

@@ -47,10 +47,12 @@ class FileSystem:
         mode: int | None = None,
         owner: tuple[int, int] | None = None,
         secret: bool = False,
+        quiet: bool = False,
     ) -> bool:
         """Write a file atomically; return False (and do nothing) when it already holds data.
 
         Without `mode`/`owner` an existing file keeps its own; a new file gets 0644 and root.
+        `secret` keeps the reason out of the log; `quiet` logs the change at DEBUG (state files).
         """
         content = data.encode() if isinstance(data, str) else data
         try:
@@ -84,11 +86,12 @@ class FileSystem:
                 os.unlink(tmp)
             raise
         self._fsync_dir(path.parent)
-        log.info("changed: %s%s", self._shown(path), "" if secret else f" ({why})")
+        log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s%s", self._shown(path),
+                "" if secret else f" ({why})")
         return True
 
     def mkdir(self, path: Path, *, why: str, mode: int = 0o755,
-              owner: tuple[int, int] | None = None) -> bool:
+              owner: tuple[int, int] | None = None, quiet: bool = False) -> bool:
         """Create a directory (and parents) or fix its mode/owner; False when already right."""
         try:
             st = path.stat()
@@ -106,10 +109,11 @@ class FileSystem:
         os.chmod(path, mode)
         if owner is not None:
             os.chown(path, *owner)
-        log.info("changed: %s/ (%s)", self._shown(path), why)
+        log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s/ (%s)",
+                self._shown(path), why)
         return True
 
-    def remove(self, path: Path, *, why: str) -> bool:
+    def remove(self, path: Path, *, why: str, quiet: bool = False) -> bool:
         """Remove a file, link or directory tree; False when it was not there."""
         if not path.exists() and not path.is_symlink():
             return False
@@ -120,7 +124,8 @@ class FileSystem:
             shutil.rmtree(path)
         else:
             path.unlink()
-        log.info("removed: %s (%s)", self._shown(path), why)
+        log.log(logging.DEBUG if quiet else logging.INFO, "removed: %s (%s)",
+                self._shown(path), why)
         return True
 
     def chmod(self, path: Path, mode: int, *, why: str) -> bool:

@@ -1,0 +1,1 @@
+"""The engine: task loading, doit commands, state, checks, the waagent command line."""

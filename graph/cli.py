@@ -1,0 +1,182 @@
+"""The waagent-compatible command line.
+
+    waagent -help | -version | -show-configuration | -deprovision[+user] | -daemon | -start
+            | -serialconsole | -collect-logs [-full] | -register-service | -run-exthandlers
+            | -setup-firewall=IP   [-verbose] [-force] [-configuration-path:FILE]
+    waagent list | provision | plan | graph | ... [root=DIR conf=FILE]   (doit commands)
+
+Flags take `-`, `--` or `/` as prefix, as waagent does.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+AGENT_NAME = "waagent-graph"
+AGENT_VERSION = "0.1.0"
+# The WALinuxAgent version whose behaviour and files this agent reproduces.
+COMPATIBLE_WAAGENT = "2.7.3"
+
+USAGE = f"""usage: waagent [-verbose] [-force] [-help] [-configuration-path:<path>]
+               -deprovision[+user] | -register-service | -version | -daemon | -start
+               | -run-exthandlers | -show-configuration | -collect-logs [-full]
+               | -serialconsole | -setup-firewall=<ip>
+       waagent COMMAND [TASK...] [root=DIR] [conf=FILE]
+               COMMAND: provision, run, list, info, plan, graph, facts, status, forget,
+               clean, ignore, help
+
+{AGENT_NAME} {AGENT_VERSION}: an Azure Linux guest agent built as a doit task graph,
+compatible with WALinuxAgent {COMPATIBLE_WAAGENT} (/etc/waagent.conf, /var/lib/waagent).
+"""
+
+# Verbs and the doit command line they run once their area has landed.
+VERBS: dict[str, list[str] | None] = {
+    "deprovision": None,
+    "deprovision+user": None,
+    "daemon": None,
+    "start": None,
+    "serialconsole": None,
+    "collect-logs": None,
+    "register-service": None,
+    "run-exthandlers": None,
+    "setup-firewall": None,
+}
+INFO_VERBS = ("help", "version", "show-configuration")
+FLAGS = ("verbose", "force", "full")
+
+
+class UsageError(Exception):
+    """A command line waagent would not accept."""
+
+
+@dataclass
+class Invocation:
+    """A parsed waagent command line."""
+
+    verb: str | None = None
+    verb_arg: str | None = None
+    flags: set[str] = field(default_factory=set)
+    conf_path: str | None = None
+    doit_args: list[str] = field(default_factory=list)
+
+
+def _strip_prefix(arg: str) -> str | None:
+    for prefix in ("--", "-", "/"):
+        if arg.startswith(prefix) and len(arg) > len(prefix):
+            return arg[len(prefix):]
+    return None
+
+
+def parse(argv: Sequence[str]) -> Invocation:
+    """Parse waagent's flags; anything that is not one starts a doit command line."""
+    inv = Invocation()
+    args = list(argv)
+    if args and _strip_prefix(args[0]) is None and "=" not in args[0]:
+        inv.doit_args = args
+        return inv
+    for arg in args:
+        body = _strip_prefix(arg)
+        if body is None:
+            if "=" in arg:  # root=/mnt/image conf=... variables for the engine
+                inv.doit_args.append(arg)
+                continue
+            raise UsageError(f"unexpected argument {arg!r}")
+        name, sep, value = body.partition(":") if body.lower().startswith(
+            "configuration-path") else body.partition("=")
+        lname = name.lower()
+        if lname == "configuration-path":
+            if not value:
+                raise UsageError("-configuration-path needs a file: -configuration-path:FILE")
+            inv.conf_path = value
+        elif lname in FLAGS:
+            inv.flags.add(lname)
+        elif lname in VERBS or lname in INFO_VERBS or lname in ("h", "?"):
+            if inv.verb is not None:
+                raise UsageError(f"two actions given: -{inv.verb} and {arg}")
+            inv.verb = "help" if lname in ("h", "?") else lname
+            inv.verb_arg = value or None
+        else:
+            raise UsageError(f"unknown option {arg!r} (waagent -help lists them)")
+    return inv
+
+
+def print_version() -> None:
+    print(f"{AGENT_NAME} {AGENT_VERSION} (WALinuxAgent {COMPATIBLE_WAAGENT} compatible)")
+    print(f"Python: {platform.python_version()}")
+    print(f"Goal state agent: {AGENT_VERSION}")
+
+
+def show_configuration(inv: Invocation, root_dir: str) -> int:
+    """Every option as `Key = value`, as waagent prints them."""
+    from conf import ConfigError, load_config
+    from conf.config import default_config
+    from system import Root
+
+    path = inv.conf_path or str(Root(root_dir) / "etc/waagent.conf")
+    try:
+        conf = load_config(path) if (inv.conf_path or os.path.exists(path)) else default_config()
+    except ConfigError as err:
+        print(f"waagent: {err}", file=sys.stderr)
+        return 1
+    for name, value in conf.items():
+        print(f"{name} = {value}")
+    return 0
+
+
+def _engine_vars(inv: Invocation) -> list[str]:
+    """Variables for the engine from waagent's flags (root=/conf= given as such pass as is)."""
+    extra = [a for a in inv.doit_args if "=" in a] if inv.verb else []
+    if inv.conf_path and not any(a.startswith("conf=") for a in [*extra, *inv.doit_args]):
+        extra.append(f"conf={inv.conf_path}")
+    for flag in sorted(inv.flags):
+        if not any(a.startswith(f"{flag}=") for a in [*extra, *inv.doit_args]):
+            extra.append(f"{flag}=y")
+    return extra
+
+
+def main(argv: Sequence[str] | None = None, run_doit: Callable[[list[str]], int] | None = None,
+         ) -> int:
+    """Entry point of the `waagent` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        inv = parse(args)
+    except UsageError as err:
+        print(f"waagent: {err}", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        return 2
+    if run_doit is None:
+        from graph.main import run_doit as engine
+
+        run_doit = engine
+    variables = dict(a.split("=", 1) for a in inv.doit_args if "=" in a)
+    root_dir = variables.get("root", "/")
+    if inv.verb is None and inv.doit_args and "=" not in inv.doit_args[0]:
+        command = inv.doit_args[0]
+        rest = inv.doit_args[1:]
+        # `waagent provision` runs the provision group, as `doit provision` does.
+        if command not in _doit_commands():
+            return run_doit(["run", command, *rest, *_engine_vars(inv)])
+        return run_doit([command, *rest, *_engine_vars(inv)])
+    if inv.verb in (None, "help"):
+        print(USAGE)
+        return 0
+    if inv.verb == "version":
+        print_version()
+        return 0
+    if inv.verb == "show-configuration":
+        return show_configuration(inv, root_dir)
+    route = VERBS.get(inv.verb)
+    if route is None:
+        print(f"waagent: -{inv.verb} is not implemented yet in {AGENT_NAME} {AGENT_VERSION}",
+              file=sys.stderr)
+        return 2
+    return run_doit([*route, *_engine_vars(inv)])
+
+
+def _doit_commands() -> set[str]:
+    return {"run", "list", "info", "help", "forget", "clean", "ignore", "plan", "graph",
+            "facts", "status", "reset-dep", "strace", "dumpdb", "tabcompletion"}

@@ -1,0 +1,84 @@
+"""doit commands as the agent uses them.
+
+`run` takes the agent's lock and turns SIGTERM into KeyboardInterrupt so doit saves
+the state of finished tasks; `reset-dep` and `strace` are refused: the first marks
+tasks done without doing them, the second runs actions outside the agent's rules.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+from typing import Any
+
+from doit.cmd_base import DoitCmdBase
+from doit.cmd_run import Run as DoitRun
+
+from graph import loader
+
+LOCK_FILE = "waagent-graph.lock"
+
+
+class AgentBusy(RuntimeError):
+    """Another agent run holds the lock."""
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class Run(DoitRun):
+    """Run tasks (the default command) under the agent's lock."""
+
+    def _execute(self, **params: Any) -> Any:
+        ctx = loader.CURRENT
+        lock_fd = None
+        if ctx is not None and ctx.lib_dir.is_dir():
+            lock_fd = os.open(ctx.lib_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                sys.stderr.write(f"waiting for another agent run ({ctx.lib_dir / LOCK_FILE})\n")
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return super()._execute(**params)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if lock_fd is not None:
+                os.close(lock_fd)
+
+
+    # doit passes options by the names in _execute's signature: show it doit's own.
+    _execute.__wrapped__ = DoitRun._execute  # type: ignore[attr-defined]
+
+
+class _Refused(DoitCmdBase):
+    reason = ""
+
+    def execute(self, params: Any, args: Any) -> int:
+        sys.stderr.write(f"{self.name}: not available in this agent: {self.reason}\n")
+        return 3
+
+
+class ResetDep(_Refused):
+    """Refused: it would mark tasks done that never ran."""
+
+    name = "reset-dep"
+    doc_purpose = "refused: would mark tasks done without running them"
+    reason = "it marks tasks up to date without doing their work; use `forget` and `run`"
+
+
+class Strace(_Refused):
+    """Refused: it bypasses the agent's system boundary."""
+
+    name = "strace"
+    doc_purpose = "refused: runs actions outside the agent's rules"
+    reason = "it runs actions under strace outside the agent's Runner"
+
+
+def extra_commands() -> dict[str, type]:
+    """The agent's own doit commands beyond doit's (plan, graph, facts, status)."""
+    return {}

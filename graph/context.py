@@ -1,0 +1,59 @@
+"""Context: what every task generator and action is given (root, config, runner, files)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conf import Config, load_config
+from conf.config import default_config
+from system import FileSystem, Root, Runner
+
+DEFAULT_CONF = "/etc/waagent.conf"
+
+
+@dataclass
+class Context:
+    """One agent run: the root it works on, its configuration and its system boundary."""
+
+    root: Root
+    conf: Config
+    run: Runner
+    fs: FileSystem
+    # Command-line variables (root=, conf=, media=, wireserver=...), as given.
+    vars: dict[str, str] = field(default_factory=dict)
+    # Per-run memo for facts several tasks read (filled lazily, never at load for speed).
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lib_dir(self) -> Path:
+        """`Lib.Dir` inside the root: the agent's state directory."""
+        return self.root / self.conf.required_path("Lib.Dir")
+
+    def path(self, system_path: str) -> Path:
+        """A system path (as the VM sees it) inside the root."""
+        return self.root / system_path
+
+    def var(self, name: str, default: str | None = None) -> str | None:
+        """A command-line variable (`name=value`)."""
+        return self.vars.get(name, default)
+
+
+def make_context(variables: dict[str, str], *, plan: bool = False) -> Context:
+    """Build the Context from command-line variables: root=DIR conf=FILE chroot=y ...
+
+    The configuration file is looked up inside the root unless given as `conf=`.
+    A missing /etc/waagent.conf means the built-in defaults, as waagent does.
+    """
+    root = Root(variables.get("root") or os.environ.get("WAAGENT_ROOT") or "/")
+    conf_arg = variables.get("conf")
+    if conf_arg:
+        conf = load_config(conf_arg)
+    else:
+        conf_file = root / DEFAULT_CONF
+        conf = load_config(conf_file) if conf_file.exists() else default_config()
+    chroot = variables.get("chroot", "n").lower() in ("y", "yes", "1", "true")
+    runner = Runner(root=root, plan=plan, chroot=chroot)
+    return Context(root=root, conf=conf, run=runner, fs=FileSystem(runner), vars=dict(variables))

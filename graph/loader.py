@@ -1,0 +1,150 @@
+"""Build doit's view of the agent: DOIT_CONFIG and one task generator per area and group.
+
+`dodo.py` and the `waagent` command both call `dodo_namespace()`, so the graph is the
+same whichever way it is run. Nothing here imports networkx, requests or cryptography:
+loading the graph is on the path of every boot.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from graph.context import Context, make_context
+from graph.reporter import WaagentReporter
+from system.redact import RedactingFilter
+from tasks import AREAS, GROUPS, Area, Group
+
+# Variables given as NAME=VALUE on the doit/waagent command line.
+KNOWN_VARS = ("root", "conf", "chroot", "media", "wireserver", "hostplugin", "imds",
+              "verbose", "force", "full")
+STATE_DB = "graph-state.sqlite3"
+
+# Set by the plan command before the graph loads: actions then only record changes.
+PLAN_MODE = False
+# The Context of the graph loaded last in this process (commands read it).
+CURRENT: Context | None = None
+
+
+def command_line_vars() -> dict[str, str]:
+    """The NAME=VALUE variables doit collected from the command line."""
+    from doit import get_var
+
+    found = {}
+    for name in KNOWN_VARS:
+        value = get_var(name)
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def state_db_path(ctx: Context) -> Path:
+    """doit's state database, kept in Lib.Dir so it moves with the VM's state."""
+    return ctx.lib_dir / STATE_DB
+
+
+def doit_config(ctx: Context) -> dict[str, Any]:
+    """DOIT_CONFIG for this run: sqlite3 state under Lib.Dir, provision by default."""
+    lib = ctx.lib_dir
+    if not lib.exists() and not PLAN_MODE:
+        ctx.fs.mkdir(lib, why="agent state directory", mode=0o700)
+    return {
+        "backend": "sqlite3",
+        "dep_file": str(state_db_path(ctx)),
+        "default_tasks": ["provision"],
+        "verbosity": 2 if ctx.var("verbose") else 1,
+        "reporter": WaagentReporter,
+        "check_file_uptodate": "md5",
+    }
+
+
+def configure_logging(ctx: Context) -> None:
+    """Agent log to stderr (journald reads it) and to /var/log/waagent.log in the root."""
+    logger = logging.getLogger("waagent")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    verbose = bool(ctx.var("verbose")) or ctx.conf.flag("Logs.Verbose")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    console.addFilter(RedactingFilter())
+    if ctx.conf.flag("Logs.Console"):
+        logger.addHandler(console)
+    log_dir = ctx.root / "var/log"
+    if not PLAN_MODE and log_dir.is_dir():
+        file_handler = logging.FileHandler(log_dir / "waagent.log", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        file_handler.addFilter(RedactingFilter())
+        logger.addHandler(file_handler)
+
+
+def _area_creator(area: Area, ctx: Context) -> Callable[[], Iterator[dict[str, Any]]]:
+    def create() -> Iterator[dict[str, Any]]:
+        module = importlib.import_module(area.module)
+        for task in module.generate(ctx):
+            task.setdefault("verbosity", 2 if ctx.var("verbose") else 1)
+            yield task
+
+    create.__doc__ = area.doc
+    return create
+
+
+def _group_creator(group: Group) -> Callable[[], dict[str, Any]]:
+    def create() -> dict[str, Any]:
+        return {"actions": None, "task_dep": list(group.areas), "doc": group.doc}
+
+    create.__doc__ = group.doc
+    return create
+
+
+def _task_creators(namespace: dict[str, Any], command_names: Any) -> list[Any]:
+    """doit's creator discovery without tokenizing sources (inspect.getsourcelines costs
+    ~1 ms a creator on every boot): the definition line comes from the code object."""
+    from doit.exceptions import InvalidDodoFile
+    from doit.loader import TASK_STRING, task_params
+
+    found = []
+    for name, ref in namespace.items():
+        if ref is task_params:
+            continue
+        if name.startswith(TASK_STRING) and callable(ref) and hasattr(ref, "__code__"):
+            task_name = name[len(TASK_STRING):]
+        elif hasattr(ref, "create_doit_tasks"):
+            ref = ref.create_doit_tasks
+            task_name = getattr(ref, "basename", name)
+        else:
+            continue
+        if task_name in command_names:
+            raise InvalidDodoFile(f"Task can't be called '{task_name}' because this is a "
+                                  "command name. Please choose another name.")
+        code = getattr(ref, "__code__", None) or ref.__func__.__code__
+        found.append((task_name, ref, code.co_firstlineno))
+    return found
+
+
+def install_fast_loader() -> None:
+    """Use `_task_creators` in doit's loader (doit is pinned to 0.37.x in pyproject)."""
+    import doit.loader
+
+    doit.loader._get_task_creators = _task_creators
+
+
+def dodo_namespace(variables: dict[str, str] | None = None) -> dict[str, Any]:
+    """The names doit loads: DOIT_CONFIG and task_<area>/task_<group> creators."""
+    global CURRENT
+    install_fast_loader()
+    ctx = make_context(variables if variables is not None else command_line_vars(),
+                       plan=PLAN_MODE)
+    CURRENT = ctx
+    configure_logging(ctx)
+    namespace: dict[str, Any] = {"DOIT_CONFIG": doit_config(ctx)}
+    for area in AREAS:
+        namespace[f"task_{area.name}"] = _area_creator(area, ctx)
+    for group in GROUPS:
+        namespace[f"task_{group.name}"] = _group_creator(group)
+    return namespace

@@ -1,0 +1,56 @@
+"""The agent's doit application: our loader, our commands, no stray doit.cfg."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from doit.cmd_base import NamespaceTaskLoader
+from doit.cmd_clean import Clean
+from doit.cmd_forget import Forget
+from doit.cmd_help import Help
+from doit.cmd_ignore import Ignore
+from doit.cmd_info import Info
+from doit.cmd_list import List
+from doit.doit_cmd import DoitMain
+from doit.plugin import PluginDict
+
+from graph import commands, loader
+
+
+def disable_entry_point_plugins() -> None:
+    """doit lets any installed package's entry points replace its commands, reporters and
+    backends, ahead of our own; an agent running as root must not. (It is also ~12 ms
+    of metadata scanning on every boot.)"""
+    PluginDict._from_entry_points = lambda self, category: {}
+
+
+class WaagentLoader(NamespaceTaskLoader):
+    """Builds the namespace from the task areas when doit asks for its config."""
+
+    def load_doit_config(self) -> dict[str, Any]:
+        self.namespace = loader.dodo_namespace()
+        return super().load_doit_config()  # type: ignore[no-any-return]
+
+
+class WaagentDoitMain(DoitMain):
+    """doit with the agent's commands; reads no doit.cfg or pyproject.toml from the cwd."""
+
+    BIN_NAME = "waagent"
+    DOIT_CMDS = (Help, commands.Run, List, Info, Clean, Forget, Ignore,
+                 commands.ResetDep, commands.Strace)
+
+    def __init__(self) -> None:
+        disable_entry_point_plugins()
+        super().__init__(task_loader=WaagentLoader(), config_filenames=())
+
+    def get_cmds(self) -> Any:
+        cmds = super().get_cmds()
+        # Commands of later areas (plan, graph, facts, status) register here.
+        for name, cls in commands.extra_commands().items():
+            cmds[name] = cls
+        return cmds
+
+
+def run_doit(args: list[str]) -> int:
+    """Run a doit command line (`list`, `provision root=...`) with the agent's engine."""
+    return int(WaagentDoitMain().run(args))

@@ -1,0 +1,139 @@
+"""Console output and the run report: one line per task that ran or failed, a summary,
+and `<Lib.Dir>/runs/<UTC time>.json` with each task's result, reason and duration."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from graph import loader
+from graph.uptodate import Check, describe
+
+KEEP_RUNS = 50
+
+
+def run_reasons(task: Any) -> list[str]:
+    """Why doit decided to run a task, from our checks (or doit's own dependencies)."""
+    reasons = [describe(utd) for utd, _a, _k in task.uptodate
+               if isinstance(utd, Check) and utd.reason]
+    changed = getattr(task, "dep_changed", None)
+    if changed:
+        reasons.append("file changed: " + ", ".join(sorted(changed)))
+    if not reasons:
+        reasons.append("no up-to-date check" if not (task.uptodate or task.file_dep)
+                       else "dependencies changed")
+    return reasons
+
+
+class WaagentReporter:
+    """doit reporter: terse lines for journald, colour only on a terminal, JSON run report."""
+
+    desc = "waagent: one line per task that ran, a summary, and a JSON run report"
+
+    def __init__(self, outstream: TextIO, options: dict[str, Any]) -> None:
+        self.out = outstream
+        self.verbose = int(options.get("verbosity") or 0) >= 2
+        self.colour = outstream.isatty()
+        self.started = time.time()
+        self.results: dict[str, dict[str, Any]] = {}
+        self._begin: dict[str, float] = {}
+        self.failures = 0
+
+    # -- helpers
+    def _line(self, mark: str, name: str, text: str, colour: str = "") -> None:
+        if self.colour and colour:
+            mark = f"\033[{colour}m{mark}\033[0m"
+        self.out.write(f"{mark} {name}{('  ' + text) if text else ''}\n")
+
+    @staticmethod
+    def _is_group(task: Any) -> bool:
+        return not task.actions
+
+    # -- doit's reporter interface
+    def initialize(self, tasks: Any, selected_tasks: Any) -> None:
+        self.started = time.time()
+
+    def get_status(self, task: Any) -> None:
+        pass
+
+    def execute_task(self, task: Any) -> None:
+        self._begin[task.name] = time.time()
+        if not self._is_group(task):
+            self.results[task.name] = {"result": "running", "reason": run_reasons(task),
+                                       "start": self._begin[task.name]}
+
+    def add_success(self, task: Any) -> None:
+        if self._is_group(task):
+            return
+        entry = self.results.setdefault(task.name, {"reason": [], "start": time.time()})
+        entry.update(result="changed", duration=round(time.time() - entry["start"], 4))
+        self._line("ran", task.name, "; ".join(entry["reason"]), "32")
+
+    def add_failure(self, task: Any, fail: Any) -> None:
+        self.failures += 1
+        entry = self.results.setdefault(task.name, {"reason": [], "start": time.time()})
+        message = fail.get_msg().strip().splitlines()
+        # The last line of a traceback is the error itself; ours carry the whole story.
+        error = message[-1] if message else str(fail)
+        entry.update(result="failed", error=error,
+                     duration=round(time.time() - entry["start"], 4))
+        self._line("FAILED", task.name, error, "31")
+
+    def skip_uptodate(self, task: Any) -> None:
+        if self._is_group(task):
+            return
+        self.results[task.name] = {"result": "up-to-date", "reason": [], "start": time.time(),
+                                   "duration": 0.0}
+        if self.verbose:
+            self._line("--", task.name, "up to date")
+
+    def skip_ignore(self, task: Any) -> None:
+        self.results[task.name] = {"result": "ignored", "reason": [], "start": time.time()}
+        if self.verbose:
+            self._line("!!", task.name, "ignored")
+
+    def cleanup_error(self, exception: Any) -> None:
+        self.out.write(f"cleanup error: {exception}\n")
+
+    def runtime_error(self, msg: str) -> None:
+        self.failures += 1
+        self.out.write(f"ERROR {msg}\n")
+        self.results["<runtime>"] = {"result": "failed", "error": msg, "start": time.time()}
+
+    def teardown_task(self, task: Any) -> None:
+        pass
+
+    def complete_run(self) -> None:
+        ran = sum(1 for r in self.results.values() if r.get("result") == "changed")
+        fresh = sum(1 for r in self.results.values() if r.get("result") == "up-to-date")
+        took = time.time() - self.started
+        self.out.write(f"{ran} ran, {self.failures} failed, {fresh} up to date "
+                       f"in {took:.2f} s\n")
+        self._write_report(took)
+
+    def _write_report(self, took: float) -> None:
+        ctx = loader.CURRENT
+        if ctx is None or ctx.run.plan:
+            return
+        runs = ctx.lib_dir / "runs"
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        report = {"started": datetime.fromtimestamp(self.started, UTC).isoformat(),
+                  "seconds": round(took, 4), "failed": self.failures, "tasks": self.results}
+        ctx.fs.mkdir(runs, why="run reports", mode=0o700, quiet=True)
+        ctx.fs.write(runs / f"{stamp}.json", json.dumps(report, indent=1, default=str),
+                     why="run report", mode=0o600, quiet=True)
+        for old in sorted(runs.glob("*.json"))[:-KEEP_RUNS]:
+            ctx.fs.remove(old, why="keep the last 50 run reports", quiet=True)
+
+
+def last_run(ctx: Any) -> dict[str, Any] | None:
+    """The newest run report, or None before the first run."""
+    runs = sorted((ctx.lib_dir / "runs").glob("*.json"))
+    if not runs:
+        return None
+    data: dict[str, Any] = json.loads(runs[-1].read_text())
+    data["file"] = str(runs[-1])
+    return data
+

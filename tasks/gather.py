@@ -1,0 +1,13 @@
+"""Tasks of the 'gather' area (not implemented yet: the area is an empty group)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from graph.context import Context
+
+
+def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+    """No tasks yet."""
+    yield from ()

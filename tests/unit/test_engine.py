@@ -1,0 +1,177 @@
+"""graph/: the doit engine, its commands, up-to-date checks and the waagent command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from graph import cli
+from graph.uptodate import Inputs, Probe
+from tasks import AREAS, GROUPS
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def run(args: list[str], cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=60,
+                          check=False, **kw)  # type: ignore[call-overload]
+
+
+def test_doit_list_from_checkout_shows_groups_with_docs(sandbox: Path) -> None:
+    out = run([str(BIN / "doit"), "list", f"root={sandbox}"], cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()}
+    for area in AREAS:
+        assert area.name in lines and area.doc.split(":")[0] in lines[area.name]
+    assert "provision" in lines
+
+
+def test_waagent_works_from_any_directory(tmp_path: Path) -> None:
+    for args in (["-help"], ["-version"], ["-show-configuration"], ["/show-configuration"]):
+        out = run([str(BIN / "waagent"), *args], cwd=tmp_path)
+        assert out.returncode == 0, (args, out.stderr)
+    out = run([str(BIN / "waagent"), "--show-configuration"], cwd=tmp_path)
+    assert "Provisioning.Enabled = True" in out.stdout
+    assert "ResourceDisk.MountPoint = /mnt/resource" in out.stdout
+
+
+def test_show_configuration_reports_bad_line(tmp_path: Path) -> None:
+    conf = tmp_path / "waagent.conf"
+    conf.write_text("ResourceDisk.Format=y\nResourceDisk.SwapSizeMB=lots\n")
+    out = run([str(BIN / "waagent"), "-show-configuration", f"-configuration-path:{conf}"],
+              cwd=tmp_path)
+    assert out.returncode == 1
+    assert f"{conf}:2: ResourceDisk.SwapSizeMB='lots'" in out.stderr
+
+
+def test_provision_on_sandbox_writes_state_under_lib_dir(sandbox: Path, tmp_path: Path) -> None:
+    out = run([str(BIN / "waagent"), "provision", f"root={sandbox}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lib = sandbox / "var/lib/waagent"
+    assert (lib / "graph-state.sqlite3").exists()
+    assert oct(lib.stat().st_mode & 0o777) == "0o700"
+    assert list((lib / "runs").glob("*.json"))
+    assert not list(tmp_path.glob(".doit*")), "no doit state in the working directory"
+
+
+def test_bad_config_fails_before_any_task(sandbox: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "waagent.conf"
+    conf.write_text("Provisioning.Enabled=maybe\n")
+    out = run([str(BIN / "waagent"), "provision", f"root={sandbox}", f"conf={conf}"],
+              cwd=tmp_path)
+    assert out.returncode != 0
+    assert f"{conf}:1: Provisioning.Enabled='maybe'" in out.stderr + out.stdout
+
+
+def test_stray_doit_cfg_is_ignored(sandbox: Path, tmp_path: Path) -> None:
+    (tmp_path / "doit.cfg").write_text("[GLOBAL]\ndep_file = stray.db\nbackend = json\n")
+    out = run([str(BIN / "waagent"), "provision", f"root={sandbox}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "stray.db").exists()
+
+
+def test_reset_dep_and_strace_are_refused(sandbox: Path) -> None:
+    for command in ("reset-dep", "strace"):
+        out = run([str(BIN / "waagent"), command, f"root={sandbox}"], cwd=sandbox)
+        assert out.returncode == 3
+        assert "not available" in out.stderr
+        out = run([str(BIN / "doit"), command], cwd=REPO)
+        assert out.returncode == 3, "plain doit from the checkout refuses too"
+
+
+def test_verbs_not_landed_say_so_with_status_2() -> None:
+    calls: list[list[str]] = []
+    status = cli.main(["-collect-logs", "-full"], run_doit=lambda a: calls.append(a) or 0)
+    assert status == 2 and not calls
+
+
+@pytest.mark.parametrize("arg", ["-version", "--version", "/version", "-VERSION"])
+def test_prefixes(arg: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([arg]) == 0
+    assert "waagent-graph" in capsys.readouterr().out
+
+
+def test_cli_parse_flags_and_configuration_path() -> None:
+    inv = cli.parse(["-verbose", "-force", "-configuration-path:/tmp/w.conf", "-deprovision+user"])
+    assert inv.verb == "deprovision+user"
+    assert inv.flags == {"verbose", "force"}
+    assert inv.conf_path == "/tmp/w.conf"
+    with pytest.raises(cli.UsageError):
+        cli.parse(["-deprovision", "-daemon"])
+    with pytest.raises(cli.UsageError):
+        cli.parse(["-nosuch"])
+
+
+def test_doit_commands_route_with_variables() -> None:
+    calls: list[list[str]] = []
+    cli.main(["provision", "root=/x"], run_doit=lambda a: calls.append(a) or 0)
+    cli.main(["list", "--all"], run_doit=lambda a: calls.append(a) or 0)
+    assert calls == [["run", "provision", "root=/x"], ["list", "--all"]]
+
+
+def test_groups_name_existing_areas() -> None:
+    names = {a.name for a in AREAS}
+    for group in GROUPS:
+        assert set(group.areas) <= names
+
+
+def test_inputs_check_reports_old_and_new_and_masks_secrets() -> None:
+    current = {"ResourceDisk.SwapSizeMB": 2048, "secret:password": "pw1"}
+    check = Inputs("swap", lambda: current)
+    task = SimpleNamespace(value_savers=[])
+    assert check(task, {}) is False and check.reason == "never run"
+    saved = task.value_savers[0]()
+    assert "pw1" not in str(saved)
+    assert check(SimpleNamespace(value_savers=[]), saved) is True
+    current.update({"ResourceDisk.SwapSizeMB": 4096, "secret:password": "pw2"})
+    assert check(SimpleNamespace(value_savers=[]), saved) is False
+    assert "ResourceDisk.SwapSizeMB: 2048 -> 4096" in check.reason
+    assert "pw2" not in check.reason and "secret:password" in check.reason
+
+
+def test_probe_check_reason() -> None:
+    check = Probe("swap", lambda: "swap active 0 MB, want 2048 MB")
+    assert check(None, {}) is False and check.reason == "swap active 0 MB, want 2048 MB"
+
+
+def test_sigterm_saves_finished_tasks(sandbox: Path, tmp_path: Path) -> None:
+    """SIGTERM becomes KeyboardInterrupt: doit records the tasks that finished."""
+    dodo = tmp_path / "dodo.py"
+    flag = tmp_path / "first-done"
+    dodo.write_text(f'''
+import time
+from pathlib import Path
+from doit.tools import config_changed
+from graph.loader import dodo_namespace
+globals().update(dodo_namespace({{"root": "{sandbox}"}}))
+def task_slow():
+    yield {{"name": "first", "actions": [lambda: Path("{flag}").write_text("x") and None],
+            "uptodate": [config_changed("v1")]}}
+    yield {{"name": "second", "actions": [lambda: time.sleep(30)], "task_dep": ["slow:first"],
+            "uptodate": [config_changed("v1")]}}
+''')
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([str(BIN / "python"), "-m", "doit", "-f", str(dodo), "-d",
+                             str(tmp_path), "slow"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert flag.exists(), "the first task ran"
+    out = run([str(BIN / "python"), "-m", "doit", "list", "-f", str(dodo), "-d", str(tmp_path),
+               "--all", "--status"], cwd=REPO, env=env)
+    status = {line.split()[1]: line.split()[0] for line in out.stdout.splitlines()
+              if len(line.split()) > 1}
+    assert status.get("slow:first") == "U", out.stdout + out.stderr
+    assert status.get("slow:second") == "R", "the interrupted task is not recorded as done"

@@ -1,0 +1,147 @@
+"""system/: Root, Runner (plan, chroot, redaction, timeouts) and atomic file writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from system import CommandFailed, FileSystem, Root, Runner
+from system.redact import RedactingFilter, redact, register_secret
+
+
+def test_root_maps_system_paths(tmp_path: Path) -> None:
+    root = Root(tmp_path)
+    assert root / "/etc/hostname" == tmp_path / "etc/hostname"
+    assert root / "etc/hostname" == tmp_path / "etc/hostname"
+    assert root.system_path(tmp_path / "etc/hostname") == "/etc/hostname"
+    assert root.system_path(tmp_path) == "/"
+    assert not root.is_host
+    assert Root("/").is_host
+    assert Root("/") / "/proc/net/route" == Path("/proc/net/route")
+
+
+def test_runner_runs_argv_with_lc_all(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path))
+    result = runner.probe(["sh", "-c", "echo $LC_ALL; echo $0", "arg0"])
+    assert result.stdout.split() == ["C", "arg0"]
+    assert result.ok
+
+
+def test_runner_change_raises_with_command_and_stderr(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path))
+    with pytest.raises(CommandFailed) as err:
+        runner.change(["sh", "-c", "echo boom >&2; exit 3"], why="test")
+    assert "exit status 3" in str(err.value)
+    assert "boom" in str(err.value)
+    assert err.value.returncode == 3
+
+
+def test_runner_timeout_and_missing_tool(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path))
+    with pytest.raises(CommandFailed, match="timed out"):
+        runner.probe(["sleep", "5"], timeout=0.2)
+    with pytest.raises(CommandFailed, match="command not found"):
+        runner.probe(["no-such-tool-xyz"])
+
+
+def test_plan_mode_records_and_does_not_run(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path), plan=True)
+    marker = tmp_path / "ran"
+    result = runner.change(["touch", str(marker)], why="would touch")
+    assert result.planned and result.ok
+    assert not marker.exists()
+    assert [str(c) for c in runner.planned] == [f"run touch {marker}  (would touch)"]
+    # probes still run in plan mode: they are read-only
+    assert runner.probe(["true"]).ok
+
+
+def test_secret_input_goes_to_stdin_and_never_to_logs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    runner = Runner(Root(tmp_path))
+    out = tmp_path / "out"
+    runner.change(["sh", "-c", f"cat > {out}"], why="store", secret_input="user:S3cret-pw\n")
+    assert out.read_text() == "user:S3cret-pw\n"
+    assert "S3cret-pw" not in caplog.text
+    assert all("S3cret-pw" not in str(c) for c in runner.planned)
+
+
+def test_registered_secrets_are_redacted_everywhere(tmp_path: Path) -> None:
+    register_secret("hunter2-secret")
+    assert redact("password is hunter2-secret!") == "password is <redacted>!"
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "pw=%s", ("hunter2-secret",), None)
+    RedactingFilter().filter(record)
+    assert record.getMessage() == "pw=<redacted>"
+    runner = Runner(Root(tmp_path), plan=True)
+    runner.change(["echo", "hunter2-secret"], why="x")
+    assert "hunter2-secret" not in str(runner.planned[0])
+    with pytest.raises(CommandFailed) as err:
+        Runner(Root(tmp_path)).change(["sh", "-c", "echo hunter2-secret >&2; false"], why="x")
+    assert "hunter2-secret" not in str(err.value)
+
+
+def test_chroot_mode_prefixes_commands(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path), plan=True, chroot=True)
+    runner.change(["useradd", "bob"], why="user")
+    assert runner.planned[0].target == f"chroot {tmp_path} useradd bob"
+    assert Runner(Root("/"), plan=True, chroot=True).show(["id"]) == "id"
+
+
+def test_atomic_write_mode_owner_and_only_when_changed(tmp_path: Path) -> None:
+    fs = FileSystem(Runner(Root(tmp_path)))
+    target = tmp_path / "etc/sudoers.d/waagent"
+    assert fs.write(target, "bob ALL=(ALL) ALL\n", why="sudo", mode=0o440)
+    assert target.read_text() == "bob ALL=(ALL) ALL\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o440
+    assert not fs.write(target, "bob ALL=(ALL) ALL\n", why="sudo", mode=0o440)
+    # an existing file keeps its mode and owner when none is given
+    os.chmod(target, 0o600)
+    assert fs.write(target, "new\n", why="edit")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert not list(target.parent.glob(".waagent.*")), "no temporary file left behind"
+
+
+def test_write_failure_leaves_old_file_and_no_temp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = FileSystem(Runner(Root(tmp_path)))
+    target = tmp_path / "f"
+    target.write_text("old")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        fs.write(target, "new", why="x")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_plan_mode_files_unchanged(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path), plan=True)
+    fs = FileSystem(runner)
+    assert fs.write(tmp_path / "etc/hostname", "vm\n", why="hostname")
+    assert fs.mkdir(tmp_path / "var/lib/waagent", why="state", mode=0o700)
+    (tmp_path / "x").write_text("x")
+    assert fs.remove(tmp_path / "x", why="cleanup")
+    assert fs.truncate(tmp_path / "x", why="empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+    assert [c.kind for c in runner.planned] == ["write", "mkdir", "remove", "truncate"]
+    assert runner.planned[0].target == "/etc/hostname"
+
+
+def test_fs_remove_move_truncate(tmp_path: Path) -> None:
+    fs = FileSystem(Runner(Root(tmp_path)))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/f").write_text("x")
+    (tmp_path / "machine-id").write_text("abc\n")
+    assert fs.move(tmp_path / "d/f", tmp_path / "e/f", why="aside")
+    assert (tmp_path / "e/f").exists()
+    assert fs.remove(tmp_path / "d", why="tree")
+    assert not fs.remove(tmp_path / "d", why="tree")
+    assert fs.truncate(tmp_path / "machine-id", why="new id on boot")
+    assert (tmp_path / "machine-id").read_text() == ""
