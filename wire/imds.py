@@ -73,7 +73,8 @@ def parse_instance_metadata(text: str | bytes) -> InstanceMetadata:
     vm_id = _text(compute.get("vmId"))
     if vm_id is None:
         raise DocumentError(doc, "required field compute.vmId is missing or empty")
-    profile = compute.get("osProfile") if isinstance(compute.get("osProfile"), dict) else {}
+    found_profile = compute.get("osProfile")
+    profile: dict[str, Any] = found_profile if isinstance(found_profile, dict) else {}
     disable = profile.get("disablePasswordAuthentication")
     keys = []
     for item in compute.get("publicKeys") or []:
