@@ -285,3 +285,27 @@ def test_failed_mount_falls_back_to_reading_directly(root: Root, conf: Config) -
 
 def test_kernel_without_drivers_is_not_asked_to_mount(root: Root) -> None:
     assert not media.kernel_mounts_media(root)
+
+
+@pytest.mark.parametrize("fmt", ["iso", "udf"])
+def test_reads_a_fabric_built_image(fmt: str, tmp_path: Path, root: Root, conf: Config) -> None:
+    fabric_media = pytest.importorskip("fabric.media")
+    fabric_scenario = pytest.importorskip("fabric.scenario")
+    scenario = fabric_scenario.default_scenario()
+    image = fabric_media.build_media(scenario, tmp_path / f"ovf.{fmt}", fmt)
+    found = media.provisioning_data(FileSystem(Runner(root=root)), conf, image=image)
+    assert found is not None
+    env = found.env
+    assert (env.username, env.hostname, env.password) == ("azureuser", "demo-vm",
+                                                          "Demo-Passw0rd!")
+    assert env.disable_ssh_password_authentication is False
+    assert env.provision_guest_agent is True
+    assert env.custom_data is not None
+    assert len(env.public_keys) == 2 and len(env.key_pairs) == 1
+    assert any(k.value and k.value.startswith("ssh-ed25519 ") for k in env.public_keys)
+    assert any(k.value is None and k.fingerprint for k in env.public_keys)
+    # The same image as the DVD in the root, read without mounting.
+    (root / "dev/sr0").write_bytes(image.read_bytes())
+    assert media.dvd_devices(root) == ("/dev/sr0",)
+    from_dvd = media.provisioning_data(FileSystem(Runner(root=root)), conf)
+    assert from_dvd is not None and from_dvd.env == env
