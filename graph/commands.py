@@ -79,6 +79,19 @@ class Strace(_Refused):
     reason = "it runs actions under strace outside the agent's Runner"
 
 
-def extra_commands() -> dict[str, type]:
-    """The agent's own doit commands beyond doit's (plan, graph, facts, status)."""
-    return {}
+# The agent's own doit commands, as "module:Class" so each loads only when used
+# (pyproject.toml's [tool.doit.plugins.command] lists the same for plain `doit`).
+EXTRA_COMMANDS = {
+    "plan": "graph.plan:Plan",
+    "graph": "graph.render:Graph",
+    "status": "graph.status:Status",
+    "facts": "graph.factscmd:Facts",
+}
+
+
+def extra_commands() -> dict[str, str]:
+    """Our commands whose module exists in this tree (areas land one issue at a time)."""
+    from importlib.util import find_spec
+
+    return {name: where for name, where in EXTRA_COMMANDS.items()
+            if find_spec(where.split(":")[0]) is not None}

@@ -59,6 +59,8 @@ def doit_config(ctx: Context) -> dict[str, Any]:
         "verbosity": 2 if ctx.var("verbose") else 1,
         "reporter": WaagentReporter,
         "check_file_uptodate": "md5",
+        # One failed area must not stop the others (a refused disk still lets users log in).
+        "continue": True,
     }
 
 

@@ -12,7 +12,7 @@ from doit.cmd_ignore import Ignore
 from doit.cmd_info import Info
 from doit.cmd_list import List
 from doit.doit_cmd import DoitMain
-from doit.plugin import PluginDict
+from doit.plugin import PluginDict, PluginEntry
 
 from graph import commands, loader
 
@@ -46,8 +46,8 @@ class WaagentDoitMain(DoitMain):
     def get_cmds(self) -> Any:
         cmds = super().get_cmds()
         # Commands of later areas (plan, graph, facts, status) register here.
-        for name, cls in commands.extra_commands().items():
-            cmds[name] = cls
+        for name, location in commands.extra_commands().items():
+            cmds[name] = PluginEntry("COMMAND", name, location)
         return cmds
 
 

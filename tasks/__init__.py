@@ -3,6 +3,20 @@
 The engine (graph/loader.py) turns every area into a doit task generator `AREA:*`,
 and every group into a task that depends on its areas. `doit provision` runs the
 provision group; image builders run single areas or tasks (`doit user ssh`).
+
+How a task is written (see tasks/disk.py, tasks/user.py):
+- `generate(ctx)` yields dicts: `name` (without the area prefix), a one-line `doc`,
+  `actions` as `(function, [ctx, ...])`, `task_dep` for order, and `uptodate` with
+  `graph.uptodate.Inputs` (a fingerprint of exactly the options/facts it uses,
+  computed at check time) and `graph.uptodate.Probe` (a read-only look at the real
+  state that returns what is wrong, or None).
+- Generation runs at every boot before anything else: read no device, network or
+  large file there; gather facts in actions and checks.
+- Actions change the machine only through `ctx.run` and `ctx.fs`, re-check the real
+  state (they must be safe after a SIGKILL or a lost state DB), return None, and raise
+  `system.errors.AgentError` subclasses whose message names what, where and what to do.
+- A failure in a critical area is reported to the platform as ProvisioningFailed; the
+  other areas (disk, network, kernel) report their failure in the run report and logs.
 """
 
 from __future__ import annotations
@@ -17,6 +31,8 @@ class Area:
     name: str
     doc: str
     module: str
+    # A failure here fails provisioning (ProvisioningFailed) and blocks Ready.
+    critical: bool = False
 
 
 @dataclass(frozen=True)
@@ -29,11 +45,11 @@ class Group:
 
 
 AREAS: tuple[Area, ...] = (
-    Area("gather", "gather facts: provisioning media, goal state, hardware", "tasks.gather"),
-    Area("hostname", "set the hostname and publish it to DNS", "tasks.hostname"),
-    Area("user", "the provisioned user: account, password, sudoers", "tasks.user"),
-    Area("ssh", "SSH: authorized keys, key pairs, sshd_config, host keys, reload", "tasks.ssh"),
-    Area("customdata", "save, decode and run custom data", "tasks.customdata"),
+    Area("gather", "gather facts: provisioning media, goal state, hardware", "tasks.gather", critical=True),
+    Area("hostname", "set the hostname and publish it to DNS", "tasks.hostname", critical=True),
+    Area("user", "the provisioned user: account, password, sudoers", "tasks.user", critical=True),
+    Area("ssh", "SSH: authorized keys, key pairs, sshd_config, host keys, reload", "tasks.ssh", critical=True),
+    Area("customdata", "save, decode and run custom data", "tasks.customdata", critical=True),
     Area("disk", "resource disk: partition, mkfs, mount, README, swap file", "tasks.disk"),
     Area("network", "DHCP routes, persistent NIC names, firewall to the WireServer",
          "tasks.network"),
