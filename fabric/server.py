@@ -342,6 +342,10 @@ class Fabric:
         etag = hashlib.sha256((vm_settings or "").encode()).hexdigest()[:16]
         return GoalState(incarnation, docs, [], vm_settings.encode() if vm_settings else None, etag)
 
+    def goal_state_thumbprints(self) -> list[str]:
+        """Thumbprints the current certificates document delivers."""
+        return [thumbprint(d.cert) for d in self.goal_state.delivered]
+
     def replayed_document(self, route: str) -> str | None:
         """What replay mode serves for route (the fixture with rewritten addresses)."""
         return self.goal_state.documents.get(route)
