@@ -7,6 +7,7 @@ Per-family differences that are facts live in one table, FAMILIES.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,10 +151,16 @@ _UNIT_DIRS = ("etc/systemd/system", "run/systemd/system", "run/systemd/generator
 def unit_enabled(root: Root, *units: str) -> bool:
     """True when one of the units is wanted by a target (a .wants link) or aliased in /etc."""
     for unit_dir in _UNIT_DIRS:
-        base = root / unit_dir
-        for unit in units:
-            if any(base.glob(f"*.wants/{unit}")):
-                return True
+        try:
+            wants = [d for d in (root / unit_dir).iterdir() if d.name.endswith(".wants")]
+        except OSError:
+            continue
+        for directory in wants:
+            for unit in units:
+                # lexists, not exists: links in an image root point at absolute paths that
+                # only resolve inside that root.
+                if os.path.lexists(directory / unit):
+                    return True
     return False
 
 
