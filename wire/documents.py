@@ -126,8 +126,8 @@ class HostingEnvironmentConfig:
     """The VM's names as the platform knows them."""
 
     vm_name: str
-    role_name: str
-    deployment_name: str
+    role_name: str | None  # older platforms only
+    deployment_name: str | None  # older platforms only
     xml: str
 
 
@@ -138,13 +138,13 @@ def parse_hosting_environment(text: str | bytes) -> HostingEnvironmentConfig:
     if root.tag != doc:
         raise DocumentError(doc, f"root element is <{root.tag}>, expected <{doc}>")
     incarnation = required_element(root, "Incarnation", doc)
-    role = required_element(root, "Role", doc)
-    deployment = required_element(root, "Deployment", doc)
+    role = find(root, "Role")
+    deployment = find(root, "Deployment")
     raw = text if isinstance(text, str) else text.decode("utf-8-sig", errors="replace")
     return HostingEnvironmentConfig(
         vm_name=required_attribute(incarnation, "instance", doc, "Incarnation"),
-        role_name=required_attribute(role, "name", doc, "Role"),
-        deployment_name=required_attribute(deployment, "name", doc, "Deployment"),
+        role_name=attribute(role, "name") if role is not None else None,
+        deployment_name=attribute(deployment, "name") if deployment is not None else None,
         xml=raw,
     )
 
