@@ -72,10 +72,24 @@ for handler in egs.extensions:
     manifests.append(manifest)
 report["manifests"] = manifests
 
+# Packages named by the manifest (via get_ext_manifest), downloaded directly and through the HostGAPlugin.
+packages = []
+for handler in egs.extensions:
+    for pkg in protocol.get_ext_handler_pkgs(handler).versions:
+        direct = os.path.join(lib_dir, "direct-{0}.zip".format(handler.name))
+        through_host = os.path.join(lib_dir, "host-{0}.zip".format(handler.name))
+        ok_direct = protocol.download_ext_handler_pkg(pkg.uris[0], direct)
+        ok_host = protocol._download_ext_handler_pkg_through_host(pkg.uris[0], through_host)
+        packages.append({"version": pkg.version, "uri": pkg.uris[0], "direct": ok_direct, "host": ok_host,
+                         "same": open(direct, "rb").read() == open(through_host, "rb").read()})
+report["packages"] = packages
+
 protocol.report_provision_status(ProvisionStatus(status="NotReady", subStatus="Provisioning", description="Starting"))
 protocol.report_provision_status(ProvisionStatus(status="Ready"))
 protocol.client.report_role_prop("0123456789ABCDEF0123456789ABCDEF01234567")
 
+# Twice: the test may fail the first HostGAPlugin upload to see the direct fallback.
+protocol.report_vm_status(VMStatus(status="Ready", message="Guest Agent is running"))
 protocol.report_vm_status(VMStatus(status="Ready", message="Guest Agent is running"))
 report["files"] = sorted(os.listdir(lib_dir))
 result_stream.write(json.dumps(report))
