@@ -379,3 +379,14 @@ def test_record_dump(tmp_path: Path) -> None:
 
 def test_wrap64_helper() -> None:
     assert wrap64(b"a" * 100).splitlines()[0] == base64.b64encode(b"a" * 48).decode()
+
+
+def test_zip_package_is_served_as_is(tmp_path: Path) -> None:
+    payload = io.BytesIO()
+    with zipfile.ZipFile(payload, "w") as archive:
+        archive.writestr("HandlerManifest.json", "[]")
+    (tmp_path / "ext.zip").write_bytes(payload.getvalue())
+    (tmp_path / "s.yaml").write_text("username: a\nextensions:\n  - {name: Z.Ext, package: ext.zip, state: uninstall}\n")
+    with Fabric(str(tmp_path / "s.yaml")) as fabric:
+        assert get(f"{fabric.hostplugin_url}/storage/packages/Z.Ext__1.0.0.zip").content == payload.getvalue()
+        assert 'state="uninstall"' in get(goal_state_urls(fabric)["ExtensionsConfig"], **WIRE).text
