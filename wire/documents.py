@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-from xml.sax.saxutils import escape, quoteattr
 
 from wire.errors import DocumentError
 from wire.xmldoc import (
@@ -26,6 +25,16 @@ from wire.xmldoc import (
 WIRE_PROTOCOL_VERSION = "2012-11-30"
 PFX_FORMAT = "Pkcs7BlobWithPfxContents"
 MAX_HEALTH_DESCRIPTION_BYTES = 4096
+
+
+def escape(text: str) -> str:
+    """Text safe inside an XML element (xml.sax.saxutils pulls in urllib.request: 20 ms)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def quoteattr(text: str) -> str:
+    """A double-quoted XML attribute value."""
+    return '"' + escape(text).replace('"', "&quot;").replace("\n", "&#10;") + '"'
 
 
 # -- versions -------------------------------------------------------------------------------
