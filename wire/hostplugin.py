@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from wire.blob import BlobType, status_blob_requests
+from wire.documents import parse_versions
 from wire.errors import DocumentError, HttpStatusError, WireError
 from wire.http import NO_RETRY, HttpClient, base_url
 from wire.wireserver import AgentIdentity
@@ -65,15 +66,23 @@ class HostPluginClient:
         return found
 
     def versions(self) -> tuple[str, ...]:
-        """`GET /versions`: the API versions the plugin speaks."""
+        """`GET /versions`: the API versions the plugin speaks.
+
+        The plugin answers a JSON list (`["2015-09-01"]`); an XML <Versions> document
+        is read too.
+        """
         body = self.http.request("GET", f"{self.base}/versions", headers=self.headers()).body
+        text = body.decode("utf-8-sig", errors="replace").strip()
+        if text.startswith("<"):
+            found = parse_versions(text)
+            return tuple(dict.fromkeys(v for v in (found.preferred, *found.supported) if v))
         try:
-            found = json.loads(body or b"[]")
+            listed = json.loads(text or "[]")
         except ValueError:
-            raise DocumentError("HostGAPlugin versions", "not JSON") from None
-        if not isinstance(found, list):
+            raise DocumentError("HostGAPlugin versions", "neither JSON nor XML") from None
+        if not isinstance(listed, list):
             raise DocumentError("HostGAPlugin versions", "not a JSON list")
-        return tuple(str(v) for v in found)
+        return tuple(str(v) for v in listed)
 
     def is_healthy(self) -> bool:
         """`GET /health` answered 200 (one try: the caller falls back to direct storage)."""

@@ -446,6 +446,13 @@ def test_hostplugin_headers_versions_health(server: Callable[[Route], Scripted])
     assert scripted.paths() == ["/versions", "/health"]
 
 
+def test_hostplugin_versions_as_xml(server: Callable[[Route], Scripted]) -> None:
+    xml = (b"<Versions><Preferred><Version>2015-09-01</Version></Preferred><Supported>"
+           b"<Version>2015-09-01</Version><Version>2012-11-30</Version></Supported></Versions>")
+    scripted = server(sequence((200, {}, xml)))
+    assert plugin(scripted.url).versions() == ("2015-09-01", "2012-11-30")
+
+
 def test_hostplugin_unhealthy_is_false_without_retry(server: Callable[[Route], Scripted]) -> None:
     scripted = server(sequence((503, {}, b"")))
     assert not plugin(scripted.url).is_healthy()
