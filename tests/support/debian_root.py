@@ -1,0 +1,117 @@
+"""A real Debian root file system for tests, built once with mmdebstrap and cached.
+
+The first build fetches packages from the Debian mirror (the only network these tests
+use, and only inside mmdebstrap) and takes a few minutes; it is kept as a tarball under
+CACHE_DIR, named by a hash of everything that shapes it, so later runs on the same
+machine only extract it (a few seconds). Each test gets its own fresh copy.
+
+    from tests.support.debian_root import fresh_debian_root
+    def test_x(tmp_path): root = fresh_debian_root(tmp_path / "image")
+
+or the `debian_root` fixture (tests/support/fixtures.py style: import it in a test module).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+# Overridable so CI can put the cache where it keeps caches between jobs.
+CACHE_DIR = Path(os.environ.get("WAAGENT_TEST_CACHE", "/var/cache/waagent-graph-tests"))
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+# What an Azure image has that the agent works on: sshd, sudo, ip, a DHCP client.
+# minbase already holds passwd (useradd/userdel/usermod) and login.
+DEFAULT_PACKAGES: tuple[str, ...] = ("openssh-server", "sudo", "iproute2", "isc-dhcp-client")
+# Bump when the build recipe changes in a way the key below does not capture.
+RECIPE_VERSION = 1
+BUILD_TIMEOUT = 3600
+
+
+def skip_reason(packages: Sequence[str] = DEFAULT_PACKAGES) -> str | None:
+    """Why a Debian root cannot be had here (None when it can)."""
+    if os.geteuid() != 0:
+        return "a Debian root needs root (mmdebstrap, device nodes, chroot)"
+    if cached_tarball(packages).exists():
+        return None
+    if shutil.which("mmdebstrap") is None:
+        return "mmdebstrap is missing (apt-get install mmdebstrap) and no cached Debian root"
+    return None
+
+
+def cache_key(packages: Sequence[str]) -> str:
+    """A short hash of everything that shapes the root."""
+    recipe = {"suite": SUITE, "mirror": MIRROR, "variant": "minbase",
+              "packages": sorted(set(packages)), "recipe": RECIPE_VERSION}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_tarball(packages: Sequence[str] = DEFAULT_PACKAGES) -> Path:
+    """Where the root built from these packages is (or will be) kept."""
+    return CACHE_DIR / f"debian-{SUITE}-{cache_key(packages)}.tar"
+
+
+def ensure_tarball(packages: Sequence[str] = DEFAULT_PACKAGES) -> Path:
+    """The cached tarball, built first when missing (one builder at a time: a file lock)."""
+    tarball = cached_tarball(packages)
+    if tarball.exists():
+        return tarball
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel test run may be building it now
+        if tarball.exists():
+            return tarball
+        partial = tarball.with_name(f".{tarball.name}.{os.getpid()}.partial")
+        started = time.monotonic()
+        try:
+            subprocess.run(
+                ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=tar",
+                 "--include=" + ",".join(sorted(set(packages))),
+                 # No documentation or translations: a smaller root, faster copies.
+                 "--dpkgopt=path-exclude=/usr/share/{doc,man,locale,info}/*",
+                 SUITE, str(partial), MIRROR],
+                check=True, timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL,
+                capture_output=True, text=True)
+        except subprocess.CalledProcessError as err:
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(f"mmdebstrap failed ({err.returncode}): {err.stderr[-3000:]}") \
+                from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        # Only a complete build gets the cache name: an interrupted one is never reused.
+        os.replace(partial, tarball)
+        (CACHE_DIR / f"{tarball.name}.built").write_text(
+            f"built in {time.monotonic() - started:.0f} s with packages {sorted(set(packages))}\n")
+    return tarball
+
+
+def fresh_debian_root(target: Path, packages: Sequence[str] = DEFAULT_PACKAGES) -> Path:
+    """A new copy of the cached Debian root at `target` (created; must not exist yet)."""
+    tarball = ensure_tarball(packages)
+    target.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                    "-f", str(tarball), "-C", str(target)],
+                   check=True, timeout=600, capture_output=True)
+    return target
+
+
+@pytest.fixture
+def debian_root(tmp_path: Path) -> Iterator[Path]:
+    """A fresh Debian root (minbase, sshd, sudo, iproute2, dhclient) for this test.
+
+    Skips with the reason when not root or mmdebstrap is missing (CI has both).
+    """
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    yield fresh_debian_root(tmp_path / "image")
