@@ -36,6 +36,16 @@ class Context:
         """A system path (as the VM sees it) inside the root."""
         return self.root / system_path
 
+    def command_path(self, real: Path) -> str:
+        """How a command run by `ctx.run` names a real path: inside a chroot it is the
+        path as the VM sees it; otherwise the real path."""
+        return self.root.system_path(real) if self.run.chroot else str(real)
+
+    @property
+    def scratch_dir(self) -> Path | None:
+        """Where candidate files go so that a command in a chroot can read them."""
+        return self.root / "tmp" if self.run.chroot else None
+
     def var(self, name: str, default: str | None = None) -> str | None:
         """A command-line variable (`name=value`)."""
         return self.vars.get(name, default)

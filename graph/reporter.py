@@ -72,11 +72,23 @@ class WaagentReporter:
         self._line("ran", task.name, "; ".join(entry["reason"]), "32")
 
     def add_failure(self, task: Any, fail: Any) -> None:
-        self.failures += 1
+        from doit.exceptions import UnmetDependency
+
         entry = self.results.setdefault(task.name, {"reason": [], "start": time.time()})
+        if isinstance(fail, UnmetDependency):
+            # Not a failure of its own: it did not run because something it needs failed.
+            entry.update(result="not run", error=f"needs {fail.get_msg().strip()}, which failed")
+            if not self._is_group(task):
+                self._line("--", task.name, f"not run: {entry['error']}")
+            return
+        self.failures += 1
         message = fail.get_msg().strip().splitlines()
         # The last line of a traceback is the error itself; ours carry the whole story.
         error = message[-1] if message else str(fail)
+        for prefix in ("system.errors.", "tasks.", "wire.", "facts."):
+            if error.startswith(prefix):  # "tasks.user.UserError: msg" -> "UserError: msg"
+                error = error.split(".")[-1] if ": " not in error else \
+                    error.split(": ", 1)[0].split(".")[-1] + ": " + error.split(": ", 1)[1]
         entry.update(result="failed", error=error,
                      duration=round(time.time() - entry["start"], 4))
         self._line("FAILED", task.name, error, "31")
@@ -107,11 +119,29 @@ class WaagentReporter:
 
     def complete_run(self) -> None:
         ran = sum(1 for r in self.results.values() if r.get("result") == "changed")
+        blocked = sum(1 for r in self.results.values() if r.get("result") == "not run")
         fresh = sum(1 for r in self.results.values() if r.get("result") == "up-to-date")
         took = time.time() - self.started
-        self.out.write(f"{ran} ran, {self.failures} failed, {fresh} up to date "
+        not_run = f", {blocked} not run" if blocked else ""
+        self.out.write(f"{ran} ran, {self.failures} failed, {fresh} up to date{not_run} "
                        f"in {took:.2f} s\n")
+        self._report_provisioning_failure()
         self._write_report(took)
+
+    def _report_provisioning_failure(self) -> None:
+        """The first failure in a critical area reaches the platform as ProvisioningFailed."""
+        ctx = loader.CURRENT
+        if ctx is None or ctx.run.plan:
+            return
+        from tasks import AREAS
+
+        critical = {a.name for a in AREAS if a.critical}
+        for name, entry in self.results.items():
+            if entry.get("result") == "failed" and name.split(":")[0] in critical:
+                from tasks.report import report_failure
+
+                report_failure(ctx, f"{name}: {entry.get('error', 'failed')}")
+                return
 
     def _write_report(self, took: float) -> None:
         ctx = loader.CURRENT

@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,18 @@ class FileSystem:
                 handle.truncate(0)
                 os.fsync(handle.fileno())
         return True
+
+    @contextlib.contextmanager
+    def scratch_file(self, data: str | bytes, *, name: str = "candidate",
+                     directory: Path | None = None) -> Iterator[Path]:
+        """A private temporary file (0600) holding `data`, removed afterwards: a candidate
+        to validate (visudo -c, sshd -t) before the real file is replaced."""
+        with tempfile.TemporaryDirectory(prefix="waagent-", dir=directory) as tmp:
+            path = Path(tmp) / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data.encode() if isinstance(data, str) else data)
+            yield path
 
     @staticmethod
     def _fsync_dir(directory: Path) -> None:

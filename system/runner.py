@@ -106,6 +106,32 @@ class Runner:
         stdin = secret_input if secret_input is not None else input
         return self._run(argv, timeout=timeout, check=check, stdin=stdin, env=env, cwd=cwd)
 
+    @property
+    def is_live(self) -> bool:
+        """True when commands act on the running system: the host root, or a chroot
+        (image builders) where the command itself stays inside the root."""
+        return self.root.is_host
+
+    def live(
+        self,
+        argv: Sequence[str],
+        *,
+        why: str,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> Result | None:
+        """A change to the running system (a service, the kernel hostname, a DHCP renew).
+
+        Against another root (a sandbox or a mounted image) it would act on the host
+        instead, so it is recorded as skipped and None is returned.
+        """
+        if not self.is_live:
+            self.record("skip", self.show(argv), f"{why}; root {self.root.base} is not the "
+                        "running system")
+            log.info("skipped: %s (%s; not the running system)", self.show(argv), why)
+            return None
+        return self.change(argv, why=why, timeout=timeout, check=check)
+
     def show(self, argv: Sequence[str]) -> str:
         """The command as a redacted shell-quoted line, for logs and plans."""
         return redact(shlex.join(self._argv(argv)))

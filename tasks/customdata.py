@@ -1,13 +1,103 @@
-"""Tasks of the 'customdata' area (not implemented yet: the area is an empty group)."""
+"""Custom data: saved (0600), decoded when asked, run when asked.
+
+customdata:save  <Lib.Dir>/CustomData (base64-decoded with Provisioning.DecodeCustomData)
+customdata:run   executed once per VM with Provisioning.ExecuteCustomData
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from graph.context import Context
+from graph.uptodate import Inputs, Probe
+from system.errors import AgentError, CommandFailed
+from tasks import inputs
+
+log = logging.getLogger("waagent.customdata")
+
+CUSTOM_DATA_FILE = "CustomData"
+RUN_TIMEOUT = 900.0
+
+
+class CustomDataError(AgentError):
+    """Custom data cannot be saved or its script failed."""
 
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
-    """No tasks yet."""
-    yield from ()
+    """Custom data tasks, only when this agent provisions."""
+    if inputs.mode(ctx) != "waagent":
+        return
+    conf = ctx.conf
+    yield {
+        "name": "save",
+        "doc": "save custom data to <Lib.Dir>/CustomData (0600)",
+        "actions": [(save_custom_data, [ctx])],
+        "task_dep": ["gather:ovf"],
+        "uptodate": [Inputs("customdata", lambda: {
+            "vm_id": inputs.vm_id(ctx),
+            "sha256": inputs.ovf_facts(ctx).get("custom_data_sha256"),
+            **conf.subset(["Provisioning.DecodeCustomData", "Lib.Dir"])}),
+            Probe("customdata", lambda: custom_data_missing(ctx))],
+    }
+    if conf.flag("Provisioning.ExecuteCustomData"):
+        yield {
+            "name": "run",
+            "doc": "run custom data as a script (Provisioning.ExecuteCustomData=y)",
+            "actions": [(run_custom_data, [ctx])],
+            "task_dep": ["customdata:save", "user", "ssh:config", "hostname:set"],
+            "uptodate": [Inputs("customdata-run", lambda: {
+                "vm_id": inputs.vm_id(ctx),
+                "sha256": inputs.ovf_facts(ctx).get("custom_data_sha256")})],
+        }
+
+
+def custom_data_missing(ctx: Context) -> str | None:
+    if not inputs.ovf_facts(ctx).get("custom_data_sha256"):
+        return None
+    path = ctx.lib_dir / CUSTOM_DATA_FILE
+    return None if path.exists() else f"{ctx.root.system_path(path)} is missing"
+
+
+def save_custom_data(ctx: Context) -> None:
+    """Write the custom data, decoded when DecodeCustomData is set."""
+    data = inputs.provisioning_data(ctx)
+    raw = data.env.custom_data if data is not None else None
+    if raw is None:
+        return
+    content: bytes = raw.encode()
+    if ctx.conf.flag("Provisioning.DecodeCustomData"):
+        try:
+            content = base64.b64decode(raw, validate=False)
+        except (binascii.Error, ValueError) as err:
+            raise CustomDataError(f"CustomData in ovf-env.xml is not base64 "
+                                  f"(Provisioning.DecodeCustomData=y): {err}") from None
+    ctx.fs.write(ctx.lib_dir / CUSTOM_DATA_FILE, content, mode=0o600, secret=True,
+                 why="custom data")
+
+
+def run_custom_data(ctx: Context) -> None:
+    """Run the custom data inside the VM (never on the host of a sandbox root)."""
+    path = ctx.lib_dir / CUSTOM_DATA_FILE
+    if not path.exists():
+        return
+    if not (ctx.root.is_host or ctx.run.chroot):
+        ctx.run.record("skip", ctx.root.system_path(path),
+                       "custom data runs only on the VM itself or in its chroot")
+        log.info("skipped: running custom data (root %s is not the running system)",
+                 ctx.root.base)
+        return
+    ctx.fs.chmod(path, 0o700, why="custom data is a script")
+    try:
+        result = ctx.run.change([ctx.command_path(path)], why="run custom data",
+                                timeout=RUN_TIMEOUT, check=False)
+    except CommandFailed as err:
+        raise CustomDataError(f"custom data script did not finish: {err}") from None
+    for line in (result.stdout + result.stderr).splitlines()[-50:]:
+        log.info("custom data: %s", line)
+    if not result.ok:
+        raise CustomDataError(f"custom data script exited with status {result.returncode}: "
+                              f"{(result.stderr or result.stdout).strip()[-500:]}")

@@ -1,13 +1,129 @@
-"""Tasks of the 'gather' area (not implemented yet: the area is an empty group)."""
+"""Gather the facts provisioning decides from: this VM, its OVF data, the goal state.
+
+gather:vm        VM id and distribution; a new VM id (a VM from a captured image)
+                 clears the previous VM's state so everything provisions again
+gather:ovf       ovf-env.xml from the DVD (or `media=` image), kept without password
+gather:goalstate the goal state: runs every time, it is how changes reach the VM
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
+from facts import store
 from graph.context import Context
+from graph.uptodate import Inputs, Probe
+from tasks import inputs
+
+# Per-VM files in Lib.Dir that a new VM must not inherit.
+PER_VM_PATTERNS = ("*.crt", "*.prv", "ovf-env.xml", "CustomData", "published_hostname",
+                   inputs.PROVISIONED_FILE, "WireServerEndpoint", "facts", "disable_agent")
 
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
-    """No tasks yet."""
-    yield from ()
+    """The gather tasks; the OVF is read only when this agent provisions."""
+    provisioning = inputs.mode(ctx) == "waagent"
+    yield {
+        "name": "vm",
+        "doc": "VM id and distribution; clear per-VM state when the VM id changed",
+        "actions": [(gather_vm, [ctx])],
+        "uptodate": [Inputs("vm", lambda: vm_summary(ctx))],
+    }
+    if provisioning:
+        yield {
+            "name": "ovf",
+            "doc": "read ovf-env.xml from the DVD and keep a copy without the password",
+            "actions": [(gather_ovf, [ctx])],
+            "task_dep": ["gather:vm"],
+            "uptodate": [Probe("ovf", lambda: ovf_missing(ctx))],
+        }
+    yield {
+        "name": "goalstate",
+        "doc": "fetch the goal state and its certificates from the WireServer",
+        "actions": [(gather_goal_state, [ctx])],
+        "task_dep": ["gather:vm"],
+    }
+
+
+def vm_summary(ctx: Context) -> dict[str, Any]:
+    """The VM facts a rerun depends on."""
+    found = inputs.distro(ctx)
+    return {"vm_id": inputs.vm_id(ctx), "family": found.family, "distro": found.id,
+            "version": found.version}
+
+
+def gather_vm(ctx: Context) -> None:
+    """Store VM facts; a marker of another VM means this root was captured: start afresh."""
+    current = inputs.vm_id(ctx)
+    previous = inputs.provisioned_vm_id(ctx)
+    if previous is not None and previous != current:
+        clear_per_vm_state(ctx, previous, current)
+    found = inputs.distro(ctx)
+    store.save(ctx.fs, ctx.conf, "vm", {
+        "vm_id": current, "family": found.family, "distro": found.id, "version": found.version,
+        "init_system": found.init_system, "dhcp_client": found.dhcp_client,
+        "sshd_service": found.sshd_service, "cloud_init_enabled": found.cloud_init_enabled,
+    })
+
+
+def clear_per_vm_state(ctx: Context, previous: str, current: str) -> None:
+    """Remove the previous VM's certificates, OVF copy, custom data and markers."""
+    import logging
+
+    logging.getLogger("waagent").info(
+        "VM id changed (%s -> %s): this is a new VM from a captured image; "
+        "clearing the previous VM's state", previous, current)
+    for pattern in PER_VM_PATTERNS:
+        for path in sorted(ctx.lib_dir.glob(pattern)):
+            ctx.fs.remove(path, why=f"state of the previous VM {previous}")
+    ctx.memo.clear()
+
+
+def ovf_missing(ctx: Context) -> str | None:
+    """Up to date when this VM is provisioned and its OVF facts are stored."""
+    if store.load(ctx.root, ctx.conf, "ovf") is None:
+        return "no OVF facts stored"
+    if not inputs.is_provisioned(ctx):
+        return "this VM is not provisioned yet"
+    return None
+
+
+def gather_ovf(ctx: Context) -> None:
+    """Read the provisioning data; store its public facts when read from real media."""
+    data = inputs.provisioning_data(ctx)
+    if data is None:
+        raise inputs.NotProvisionable(
+            "no provisioning data: no DVD with ovf-env.xml (looked for /dev/sr0, hd[c-z], "
+            "cdrom*, cd[0-9], vd[b-z]) and no kept copy in Lib.Dir; attach the provisioning "
+            "media or set Provisioning.Enabled=n")
+    if data.from_cache and store.load(ctx.root, ctx.conf, "ovf") is not None:
+        # The copy has no password: keep the facts of the boot that read the DVD.
+        return
+    facts = data.env.public_facts()
+    facts["source"] = data.source
+    store.save(ctx.fs, ctx.conf, "ovf", facts)
+
+
+def gather_goal_state(ctx: Context) -> None:
+    """Fetch the goal state; install certificates when they changed; store the facts."""
+    from wire.certs import ensure_transport_pair, install_certificates
+
+    docs = inputs.goal_state(ctx)
+    state = docs.goal_state
+    previous = store.load(ctx.root, ctx.conf, "goalstate") or {}
+    thumbprints = previous.get("certificates", [])
+    known = all((ctx.lib_dir / f"{t}.crt").exists() for t in thumbprints)
+    if docs.certificates is not None and (
+            previous.get("incarnation") != state.incarnation or not known):
+        pair = ensure_transport_pair(ctx.fs, ctx.lib_dir)
+        bundle = install_certificates(ctx.fs, ctx.lib_dir, docs.certificates, pair,
+                                      openssl=ctx.conf.text("OS.OpensslPath") or "openssl")
+        thumbprints = sorted(bundle.thumbprints)
+    store.save(ctx.fs, ctx.conf, "goalstate", {
+        "incarnation": state.incarnation,
+        "container_id": state.container_id,
+        "role_instance_id": state.role_instance_id,
+        "vm_name": docs.hosting_environment.vm_name if docs.hosting_environment else None,
+        "certificates": thumbprints,
+    })

@@ -1,13 +1,145 @@
-"""Tasks of the 'hostname' area (not implemented yet: the area is an empty group)."""
+"""Hostname: set it (static and running) and publish it to DNS through DHCP.
+
+hostname:set      /etc/hostname, the /etc/hosts entry, the running hostname
+hostname:publish  the DHCP client sends it (renew that keeps the address); published_hostname
+"""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
 from graph.context import Context
+from graph.uptodate import Inputs, Probe
+from system import osutil
+from system.errors import AgentError
+from tasks import inputs
+
+log = logging.getLogger("waagent.hostname")
+
+PUBLISHED_FILE = "published_hostname"
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+DHCLIENT_CONF = "/etc/dhcp/dhclient.conf"
+
+
+class HostnameError(AgentError):
+    """The hostname cannot be set as asked."""
 
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
-    """No tasks yet."""
-    yield from ()
+    """Hostname tasks, only when this agent provisions."""
+    if inputs.mode(ctx) != "waagent":
+        return
+    yield {
+        "name": "set",
+        "doc": "set the hostname from the OVF (/etc/hostname, /etc/hosts, running)",
+        "actions": [(set_hostname, [ctx])],
+        "task_dep": ["gather:ovf"],
+        "uptodate": [Inputs("hostname", lambda: {"vm_id": inputs.vm_id(ctx),
+                                                 "hostname": wanted_hostname(ctx)}),
+                     Probe("hostname", lambda: hostname_differs(ctx))],
+    }
+    yield {
+        "name": "publish",
+        "doc": "publish the hostname to DNS through the DHCP client",
+        "actions": [(publish_hostname, [ctx])],
+        "task_dep": ["hostname:set"],
+        "uptodate": [Inputs("publish", lambda: {"hostname": wanted_hostname(ctx),
+                                                "dhcp_client": inputs.distro(ctx).dhcp_client}),
+                     Probe("publish", lambda: not_published(ctx))],
+    }
+
+
+def wanted_hostname(ctx: Context) -> str:
+    """The OVF's HostName, checked to be a valid host name."""
+    name = inputs.ovf_facts(ctx).get("hostname")
+    if not name:
+        raise HostnameError("ovf-env.xml has no HostName")
+    name = str(name).strip()
+    if len(name) > 253 or not all(_LABEL.match(p) for p in name.split(".")):
+        raise HostnameError(f"HostName {name!r} in ovf-env.xml is not a valid host name")
+    return name
+
+
+def hostname_differs(ctx: Context) -> str | None:
+    try:
+        have = (ctx.root / "etc/hostname").read_text().strip()
+    except FileNotFoundError:
+        have = ""
+    want = wanted_hostname(ctx)
+    return None if have == want else f"/etc/hostname is {have or 'empty'!r}, want {want!r}"
+
+
+def hosts_text(text: str, hostname: str) -> str:
+    """/etc/hosts with the hostname on the 127.0.1.1 line (Debian's convention), unless
+    another line already names it."""
+    short = hostname.split(".")[0]
+    lines = text.splitlines()
+    if any(hostname in line.split("#")[0].split()[1:] for line in lines if line.strip()):
+        return text
+    entry = f"127.0.1.1\t{hostname}" + (f" {short}" if short != hostname else "")
+    for index, line in enumerate(lines):
+        if line.split()[:1] == ["127.0.1.1"]:
+            lines[index] = entry
+            break
+    else:
+        lines.append(entry)
+    return "\n".join(lines) + "\n"
+
+
+def set_hostname(ctx: Context) -> None:
+    """Static hostname, hosts entry, then the running hostname (on the running system)."""
+    name = wanted_hostname(ctx)
+    ctx.fs.write(ctx.root / "etc/hostname", name + "\n", why=f"hostname {name}")
+    hosts = ctx.root / "etc/hosts"
+    try:
+        current = hosts.read_text()
+    except FileNotFoundError:
+        current = "127.0.0.1\tlocalhost\n"
+    ctx.fs.write(hosts, hosts_text(current, name), why=f"{name} resolves locally")
+    osutil.set_running_hostname(ctx.run, name, inputs.distro(ctx).init_system)
+
+
+def primary_interface(ctx: Context) -> str | None:
+    """The first non-loopback NIC, or None when the root shows none (an image root)."""
+    from facts.hardware import nics
+    from system.errors import ProbeFailed
+
+    try:
+        return next((n.name for n in nics(ctx.root) if not n.is_loopback), None)
+    except ProbeFailed:
+        return None
+
+
+def not_published(ctx: Context) -> str | None:
+    try:
+        have = (ctx.lib_dir / PUBLISHED_FILE).read_text().strip()
+    except FileNotFoundError:
+        return "hostname never published"
+    want = wanted_hostname(ctx)
+    return None if have == want else f"published {have!r}, want {want!r}"
+
+
+def publish_hostname(ctx: Context) -> None:
+    """Make the DHCP client send the hostname and renew the lease (not ifdown/ifup)."""
+    name = wanted_hostname(ctx)
+    client = inputs.distro(ctx).dhcp_client
+    if client == "dhclient":
+        conf = ctx.root / DHCLIENT_CONF
+        try:
+            text = conf.read_text()
+        except FileNotFoundError:
+            text = ""
+        if not re.search(r"^\s*send\s+host-name\b", text, re.M):
+            ctx.fs.write(conf, text + f'send host-name "{name}";\n',
+                         why="the DHCP client sends the hostname")
+    interface = primary_interface(ctx)
+    argv = osutil.renew_dhcp_argv(client, interface) if interface else None
+    if argv is not None:
+        ctx.run.live(argv, why=f"renew the DHCP lease to publish {name}", check=False)
+    else:
+        log.info("no DHCP client/interface found to publish %s through", name)
+    ctx.fs.write(ctx.lib_dir / PUBLISHED_FILE, name + "\n", mode=0o600,
+                 why="hostname published")

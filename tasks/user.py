@@ -1,13 +1,232 @@
-"""Tasks of the 'user' area (not implemented yet: the area is an empty group)."""
+"""The provisioned user: account, password hash, sudoers; root's password.
+
+user:account   create the OVF's UserName (home, bash, the family's admin groups)
+user:password  set its password as a crypt(3) hash (PasswordCryptId, salt from a CSPRNG)
+user:sudoers   /etc/sudoers.d/waagent (NOPASSWD without a password), checked by visudo
+user:rootpw    lock root's password (Provisioning.DeleteRootPassword)
+"""
 
 from __future__ import annotations
 
+import logging
+import re
+import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from facts import users
 from graph.context import Context
+from graph.uptodate import Inputs, Probe
+from system import osutil
+from system.errors import AgentError, CommandFailed
+from tasks import inputs
+
+log = logging.getLogger("waagent.user")
+
+# POSIX portable user names, as useradd accepts them by default.
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,30}[a-z0-9_.$-]?$")
+SUDOERS_FILE = "waagent"
+_CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Salt lengths the schemes allow; PasswordCryptSaltLength is capped to them.
+_MAX_SALT = {"1": 8, "5": 16, "6": 16}
+
+
+class UserError(AgentError):
+    """The provisioned user cannot be created or configured as asked."""
 
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
-    """No tasks yet."""
-    yield from ()
+    """User tasks, only when this agent provisions."""
+    if inputs.mode(ctx) != "waagent":
+        return
+    conf = ctx.conf
+    yield {
+        "name": "account",
+        "doc": "create the provisioned user with a home directory",
+        "actions": [(ensure_account, [ctx])],
+        "task_dep": ["gather:ovf"],
+        "uptodate": [Inputs("account", lambda: account_inputs(ctx)),
+                     Probe("account", lambda: account_missing(ctx))],
+    }
+    yield {
+        "name": "password",
+        "doc": "set the user's password hash (Provisioning.PasswordCryptId)",
+        "actions": [(ensure_password, [ctx])],
+        "task_dep": ["user:account"],
+        "uptodate": [Inputs("password", lambda: {
+            **account_inputs(ctx), "password_set": inputs.ovf_facts(ctx)["password_set"],
+            **conf.subset(["Provisioning.PasswordCryptId",
+                           "Provisioning.PasswordCryptSaltLength"])})],
+    }
+    yield {
+        "name": "sudoers",
+        "doc": "sudo for the user in /etc/sudoers.d/waagent",
+        "actions": [(ensure_sudoers, [ctx])],
+        "task_dep": ["user:account"],
+        "uptodate": [Inputs("sudoers", lambda: {
+            **account_inputs(ctx), "password_set": inputs.ovf_facts(ctx)["password_set"],
+            **conf.subset(["OS.SudoersDir"])}),
+            Probe("sudoers", lambda: sudoers_differs(ctx))],
+    }
+    if conf.flag("Provisioning.DeleteRootPassword"):
+        yield {
+            "name": "rootpw",
+            "doc": "lock root's password (Provisioning.DeleteRootPassword=y)",
+            "actions": [(lock_root_password, [ctx])],
+            "task_dep": ["gather:vm"],
+            "uptodate": [Probe("rootpw", lambda: root_password_unlocked(ctx))],
+        }
+
+
+def username(ctx: Context) -> str:
+    """The OVF's UserName, checked to be a name useradd accepts."""
+    name = str(inputs.ovf_facts(ctx)["username"])
+    if not _USER_NAME.match(name):
+        raise UserError(f"UserName {name!r} in ovf-env.xml is not a valid user name "
+                        "(lower-case letters, digits, '_', '-', '.', at most 32 characters)")
+    return name
+
+
+def account_inputs(ctx: Context) -> dict[str, Any]:
+    return {"vm_id": inputs.vm_id(ctx), "username": str(inputs.ovf_facts(ctx)["username"]),
+            **ctx.conf.subset(["OS.HomeDir"])}
+
+
+def account_missing(ctx: Context) -> str | None:
+    name = str(inputs.ovf_facts(ctx)["username"])
+    return None if users.user(ctx.root, name) else f"user {name} does not exist"
+
+
+def ensure_account(ctx: Context) -> None:
+    """Create the user unless it exists; refuse to take over a system account."""
+    name = username(ctx)
+    existing = users.user(ctx.root, name)
+    if existing is not None:
+        if existing.uid < users.uid_min(ctx.root) and not ctx.conf.flag(
+                "Provisioning.AllowResetSysUser"):
+            raise UserError(f"user {name} is a system account (uid {existing.uid} < UID_MIN "
+                            f"{users.uid_min(ctx.root)}); refusing to provision it: choose "
+                            "another UserName or set Provisioning.AllowResetSysUser=y")
+        log.debug("user %s exists (uid %s)", name, existing.uid)
+        return
+    family = inputs.distro(ctx).family
+    argv = osutil.useradd_argv(ctx.run, family, name, inputs.home_dir(ctx, name),
+                               list(users.groups(ctx.root)))
+    try:
+        ctx.run.change(argv, why=f"create user {name}")
+    except CommandFailed as err:
+        raise UserError(f"cannot create user {name}: {err}") from None
+
+
+def password_hash(password: str, crypt_id: str, salt_length: int) -> str:
+    """A crypt(3) hash of `password`: `$1$`, `$2a$`, `$5$` or `$6$`, salt from a CSPRNG."""
+    from passlib.hash import bcrypt, md5_crypt, sha256_crypt, sha512_crypt
+
+    if crypt_id == "2a":  # bcrypt makes its own 22-character salt from os.urandom
+        return str(bcrypt.using(ident="2a", rounds=10).hash(password))
+    length = max(1, min(salt_length, _MAX_SALT[crypt_id]))
+    salt = "".join(secrets.choice(_CRYPT_ALPHABET) for _ in range(length))
+    if crypt_id == "1":
+        return str(md5_crypt.using(salt=salt).hash(password))
+    scheme = sha256_crypt if crypt_id == "5" else sha512_crypt
+    # 5000 rounds is crypt(3)'s default, written without a rounds= field.
+    return str(scheme.using(salt=salt, rounds=5000).hash(password))
+
+
+def shadow_fields(ctx: Context, name: str) -> list[str] | None:
+    """The user's line of the shadow file, split; None when absent."""
+    path = ctx.root / ctx.conf.required_path("OS.PasswordPath")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        fields = line.split(":")
+        if fields and fields[0] == name:
+            return fields
+    return None
+
+
+def ensure_password(ctx: Context) -> None:
+    """Set the hash from the OVF password; without the DVD keep the hash already set."""
+    name = username(ctx)
+    if not inputs.ovf_facts(ctx)["password_set"]:
+        log.info("no password in the OVF data: %s logs in with SSH keys only", name)
+        return
+    data = inputs.provisioning_data(ctx)
+    password = data.env.password if data is not None else None
+    if password is None:
+        fields = shadow_fields(ctx, name)
+        if fields and len(fields) > 1 and fields[1].startswith("$"):
+            log.info("password of %s kept: the provisioning media with the password is gone",
+                     name)
+            return
+        raise UserError(f"the OVF gave {name} a password but the provisioning media is gone "
+                        "and no hash is set; attach the DVD again or set a password by hand")
+    crypt_id = ctx.conf.text("Provisioning.PasswordCryptId") or "6"
+    salt_length = ctx.conf.number("Provisioning.PasswordCryptSaltLength") or 10
+    osutil.set_password_hash(ctx.run, name, password_hash(password, crypt_id, salt_length),
+                             why=f"password of {name}")
+
+
+def sudoers_text(name: str, password_set: bool) -> str:
+    rule = "ALL=(ALL) ALL" if password_set else "ALL=(ALL) NOPASSWD: ALL"
+    return f"# Managed by waagent-graph: sudo for the provisioned user\n{name} {rule}\n"
+
+
+def sudoers_path(ctx: Context) -> Path:
+    return ctx.root / ctx.conf.required_path("OS.SudoersDir") / SUDOERS_FILE
+
+
+def sudoers_differs(ctx: Context) -> str | None:
+    want = sudoers_text(str(inputs.ovf_facts(ctx)["username"]),
+                        bool(inputs.ovf_facts(ctx)["password_set"]))
+    path = sudoers_path(ctx)
+    try:
+        have = path.read_text()
+    except FileNotFoundError:
+        return f"{ctx.root.system_path(path)} is missing"
+    return None if have == want else f"{ctx.root.system_path(path)} differs"
+
+
+def ensure_sudoers(ctx: Context) -> None:
+    """Write the sudoers drop-in after visudo accepts it (0440; a bad file locks sudo out)."""
+    name = username(ctx)
+    text = sudoers_text(name, bool(inputs.ovf_facts(ctx)["password_set"]))
+    path = sudoers_path(ctx)
+    if not ctx.run.plan:
+        check_sudoers_syntax(ctx, path, text)
+    ctx.fs.mkdir(path.parent, why="sudoers drop-ins", mode=0o750)
+    ctx.fs.write(path, text, mode=0o440, owner=(0, 0), why=f"sudo for {name}")
+
+
+def check_sudoers_syntax(ctx: Context, path: Path, text: str) -> None:
+    """`visudo -c -f` on a candidate before the target is replaced: a bad drop-in would
+    lock everybody out of sudo."""
+    with ctx.fs.scratch_file(text, name=SUDOERS_FILE, directory=ctx.scratch_dir) as candidate:
+        try:
+            result = ctx.run.probe(["visudo", "-c", "-q", "-f", ctx.command_path(candidate)])
+        except CommandFailed as err:
+            if err.returncode != 127:
+                raise
+            log.warning("visudo not found: %s written without a syntax check",
+                        ctx.root.system_path(path))
+            return
+    if not result.ok:
+        raise UserError(f"visudo rejects the sudoers rule for {ctx.root.system_path(path)}: "
+                        f"{(result.stderr or result.stdout).strip()}")
+
+
+def root_password_unlocked(ctx: Context) -> str | None:
+    fields = shadow_fields(ctx, "root")
+    if fields is None or len(fields) < 2:
+        return None
+    hashed = fields[1]
+    return None if hashed.startswith(("!", "*")) and "$" not in hashed else \
+        "root has a usable password"
+
+
+def lock_root_password(ctx: Context) -> None:
+    """Replace root's hash by a lock (the hash is removed, not just disabled)."""
+    osutil.set_password_hash(ctx.run, "root", "*LOCK*", why="delete root's password")

@@ -1,0 +1,102 @@
+"""The distribution's ways of changing the system, in one place per concern.
+
+Each function returns argument lists (or runs them through the Runner) for the
+root at hand: the running system, a sandbox root (`--prefix`/`-R` options of
+the shadow tools), or an image root entered with chroot (the Runner adds
+`chroot ROOT` itself). Which family a system belongs to is a fact (facts.distro);
+how each family does a thing is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from system.runner import Result, Runner
+
+# Groups a new administrator joins where they exist (checked against /etc/group).
+ADMIN_GROUPS: dict[str, tuple[str, ...]] = {
+    "debian": (),
+    "rhel": (),
+    "suse": (),
+    # Flatcar/CoreOS: sudo rights come from these groups, not from sudoers alone.
+    "coreos": ("sudo", "docker", "portage"),
+    "unknown": (),
+}
+
+
+def _root_option(runner: Runner, flag: str) -> list[str]:
+    """`--prefix ROOT` / `-R ROOT` for the shadow tools when working on a sandbox root."""
+    if runner.root.is_host or runner.chroot:
+        return []
+    return [flag, str(runner.root.base)]
+
+
+def useradd_argv(runner: Runner, family: str, name: str, home: str,
+                 existing_groups: Sequence[str]) -> list[str]:
+    """Create `name` with a home directory and bash, in the family's admin groups."""
+    groups = [g for g in ADMIN_GROUPS.get(family, ()) if g in existing_groups]
+    argv = ["useradd", *_root_option(runner, "--prefix"), "-m", "-d", home,
+            "-s", "/bin/bash"]
+    if groups:
+        argv += ["-G", ",".join(groups)]
+    return [*argv, name]
+
+
+def set_password_hash(runner: Runner, name: str, password_hash: str, why: str) -> Result:
+    """Set a crypt(3) hash with `chpasswd -e`; the hash goes on stdin, never argv."""
+    return runner.change(["chpasswd", *_root_option(runner, "-R"), "-e"], why=why,
+                         secret_input=f"{name}:{password_hash}\n")
+
+
+def lock_password(runner: Runner, name: str, why: str) -> Result:
+    """Lock a password (`usermod -L`): the shadow hash gets a leading '!'."""
+    return runner.change(["usermod", *_root_option(runner, "--prefix"), "-L", name], why=why)
+
+
+def userdel_argv(runner: Runner, name: str) -> list[str]:
+    """Remove a user and its home directory."""
+    return ["userdel", *_root_option(runner, "--prefix"), "-r", name]
+
+
+def set_running_hostname(runner: Runner, hostname: str, init_system: str) -> Result | None:
+    """The kernel's hostname now (the static one is /etc/hostname, written as a file)."""
+    if init_system == "systemd" and runner.probe(["sh", "-c", "command -v hostnamectl"]).ok:
+        return runner.live(["hostnamectl", "set-hostname", hostname], why="running hostname")
+    return runner.live(["hostname", hostname], why="running hostname")
+
+
+def reload_sshd(runner: Runner, service: str, init_system: str) -> Result | None:
+    """Make sshd read its configuration and host keys again, the distribution's way."""
+    if init_system == "systemd":
+        return runner.live(["systemctl", "reload-or-restart", service], why="sshd reads changes")
+    return runner.live(["service", service, "reload"], why="sshd reads changes")
+
+
+def renew_dhcp_argv(dhcp_client: str | None, interface: str) -> list[str] | None:
+    """A DHCP renew that keeps the address and sends the new hostname (never ifdown/ifup,
+    which breaks networking on NetworkManager systems)."""
+    if dhcp_client == "networkd":
+        return ["networkctl", "renew", interface]
+    if dhcp_client == "NetworkManager":
+        return ["nmcli", "device", "reapply", interface]
+    if dhcp_client == "dhclient":
+        return ["dhclient", "-1", "-nw", interface]
+    if dhcp_client == "dhcpcd":
+        return ["dhcpcd", "--rebind", interface]
+    if dhcp_client == "wicked":
+        return ["wicked", "ifreload", interface]
+    return None
+
+
+def sshd_test_argv(runner: Runner, config: str) -> list[str] | None:
+    """`sshd -t -f CONFIG` where sshd sees the root's files, or None when it cannot.
+
+    In a sandbox root the host's sshd would read the host's includes and host keys,
+    so the root's own sshd is run in a chroot of it (a read-only check).
+    """
+    if runner.root.is_host or runner.chroot:
+        return ["sshd", "-t", "-f", config]
+    for candidate in ("usr/sbin/sshd", "sbin/sshd"):
+        if (runner.root / candidate).exists():
+            return ["chroot", str(runner.root.base), "/" + candidate, "-t", "-f", config]
+    return None

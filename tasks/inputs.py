@@ -1,0 +1,152 @@
+"""What the provisioning tasks decide from, gathered once per run and shared.
+
+Values are read lazily (in actions and up-to-date checks, never while the graph
+loads) and memoised in `ctx.memo`. Tasks fingerprint the *stored* facts
+(facts.store, written by the gather tasks) so a later boot without the DVD
+sees the same inputs as the boot that provisioned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facts import store
+from graph.context import Context
+from system.errors import AgentError
+
+if TYPE_CHECKING:
+    from facts.distro import Distro
+    from facts.media import ProvisioningData
+    from wire.wireserver import GoalStateDocuments, WireServerClient
+
+PROVISIONED_FILE = "provisioned"
+
+
+class NotProvisionable(AgentError):
+    """Provisioning cannot start: no OVF data, or the data is unusable."""
+
+
+def _memo(ctx: Context, key: str, make: Any) -> Any:
+    if key not in ctx.memo:
+        ctx.memo[key] = make()
+    return ctx.memo[key]
+
+
+def vm_id(ctx: Context) -> str:
+    """This VM's id (DMI product_uuid, byte-swapped as the platform shows it)."""
+    from facts.hardware import vm_id as read_vm_id
+
+    return str(_memo(ctx, "vm_id", lambda: read_vm_id(ctx.root)))
+
+
+def distro(ctx: Context) -> Distro:
+    """The distribution of the root (family, init system, DHCP client, sshd unit)."""
+    from facts.distro import distro as read_distro
+
+    return _memo(ctx, "distro", lambda: read_distro(ctx.root))  # type: ignore[no-any-return]
+
+
+def provisioning_data(ctx: Context) -> ProvisioningData | None:
+    """The OVF for this boot: the `media=` image, the DVD, or the kept copy."""
+    from facts.media import provisioning_data as read
+
+    image = ctx.var("media")
+    return _memo(ctx, "ovf", lambda: read(  # type: ignore[no-any-return]
+        ctx.fs, ctx.conf, image=Path(image) if image else None))
+
+
+def ovf_facts(ctx: Context) -> dict[str, Any]:
+    """The stored, secret-free OVF facts of the boot that read the media."""
+    found = store.load(ctx.root, ctx.conf, "ovf")
+    if found is None:
+        raise NotProvisionable("no provisioning data: no ovf-env.xml was found on a DVD, "
+                               "in the media= image or in the kept copy")
+    return found
+
+
+def goal_facts(ctx: Context) -> dict[str, Any]:
+    """The stored facts of the last goal state (incarnation, ids, certificates)."""
+    found = store.load(ctx.root, ctx.conf, "goalstate")
+    if found is None:
+        raise NotProvisionable("no goal state has been fetched yet")
+    return found
+
+
+def wireserver(ctx: Context) -> WireServerClient:
+    """A client of the WireServer: `wireserver=` when given, else the discovered endpoint."""
+    def make() -> WireServerClient:
+        from wire.endpoint import discover_endpoint, remember_endpoint
+        from wire.wireserver import WireServerClient
+
+        given = ctx.var("wireserver")
+        if given:
+            return WireServerClient(given)
+        endpoint = discover_endpoint(ctx.root, ctx.conf)
+        remember_endpoint(ctx.fs, ctx.root, ctx.conf, endpoint.address)
+        return WireServerClient(endpoint.address)
+
+    return _memo(ctx, "wireserver", make)  # type: ignore[no-any-return]
+
+
+def goal_state(ctx: Context) -> GoalStateDocuments:
+    """The goal state and its sub-documents, fetched once per run."""
+    def fetch() -> GoalStateDocuments:
+        from wire.certs import ensure_transport_pair
+
+        client = wireserver(ctx)
+        client.check_protocol_version()
+        pair = ensure_transport_pair(ctx.fs, ctx.lib_dir)
+        return client.goal_state_documents(pair)
+
+    return _memo(ctx, "goal_state", fetch)  # type: ignore[no-any-return]
+
+
+def provisioned_vm_id(ctx: Context) -> str | None:
+    """The VM id in `<Lib.Dir>/provisioned`, or None when this root was never provisioned."""
+    try:
+        text = (ctx.lib_dir / PROVISIONED_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    # Older agents wrote an empty marker: provisioned, VM unknown.
+    return text or "unknown"
+
+
+def is_provisioned(ctx: Context) -> bool:
+    """True when the marker holds this VM's id."""
+    return provisioned_vm_id(ctx) == vm_id(ctx)
+
+
+def mode(ctx: Context) -> str:
+    """Who provisions: "waagent" (these tasks), "cloud-init" (we only report), or "disabled".
+
+    Decided from configuration and a few files of the root, cheap enough for load time.
+    """
+    conf = ctx.conf
+    agent = conf.text("Provisioning.Agent")
+    if not conf.flag("Provisioning.Enabled") or agent == "disabled":
+        return "disabled"
+    if agent == "waagent":
+        return "waagent"
+    if agent == "cloud-init" or conf.flag("Provisioning.UseCloudInit"):
+        return "cloud-init"
+    from facts.distro import cloud_init_enabled
+
+    return "cloud-init" if cloud_init_enabled(ctx.root) else "waagent"
+
+
+def home_dir(ctx: Context, username: str) -> str:
+    """The user's home as the VM sees it (OS.HomeDir/USER)."""
+    return f"{ctx.conf.required_path('OS.HomeDir').rstrip('/')}/{username}"
+
+
+def expand_ovf_path(ctx: Context, path: str, username: str) -> str:
+    """An OVF key path with `$HOME` expanded (`$HOME/user/.ssh/...` or `/home/user/...`)."""
+    home_root = ctx.conf.required_path("OS.HomeDir").rstrip("/")
+    if path.startswith("$HOME"):
+        rest = path[len("$HOME"):].lstrip("/")
+        return f"{home_root}/{rest}" if rest.startswith(username + "/") or rest == username \
+            else f"{home_root}/{username}/{rest}"
+    if not path.startswith("/"):
+        raise NotProvisionable(f"SSH key path {path!r} is neither absolute nor under $HOME")
+    return path
