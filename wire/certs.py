@@ -264,13 +264,14 @@ def parse_pem_bundle(text: bytes) -> CertificateBundle:
 
 def read_pkcs12(pfx: bytes) -> CertificateBundle:
     """The certificates and keys of a PKCS#12 (empty password, with or without MAC)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.serialization import pkcs12
 
     errors = []
     for password in (b"", None):
         try:
             key, cert, more = pkcs12.load_key_and_certificates(pfx, password)
-        except ValueError as err:
+        except (ValueError, UnsupportedAlgorithm) as err:
             errors.append(str(err))
             continue
         certificates = ([cert] if cert is not None else []) + list(more)
@@ -453,10 +454,21 @@ def install_certificates(fs: FileSystem, lib_dir: Path, document: CertificateFil
         return CertificateBundle((), ())
     der = decode_certificate_data(document.data)
     try:
-        bundle = read_pkcs12(decrypt_cms(der, pair.key_pem, pair.cert_pem))
+        pfx = decrypt_cms(der, pair.key_pem, pair.cert_pem)
     except UnsupportedCms as err:
         log.info("in-process decryption unsupported (%s): using %s", err, openssl)
         bundle = _decrypt_with_openssl(fs, lib_dir, der, pair, openssl)
+    else:
+        try:
+            bundle = read_pkcs12(pfx)
+        except CertificateError as err:
+            # Old PKCS#12 ciphers (RC2, ...) that this cryptography build refuses: openssl
+            # may read them (with -legacy). If it cannot either, both reasons are shown.
+            log.info("in-process PKCS#12 reading failed (%s): trying %s", err, openssl)
+            try:
+                bundle = _decrypt_with_openssl(fs, lib_dir, der, pair, openssl)
+            except CertificateError as fallback:
+                raise CertificateError(f"{err}; {fallback}") from None
     store_bundle(fs, lib_dir, bundle)
     return bundle
 

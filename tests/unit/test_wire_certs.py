@@ -379,6 +379,17 @@ def test_openssl_fallback_failure_is_named_and_leaves_nothing(tmp_path: Path) ->
     assert key_files(lib_dir) == [] and not list(lib_dir.glob(".Certificates*"))
 
 
+@needs_openssl
+def test_content_that_is_not_pkcs12_fails_both_ways_cleanly(sandbox: tuple[FileSystem, Path]) -> None:
+    fs, lib_dir = sandbox
+    der = _envelope(b"this is not a PKCS#12" * 10, fixture_pair().cert_pem, "aes128_cbc",
+                    key_id=True)
+    document = CertificateFile("Pkcs7BlobWithPfxContents", base64.b64encode(der).decode(), "1")
+    with pytest.raises(CertificateError, match="not a PKCS#12.*openssl"):
+        install_certificates(fs, lib_dir, document, fixture_pair())
+    assert key_files(lib_dir) == [] and not list(lib_dir.glob(".Certificates*"))
+
+
 # -- cloud-init's certificate fixtures ------------------------------------------------------
 
 def test_pem_bundle_thumbprints_match_cloud_init() -> None:
