@@ -240,6 +240,8 @@ class PlanReporter:
 
     def add_failure(self, task: Any, fail: Any) -> None:
         if isinstance(fail, UnmetDependency):
+            if self._is_group(task):
+                return  # its tasks are listed already
             outcome, error = "blocked", f"a dependency would fail: {fail.message}"
         elif isinstance(fail, DependencyError):
             outcome, error = "fail", ""  # the verdict's reasons say it
@@ -359,14 +361,13 @@ class Plan(ScratchStateCommand, DoitRun):
         reporter = PlanReporter(self.dep_manager)
         out = self.outstream  # doit's run replaces it with its outfile
         # doit's run, every task, silently: one failure must not hide the rest of the plan.
-        result = DoitRun._execute(self, outfile=_Discard(), verbosity=0, continue_=True,
-                                  reporter=reporter)
+        DoitRun._execute(self, outfile=_Discard(), verbosity=0, continue_=True,
+                         reporter=reporter)
         if json_output:
             out.write(json.dumps(reporter.plan.to_json(), indent=1, default=str) + "\n")
         else:
             reporter.plan.write_text(out, show_all)
-        if result not in (0, 1):  # 1: a task would fail, the plan says which
-            return int(result)
+        # Like a run: 1 when a task would fail (the plan says which and why).
         return 1 if any(t.outcome != "run" for t in reporter.plan.tasks) else 0
 
 
