@@ -1,0 +1,78 @@
+"""`status`: the last run report (`<Lib.Dir>/runs/*.json`, written by graph/reporter.py)
+as a table: task, result, duration, and why it ran or how it failed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any, TextIO
+
+from doit.cmd_base import Command
+
+from graph.context import make_context
+from graph.loader import command_line_vars
+from graph.reporter import last_run
+
+# Failures first: they are what the operator came for.
+RESULT_ORDER = {"failed": 0, "running": 1, "changed": 2, "ignored": 3, "up-to-date": 4}
+
+
+def write_table(report: dict[str, Any], out: TextIO, show_all: bool = True) -> None:
+    """The report as aligned columns; `show_all=False` leaves out up-to-date tasks."""
+    rows = []
+    entries = sorted(report.get("tasks", {}).items(),
+                     key=lambda item: (RESULT_ORDER.get(item[1].get("result", ""), 9),
+                                       item[1].get("start") or 0))
+    for name, entry in entries:
+        result = entry.get("result", "?")
+        if result == "up-to-date" and not show_all:
+            continue
+        duration = entry.get("duration")
+        why = entry.get("error") or "; ".join(entry.get("reason") or [])
+        rows.append((name, result, "" if duration is None else f"{duration:.2f} s", why))
+    started = report.get("started", "")
+    try:
+        started = datetime.fromisoformat(started).strftime("%Y-%m-%d %H:%M:%S %Z")
+    except ValueError:
+        pass
+    out.write(f"Last run: {started}, {report.get('seconds', 0):.2f} s, "
+              f"{report.get('failed', 0)} failed ({report.get('file', '')})\n")
+    if not rows:
+        out.write("no task ran\n")
+        return
+    header = ("TASK", "RESULT", "TIME", "REASON / ERROR")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+                  + "  " + row[3] + "\n")
+
+
+opt_json = {"name": "json_output", "long": "json", "type": bool, "default": False,
+            "help": "print the report as JSON"}
+opt_changes = {"name": "changes_only", "long": "changes", "type": bool, "default": False,
+               "help": "leave out the tasks that were up to date"}
+
+
+class Status(Command):
+    """Show the last run report."""
+
+    name = "status"
+    doc_purpose = "show the last run: each task's result, duration and reason or error"
+    doc_usage = "[--json] [--changes]"
+    doc_description = None
+    cmd_options = (opt_json, opt_changes)
+
+    def execute(self, opt_values: Any, pos_args: Any) -> int:
+        # Only the Context (root=, conf=): no tasks to load, no doit state to open.
+        ctx = make_context(command_line_vars(), plan=True)
+        out = sys.stdout
+        report = last_run(ctx)
+        if report is None:
+            out.write(f"no run report yet in {ctx.lib_dir / 'runs'}\n")
+            return 1
+        if opt_values["json_output"]:
+            out.write(json.dumps(report, indent=1) + "\n")
+        else:
+            write_table(report, out, show_all=not opt_values["changes_only"])
+        return 0
