@@ -1,13 +1,749 @@
-"""Tasks of the 'disk' area (not implemented yet: the area is an empty group)."""
+"""Tasks of the 'disk' area: the resource disk, partition -> mkfs -> mount -> README -> swap file.
+
+The resource disk is scratch space the platform hands out NTFS-formatted with one
+partition and DATALOSS_WARNING_README.txt (PLATFORM.md 6). Nothing here may lose
+data, so every destructive step (writing a partition table, mkfs) first asks
+`disk_verdict`, the one place that decides, from facts gathered just before, whether
+the disk may be changed:
+- blank: no partition table and no signature blkid knows;
+- the platform's fresh disk: one NTFS partition holding only the README and NTFS
+  system entries (read with `ntfsls` from ntfs-3g: no mount, no FUSE, no ntfs3 module);
+- ours: one partition carrying the configured filesystem (nothing destructive is
+  needed then), or carrying another Linux filesystem with nothing but our own files
+  (README, lost+found, swapfile), or the still-empty partition of a table this agent
+  wrote (marked by MBR disk id OUR_MBR_DISK_ID or GPT partition name OUR_GPT_NAME,
+  so a run killed between partitioning and mkfs converges without guessing).
+Anything else is refused with the reason (UnsafeOperation); a probe that fails
+raises ProbeFailed and nothing is touched. The area is not critical: a refusal is
+reported in the run report and the rest of provisioning goes on.
+
+Paths: device and mount paths are system paths, opened as `root / path`. Mounts and
+swaps are kernel-global, so /proc reports real paths (`<root>/mnt/resource`); they are
+compared with `root / path`, and mounted devices are recognised by device number,
+not by the name given to mount(8). /etc/fstab is never edited: the task re-mounts
+the disk at each boot.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import stat
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from facts import disks, mounts
 from graph.context import Context
+from graph.uptodate import Inputs, Probe
+from system.errors import AgentError, CommandFailed, ProbeFailed, UnsafeOperation
+
+log = logging.getLogger("waagent.disk")
+
+FORMAT = "ResourceDisk.Format"
+FILESYSTEM = "ResourceDisk.Filesystem"
+MOUNT_POINT = "ResourceDisk.MountPoint"
+MOUNT_OPTIONS = "ResourceDisk.MountOptions"
+ENABLE_SWAP = "ResourceDisk.EnableSwap"
+SWAP_SIZE_MB = "ResourceDisk.SwapSizeMB"
+SWAP_ENCRYPTION = "ResourceDisk.EnableSwapEncryption"
+
+README_NAME = "DATALOSS_WARNING_README.txt"
+SWAPFILE_NAME = "swapfile"
+README_TEXT = """\
+WARNING: THIS IS A TEMPORARY DISK.
+
+Any data stored on this drive is SUBJECT TO LOSS and THERE IS NO WAY TO RECOVER IT.
+
+Please do not use this disk for storing any personal or application data.
+
+For additional details please refer to the documentation at:
+https://learn.microsoft.com/azure/virtual-machines/managed-disks-overview#temporary-disk
+"""
+
+# Marks of a partition table this agent wrote ("WAGD"; GPT has partition names, MBR has not).
+OUR_MBR_DISK_ID = 0x57414744
+OUR_GPT_NAME = "waagent-resource"
+LINUX_PARTITION_GPT = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+# MBR addresses 2^32 sectors of 512 bytes; larger disks get GPT.
+MBR_LIMIT_BYTES = 2 * 1024**4
+
+# Entries of the platform's fresh NTFS disk (lower case): the README and NTFS's own.
+NTFS_FRESH_ENTRIES = frozenset(name.lower() for name in (
+    README_NAME, "System Volume Information", "$RECYCLE.BIN", "$AttrDef", "$BadClus",
+    "$Bitmap", "$Boot", "$Extend", "$LogFile", "$MFT", "$MFTMirr", "$Secure", "$UpCase",
+    "$Volume", ".", ".."))
+# Entries this agent (or mkfs) puts on the disk's own filesystem.
+OUR_ENTRIES = frozenset((README_NAME, SWAPFILE_NAME, "lost+found"))
+LINUX_FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "btrfs")
+# Read-only mount options that also skip journal replay, for looking at a filesystem.
+INSPECT_OPTIONS = {"ext4": "ro,noload", "ext3": "ro,noload", "ext2": "ro",
+                   "xfs": "ro,norecovery", "btrfs": "ro"}
+
+# Bounds for waiting on the kernel and udev (seconds).
+DISK_APPEAR_SECONDS = 10.0
+PARTITION_NODE_SECONDS = 15.0
+POLL_SECONDS = 0.1
+
+
+# ---------------------------------------------------------------- facts for the verdict
+
+@dataclass(frozen=True)
+class PartitionFacts:
+    """One partition: what blkid finds on it and its top-level entries (None: not listed)."""
+
+    device: str
+    fstype: str | None
+    entries: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DiskFacts:
+    """What the verdict needs to know about the resource disk."""
+
+    device: str
+    size_bytes: int
+    table: str | None  # "mbr", "gpt" or None
+    ours: bool  # the table carries this agent's mark
+    signature: str | None  # what blkid finds on the whole disk when there is no table
+    partitions: tuple[PartitionFacts, ...]
+
+
+def disk_verdict(disk: DiskFacts, filesystem: str) -> tuple[bool, str]:
+    """May the resource disk be partitioned/formatted for `filesystem`? (safe, reason).
+
+    The one home of the data-safety rule (module docstring); anything not positively
+    known to hold no data is refused.
+    """
+    if disk.table is None:
+        if disk.signature:
+            return False, (f"{disk.device} holds {disk.signature} on the whole disk, without "
+                           "the platform's partition table")
+        return True, f"{disk.device} is blank: no partition table, no signature"
+    if len(disk.partitions) != 1:
+        return False, (f"{disk.device} has {len(disk.partitions)} partitions; the platform's "
+                       "fresh resource disk has exactly one")
+    part = disk.partitions[0]
+    if part.fstype == filesystem:
+        return True, f"{part.device} already carries {filesystem}"
+    if part.fstype is None:
+        if disk.ours:
+            return True, f"{part.device} is the still-empty partition of a table this agent wrote"
+        return False, (f"{part.device} has no signature blkid knows, in a partition table this "
+                       "agent did not write: its contents are unknown")
+    if part.fstype not in ("ntfs", *LINUX_FILESYSTEMS):
+        return False, f"{part.device} holds {part.fstype}, which this agent never formats over"
+    if part.entries is None:
+        return False, f"the files on {part.device} ({part.fstype}) could not be listed"
+    if part.fstype == "ntfs":
+        others = sorted(e for e in part.entries if e.lower() not in NTFS_FRESH_ENTRIES)
+        if not others:
+            return True, f"{part.device} is the platform's fresh NTFS disk (only {README_NAME})"
+    else:
+        others = sorted(e for e in part.entries if e not in OUR_ENTRIES)
+        if not others:
+            return True, f"{part.device} ({part.fstype}) holds nothing but this agent's files"
+    shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+    return False, (f"{part.device} ({part.fstype}) holds {len(others)} entries besides "
+                   f"{README_NAME}: {shown}; move them away, or set "
+                   f"{FILESYSTEM}={part.fstype} or {FORMAT}=n")
+
+
+def our_table_mark(head: bytes, table: str | None) -> bool:
+    """True when the partition table in a disk's first 16 KiB carries this agent's mark."""
+    if table == "mbr":
+        return len(head) >= 446 and struct.unpack_from("<I", head, 440)[0] == OUR_MBR_DISK_ID
+    if table != "gpt":
+        return False
+    for sector in (512, 4096):
+        header = head[sector:sector + 92]
+        if header[:8] != b"EFI PART":
+            continue
+        entries_lba, _count, entry_size = struct.unpack_from("<QII", header, 72)
+        entry = head[entries_lba * sector:entries_lba * sector + entry_size]
+        if len(entry) < 128:
+            return False
+        name = entry[56:128].decode("utf-16-le", errors="replace").split("\0", 1)[0]
+        return name == OUR_GPT_NAME
+    return False
+
+
+# ---------------------------------------------------------------- reading the real state
+
+def tool_path(ctx: Context, system_path: str) -> str:
+    """A system path as a command sees it: inside the root, unless commands run chrooted."""
+    return system_path if ctx.run.chroot else str(ctx.root / system_path)
+
+
+def resource_disk(ctx: Context) -> str | None:
+    """The resource disk (system path), waiting up to DISK_APPEAR_SECONDS when the VM's
+    storage controller is there but the disk is not yet; memoized for the run."""
+    if "disk:device" in ctx.memo:
+        found: str | None = ctx.memo["disk:device"]
+        return found
+    found = wait_for_resource_disk(ctx, DISK_APPEAR_SECONDS)
+    ctx.memo["disk:device"] = found
+    return found
+
+
+def wait_for_resource_disk(ctx: Context, seconds: float,
+                           sleep: Callable[[float], None] = time.sleep) -> str | None:
+    """Poll for the resource disk with a bound; None at once when the root has no /sys
+    (an image or a sandbox: no hardware) or the VM has no VMBus (not on Hyper-V)."""
+    if not (ctx.root / "sys").exists():
+        return None
+    deadline = time.monotonic() + seconds
+    while True:
+        device = disks.resource_disk_device(ctx.root)
+        if device is not None and (ctx.root / device).exists():
+            return device
+        no_vmbus = not (ctx.root / "sys/bus/vmbus/devices").is_dir()
+        if no_vmbus and not (ctx.root / disks.RESOURCE_DISK_LINK).is_symlink():
+            return None
+        if time.monotonic() >= deadline:
+            return None
+        sleep(POLL_SECONDS)
+
+
+def first_partition(ctx: Context, device: str) -> disks.Partition | None:
+    """The kernel's partition 1 of a disk, or None."""
+    for part in disks.block_device(ctx.root, device).partitions:
+        if part.number == 1:
+            return part
+    return None
+
+
+def device_number(ctx: Context, device: str) -> int | None:
+    """st_rdev of a block device node in the root, None when the node is missing."""
+    try:
+        st = os.stat(ctx.root / device)
+    except FileNotFoundError:
+        return None
+    return st.st_rdev if stat.S_ISBLK(st.st_mode) else st.st_ino
+
+
+def mounts_of_device(ctx: Context, device: str) -> list[str]:
+    """Real paths where a block device is mounted, by device number (mount(8) may have
+    been given any name of the node)."""
+    wanted = device_number(ctx, device)
+    if wanted is None:
+        return []
+    fstype = signature_type(ctx, device)
+    found = []
+    for mount in mounts.mounts(ctx.root):
+        # stat only candidates: a stat of a dead network mount would hang
+        if mount.fstype != fstype if fstype else not mount.source.startswith("/"):
+            continue
+        with contextlib.suppress(OSError):
+            if os.stat(mount.target).st_dev == wanted and os.path.ismount(mount.target):
+                found.append(mount.target)
+    return list(dict.fromkeys(found))
+
+
+def signature_type(ctx: Context, device: str) -> str | None:
+    """The filesystem type from the superblock (fast; blkid is used for verdicts)."""
+    signature = disks.filesystem_signature(ctx.root, device)
+    return signature.type if signature else None
+
+
+def list_entries(ctx: Context, device: str, fstype: str) -> tuple[str, ...] | None:
+    """Top-level names in the filesystem on `device`, read without changing it.
+
+    NTFS: `ntfsls -a -s` (all entries, system ones too). Linux filesystems: the mount
+    where it is already mounted, or a read-only mount (no journal replay) in a private
+    temporary directory, unmounted at once. None when it cannot be read.
+    """
+    if fstype == "ntfs":
+        if shutil.which("ntfsls") is None and not ctx.run.chroot:
+            return None
+        result = ctx.run.probe(["ntfsls", "-a", "-s", tool_path(ctx, device)])
+        if not result.ok:
+            log.warning("ntfsls %s failed: %s", device, result.stderr.strip())
+            return None
+        return tuple(line.strip() for line in result.stdout.splitlines() if line.strip())
+    if fstype not in INSPECT_OPTIONS:
+        return None
+    for target in mounts_of_device(ctx, device):
+        return tuple(sorted(os.listdir(target)))
+    if ctx.run.chroot:
+        return None
+    scratch = tempfile.mkdtemp(prefix="waagent-inspect-")
+    try:
+        mounted = ctx.run.probe(["mount", "-t", fstype, "-o", INSPECT_OPTIONS[fstype],
+                                 tool_path(ctx, device), scratch])
+        if not mounted.ok:
+            log.warning("read-only mount of %s failed: %s", device, mounted.stderr.strip())
+            return None
+        try:
+            return tuple(sorted(os.listdir(scratch)))
+        finally:
+            ctx.run.probe(["umount", scratch], check=True)
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(scratch)
+
+
+def gather_disk_facts(ctx: Context, device: str, *, list_files: bool = True) -> DiskFacts:
+    """The verdict's facts, read now: table, our mark, blkid of the disk and partitions."""
+    block = disks.block_device(ctx.root, device)
+    head = disks.read_device_head(ctx.root, device, 16 * 1024)
+    signature = None
+    if block.partition_table is None:
+        found = disks.blkid(ctx.run, device)
+        signature = found.get("TYPE") or (f"a {found['PTTYPE']} partition table"
+                                          if "PTTYPE" in found else None)
+    partitions = []
+    for part in block.partitions:
+        fstype = disks.blkid(ctx.run, part.device).get("TYPE") or None
+        entries = None
+        if list_files and fstype is not None and len(block.partitions) == 1:
+            entries = list_entries(ctx, part.device, fstype)
+        partitions.append(PartitionFacts(part.device, fstype, entries))
+    return DiskFacts(device, block.size_bytes, block.partition_table,
+                     our_table_mark(head, block.partition_table), signature, tuple(partitions))
+
+
+def require_safe(ctx: Context, device: str, filesystem: str) -> DiskFacts:
+    """Facts of a disk the verdict allows changing; UnsafeOperation with the reason otherwise."""
+    facts = gather_disk_facts(ctx, device)
+    safe, reason = disk_verdict(facts, filesystem)
+    if not safe:
+        raise UnsafeOperation(f"refusing to partition or format the resource disk: {reason}")
+    log.debug("resource disk verdict: %s", reason)
+    return facts
+
+
+# ---------------------------------------------------------------- options
+
+@dataclass(frozen=True)
+class DiskOptions:
+    """The ResourceDisk.* options as the tasks use them."""
+
+    format: bool
+    filesystem: str
+    mount_point: str
+    mount_options: str | None
+    swap_mb: int  # 0: no swap
+    encrypt_swap: bool
+
+    @classmethod
+    def of(cls, ctx: Context) -> DiskOptions:
+        conf = ctx.conf
+        swap = (conf.number(SWAP_SIZE_MB) or 0) if conf.flag(ENABLE_SWAP) else 0
+        return cls(conf.flag(FORMAT), conf.text(FILESYSTEM) or "ext4",
+                   "/" + (conf.text(MOUNT_POINT) or "/mnt/resource").strip("/"),
+                   conf.text(MOUNT_OPTIONS) or None, swap if conf.flag(FORMAT) else 0,
+                   conf.flag(SWAP_ENCRYPTION))
+
+
+# ---------------------------------------------------------------- partition
+
+def partition_problem(ctx: Context) -> str | None:
+    """Why the disk is not partitioned as wanted (one partition, not the fresh NTFS), or None."""
+    if not DiskOptions.of(ctx).format:
+        return None
+    device = resource_disk(ctx)
+    if device is None:
+        return "no resource disk"
+    block = disks.block_device(ctx.root, device)
+    if block.partition_table is None or len(block.partitions) != 1:
+        return f"{device}: {len(block.partitions)} partitions, want one"
+    if signature_type(ctx, block.partitions[0].device) == "ntfs":
+        return f"{device} is still NTFS-partitioned"
+    return None
+
+
+def partition_script(size_bytes: int) -> str:
+    """sfdisk input for one Linux partition over the disk: MBR up to 2 TiB, GPT above."""
+    if size_bytes <= MBR_LIMIT_BYTES:
+        return f"label: dos\nlabel-id: 0x{OUR_MBR_DISK_ID:08x}\ntype=83\n"
+    return f'label: gpt\ntype={LINUX_PARTITION_GPT}, name="{OUR_GPT_NAME}"\n'
+
+
+def ensure_partitioned(ctx: Context) -> None:
+    """Give the resource disk one Linux partition when it is blank or the fresh NTFS disk."""
+    opts = DiskOptions.of(ctx)
+    if not opts.format:
+        log.info("resource disk: %s=n, not partitioning", FORMAT)
+        return
+    device = resource_disk(ctx)
+    if device is None:
+        log.info("no resource disk: nothing to partition")
+        return
+    facts = require_safe(ctx, device, opts.filesystem)
+    fresh_ntfs = len(facts.partitions) == 1 and facts.partitions[0].fstype == "ntfs"
+    if facts.table is not None and not fresh_ntfs:
+        return  # already one partition of ours
+    busy = [m for p in facts.partitions for m in mounts_of_device(ctx, p.device)]
+    if busy:
+        raise UnsafeOperation(f"refusing to partition {device}: it is mounted at "
+                              f"{', '.join(busy)}; unmount it first")
+    script = partition_script(facts.size_bytes)
+    ctx.run.change(["sfdisk", "--quiet", "--wipe", "always", "--wipe-partitions", "always",
+                    tool_path(ctx, device)], input=script,
+                   why=f"one {'MBR' if 'dos' in script else 'GPT'} partition on the resource disk")
+    reread_partition_table(ctx, device)
+
+
+def reread_partition_table(ctx: Context, device: str) -> None:
+    """Make the kernel (and udev) see the new table, then wait for partition 1's node."""
+    if ctx.run.plan:
+        return
+    real = tool_path(ctx, device)
+    if first_partition(ctx, device) is None:
+        reread = ctx.run.change(["blockdev", "--rereadpt", real], check=False,
+                                why="re-read the partition table")
+        if not reread.ok and shutil.which("partprobe"):
+            ctx.run.change(["partprobe", real], check=False, why="re-read the partition table")
+    if shutil.which("udevadm"):
+        ctx.run.probe(["udevadm", "settle", "--timeout", str(int(PARTITION_NODE_SECONDS))])
+    deadline = time.monotonic() + PARTITION_NODE_SECONDS
+    while True:
+        part = first_partition(ctx, device)
+        if part is not None and device_number(ctx, part.device) is not None:
+            return
+        if time.monotonic() >= deadline:
+            raise CommandFailed(f"{device}: partition 1 did not appear "
+                                f"(sysfs: {'yes' if part else 'no'}, node: no) within "
+                                f"{PARTITION_NODE_SECONDS:.0f} s of re-reading the table")
+        time.sleep(POLL_SECONDS)
+
+
+# ---------------------------------------------------------------- mkfs
+
+def mkfs_command(filesystem: str, device: str) -> list[str]:
+    """The mkfs argv for a filesystem; forced, because the verdict already decided."""
+    force = {"xfs": "-f", "btrfs": "-f"}.get(filesystem, "-F")
+    return [f"mkfs.{filesystem}", "-q", force, device]
+
+
+def mkfs_problem(ctx: Context) -> str | None:
+    """Why partition 1 does not carry the configured filesystem, or None."""
+    opts = DiskOptions.of(ctx)
+    if not opts.format:
+        return None
+    device = resource_disk(ctx)
+    if device is None:
+        return "no resource disk"
+    part = first_partition(ctx, device)
+    if part is None:
+        return f"{device} has no partition 1"
+    found = signature_type(ctx, part.device)
+    if found != opts.filesystem:
+        return f"{part.device} holds {found or 'no filesystem'}, want {opts.filesystem}"
+    return None
+
+
+def ensure_filesystem(ctx: Context) -> None:
+    """mkfs.<Filesystem> on partition 1, when the verdict allows and it is not there yet."""
+    opts = DiskOptions.of(ctx)
+    if not opts.format:
+        log.info("resource disk: %s=n, not formatting", FORMAT)
+        return
+    device = resource_disk(ctx)
+    if device is None:
+        log.info("no resource disk: nothing to format")
+        return
+    facts = require_safe(ctx, device, opts.filesystem)
+    if facts.table is None or not facts.partitions:
+        if ctx.run.plan:
+            ctx.run.record("run", f"mkfs.{opts.filesystem} {device} partition 1",
+                           "after partitioning")
+            return
+        raise ProbeFailed(f"{device} has no partition to format")
+    part = facts.partitions[0]
+    if part.fstype == opts.filesystem:
+        return
+    # An empty filesystem of ours in another type: free it (only our swap, our mount) first.
+    for target in mounts_of_device(ctx, part.device):
+        swapoff_ours(ctx, Path(target) / SWAPFILE_NAME)
+        ctx.run.change(["umount", target], why=f"reformat {part.device} as {opts.filesystem}")
+    ctx.run.change(mkfs_command(opts.filesystem, tool_path(ctx, part.device)),
+                   why=f"format the resource disk ({disk_verdict(facts, opts.filesystem)[1]})")
+
+
+# ---------------------------------------------------------------- mount
+
+def mount_target(ctx: Context) -> Path:
+    """The mount point's real path (what /proc/self/mountinfo shows)."""
+    return ctx.root / DiskOptions.of(ctx).mount_point
+
+
+def mount_state(ctx: Context, partition: str) -> str:
+    """One of: "mounted", "not mounted", "no device", "elsewhere: <path>",
+    "occupied: <what>" (another filesystem is mounted at the mount point)."""
+    if device_number(ctx, partition) is None:
+        return "no device"
+    target = mount_target(ctx)
+    places = mounts_of_device(ctx, partition)
+    if str(target) in places:
+        return "mounted"
+    if os.path.ismount(target):
+        other = mounts.mount_at(ctx.root, str(target))
+        return f"occupied: {other.source if other else 'another filesystem'}"
+    if places:
+        return f"elsewhere: {places[0]}"
+    return "not mounted"
+
+
+def mount_problem(ctx: Context) -> str | None:
+    """Why the resource disk is not mounted at the mount point, or None."""
+    opts = DiskOptions.of(ctx)
+    if not opts.format:
+        return None
+    device = resource_disk(ctx)
+    if device is None:
+        return "no resource disk"
+    part = first_partition(ctx, device)
+    if part is None:
+        return f"{device} has no partition 1"
+    state = mount_state(ctx, part.device)
+    return None if state == "mounted" else f"{part.device} at {opts.mount_point}: {state}"
+
+
+def ensure_mounted(ctx: Context) -> None:
+    """Mount partition 1 at MountPoint with MountOptions; remount when it already is there
+    (this action runs when the options changed), move it when mounted elsewhere."""
+    opts = DiskOptions.of(ctx)
+    if not opts.format:
+        log.info("resource disk: %s=n, not mounting", FORMAT)
+        return
+    device = resource_disk(ctx)
+    if device is None:
+        log.info("no resource disk: nothing to mount")
+        return
+    part = first_partition(ctx, device)
+    if part is None:
+        if ctx.run.plan:
+            ctx.run.record("run", f"mount {device} partition 1 {opts.mount_point}",
+                           "after partitioning")
+            return
+        raise ProbeFailed(f"{device} has no partition 1 to mount")
+    target = mount_target(ctx)
+    state = mount_state(ctx, part.device)
+    options = opts.mount_options or "defaults"
+    if state == "no device":
+        raise ProbeFailed(f"cannot mount {part.device}: no such device node")
+    if state.startswith("occupied"):
+        raise UnsafeOperation(f"cannot mount {part.device} at {opts.mount_point}: "
+                              f"{state.split(': ', 1)[1]} is mounted there; unmount it or "
+                              f"change {MOUNT_POINT}")
+    if state == "mounted":
+        ctx.run.change(["mount", "-o", f"remount,{options}", str(target)],
+                       why=f"mount options {options}")
+        return
+    if state.startswith("elsewhere"):
+        old = state.split(": ", 1)[1]
+        swapoff_ours(ctx, Path(old) / SWAPFILE_NAME)
+        ctx.run.change(["umount", old], why=f"move the resource disk to {opts.mount_point}")
+    ctx.fs.mkdir(target, why="resource disk mount point")
+    fstype = signature_type(ctx, part.device)
+    argv = ["mount", *(["-t", fstype] if fstype else []), "-o", options,
+            tool_path(ctx, part.device), str(target)]
+    ctx.run.change(argv, why=f"mount the resource disk at {opts.mount_point}")
+
+
+# ---------------------------------------------------------------- README
+
+def readme_problem(ctx: Context) -> str | None:
+    """Why the dataloss README is missing or stale on the mounted disk, or None."""
+    if not DiskOptions.of(ctx).format or resource_disk(ctx) is None:
+        return None
+    if mount_problem(ctx) is not None:
+        return "resource disk not mounted"
+    path = mount_target(ctx) / README_NAME
+    try:
+        return None if path.read_text() == README_TEXT else f"{README_NAME} differs"
+    except FileNotFoundError:
+        return f"no {README_NAME}"
+
+
+def ensure_readme(ctx: Context) -> None:
+    """Write DATALOSS_WARNING_README.txt at the root of the mounted resource disk."""
+    if not DiskOptions.of(ctx).format or resource_disk(ctx) is None:
+        log.info("no resource disk mounted by this agent: no README")
+        return
+    problem = mount_problem(ctx)
+    if problem is not None:
+        if ctx.run.plan:
+            ctx.run.record("write", f"{DiskOptions.of(ctx).mount_point}/{README_NAME}",
+                           "after mounting")
+            return
+        raise ProbeFailed(f"not writing {README_NAME}: {problem}")
+    ctx.fs.write(mount_target(ctx) / README_NAME, README_TEXT, mode=0o644,
+                 why="dataloss warning on the resource disk")
+
+
+# ---------------------------------------------------------------- swap file
+
+def swapfile_path(ctx: Context) -> Path:
+    """Our swap file's real path (what /proc/swaps shows)."""
+    return mount_target(ctx) / SWAPFILE_NAME
+
+
+def crypt_name(swapfile: Path) -> str:
+    """The dm-crypt name of an encrypted swap file: device-mapper names are kernel-global,
+    so the name is derived from the file's real path."""
+    return "waagent-swap-" + hashlib.sha256(str(swapfile).encode()).hexdigest()[:8]
+
+
+def active_swap_mb(ctx: Context, swapfile: Path) -> int | None:
+    """Size in MiB of our swap (the file, or its dm-crypt device), None when not active."""
+    size = mounts.active_swap_size_mb(ctx.root, str(swapfile))
+    if size is not None:
+        return size
+    mapper = device_number(ctx, f"/dev/mapper/{crypt_name(swapfile)}")
+    if mapper is None:
+        return None
+    for swap in mounts.active_swaps(ctx.root):
+        with contextlib.suppress(OSError):
+            if os.stat(swap.path).st_rdev == mapper:
+                return (swap.size_kb + 1023) // 1024
+    return None
+
+
+def swap_problem(ctx: Context) -> str | None:
+    """Why our swap is not as configured (active at SwapSizeMB, or gone when off), or None."""
+    opts = DiskOptions.of(ctx)
+    swapfile = swapfile_path(ctx)
+    active = active_swap_mb(ctx, swapfile)
+    if opts.swap_mb == 0:
+        if active is not None:
+            return f"swap active {active} MB at {swapfile}, want none"
+        return None
+    if resource_disk(ctx) is None:
+        return None
+    if active != opts.swap_mb:
+        return f"swap active {active or 0} MB, want {opts.swap_mb} MB"
+    return None
+
+
+def swapoff_ours(ctx: Context, swapfile: Path) -> None:
+    """Turn off our swap file (or its dm-crypt device) only; never `swapoff -a`."""
+    if mounts.active_swap_size_mb(ctx.root, str(swapfile)) is not None:
+        ctx.run.change(["swapoff", str(swapfile)], why="turn off our swap file")
+    name = crypt_name(swapfile)
+    mapper = f"/dev/mapper/{name}"
+    if device_number(ctx, mapper) is not None:
+        if active_swap_mb(ctx, swapfile) is not None:
+            ctx.run.change(["swapoff", tool_path(ctx, mapper)], why="turn off our encrypted swap")
+        ctx.run.change(["cryptsetup", "close", name], why="close our encrypted swap")
+
+
+def ensure_swap(ctx: Context) -> None:
+    """Our swap file at <MountPoint>/swapfile: SwapSizeMB, 0600, without holes, active;
+    removed when swap is off. Only our own file is ever swapped off."""
+    opts = DiskOptions.of(ctx)
+    swapfile = swapfile_path(ctx)
+    if opts.swap_mb == 0 or resource_disk(ctx) is None:
+        swapoff_ours(ctx, swapfile)
+        if mount_problem(ctx) is None:
+            ctx.fs.remove(swapfile, why="swap is off")
+        return
+    problem = mount_problem(ctx)
+    if problem is not None:
+        if ctx.run.plan:
+            ctx.run.record("run", f"swap file {swapfile}", "after mounting")
+            return
+        raise ProbeFailed(f"no swap file: {problem}")
+    if active_swap_mb(ctx, swapfile) == opts.swap_mb:
+        return
+    swapoff_ours(ctx, swapfile)
+    # A file left by an interrupted run may have holes or a stale size: start over.
+    ctx.fs.remove(swapfile, why=f"re-create the swap file at {opts.swap_mb} MB")
+    fstype = signature_type(ctx, resource_partition(ctx))
+    allocate_swapfile(ctx, swapfile, opts.swap_mb, fstype)
+    if opts.encrypt_swap and (ctx.run.chroot or shutil.which("cryptsetup")):
+        name = crypt_name(swapfile)
+        # Plain dm-crypt with a throw-away random key (on stdin): the swap is unreadable
+        # after power-off, and nothing needs to remember the key.
+        ctx.run.change(["cryptsetup", "open", "--type", "plain", "--cipher", "aes-xts-plain64",
+                        "--key-size", "512", "--key-file", "-", str(swapfile), name],
+                       secret_input=secrets.token_hex(64), why="encrypt the swap file")
+        target = tool_path(ctx, f"/dev/mapper/{name}")
+    else:
+        if opts.encrypt_swap:
+            log.warning("%s=y but cryptsetup is missing: swap is not encrypted", SWAP_ENCRYPTION)
+        target = str(swapfile)
+    ctx.run.change(["mkswap", target], why="format the swap file")
+    ctx.run.change(["swapon", target], why=f"{opts.swap_mb} MB swap on the resource disk")
+
+
+def resource_partition(ctx: Context) -> str:
+    """Partition 1 of the resource disk (the disk is known to be mounted by now)."""
+    device = resource_disk(ctx)
+    part = first_partition(ctx, device) if device else None
+    if part is None:
+        raise ProbeFailed("resource disk partition 1 went away")
+    return part.device
+
+
+def allocate_swapfile(ctx: Context, swapfile: Path, size_mb: int, fstype: str | None) -> None:
+    """Create a 0600 file of size_mb MiB with every block allocated (swapon refuses holes)."""
+    ctx.fs.write(swapfile, b"", mode=0o600, why="swap file (empty, private before sizing)")
+    if fstype == "btrfs":
+        # btrfs swap files must be NOCOW, set while the file is still empty.
+        ctx.run.change(["chattr", "+C", str(swapfile)], why="btrfs swap file without CoW")
+    allocated = ctx.run.change(["fallocate", "--length", f"{size_mb}MiB", str(swapfile)],
+                               check=False, why=f"allocate {size_mb} MB swap file")
+    if not allocated.ok:
+        # ext2/ext3 have no fallocate: write the zeros instead.
+        ctx.run.change(["dd", "if=" + tool_path(ctx, "/dev/zero"), f"of={swapfile}", "bs=1M",
+                        f"count={size_mb}", "conv=fsync", "status=none"],
+                       why=f"write {size_mb} MB swap file")
+
+
+# ---------------------------------------------------------------- the tasks
+
+def _guarded(probe: Callable[[Context], str | None], ctx: Context) -> Callable[[], str | None]:
+    """A probe that cannot read the state says so (the task then runs and its action,
+    re-checking, reports the failure) instead of crashing doit's up-to-date check."""
+    def check() -> str | None:
+        try:
+            return probe(ctx)
+        except (AgentError, OSError) as err:
+            return f"cannot tell: {err}"
+    return check
+
+
+def _inputs(name: str, ctx: Context, *options: str) -> Inputs:
+    return Inputs(f"disk:{name}", lambda: ctx.conf.subset(options))
 
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
-    """No tasks yet."""
-    yield from ()
+    """partition -> mkfs -> mount -> readme -> swapfile; each reruns on its own options or
+    when the real state disagrees."""
+    opts = DiskOptions.of(ctx)
+    steps: list[tuple[str, str, Callable[[Context], None], Callable[[Context], str | None],
+                      tuple[str, ...]]] = [
+        ("partition", "one partition on the resource disk (MBR; GPT over 2 TiB)",
+         ensure_partitioned, partition_problem, (FORMAT,)),
+        ("mkfs", f"{opts.filesystem} on the resource disk, only if it holds no data",
+         ensure_filesystem, mkfs_problem, (FORMAT, FILESYSTEM)),
+        ("mount", f"mount the resource disk at {opts.mount_point}",
+         ensure_mounted, mount_problem, (FORMAT, MOUNT_POINT, MOUNT_OPTIONS)),
+        ("readme", f"{README_NAME} on the resource disk",
+         ensure_readme, readme_problem, (FORMAT, MOUNT_POINT)),
+        ("swapfile", f"{opts.swap_mb} MB swap file on the resource disk" if opts.swap_mb
+         else "no swap file on the resource disk",
+         ensure_swap, swap_problem,
+         (FORMAT, MOUNT_POINT, ENABLE_SWAP, SWAP_SIZE_MB, SWAP_ENCRYPTION)),
+    ]
+    previous = None
+    for name, doc, action, probe, options in steps:
+        yield {
+            "name": name,
+            "doc": doc,
+            "actions": [(action, [ctx])],
+            "task_dep": [f"disk:{previous}"] if previous else [],
+            "uptodate": [_inputs(name, ctx, *options), Probe(f"disk:{name}", _guarded(probe, ctx))],
+        }
+        previous = name
