@@ -1,13 +1,163 @@
-"""Tasks of the 'serialconsole' area (not implemented yet: the area is an empty group)."""
+"""Serial console: the kernel writes to ttyS0 from early boot (PLATFORM.md §7).
+
+`serialconsole:kernel-cmdline` puts `console=ttyS0 earlyprintk=ttyS0` on the kernel
+command line through the root's boot loader tooling: grubby where the distribution
+uses it (RHEL family, BLS entries), else GRUB 2's /etc/default/grub
+(GRUB_CMDLINE_LINUX) followed by the distribution's regeneration of grub.cfg.
+Arguments already there are kept; running it twice changes nothing.
+"""
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Iterator
 from typing import Any
 
 from graph.context import Context
+from graph.uptodate import Probe
+from system.errors import AgentError
+
+CONSOLE_ARGS = ("console=ttyS0", "earlyprintk=ttyS0")
+DEFAULT_GRUB = "/etc/default/grub"
+_CMDLINE = re.compile(r"^(\s*)GRUB_CMDLINE_LINUX=(.*)$")
+# Where each GRUB flavour keeps its generated configuration, and the command that makes it.
+_GRUB_CONFIGS = (
+    ("/boot/grub2/grub.cfg", ("grub2-mkconfig", "-o", "/boot/grub2/grub.cfg")),
+    ("/boot/grub/grub.cfg", ("grub-mkconfig", "-o", "/boot/grub/grub.cfg")),
+)
+
+
+class BootLoaderError(AgentError):
+    """The boot loader configuration cannot be read or changed."""
+
+
+def _tool_in_root(ctx: Context, name: str) -> bool:
+    return any((ctx.root / d / name).exists() for d in ("usr/sbin", "sbin", "usr/bin", "bin"))
+
+
+def uses_grubby(ctx: Context) -> bool:
+    """True when the root's kernels are configured with grubby (it rewrites BLS entries)."""
+    return _tool_in_root(ctx, "grubby")
+
+
+def parse_cmdline_value(line_value: str, where: str) -> list[str]:
+    """The words of a GRUB_CMDLINE_LINUX value, with shell quoting undone."""
+    try:
+        words = shlex.split(line_value, comments=True)
+    except ValueError as err:
+        raise BootLoaderError(f"{where}: cannot parse GRUB_CMDLINE_LINUX ({err}); "
+                              "fix the line by hand") from None
+    return " ".join(words).split()
+
+
+def with_console(text: str, where: str) -> str:
+    """/etc/default/grub text with the console arguments on GRUB_CMDLINE_LINUX.
+
+    The last assignment wins in a shell file, so that one is edited; a file without
+    one gets a new line.
+    """
+    lines = text.splitlines(keepends=True)
+    last = None
+    for index, line in enumerate(lines):
+        if _CMDLINE.match(line.rstrip("\n")):
+            last = index
+    if last is None:
+        tail = "" if not text or text.endswith("\n") else "\n"
+        return f"{text}{tail}GRUB_CMDLINE_LINUX=\"{' '.join(CONSOLE_ARGS)}\"\n"
+    match = _CMDLINE.match(lines[last].rstrip("\n"))
+    assert match is not None
+    words = parse_cmdline_value(match.group(2), where)
+    missing = [arg for arg in CONSOLE_ARGS if arg not in words]
+    if not missing:
+        return text
+    # Values come from the file itself; double quotes keep `$VAR` references working.
+    value = " ".join([*words, *missing]).replace("\\", "\\\\").replace('"', '\\"')
+    lines[last] = f'{match.group(1)}GRUB_CMDLINE_LINUX="{value}"\n'
+    return "".join(lines)
+
+
+def grub_config(ctx: Context) -> tuple[str, tuple[str, ...]] | None:
+    """The generated grub.cfg of the root and the command that regenerates it, if any."""
+    for config, command in _GRUB_CONFIGS:
+        if (ctx.root / config).exists():
+            if command[0] == "grub-mkconfig" and _tool_in_root(ctx, "update-grub"):
+                return config, ("update-grub",)  # Debian's wrapper, same output
+            return config, command
+    return None
+
+
+def _has_console(text: str) -> bool:
+    return all(re.search(rf"(^|\s){re.escape(arg)}(\s|$)", text) for arg in CONSOLE_ARGS)
+
+
+def grub_problem(ctx: Context) -> str | None:
+    """Probe: what keeps the GRUB setup from a serial console, or None."""
+    default = ctx.root / DEFAULT_GRUB
+    try:
+        text = default.read_text()
+    except FileNotFoundError:
+        return f"{DEFAULT_GRUB} is missing"
+    if with_console(text, DEFAULT_GRUB) != text:
+        return f"GRUB_CMDLINE_LINUX in {DEFAULT_GRUB} lacks {' '.join(CONSOLE_ARGS)}"
+    found = grub_config(ctx)
+    if found is not None:
+        config, _ = found
+        linux_lines = [line for line in (ctx.root / config).read_text(errors="replace")
+                       .splitlines() if line.strip().startswith("linux")]
+        if linux_lines and not all(_has_console(line) for line in linux_lines):
+            return f"{config} is older than {DEFAULT_GRUB}: not regenerated"
+    return None
+
+
+def grubby_problem(ctx: Context) -> str | None:
+    """Probe: kernels whose grubby arguments lack the console, or None."""
+    result = ctx.run.probe(["grubby", "--info=ALL"], check=True)
+    args_lines = [line for line in result.stdout.splitlines() if line.startswith("args=")]
+    lacking = [line for line in args_lines if not _has_console(line.partition("=")[2].strip('"'))]
+    if lacking:
+        return f"{len(lacking)} of {len(args_lines)} kernels lack {' '.join(CONSOLE_ARGS)}"
+    return None
+
+
+def set_grub_console(ctx: Context) -> None:
+    """Edit /etc/default/grub, then regenerate grub.cfg with the distribution's command."""
+    default = ctx.root / DEFAULT_GRUB
+    try:
+        text = default.read_text()
+    except FileNotFoundError:
+        raise BootLoaderError(
+            f"no boot loader configuration in {ctx.root.base}: neither grubby nor "
+            f"{DEFAULT_GRUB}; add {' '.join(CONSOLE_ARGS)} to the kernel command line by "
+            "hand") from None
+    ctx.fs.write(default, with_console(text, DEFAULT_GRUB),
+                 why=f"kernel console on ttyS0: {' '.join(CONSOLE_ARGS)}")
+    found = grub_config(ctx)
+    if found is None:
+        # No grub.cfg yet (GRUB not installed in this root): it is made from the edited file.
+        return
+    _, command = found
+    ctx.run.change(list(command), why="regenerate grub.cfg with the serial console",
+                   timeout=600)
+
+
+def set_grubby_console(ctx: Context) -> None:
+    """grubby adds the arguments to every installed kernel."""
+    ctx.run.change(["grubby", "--update-kernel=ALL", f"--args={' '.join(CONSOLE_ARGS)}"],
+                   why="kernel console on ttyS0")
 
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
-    """No tasks yet."""
-    yield from ()
+    """serialconsole:kernel-cmdline, with grubby or GRUB 2, whichever the root uses."""
+    if uses_grubby(ctx):
+        doc, action, probe = ("console=ttyS0 earlyprintk=ttyS0 on every kernel (grubby)",
+                              set_grubby_console, grubby_problem)
+    else:
+        doc, action, probe = (f"console=ttyS0 earlyprintk=ttyS0 in {DEFAULT_GRUB}, grub.cfg "
+                              "regenerated", set_grub_console, grub_problem)
+    yield {
+        "name": "kernel-cmdline",
+        "doc": doc,
+        "actions": [(action, [ctx])],
+        "uptodate": [Probe("kernel-cmdline", lambda: probe(ctx))],
+    }
