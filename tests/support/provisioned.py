@@ -9,6 +9,7 @@ hand-written passwd/shadow lines in a sandbox).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def lay_down_provisioned_state(root: Path, *, username: str = USERNAME,
     write(lib / "TransportPrivate.pem", "-----BEGIN PRIVATE KEY-----\nMIIE\n", 0o600)
     write(lib / "EB0C0AB4B2D5FC35F2F0658D19F44C8283E2DD62.crt", "cert", 0o600)
     write(lib / "EB0C0AB4B2D5FC35F2F0658D19F44C8283E2DD62.prv", "private key", 0o600)
-    write(lib / "facts/ovf.json", '{"username": "%s"}' % username, 0o600)
+    write(lib / "facts/ovf.json", json.dumps({"username": username}), 0o600)
     write(lib / "WireServerEndpoint", "168.63.129.16")
     write(lib / "Microsoft.Azure.Extensions.CustomScript-2.1.10/config/0.settings",
           '{"protectedSettings": "secret"}', 0o600)
