@@ -9,6 +9,8 @@ how each family does a thing is here.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 
 from system.runner import Result, Runner
@@ -91,12 +93,19 @@ def renew_dhcp_argv(dhcp_client: str | None, interface: str) -> list[str] | None
 def sshd_test_argv(runner: Runner, config: str) -> list[str] | None:
     """`sshd -t -f CONFIG` where sshd sees the root's files, or None when it cannot.
 
-    In a sandbox root the host's sshd would read the host's includes and host keys,
-    so the root's own sshd is run in a chroot of it (a read-only check).
+    In a sandbox root the host's sshd would read the host's includes and host keys:
+    the root's own sshd is run in a chroot of it, or, when the root has none, the
+    host's sshd in a private mount namespace where the root's ssh directory is bound
+    over /etc/ssh and /run is private (a read-only check that leaves the host alone).
     """
     if runner.root.is_host or runner.chroot:
         return ["sshd", "-t", "-f", config]
     for candidate in ("usr/sbin/sshd", "sbin/sshd"):
         if (runner.root / candidate).exists():
             return ["chroot", str(runner.root.base), "/" + candidate, "-t", "-f", config]
-    return None
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("sshd"):
+        return None
+    script = ('mount --bind "$1/etc/ssh" /etc/ssh && mount -t tmpfs tmpfs /run '
+              '&& mkdir /run/sshd && exec sshd -t -f "$2"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            str(runner.root.base), config]

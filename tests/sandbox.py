@@ -42,7 +42,9 @@ def make_sandbox_root(root: Path, vm_id: str, *, sshd_config: str = SSHD_CONFIG)
     """Create (or refresh) a minimal Debian-like root at `root` for VM `vm_id`."""
     etc = root / "etc"
     for directory in ("etc/ssh/sshd_config.d", "etc/sudoers.d", "etc/dhcp", "home", "root",
-                      "var/log", "var/lib", "run", "tmp", "sys/class/dmi/id", "proc/net"):
+                      "var/log", "var/lib", "run", "tmp", "sys/class/dmi/id", "proc/net", "proc/self",
+                      # A VMBus without a resource disk and no NICs: "none", not "unknown".
+                      "sys/bus/vmbus/devices", "sys/block", "sys/class/net"):
         (root / directory).mkdir(parents=True, exist_ok=True)
     files = {
         "etc/passwd": "root:x:0:0:root:/root:/bin/bash\n"
@@ -57,6 +59,8 @@ def make_sandbox_root(root: Path, vm_id: str, *, sshd_config: str = SSHD_CONFIG)
         "etc/dhcp/dhclient.conf": "request subnet-mask, routers;\n",
         "sys/class/dmi/id/product_uuid": product_uuid_for(vm_id) + "\n",
         "proc/net/route": "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n",
+        "proc/swaps": "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n",
+        "proc/self/mountinfo": "",
     }
     for name, text in files.items():
         path = root / name

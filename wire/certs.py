@@ -263,7 +263,12 @@ def parse_pem_bundle(text: bytes) -> CertificateBundle:
 
 
 def read_pkcs12(pfx: bytes) -> CertificateBundle:
-    """The certificates and keys of a PKCS#12 (empty password, with or without MAC)."""
+    """The certificates and keys of a PKCS#12 (empty password, with or without MAC).
+
+    cryptography returns only the first private key of a PKCS#12, and the platform
+    sends one per key pair and per extension certificate: every shrouded key bag is
+    decrypted here as well (`_pkcs12_keys`).
+    """
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -275,9 +280,104 @@ def read_pkcs12(pfx: bytes) -> CertificateBundle:
             errors.append(str(err))
             continue
         certificates = ([cert] if cert is not None else []) + list(more)
-        return make_bundle(certificates, [key] if key is not None else [])
+        found = _pkcs12_keys(pfx)
+        keys = found if found else ([key] if key is not None else [])
+        return make_bundle(certificates, keys)
     raise CertificateError("the decrypted certificates are not a PKCS#12 readable with an "
                            f"empty password: {errors[-1]}")
+
+
+def _pkcs12_kdf(password: bytes, salt: bytes, purpose: int, iterations: int,
+                length: int) -> bytes:
+    """RFC 7292 appendix B.2 key derivation with SHA-1 (PKCS#12 PBE)."""
+    import hashlib
+
+    u, v = 20, 64
+    diversifier = bytes([purpose]) * v
+
+    def stretch(data: bytes) -> bytes:
+        return (data * (-(-v * ((len(data) + v - 1) // v) // max(len(data), 1))))[
+            : v * ((len(data) + v - 1) // v)] if data else b""
+
+    block = stretch(salt) + stretch(password)
+    out = b""
+    while len(out) < length:
+        digest = hashlib.sha1(diversifier + block).digest()
+        for _ in range(iterations - 1):
+            digest = hashlib.sha1(digest).digest()
+        out += digest
+        expanded = stretch(digest)
+        number = int.from_bytes(expanded, "big") + 1
+        block = b"".join(
+            ((int.from_bytes(block[i:i + v], "big") + number) % (1 << (8 * v))).to_bytes(v, "big")
+            for i in range(0, len(block), v))
+    del u
+    return out[:length]
+
+
+def _decrypt_encrypted_private_key(der: bytes) -> object:
+    """An EncryptedPrivateKeyInfo with an empty password: PKCS#12 PBE-SHA1-3DES or PBES2."""
+    from asn1crypto import keys as asn1_keys
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives import hashes, padding, serialization
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+    info = asn1_keys.EncryptedPrivateKeyInfo.load(der)
+    algorithm = info["encryption_algorithm"]
+    name = algorithm["algorithm"].native
+    data = info["encrypted_data"].native
+    if name == "pkcs12_sha1_tripledes_3key":
+        params = algorithm["parameters"]
+        salt, rounds = params["salt"].native, params["iterations"].native
+        password = b"\x00\x00"  # the empty password as a BMPString with its terminator
+        key = _pkcs12_kdf(password, salt, 1, rounds, 24)
+        iv = _pkcs12_kdf(password, salt, 2, rounds, 8)
+        cipher = Cipher(TripleDES(key), modes.CBC(iv))
+        block = 64
+    elif name == "pbes2":
+        kdf = algorithm["parameters"]["key_derivation_func"]["parameters"]
+        scheme = algorithm["parameters"]["encryption_scheme"]
+        key_length = scheme.key_length or 32
+        prf = kdf["prf"]["algorithm"].native if kdf["prf"] else "sha1"
+        hash_type = {"sha1": hashes.SHA1, "sha256": hashes.SHA256,
+                     "sha512": hashes.SHA512}.get(prf.replace("hmac_", ""))
+        if hash_type is None or not scheme.encryption_cipher == "aes":
+            raise UnsupportedCms(f"PBES2 with {prf} and {scheme['algorithm'].native}")
+        key = PBKDF2HMAC(hash_type(), key_length, kdf["salt"].native,
+                         kdf["iteration_count"].native).derive(b"")
+        cipher = Cipher(algorithms.AES(key), modes.CBC(scheme.encryption_iv))
+        block = 128
+    else:
+        raise UnsupportedCms(f"PKCS#12 key encryption {name}")
+    decryptor = cipher.decryptor()
+    padded = decryptor.update(data) + decryptor.finalize()
+    unpadder = padding.PKCS7(block).unpadder()
+    plain = unpadder.update(padded) + unpadder.finalize()
+    return serialization.load_der_private_key(plain, password=None)
+
+
+def _pkcs12_keys(pfx: bytes) -> list[object]:
+    """Every private key in the PKCS#12's unencrypted safes (key bags and shrouded bags)."""
+    from asn1crypto import pkcs12 as asn1_pkcs12
+    from cryptography.hazmat.primitives import serialization
+
+    found: list[object] = []
+    try:
+        safes = asn1_pkcs12.Pfx.load(pfx).authenticated_safe
+        for info in safes:
+            if info["content_type"].native != "data":
+                continue  # encrypted safes hold the certificates, which cryptography reads
+            for bag in asn1_pkcs12.SafeContents.load(info["content"].native):
+                kind = bag["bag_id"].native
+                value = bag["bag_value"].untag().dump()
+                if kind == "pkcs8_shrouded_key_bag":
+                    found.append(_decrypt_encrypted_private_key(value))
+                elif kind == "key_bag":
+                    found.append(serialization.load_der_private_key(value, password=None))
+    except (ValueError, TypeError) as err:
+        raise CertificateError(f"a private key in the PKCS#12 cannot be read: {err}") from None
+    return found
 
 
 # -- CMS decryption -------------------------------------------------------------------------

@@ -407,3 +407,21 @@ def test_certificate_to_ssh_public_key_matches_cloud_init() -> None:
 def test_ssh_public_key_of_a_non_certificate_is_named() -> None:
     with pytest.raises(CertificateError, match="not a PEM certificate"):
         ssh_public_key(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+
+
+def test_every_private_key_of_a_pkcs12_is_read() -> None:
+    """The platform packs one key per key pair and per extension certificate;
+    cryptography alone returns only the first."""
+    from fabric import default_scenario
+    from fabric.certs import build_pkcs12
+
+    from wire.certs import read_pkcs12
+
+    from cryptography.hazmat.primitives import hashes
+
+    delivered = default_scenario().delivered()
+    with_keys = sorted(d.cert.fingerprint(hashes.SHA1()).hex().upper()
+                       for d in delivered if d.key is not None)
+    bundle = read_pkcs12(build_pkcs12(delivered))
+    assert len(with_keys) >= 2
+    assert sorted(k.thumbprint for k in bundle.keys) == with_keys
