@@ -391,18 +391,25 @@ def ensure_partitioned(ctx: Context) -> None:
                     tool_path(ctx, device)], input=script,
                    why=f"one {'MBR' if 'dos' in script else 'GPT'} partition on the resource disk")
     reread_partition_table(ctx, device)
+    log.info("changed: %s partitioned (%s)", device, disk_verdict(facts, opts.filesystem)[1])
 
 
 def reread_partition_table(ctx: Context, device: str) -> None:
-    """Make the kernel (and udev) see the new table, then wait for partition 1's node."""
+    """Make the kernel (and udev) see the new table, then wait for partition 1's node.
+
+    sfdisk asks the kernel itself, but that is not always heeded (some kernels ignore
+    BLKRRPART on loop devices): each next way is tried only while partition 1 is missing.
+    """
     if ctx.run.plan:
         return
     real = tool_path(ctx, device)
-    if first_partition(ctx, device) is None:
-        reread = ctx.run.change(["blockdev", "--rereadpt", real], check=False,
-                                why="re-read the partition table")
-        if not reread.ok and shutil.which("partprobe"):
-            ctx.run.change(["partprobe", real], check=False, why="re-read the partition table")
+    ways = [["blockdev", "--rereadpt", real], ["partx", "--update", real]]
+    if shutil.which("partprobe"):
+        ways.append(["partprobe", real])
+    for argv in ways:
+        if first_partition(ctx, device) is not None:
+            break
+        ctx.run.change(argv, check=False, why="re-read the partition table")
     if shutil.which("udevadm"):
         ctx.run.probe(["udevadm", "settle", "--timeout", str(int(PARTITION_NODE_SECONDS))])
     deadline = time.monotonic() + PARTITION_NODE_SECONDS
@@ -466,8 +473,10 @@ def ensure_filesystem(ctx: Context) -> None:
     for target in mounts_of_device(ctx, part.device):
         swapoff_ours(ctx, Path(target) / SWAPFILE_NAME)
         ctx.run.change(["umount", target], why=f"reformat {part.device} as {opts.filesystem}")
+    reason = disk_verdict(facts, opts.filesystem)[1]
     ctx.run.change(mkfs_command(opts.filesystem, tool_path(ctx, part.device)),
-                   why=f"format the resource disk ({disk_verdict(facts, opts.filesystem)[1]})")
+                   why=f"format the resource disk ({reason})")
+    log.info("changed: %s formatted %s (%s)", part.device, opts.filesystem, reason)
 
 
 # ---------------------------------------------------------------- mount
@@ -539,6 +548,7 @@ def ensure_mounted(ctx: Context) -> None:
     if state == "mounted":
         ctx.run.change(["mount", "-o", f"remount,{options}", str(target)],
                        why=f"mount options {options}")
+        log.info("changed: %s remounted with %s", opts.mount_point, options)
         return
     if state.startswith("elsewhere"):
         old = state.split(": ", 1)[1]
@@ -549,6 +559,7 @@ def ensure_mounted(ctx: Context) -> None:
     argv = ["mount", *(["-t", fstype] if fstype else []), "-o", options,
             tool_path(ctx, part.device), str(target)]
     ctx.run.change(argv, why=f"mount the resource disk at {opts.mount_point}")
+    log.info("changed: %s mounted at %s (%s)", part.device, opts.mount_point, options)
 
 
 # ---------------------------------------------------------------- README
@@ -675,6 +686,8 @@ def ensure_swap(ctx: Context) -> None:
         target = str(swapfile)
     ctx.run.change(["mkswap", target], why="format the swap file")
     ctx.run.change(["swapon", target], why=f"{opts.swap_mb} MB swap on the resource disk")
+    log.info("changed: swap on, %s MB at %s%s", opts.swap_mb, ctx.root.system_path(swapfile),
+             " (encrypted)" if target != str(swapfile) else "")
 
 
 def resource_partition(ctx: Context) -> str:
