@@ -176,3 +176,13 @@ def test_deprovision_user_refuses_without_the_ovf_copy(provisioned: Path) -> Non
     assert "cannot tell which user was provisioned" in out.stdout + out.stderr
     assert (root / "var/lib/waagent/CustomData").exists(), "refused before removing anything"
     assert USERNAME in passwd_names(root, "etc/passwd")
+
+
+def test_without_chroot_the_host_tools_edit_the_roots_files(provisioned: Path) -> None:
+    root = provisioned
+    out = waagent(["run", "deprovision", f"root={root}", "force=y", "user=y"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"run userdel -f --prefix {root} -r {USERNAME}" in out.stdout
+    assert holding(root, PASSWORD, CUSTOM_DATA, USER_HASH, ROOT_HASH) == []
+    assert USERNAME not in passwd_names(root, "etc/passwd")
+    assert not (root / f"home/{USERNAME}").exists()
