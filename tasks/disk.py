@@ -243,7 +243,9 @@ def mounts_of_device(ctx: Context, device: str) -> list[str]:
         if mount.fstype != fstype if fstype else not mount.source.startswith("/"):
             continue
         with contextlib.suppress(OSError):
-            if os.stat(mount.target).st_dev == wanted and os.path.ismount(mount.target):
+            # The source node, or the target's st_dev (btrfs shows an anonymous one).
+            if (mount.source.startswith("/") and os.stat(mount.source).st_rdev == wanted) \
+                    or os.stat(mount.target).st_dev == wanted:
                 found.append(mount.target)
     return list(dict.fromkeys(found))
 
@@ -667,12 +669,18 @@ def ensure_swap(ctx: Context) -> None:
         raise ProbeFailed(f"no swap file: {problem}")
     if active_swap_mb(ctx, swapfile) == opts.swap_mb:
         return
+    if opts.encrypt_swap:
+        missing = encryption_missing(ctx)
+        if missing:
+            # Fail closed: plain swap would write memory to the disk in clear.
+            raise AgentError(f"swap not enabled: {SWAP_ENCRYPTION}=y but {missing}; "
+                             f"install cryptsetup and load dm_crypt, or set {SWAP_ENCRYPTION}=n")
     swapoff_ours(ctx, swapfile)
     # A file left by an interrupted run may have holes or a stale size: start over.
     ctx.fs.remove(swapfile, why=f"re-create the swap file at {opts.swap_mb} MB")
     fstype = signature_type(ctx, resource_partition(ctx))
     allocate_swapfile(ctx, swapfile, opts.swap_mb, fstype)
-    if opts.encrypt_swap and (ctx.run.chroot or shutil.which("cryptsetup")):
+    if opts.encrypt_swap:
         name = crypt_name(swapfile)
         # Plain dm-crypt with a throw-away random key (on stdin): the swap is unreadable
         # after power-off, and nothing needs to remember the key.
@@ -681,13 +689,24 @@ def ensure_swap(ctx: Context) -> None:
                        secret_input=secrets.token_hex(64), why="encrypt the swap file")
         target = tool_path(ctx, f"/dev/mapper/{name}")
     else:
-        if opts.encrypt_swap:
-            log.warning("%s=y but cryptsetup is missing: swap is not encrypted", SWAP_ENCRYPTION)
         target = str(swapfile)
     ctx.run.change(["mkswap", target], why="format the swap file")
     ctx.run.change(["swapon", target], why=f"{opts.swap_mb} MB swap on the resource disk")
     log.info("changed: swap on, %s MB at %s%s", opts.swap_mb, ctx.root.system_path(swapfile),
              " (encrypted)" if target != str(swapfile) else "")
+
+
+def encryption_missing(ctx: Context) -> str | None:
+    """What keeps dm-crypt swap from working here, or None."""
+    if not ctx.run.chroot and shutil.which("cryptsetup") is None:
+        return "cryptsetup is not installed"
+    try:
+        devices = (ctx.root / "proc/devices").read_text()
+    except OSError:
+        return "/proc/devices cannot be read"
+    if "device-mapper" not in devices:
+        return "the kernel has no device-mapper (dm_mod not loaded)"
+    return None
 
 
 def resource_partition(ctx: Context) -> str:

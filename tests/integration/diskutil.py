@@ -149,10 +149,10 @@ class VM:
 
     def mounted_source(self, mount_point: str = "/mnt/resource") -> int | None:
         """Device number mounted at the mount point, or None."""
-        target = self.mount_target(mount_point)
-        if not os.path.ismount(target):
-            return None
-        return os.stat(target).st_dev
+        out = sh("findmnt", "-n", "-o", "SOURCE", "--mountpoint",
+                 str(self.mount_target(mount_point)), check=False)
+        source = out.stdout.strip().splitlines()
+        return os.stat(source[-1]).st_rdev if source else None
 
     def mount_options(self, mount_point: str = "/mnt/resource") -> list[str]:
         out = sh("findmnt", "-n", "-o", "OPTIONS", "--mountpoint",
