@@ -93,24 +93,32 @@ class Verdict:
 
 
 def task_status(dep_manager: Dependency, task: Any, tasks: dict[str, Any],
-                remade: dict[str, str] | None = None) -> tuple[DependencyStatus, Verdict]:
+                remade: dict[str, str] | None = None, after: list[str] | None = None,
+                ) -> tuple[DependencyStatus, Verdict]:
     """doit's status of a task with every reason; a probe that raises is an error, not a crash.
 
     `remade` maps files that earlier tasks of the plan would change to those tasks: a task
     reading one of them would run after them, even if the file looks unchanged (or is
-    still missing) now.
+    still missing) now. `after` names dependencies that would run first: a check that
+    fails now may well pass once they have (it reads what they store), so the task is
+    counted as running after them rather than failing.
     """
     # doit saves "deps:" for every task it ran (its `_in` is also true for cached lookups).
     never_run = dep_manager._get(task.name, "deps:") is None
+    first = [NEVER_RUN] if never_run else []
     try:
         # doit's own check, also when `dep_manager` is a PlanDependency (no recursion).
         result = Dependency.get_status(dep_manager, task, tasks, get_log=True)
     except Exception as err:  # a probe is someone else's code: report, don't crash the plan
         result = DependencyStatus(True)
+        problem = f"{type(err).__name__}: {err}"
+        if after:
+            result.status = "run"
+            return result, Verdict("run", [*first, f"checked after {names(after)} "
+                                                   f"(now the check says {problem})"])
         result.status = "error"
-        result.error_reason = f"up-to-date check failed: {type(err).__name__}: {err}"
-        return result, Verdict("error", ([NEVER_RUN] if never_run else [])
-                               + [result.error_reason])
+        result.error_reason = f"up-to-date check failed: {problem}"
+        return result, Verdict("error", [*first, result.error_reason])
     inputs_remade = {dep: remade[dep] for dep in sorted(task.file_dep) if remade and dep in remade}
     missing = result.reasons.get("missing_file_dep", [])
     if inputs_remade and set(missing) <= set(inputs_remade):
@@ -126,6 +134,27 @@ def task_status(dep_manager: Dependency, task: Any, tasks: dict[str, Any],
     return result, Verdict(result.status, reasons)
 
 
+def names(tasks: list[str], most: int = 3) -> str:
+    """`a, b, c and 4 more`: task names for a sentence."""
+    shown = ", ".join(tasks[:most])
+    return shown + (f" and {len(tasks) - most} more" if len(tasks) > most else "")
+
+
+def planned_dependencies(task: Any, tasks: dict[str, Any], planned: set[str]) -> list[str]:
+    """The task's dependencies (direct or not) that the plan runs first."""
+    found, seen = [], set()
+    todo = [*task.task_dep, *task.setup_tasks]
+    while todo:
+        name = todo.pop(0)
+        if name in seen or name not in tasks:
+            continue
+        seen.add(name)
+        if name in planned:
+            found.append(name)
+        todo.extend([*tasks[name].task_dep, *tasks[name].setup_tasks])
+    return found
+
+
 class PlanDependency(Dependency):
     """doit's dependency manager over the scratch DB, keeping each task's verdict."""
 
@@ -134,9 +163,14 @@ class PlanDependency(Dependency):
         self.verdicts: dict[str, Verdict] = {}
         # real path -> name of the planned task that would change it
         self.remade: dict[str, str] = {}
+        # tasks the plan runs (so far, in run order)
+        self.planned: set[str] = set()
+        self.tasks: dict[str, Any] = {}
 
     def get_status(self, task: Any, tasks_dict: Any, get_log: bool = False) -> DependencyStatus:
-        result, verdict = task_status(self, task, tasks_dict, self.remade)
+        self.tasks = tasks_dict
+        after = planned_dependencies(task, tasks_dict, self.planned)
+        result, verdict = task_status(self, task, tasks_dict, self.remade, after)
         self.verdicts[task.name] = verdict
         return result
 
@@ -152,7 +186,9 @@ class PlannedTask:
 
     name: str
     doc: str
-    outcome: str  # "run", "fail" (an action or check would fail), "blocked" (a dependency would)
+    # "run"; "fail": an action or check would fail; "blocked": a dependency would fail;
+    # "maybe": runs after tasks whose plan stopped short (they need what others store).
+    outcome: str
     reasons: list[str]
     changes: list[PlannedChange] = field(default_factory=list)
     error: str = ""
@@ -171,7 +207,7 @@ class PlanResult:
                 "ignored": self.ignored}
 
     def write_text(self, out: TextIO, show_all: bool = False) -> None:
-        marks = {"run": "RUN ", "fail": "FAIL", "blocked": "SKIP"}
+        marks = {"run": "RUN ", "maybe": "MAY ", "fail": "FAIL", "blocked": "SKIP"}
         for task in self.tasks:
             out.write(f"{marks[task.outcome]} {task.name}" + (f"  {task.doc}\n" if task.doc
                                                               else "\n"))
@@ -180,7 +216,8 @@ class PlanResult:
             for change in task.changes:
                 out.write(f"     would {change}\n")
             if task.error:
-                out.write(f"     error: {task.error}\n")
+                label = "error" if task.outcome in ("fail", "blocked") else "note"
+                out.write(f"     {label}: {task.error}\n")
         if show_all:
             for name in self.up_to_date:
                 out.write(f"ok   {name}\n")
@@ -188,8 +225,9 @@ class PlanResult:
         if not self.tasks:
             out.write(f"Nothing to do: {len(self.up_to_date)} tasks up to date.\n")
             return
-        out.write(f"Plan: {counts['run']} to run, {counts['fail']} would fail, "
-                  f"{counts['blocked']} blocked, {len(self.up_to_date)} up to date.\n")
+        out.write(f"Plan: {counts['run']} to run, {counts['maybe']} may run, "
+                  f"{counts['fail']} would fail, {counts['blocked']} blocked, "
+                  f"{len(self.up_to_date)} up to date.\n")
 
 
 class PlanReporter:
@@ -225,6 +263,7 @@ class PlanReporter:
         if self._is_group(task):
             return
         changes = self._planned()[self._changes_from.get(task.name, 0):]
+        self.deps.planned.add(task.name)
         self._note_remade(task, changes)
         self.plan.tasks.append(PlannedTask(task.name, task.doc or "", "run",
                                            self._reasons(task), list(changes)))
@@ -239,19 +278,39 @@ class PlanReporter:
                 self.deps.remade[str(ctx.root / change.target.split(" -> ")[-1])] = task.name
 
     def add_failure(self, task: Any, fail: Any) -> None:
+        reasons = self._reasons(task)
+        changes = self._planned()[self._changes_from.get(task.name, len(self._planned())):]
         if isinstance(fail, UnmetDependency):
+            failed = fail.message.split()
+            stopped_short = all(name in self.deps.planned for name in failed)
             if self._is_group(task):
+                if stopped_short:
+                    self.deps.planned.add(task.name)
                 return  # its tasks are listed already
-            outcome, error = "blocked", f"a dependency would fail: {fail.message}"
+            reasons = reasons or ([NEVER_RUN] if self.deps._get(task.name, "deps:") is None
+                                  else [])
+            if stopped_short:
+                # They run for real; only their plan stopped short: this task's turn comes.
+                outcome = "maybe"
+                error = f"checked only after {names(failed)}, which the plan cannot follow"
+                self.deps.planned.add(task.name)
+            else:
+                outcome, error = "blocked", f"a dependency would fail: {names(failed)}"
         elif isinstance(fail, DependencyError):
             outcome, error = "fail", ""  # the verdict's reasons say it
         else:
             outcome = "fail"
             lines = fail.get_msg().strip().splitlines()
             error = lines[-1] if lines else str(fail)
-        changes = self._planned()[self._changes_from.get(task.name, len(self._planned())):]
-        self.plan.tasks.append(PlannedTask(task.name, task.doc or "", outcome,
-                                           self._reasons(task), list(changes), error))
+            after = planned_dependencies(task, self.deps.tasks, self.deps.planned)
+            if after:
+                # Planned actions store nothing, so this one may lack what they would store.
+                outcome = "run"
+                error = (f"what it changes depends on {names(after)}; in the plan it "
+                         f"stopped at: {error}")
+                self.deps.planned.add(task.name)
+        self.plan.tasks.append(PlannedTask(task.name, task.doc or "", outcome, reasons,
+                                           list(changes), error))
 
     def skip_uptodate(self, task: Any) -> None:
         if not self._is_group(task):
@@ -368,7 +427,7 @@ class Plan(ScratchStateCommand, DoitRun):
         else:
             reporter.plan.write_text(out, show_all)
         # Like a run: 1 when a task would fail (the plan says which and why).
-        return 1 if any(t.outcome != "run" for t in reporter.plan.tasks) else 0
+        return 1 if any(t.outcome in ("fail", "blocked") for t in reporter.plan.tasks) else 0
 
 
 class _Discard:
