@@ -4,6 +4,7 @@ and `<Lib.Dir>/runs/<UTC time>.json` with each task's result, reason and duratio
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -12,6 +13,26 @@ from graph import loader
 from graph.uptodate import Check, describe
 
 KEEP_RUNS = 50
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Failed|Timeout|Operation|"
+                             r"Interrupt|Refused|Busy|Provisionable)): (.*)$")
+
+
+def error_message(text: str) -> str:
+    """The error of a failed action on one line: "UserError: what, where, what to do".
+
+    doit hands over the whole traceback; the exception starts at its last
+    "module.Class: message" line, and the message may continue on further lines.
+    """
+    lines = text.strip().splitlines()
+    for index in range(len(lines) - 1, -1, -1):
+        match = _EXCEPTION_LINE.match(lines[index])
+        if match:
+            name = match.group(1).split(".")[-1]
+            rest = [line.strip() for line in lines[index + 1:] if line.strip()]
+            return "; ".join([f"{name}: {match.group(2)}", *rest])
+    return lines[-1] if lines else "failed"
 
 
 def run_reasons(task: Any) -> list[str]:
@@ -82,13 +103,7 @@ class WaagentReporter:
                 self._line("--", task.name, f"not run: {entry['error']}")
             return
         self.failures += 1
-        message = fail.get_msg().strip().splitlines()
-        # The last line of a traceback is the error itself; ours carry the whole story.
-        error = message[-1] if message else str(fail)
-        for prefix in ("system.errors.", "tasks.", "wire.", "facts."):
-            if error.startswith(prefix):  # "tasks.user.UserError: msg" -> "UserError: msg"
-                error = error.split(".")[-1] if ": " not in error else \
-                    error.split(": ", 1)[0].split(".")[-1] + ": " + error.split(": ", 1)[1]
+        error = error_message(fail.get_msg())
         entry.update(result="failed", error=error,
                      duration=round(time.time() - entry["start"], 4))
         self._line("FAILED", task.name, error, "31")

@@ -37,6 +37,12 @@ class Check:
     def __call__(self, task: Any, values: Mapping[str, Any]) -> bool:  # pragma: no cover
         raise NotImplementedError
 
+    def _cannot_check(self, err: Exception) -> bool:
+        """A check that cannot tell says "run": the action then meets the same problem and
+        fails as this task, with its message, instead of aborting the whole graph."""
+        self.reason = f"cannot check: {err}"
+        return False
+
 
 class Inputs(Check):
     """Up to date while the inputs (config options, facts) the task uses are unchanged.
@@ -51,7 +57,10 @@ class Inputs(Check):
         self.key = f"inputs:{name}"
 
     def __call__(self, task: Any, values: Mapping[str, Any]) -> bool:
-        current = mask(dict(self.compute()))
+        try:
+            current = mask(dict(self.compute()))
+        except Exception as err:  # noqa: BLE001 - see _cannot_check
+            return self._cannot_check(err)
         task.value_savers.append(lambda: {self.key: current})
         previous = values.get(self.key)
         if previous is None:
@@ -84,7 +93,10 @@ class Probe(Check):
         self.probe = probe
 
     def __call__(self, task: Any, values: Mapping[str, Any]) -> bool:
-        problem = self.probe()
+        try:
+            problem = self.probe()
+        except Exception as err:  # noqa: BLE001 - see _cannot_check
+            return self._cannot_check(err)
         self.reason = problem or ""
         return problem is None
 

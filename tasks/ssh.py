@@ -121,6 +121,8 @@ def key_inputs(ctx: Context) -> dict[str, Any]:
     by_cert = [k["fingerprint"] for k in ovf["public_keys"] if not k.get("value")]
     return {"vm_id": inputs.vm_id(ctx), "username": ovf["username"],
             "keys": ovf["public_keys"], "certificates": sorted(by_cert),
+            # Certificates the platform delivers can change with a new incarnation.
+            "delivered": inputs.goal_facts(ctx)["certificates"],
             **ctx.conf.subset(["OS.HomeDir"])}
 
 
@@ -194,7 +196,8 @@ def ensure_private_dir(ctx: Context, directory: Path, owner: tuple[int, int]) ->
 def keypair_inputs(ctx: Context) -> dict[str, Any]:
     ovf = inputs.ovf_facts(ctx)
     return {"vm_id": inputs.vm_id(ctx), "username": ovf["username"],
-            "key_pairs": ovf["key_pairs"], **ctx.conf.subset(["OS.HomeDir"])}
+            "key_pairs": ovf["key_pairs"], "delivered": inputs.goal_facts(ctx)["certificates"],
+            **ctx.conf.subset(["OS.HomeDir"])}
 
 
 def _key_pair_targets(ctx: Context) -> list[tuple[str, Path]]:

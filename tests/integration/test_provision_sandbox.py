@@ -1,0 +1,189 @@
+"""Provisioning a sandbox root from the fabric: user, password, keys, sshd, hostname,
+custom data, and the health reports; reruns do exactly what changed."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fabric import Fabric, default_scenario
+from tests.conftest import need_root, need_tools
+from tests.integration.provisioning import BASE_CONF, Harness
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    need_root()
+    need_tools("useradd", "chpasswd", "ssh-keygen", "visudo", "sshd", "unshare")
+    with Fabric(default_scenario()) as fabric:
+        yield Harness(tmp_path, fabric)
+
+
+def read(path: Path) -> str:
+    return path.read_text()
+
+
+def owner(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def test_first_boot_provisions_everything(harness: Harness) -> None:
+    from passlib.hash import sha512_crypt
+
+    result = harness.run(check=True)
+    root, scenario = harness.root, harness.scenario
+    user = scenario.username
+    passwd = {line.split(":")[0]: line.split(":") for line in read(root / "etc/passwd").splitlines()}
+    assert user in passwd, "useradd --prefix created the user"
+    uid, gid = int(passwd[user][2]), int(passwd[user][3])
+    home = root / "home" / user
+    assert home.is_dir()
+    shadow = {line.split(":")[0]: line.split(":") for line in read(root / "etc/shadow").splitlines()}
+    hashed = shadow[user][1]
+    assert hashed.startswith("$6$") and sha512_crypt.verify(scenario.password, hashed)
+    salt = hashed.split("$")[2]
+    assert len(salt) == 10, "Provisioning.PasswordCryptSaltLength"
+
+    keys = read(home / ".ssh/authorized_keys")
+    assert scenario.ssh_public_key(0).split()[1] in keys, "key given by value"
+    assert scenario.ssh_public_key(1).split()[1] in keys, "key given as a certificate"
+    assert owner(home / ".ssh") == (uid, gid, 0o700)
+    assert owner(home / ".ssh/authorized_keys") == (uid, gid, 0o600)
+    private = home / ".ssh/id_rsa"
+    assert owner(private) == (uid, gid, 0o600)
+    assert read(private).startswith("-----BEGIN")
+    assert read(private.with_name("id_rsa.pub")).startswith("ssh-rsa ")
+
+    sudoers = root / "etc/sudoers.d/waagent"
+    assert read(sudoers) .endswith(f"{user} ALL=(ALL) ALL\n")
+    assert stat.S_IMODE(sudoers.stat().st_mode) == 0o440
+
+    dropin = read(root / "etc/ssh/sshd_config.d/00-waagent.conf")
+    assert "PasswordAuthentication yes" in dropin  # the scenario allows passwords
+    assert "ClientAliveInterval 180" in dropin
+    check = subprocess.run(
+        ["unshare", "--mount", "sh", "-c",
+         'mount --bind "$1/etc/ssh" /etc/ssh && mount -t tmpfs t /run && mkdir /run/sshd '
+         '&& sshd -t -f /etc/ssh/sshd_config', "sh", str(root)],
+        capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+    assert (root / "etc/ssh/ssh_host_rsa_key.pub").exists()
+
+    assert read(root / "etc/hostname") == f"{scenario.hostname}\n"
+    assert scenario.hostname in read(root / "etc/hosts")
+    lib = root / "var/lib/waagent"
+    assert read(lib / "published_hostname").strip() == scenario.hostname
+    assert stat.S_IMODE((lib / "CustomData").stat().st_mode) == 0o600
+    assert read(lib / "provisioned").strip() == scenario.vm_id
+    ovf_copy = read(lib / "ovf-env.xml")
+    assert scenario.password not in ovf_copy
+    assert stat.S_IMODE((lib / "ovf-env.xml").stat().st_mode) == 0o600
+
+    assert harness.health() == [("NotReady", "Provisioning", "Provisioning"),
+                                ("Ready", None, None)]
+    properties = harness.fabric.record.role_properties()
+    assert any("CertificateThumbprint" in str(p) for p in properties)
+
+    # The password is in no file but the shadow hash, and in no log or output.
+    leaks = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()
+             and scenario.password.encode() in p.read_bytes()]
+    assert leaks == []
+    assert scenario.password not in result.stdout + result.stderr
+
+
+def test_second_boot_runs_only_the_goal_state_check(harness: Harness) -> None:
+    harness.run(check=True)
+    reports = len(harness.health())
+    harness.run(check=True)
+    assert harness.ran() == {"gather:goalstate"}
+    assert len(harness.health()) == reports, "nothing new reported"
+
+
+def test_host_key_type_change_reruns_exactly_the_host_key_tasks(harness: Harness) -> None:
+    harness.run(check=True)
+    harness.set_conf(BASE_CONF + "Provisioning.SshHostKeyPairType=ed25519\n")
+    harness.run(check=True)
+    assert harness.ran() == {"gather:goalstate", "ssh:hostkeys", "ssh:reload", "ssh:report"}
+    keys = sorted(p.name for p in (harness.root / "etc/ssh").glob("ssh_host_*"))
+    assert keys == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+    reasons = harness.last_report()["tasks"]["ssh:hostkeys"]["reason"]
+    assert any("Provisioning.SshHostKeyPairType: rsa -> ed25519" in r for r in reasons)
+
+
+def test_new_certificates_in_a_new_incarnation_rerun_the_key_tasks(harness: Harness) -> None:
+    harness.run(check=True)
+    harness.fabric.bump_incarnation(add_certificates=["rotated"])
+    harness.run(check=True)
+    assert harness.ran() == {"gather:goalstate", "ssh:authorized_keys", "ssh:keypairs",
+                             "report:ready"}
+    assert harness.health()[-1] == ("Ready", None, None)
+
+
+def failing_run(harness: Harness, text: str) -> str:
+    result = harness.run()
+    assert result.returncode != 0
+    state, substatus, description = harness.health()[-1]
+    assert (state, substatus) == ("NotReady", "ProvisioningFailed")
+    assert description is not None and text in description, description
+    return description
+
+
+def test_invalid_user_name_fails_provisioning_with_the_reason(tmp_path: Path) -> None:
+    need_root()
+    scenario = default_scenario()
+    scenario.username = "Bad User"
+    with Fabric(scenario) as fabric:
+        harness = Harness(tmp_path, fabric)
+        failing_run(harness, "UserName 'Bad User' in ovf-env.xml is not a valid user name")
+        assert "Bad User" not in read(harness.root / "etc/passwd")
+
+
+def test_malformed_key_fails_provisioning_and_keeps_files(tmp_path: Path) -> None:
+    need_root()
+    scenario = default_scenario()
+    scenario.ssh_keys[0].value = "ssh-ed25519 !!!not-base64!!!"
+    with Fabric(scenario) as fabric:
+        harness = Harness(tmp_path, fabric)
+        failing_run(harness, "is not an OpenSSH public key")
+        assert not (harness.root / "home/azureuser/.ssh/authorized_keys").exists()
+
+
+def test_sshd_rejecting_the_config_fails_provisioning_and_restores(harness: Harness) -> None:
+    main = harness.root / "etc/ssh/sshd_config"
+    main.write_text(main.read_text() + "NoSuchSshdOption yes\n")
+    before = main.read_bytes()
+    failing_run(harness, "sshd -t rejects")
+    assert main.read_bytes() == before
+    assert not (harness.root / "etc/ssh/sshd_config.d/00-waagent.conf").exists()
+
+
+def test_no_sshd_include_edits_main_file_before_match(tmp_path: Path) -> None:
+    need_root()
+    with Fabric(default_scenario()) as fabric:
+        harness = Harness(tmp_path, fabric)
+        main = harness.root / "etc/ssh/sshd_config"
+        main.write_text("PasswordAuthentication no\nUsePAM yes\nMatch User backup\n"
+                        "  PasswordAuthentication no\n")
+        harness.run(check=True)
+        text = main.read_text()
+        head, match = text.split("Match User backup")
+        assert "PasswordAuthentication yes" in head and "PasswordAuthentication no" not in head
+        assert "PasswordAuthentication no" in match, "Match blocks are left alone"
+
+
+def test_system_user_is_refused_unless_allowed(tmp_path: Path) -> None:
+    need_root()
+    scenario = default_scenario()
+    scenario.username = "daemon"
+    with Fabric(scenario) as fabric:
+        harness = Harness(tmp_path, fabric)
+        failing_run(harness, "is a system account")
+    assert os.geteuid() == 0

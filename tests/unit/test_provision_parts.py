@@ -1,0 +1,64 @@
+"""Pure parts of provisioning: password hashes, sshd_config edits, /etc/hosts, key lines."""
+
+from __future__ import annotations
+
+import pytest
+from passlib.hash import bcrypt, md5_crypt, sha256_crypt, sha512_crypt
+
+from tasks.hostname import hosts_text
+from tasks.ssh import _key_body, edit_sshd_config
+from tasks.user import password_hash, sudoers_text
+
+
+@pytest.mark.parametrize(("crypt_id", "scheme", "prefix"), [
+    ("1", md5_crypt, "$1$"), ("5", sha256_crypt, "$5$"), ("6", sha512_crypt, "$6$"),
+    ("2a", bcrypt, "$2a$")])
+def test_password_hash_schemes_verify(crypt_id: str, scheme: object, prefix: str) -> None:
+    hashed = password_hash("S3cret pw", crypt_id, 10)
+    assert hashed.startswith(prefix)
+    assert scheme.verify("S3cret pw", hashed)  # type: ignore[attr-defined]
+    assert not scheme.verify("other", hashed)  # type: ignore[attr-defined]
+
+
+def test_salt_length_and_randomness() -> None:
+    first, second = password_hash("pw", "6", 12), password_hash("pw", "6", 12)
+    assert len(first.split("$")[2]) == 12
+    assert first != second, "a fresh salt each time"
+    assert len(password_hash("pw", "1", 30).split("$")[2]) == 8, "MD5 salts stop at 8"
+
+
+def test_sudoers_nopasswd_without_password() -> None:
+    assert sudoers_text("bob", False).endswith("bob ALL=(ALL) NOPASSWD: ALL\n")
+    assert sudoers_text("bob", True).endswith("bob ALL=(ALL) ALL\n")
+
+
+def test_sshd_edit_places_settings_before_match_once() -> None:
+    text = ("#PasswordAuthentication yes\nPasswordAuthentication yes\nUsePAM yes\n"
+            "passwordauthentication yes\nMatch Group sftp\n  PasswordAuthentication yes\n")
+    out = edit_sshd_config(text, {"PasswordAuthentication": "no", "ClientAliveInterval": "180"})
+    head, tail = out.split("Match Group sftp")
+    assert head.count("PasswordAuthentication no") == 1
+    assert "\nPasswordAuthentication yes" not in head and "passwordauthentication" not in head
+    assert "#PasswordAuthentication yes" in head, "comments stay"
+    assert "PasswordAuthentication yes" in tail, "Match blocks are not ours"
+    assert edit_sshd_config(out, {"PasswordAuthentication": "no",
+                                  "ClientAliveInterval": "180"}) == out, "idempotent"
+
+
+def test_sshd_edit_without_match_appends() -> None:
+    out = edit_sshd_config("UsePAM yes\n", {"ClientAliveInterval": "180"})
+    assert out.endswith("ClientAliveInterval 180\n")
+
+
+def test_hosts_entry() -> None:
+    assert hosts_text("127.0.0.1\tlocalhost\n", "vm-1") == \
+        "127.0.0.1\tlocalhost\n127.0.1.1\tvm-1\n"
+    assert hosts_text("127.0.0.1 localhost\n127.0.1.1 old\n", "vm.example.com") == \
+        "127.0.0.1 localhost\n127.0.1.1\tvm.example.com vm\n"
+    already = "10.0.0.4 vm-1\n"
+    assert hosts_text(already, "vm-1") == already
+
+
+def test_key_body_ignores_options_and_comments() -> None:
+    assert _key_body('from="10.0.0.1" ssh-ed25519 AAAAC3Nz bob@x') == "ssh-ed25519 AAAAC3Nz"
+    assert _key_body("not a key") is None
