@@ -292,12 +292,15 @@ def _pkcs12_kdf(password: bytes, salt: bytes, purpose: int, iterations: int,
     """RFC 7292 appendix B.2 key derivation with SHA-1 (PKCS#12 PBE)."""
     import hashlib
 
-    u, v = 20, 64
+    v = 64  # SHA-1's block size
     diversifier = bytes([purpose]) * v
 
     def stretch(data: bytes) -> bytes:
-        return (data * (-(-v * ((len(data) + v - 1) // v) // max(len(data), 1))))[
-            : v * ((len(data) + v - 1) // v)] if data else b""
+        """Copies of `data` filling the next multiple of v bytes."""
+        if not data:
+            return b""
+        size = v * ((len(data) + v - 1) // v)
+        return (data * (size // len(data) + 1))[:size]
 
     block = stretch(salt) + stretch(password)
     out = b""
@@ -306,16 +309,14 @@ def _pkcs12_kdf(password: bytes, salt: bytes, purpose: int, iterations: int,
         for _ in range(iterations - 1):
             digest = hashlib.sha1(digest).digest()
         out += digest
-        expanded = stretch(digest)
-        number = int.from_bytes(expanded, "big") + 1
+        increment = int.from_bytes(stretch(digest), "big") + 1
         block = b"".join(
-            ((int.from_bytes(block[i:i + v], "big") + number) % (1 << (8 * v))).to_bytes(v, "big")
+            ((int.from_bytes(block[i:i + v], "big") + increment) % (1 << (8 * v))).to_bytes(v, "big")
             for i in range(0, len(block), v))
-    del u
     return out[:length]
 
 
-def _decrypt_encrypted_private_key(der: bytes) -> object:
+def _decrypt_encrypted_private_key(der: bytes) -> PrivateKeyTypes:
     """An EncryptedPrivateKeyInfo with an empty password: PKCS#12 PBE-SHA1-3DES or PBES2."""
     from asn1crypto import keys as asn1_keys
     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -340,11 +341,12 @@ def _decrypt_encrypted_private_key(der: bytes) -> object:
         scheme = algorithm["parameters"]["encryption_scheme"]
         key_length = scheme.key_length or 32
         prf = kdf["prf"]["algorithm"].native if kdf["prf"] else "sha1"
-        hash_type = {"sha1": hashes.SHA1, "sha256": hashes.SHA256,
-                     "sha512": hashes.SHA512}.get(prf.replace("hmac_", ""))
-        if hash_type is None or not scheme.encryption_cipher == "aes":
+        hashers: dict[str, hashes.HashAlgorithm] = {
+            "sha1": hashes.SHA1(), "sha256": hashes.SHA256(), "sha512": hashes.SHA512()}
+        hasher = hashers.get(prf.replace("hmac_", ""))
+        if hasher is None or not scheme.encryption_cipher == "aes":
             raise UnsupportedCms(f"PBES2 with {prf} and {scheme['algorithm'].native}")
-        key = PBKDF2HMAC(hash_type(), key_length, kdf["salt"].native,
+        key = PBKDF2HMAC(hasher, key_length, kdf["salt"].native,
                          kdf["iteration_count"].native).derive(b"")
         cipher = Cipher(algorithms.AES(key), modes.CBC(scheme.encryption_iv))
         block = 128
@@ -357,12 +359,12 @@ def _decrypt_encrypted_private_key(der: bytes) -> object:
     return serialization.load_der_private_key(plain, password=None)
 
 
-def _pkcs12_keys(pfx: bytes) -> list[object]:
+def _pkcs12_keys(pfx: bytes) -> list[PrivateKeyTypes]:
     """Every private key in the PKCS#12's unencrypted safes (key bags and shrouded bags)."""
     from asn1crypto import pkcs12 as asn1_pkcs12
     from cryptography.hazmat.primitives import serialization
 
-    found: list[object] = []
+    found: list[PrivateKeyTypes] = []
     try:
         safes = asn1_pkcs12.Pfx.load(pfx).authenticated_safe
         for info in safes:

@@ -412,12 +412,11 @@ def test_ssh_public_key_of_a_non_certificate_is_named() -> None:
 def test_every_private_key_of_a_pkcs12_is_read() -> None:
     """The platform packs one key per key pair and per extension certificate;
     cryptography alone returns only the first."""
+    from cryptography.hazmat.primitives import hashes
+
     from fabric import default_scenario
     from fabric.certs import build_pkcs12
-
     from wire.certs import read_pkcs12
-
-    from cryptography.hazmat.primitives import hashes
 
     delivered = default_scenario().delivered()
     with_keys = sorted(d.cert.fingerprint(hashes.SHA1()).hex().upper()
