@@ -314,7 +314,8 @@ function list(title, items) {{
 function show(id) {{
   const t = TASKS[id]; if (!t) return;
   document.querySelectorAll("g.node.selected").forEach(n => n.classList.remove("selected"));
-  const g = document.getElementById(id); if (g) g.classList.add("selected");
+  const g = document.getElementById(id);
+  if (g) {{ g.classList.add("selected"); g.scrollIntoView({{block: "center", inline: "center"}}); }}
   let h = "<h2>" + esc(t.name) + "</h2><p class='doc'>" + esc(t.doc || "(no doc)") + "</p>";
   h += "<p><b>Now:</b> " + esc(t.plan_words) + (t.delayed ? " (delayed task)" : "") + "</p>";
   h += "<p><b>Last run:</b> " + esc(t.last_words || t.last || "") +

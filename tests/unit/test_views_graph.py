@@ -35,7 +35,7 @@ def with_delayed(sandbox: Path) -> dict[str, Any]:
     """The demo plus a task made only once demo:state-dir ran (like extensions)."""
     namespace = demo_namespace(sandbox)
 
-    @create_after(executed="demo:state-dir")
+    @create_after(executed="demo:state-dir")  # type: ignore[untyped-decorator]
     def task_late() -> Any:
         """tasks known once the state dir exists"""
         yield {"name": "ext", "doc": "an extension found in the goal state",
@@ -127,7 +127,8 @@ def test_check_passes_on_the_demo_and_names_a_cycle(sandbox: Path) -> None:
 class FakeTask:
     def __init__(self, name: str, task_dep: list[str] | None = None,
                  file_dep: list[str] | None = None, targets: list[str] | None = None) -> None:
-        self.name, self.task_dep, self.setup_tasks = name, task_dep or [], []
+        self.name, self.task_dep = name, task_dep or []
+        self.setup_tasks: list[str] = []
         self.file_dep, self.targets = set(file_dep or []), targets or []
 
 

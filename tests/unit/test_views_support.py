@@ -106,7 +106,7 @@ def cyclic_namespace(root: Path) -> Namespace:
     return namespace
 
 
-class BuiltLoader(NamespaceTaskLoader):
+class BuiltLoader(NamespaceTaskLoader):  # type: ignore[misc]
     """Loads a namespace built by a function (as WaagentLoader does with the real graph)."""
 
     def __init__(self, build: Callable[[], Namespace]) -> None:
