@@ -35,11 +35,11 @@ compatible with WALinuxAgent {COMPATIBLE_WAAGENT} (/etc/waagent.conf, /var/lib/w
 
 # Verbs and the doit command line they run once their area has landed.
 VERBS: dict[str, list[str] | None] = {
-    "deprovision": None,
-    "deprovision+user": None,
+    "deprovision": ["run", "deprovision"],
+    "deprovision+user": ["run", "deprovision", "user=y"],
     "daemon": None,
     "start": None,
-    "serialconsole": None,
+    "serialconsole": ["run", "serialconsole"],
     "collect-logs": None,
     "register-service": None,
     "run-exthandlers": None,

@@ -21,7 +21,7 @@ from tasks import AREAS, GROUPS, Area, Group
 
 # Variables given as NAME=VALUE on the doit/waagent command line.
 KNOWN_VARS = ("root", "conf", "chroot", "media", "wireserver", "hostplugin", "imds",
-              "verbose", "force", "full")
+              "verbose", "force", "full", "user")
 STATE_DB = "graph-state.sqlite3"
 
 # Set by the plan command before the graph loads: actions then only record changes.

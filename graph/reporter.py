@@ -162,6 +162,8 @@ class WaagentReporter:
         ctx = loader.CURRENT
         if ctx is None or ctx.run.plan:
             return
+        if "deprovision:agent-state" in self.results:
+            return  # the image is being captured: leave Lib.Dir empty
         runs = ctx.lib_dir / "runs"
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         report = {"started": datetime.fromtimestamp(self.started, UTC).isoformat(),

@@ -55,9 +55,15 @@ def lock_password(runner: Runner, name: str, why: str) -> Result:
     return runner.change(["usermod", *_root_option(runner, "--prefix"), "-L", name], why=why)
 
 
-def userdel_argv(runner: Runner, name: str) -> list[str]:
-    """Remove a user and its home directory."""
-    return ["userdel", *_root_option(runner, "--prefix"), "-r", name]
+def userdel_argv(runner: Runner, name: str, *, force: bool = False) -> list[str]:
+    """Remove a user and its home directory (`force`: even while they are logged in)."""
+    return ["userdel", *_root_option(runner, "--prefix"), *(["-f"] if force else []), "-r",
+            name]
+
+
+def usermod_argv(runner: Runner, *args: str) -> list[str]:
+    """usermod on the root's account files."""
+    return ["usermod", *_root_option(runner, "--prefix"), *args]
 
 
 def set_running_hostname(runner: Runner, hostname: str, init_system: str) -> Result | None:

@@ -172,21 +172,13 @@ def _shadow_password(ctx: Context, name: str) -> str | None:
     return None
 
 
-def _usermod(ctx: Context, *args: str) -> tuple[str, ...]:
-    """usermod on the root's account files: `--prefix` on a sandbox root without chroot
-    (as system.osutil does for the other shadow tools)."""
-    if _on_host(ctx) or ctx.run.chroot:
-        return ("usermod", *args)
-    return ("usermod", "--prefix", str(ctx.root.base), *args)
-
-
 def root_password(ctx: Context) -> list[Change]:
     field_value = _shadow_password(ctx, "root")
     # Locked means no hash at all ('!$6$...' is locked but still holds the hash).
     if field_value is None or (field_value[:1] in ("!", "*") and "$" not in field_value):
         return []
     return [Change("run", "lock root's password and drop its hash",
-                   argv=_usermod(ctx, "-p", LOCKED_PASSWORD, "root"))]
+                   argv=tuple(osutil.usermod_argv(ctx.run, "-p", LOCKED_PASSWORD, "root")))]
 
 
 def provisioned_user(ctx: Context) -> str:
@@ -219,9 +211,8 @@ def user(ctx: Context) -> list[Change]:
     name = provisioned_user(ctx)
     found = []
     if name in users(ctx.root):
-        argv = osutil.userdel_argv(ctx.run, name)
-        # -f: deprovision+user is often run by that very user, logged in over SSH.
-        argv.insert(1, "-f")
+        # force: deprovision+user is often run by that very user, logged in over SSH.
+        argv = osutil.userdel_argv(ctx.run, name, force=True)
         found.append(Change("run", f"the provisioned user {name}, its home and mail",
                             argv=tuple(argv)))
     for sudoers in _contents(ctx.path(ctx.conf.required_path("OS.SudoersDir"))):

@@ -114,12 +114,16 @@ def gather_goal_state(ctx: Context) -> None:
     previous = store.load(ctx.root, ctx.conf, "goalstate") or {}
     thumbprints = previous.get("certificates", [])
     known = all((ctx.lib_dir / f"{t}.crt").exists() for t in thumbprints)
-    if docs.certificates is not None and (
-            previous.get("incarnation") != state.incarnation or not known):
+    # Certificates change only with the incarnation; fetching and decrypting them is
+    # the costly part of a goal state, so an unchanged one skips it.
+    if state.certificates_url and (previous.get("incarnation") != state.incarnation
+                                   or not known):
         pair = ensure_transport_pair(ctx.fs, ctx.lib_dir)
-        bundle = install_certificates(ctx.fs, ctx.lib_dir, docs.certificates, pair,
-                                      openssl=ctx.conf.text("OS.OpensslPath") or "openssl")
-        thumbprints = sorted(bundle.thumbprints)
+        document = inputs.wireserver(ctx).certificates(state, pair)
+        bundle = install_certificates(ctx.fs, ctx.lib_dir, document, pair,
+                                      openssl=ctx.conf.text("OS.OpensslPath") or "openssl") \
+            if document is not None else None
+        thumbprints = sorted(bundle.thumbprints) if bundle else []
     store.save(ctx.fs, ctx.conf, "goalstate", {
         "incarnation": state.incarnation,
         "container_id": state.container_id,

@@ -82,6 +82,11 @@ def wireserver(ctx: Context) -> WireServerClient:
         given = ctx.var("wireserver")
         if given:
             return WireServerClient(given)
+        if not ctx.root.is_host:
+            # A sandbox or an image has no platform of its own: never guess one (the
+            # fixed address would reach the platform of the machine running this).
+            raise NotProvisionable(f"root {ctx.root.base} is not the running system, so it "
+                                   "has no WireServer of its own: give wireserver=URL")
         endpoint = discover_endpoint(ctx.root, ctx.conf)
         remember_endpoint(ctx.fs, ctx.root, ctx.conf, endpoint.address)
         return WireServerClient(endpoint.address)
@@ -90,14 +95,12 @@ def wireserver(ctx: Context) -> WireServerClient:
 
 
 def goal_state(ctx: Context) -> GoalStateDocuments:
-    """The goal state and its sub-documents, fetched once per run."""
+    """The goal state and its sub-documents (certificates apart: gather:goalstate fetches
+    them only for a new incarnation), fetched once per run."""
     def fetch() -> GoalStateDocuments:
-        from wire.certs import ensure_transport_pair
-
         client = wireserver(ctx)
         client.check_protocol_version()
-        pair = ensure_transport_pair(ctx.fs, ctx.lib_dir)
-        return client.goal_state_documents(pair)
+        return client.goal_state_documents()
 
     return _memo(ctx, "goal_state", fetch)  # type: ignore[no-any-return]
 

@@ -182,7 +182,7 @@ def test_without_chroot_the_host_tools_edit_the_roots_files(provisioned: Path) -
     root = provisioned
     out = waagent(["run", "deprovision", f"root={root}", "force=y", "user=y"])
     assert out.returncode == 0, out.stdout + out.stderr
-    assert f"run userdel -f --prefix {root} -r {USERNAME}" in out.stdout
+    assert f"run userdel --prefix {root} -f -r {USERNAME}" in out.stdout
     assert holding(root, PASSWORD, CUSTOM_DATA, USER_HASH, ROOT_HASH) == []
     assert USERNAME not in passwd_names(root, "etc/passwd")
     assert not (root / f"home/{USERNAME}").exists()

@@ -111,7 +111,7 @@ def test_plan_lists_every_secret_without_asking_and_changes_nothing(
                      "/var/lib/waagent/EB0C0AB4B2D5FC35F2F0658D19F44C8283E2DD62.crt",
                      "/var/lib/dhcp/dhclient.eth0.leases", "/run/systemd/netif/leases/2",
                      "/etc/ssh/ssh_host_ed25519_key", "empty /etc/machine-id",
-                     "/etc/sudoers.d/waagent", f"userdel -f --prefix {root} -r {USERNAME}",
+                     "/etc/sudoers.d/waagent", f"userdel --prefix {root} -f -r {USERNAME}",
                      f"usermod --prefix {root} -p '*LOCK*' root", "/etc/shadow-",
                      "/root/.bash_history", "/var/lib/cloud/instances", "/etc/resolv.conf",
                      "/var/log/waagent.log", "write /etc/hostname", "WARNING!"):
@@ -277,7 +277,7 @@ def test_forced_run_removes_the_state_and_a_second_run_finds_nothing(
     out = waagent(["run", "deprovision", f"root={root}", "force=y"], tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     lib = root / "var/lib/waagent"
-    assert sorted(p.name for p in lib.iterdir()) == ["runs", "waagent-graph.lock"]
+    assert sorted(p.name for p in lib.iterdir()) == ["waagent-graph.lock"]
     assert (root / "etc/machine-id").exists() and (root / "etc/machine-id").read_text() == ""
     assert (root / "etc/hostname").read_text() == "localhost.localdomain\n"
     for directory, _dirs, files in os.walk(root):

@@ -52,8 +52,15 @@ def test_show_configuration_reports_bad_line(tmp_path: Path) -> None:
     assert f"{conf}:2: ResourceDisk.SwapSizeMB='lots'" in out.stderr
 
 
-def test_provision_on_sandbox_writes_state_under_lib_dir(sandbox: Path, tmp_path: Path) -> None:
-    out = run([str(BIN / "waagent"), "provision", f"root={sandbox}"], cwd=tmp_path)
+def vm_root(sandbox: Path) -> Path:
+    from tests.sandbox import make_sandbox_root
+
+    return make_sandbox_root(sandbox, "09b01725-bf09-5941-9be9-bc7c6f7e0a55")
+
+
+def test_a_run_writes_state_under_lib_dir(sandbox: Path, tmp_path: Path) -> None:
+    vm_root(sandbox)
+    out = run([str(BIN / "waagent"), "run", "gather:vm", f"root={sandbox}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     lib = sandbox / "var/lib/waagent"
     assert (lib / "graph-state.sqlite3").exists()
@@ -73,7 +80,8 @@ def test_bad_config_fails_before_any_task(sandbox: Path, tmp_path: Path) -> None
 
 def test_stray_doit_cfg_is_ignored(sandbox: Path, tmp_path: Path) -> None:
     (tmp_path / "doit.cfg").write_text("[GLOBAL]\ndep_file = stray.db\nbackend = json\n")
-    out = run([str(BIN / "waagent"), "provision", f"root={sandbox}"], cwd=tmp_path)
+    vm_root(sandbox)
+    out = run([str(BIN / "waagent"), "run", "gather:vm", f"root={sandbox}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert not (tmp_path / "stray.db").exists()
 
@@ -85,6 +93,15 @@ def test_reset_dep_and_strace_are_refused(sandbox: Path) -> None:
         assert "not available" in out.stderr
         out = run([str(BIN / "doit"), command], cwd=REPO)
         assert out.returncode == 3, "plain doit from the checkout refuses too"
+
+
+def test_sandbox_root_never_guesses_a_platform(sandbox: Path, tmp_path: Path) -> None:
+    """Without wireserver= a sandbox has no platform: the fixed address is never tried."""
+    vm_root(sandbox)
+    out = run([str(BIN / "waagent"), "run", "gather:goalstate", f"root={sandbox}"],
+              cwd=tmp_path)
+    assert out.returncode != 0
+    assert "is not the running system" in out.stdout and "wireserver=URL" in out.stdout
 
 
 def test_verbs_not_landed_say_so_with_status_2() -> None:
