@@ -66,17 +66,28 @@ def usermod_argv(runner: Runner, *args: str) -> list[str]:
     return ["usermod", *_root_option(runner, "--prefix"), *args]
 
 
-def set_running_hostname(runner: Runner, hostname: str, init_system: str) -> Result | None:
+def systemd_running(runner: Runner) -> bool:
+    """True when systemd manages the running system (installed is not enough: a chroot
+    or an early boot may have the files without the manager)."""
+    return (runner.root / "run/systemd/system").is_dir()
+
+
+def set_running_hostname(runner: Runner, hostname: str) -> Result | None:
     """The kernel's hostname now (the static one is /etc/hostname, written as a file)."""
-    if init_system == "systemd" and runner.probe(["sh", "-c", "command -v hostnamectl"]).ok:
+    if systemd_running(runner):
         return runner.live(["hostnamectl", "set-hostname", hostname], why="running hostname")
     return runner.live(["hostname", hostname], why="running hostname")
 
 
-def reload_sshd(runner: Runner, service: str, init_system: str) -> Result | None:
-    """Make sshd read its configuration and host keys again, the distribution's way."""
-    if init_system == "systemd":
-        return runner.live(["systemctl", "reload-or-restart", service], why="sshd reads changes")
+def reload_sshd(runner: Runner, service: str) -> Result | None:
+    """Make a running sshd read its configuration and host keys again; an sshd that is
+    not running reads them when it starts."""
+    if systemd_running(runner):
+        return runner.live(["systemctl", "try-reload-or-restart", service],
+                           why="sshd reads changes")
+    if not (runner.root / "run/sshd.pid").exists():
+        runner.record("skip", f"reload {service}", "sshd is not running")
+        return None
     return runner.live(["service", service, "reload"], why="sshd reads changes")
 
 

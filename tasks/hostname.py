@@ -99,7 +99,7 @@ def set_hostname(ctx: Context) -> None:
     except FileNotFoundError:
         current = "127.0.0.1\tlocalhost\n"
     ctx.fs.write(hosts, hosts_text(current, name), why=f"{name} resolves locally")
-    osutil.set_running_hostname(ctx.run, name, inputs.distro(ctx).init_system)
+    osutil.set_running_hostname(ctx.run, name)
 
 
 def primary_interface(ctx: Context) -> str | None:

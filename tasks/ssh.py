@@ -466,5 +466,4 @@ def sshd_file_digests(ctx: Context) -> dict[str, str]:
 
 def reload_sshd(ctx: Context) -> None:
     """Reload sshd the distribution's way (skipped for a root that is not running)."""
-    found = inputs.distro(ctx)
-    osutil.reload_sshd(ctx.run, found.sshd_service, found.init_system)
+    osutil.reload_sshd(ctx.run, inputs.distro(ctx).sshd_service)

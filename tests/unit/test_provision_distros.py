@@ -16,18 +16,18 @@ VM_ID = "09b01725-bf09-5941-9be9-bc7c6f7e0a55"
 FAMILIES = {
     # family: (os-release ID, DHCP client marker, running-init marker, expected commands)
     "debian": ("debian", "run/systemd/netif/leases", "run/systemd/system",
-               {"reload": "systemctl reload-or-restart ssh",
+               {"reload": "systemctl try-reload-or-restart ssh",
                 "renew": "networkctl renew eth0"}),
     "rhel": ("almalinux", "run/NetworkManager/NetworkManager.pid", "run/systemd/system",
-             {"reload": "systemctl reload-or-restart sshd",
+             {"reload": "systemctl try-reload-or-restart sshd",
               "renew": "nmcli device reapply eth0"}),
     "suse": ("sles", "run/wicked", "run/systemd/system",
-             {"reload": "systemctl reload-or-restart sshd",
+             {"reload": "systemctl try-reload-or-restart sshd",
               "renew": "wicked ifreload eth0"}),
     "coreos": ("flatcar", "run/systemd/netif/leases", "run/systemd/system",
-               {"reload": "systemctl reload-or-restart sshd",
+               {"reload": "systemctl try-reload-or-restart sshd",
                 "renew": "networkctl renew eth0"}),
-    "sysvinit-debian": ("debian", "sbin/dhclient", "etc/init.d",
+    "sysvinit-debian": ("debian", "sbin/dhclient", "run/sshd.pid",
                         {"reload": "service ssh reload",
                          "renew": "dhclient -1 -nw eth0"}),
 }
@@ -38,7 +38,7 @@ def family_root(tmp_path: Path, distro_id: str, dhcp_marker: str, init_marker: s
     (root / "etc/os-release").write_text(f"ID={distro_id}\nVERSION_ID=1\n")
     for marker in (dhcp_marker, init_marker):
         path = root / marker
-        if marker.endswith((".pid", "dhclient")):
+        if marker.endswith(("pid", "dhclient")):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("")
         else:
@@ -93,3 +93,11 @@ def test_sandbox_root_never_touches_running_services(tmp_path: Path) -> None:
     ctx = make_context({"root": str(root)}, plan=True)
     ssh.reload_sshd(ctx)
     assert [c.kind for c in ctx.run.planned] == ["skip"]
+
+
+def test_sshd_not_running_is_not_reloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = family_root(tmp_path, "debian", "sbin/dhclient", "etc/init.d")
+    ctx = make_context({"root": str(root)}, plan=True)
+    monkeypatch.setattr(type(ctx.run), "is_live", property(lambda self: True))
+    ssh.reload_sshd(ctx)
+    assert [(c.kind, c.why) for c in ctx.run.planned] == [("skip", "sshd is not running")]
