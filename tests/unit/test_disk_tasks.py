@@ -13,7 +13,7 @@ import pytest
 from conf.config import default_config
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
-from system import FileSystem, Root, Runner
+from system import FileSystem, Root, Runner, UnsafeOperation
 from tasks import disk
 from tasks.disk import DiskFacts, PartitionFacts, disk_verdict
 
@@ -137,7 +137,7 @@ def test_our_table_marks_read_back_from_sfdisk(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- plans on image files
 
 def make_context(root: Path, *, plan: bool = True, **options: object) -> Context:
-    values = {"ResourceDisk__Format": True, "ResourceDisk__EnableSwap": True,
+    values: dict[str, object] = {"ResourceDisk__Format": True, "ResourceDisk__EnableSwap": True,
               "ResourceDisk__SwapSizeMB": 64}
     values.update({f"ResourceDisk__{k}": v for k, v in options.items()})
     conf = default_config().replace(**values)  # type: ignore[arg-type]
@@ -216,7 +216,7 @@ def test_plan_refuses_a_partition_of_unknown_origin(tmp_path: Path) -> None:
         handle.seek(440)
         handle.write(b"\x01\x02\x03\x04")  # somebody else's disk id
     ctx = make_context(root)
-    with pytest.raises(disk.UnsafeOperation, match="contents are unknown"):
+    with pytest.raises(UnsafeOperation, match="contents are unknown"):
         disk.ensure_filesystem(ctx)
     assert planned(ctx) == []
 
