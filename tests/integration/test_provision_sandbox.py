@@ -187,3 +187,13 @@ def test_system_user_is_refused_unless_allowed(tmp_path: Path) -> None:
         harness = Harness(tmp_path, fabric)
         failing_run(harness, "is a system account")
     assert os.geteuid() == 0
+
+
+def test_facts_command_shows_no_secret(harness: Harness) -> None:
+    harness.run(check=True)
+    out = harness.run(command="facts")
+    assert out.returncode == 0, out.stderr
+    assert '"distro"' in out.stdout and "debian" in out.stdout
+    assert harness.scenario.password not in out.stdout
+    custom = harness.scenario.custom_data or ""
+    assert custom.strip().splitlines()[-1] not in out.stdout
