@@ -48,7 +48,7 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
             "name": "run",
             "doc": "run custom data as a script (Provisioning.ExecuteCustomData=y)",
             "actions": [(run_custom_data, [ctx])],
-            "task_dep": ["customdata:save", "user", "ssh:config", "hostname:set"],
+            "task_dep": ["customdata:save", "user:*", "ssh:config", "hostname:set"],
             "uptodate": [Inputs("customdata-run", lambda: {
                 "vm_id": inputs.vm_id(ctx),
                 "sha256": inputs.ovf_facts(ctx).get("custom_data_sha256")})],

@@ -118,6 +118,9 @@ def gather_goal_state(ctx: Context) -> None:
     # the costly part of a goal state, so an unchanged one skips it.
     if state.certificates_url and (previous.get("incarnation") != state.incarnation
                                    or not known):
+        if ctx.run.plan:  # a plan keeps no transport key: it could not decrypt them
+            ctx.run.record("fetch", "certificates", f"incarnation {state.incarnation}")
+            return
         pair = ensure_transport_pair(ctx.fs, ctx.lib_dir)
         document = inputs.wireserver(ctx).certificates(state, pair)
         bundle = install_certificates(ctx.fs, ctx.lib_dir, document, pair,
