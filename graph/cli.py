@@ -11,7 +11,6 @@ Flags take `-`, `--` or `/` as prefix, as waagent does.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +104,8 @@ def parse(argv: Sequence[str]) -> Invocation:
 
 
 def print_version() -> None:
+    import platform
+
     print(f"{AGENT_NAME} {AGENT_VERSION} (WALinuxAgent {COMPATIBLE_WAAGENT} compatible)")
     print(f"Python: {platform.python_version()}")
     print(f"Goal state agent: {AGENT_VERSION}")

@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from facts.distro import cloud_init_present
-from facts.media import cached_ovf_env
-from facts.ovf import OvfError
 from facts.users import is_system_user, uid_min, users
 from graph.context import Context
 from graph.uptodate import Probe
@@ -183,6 +181,10 @@ def root_password(ctx: Context) -> list[Change]:
 
 def provisioned_user(ctx: Context) -> str:
     """The user named in the ovf-env copy kept at provisioning; refuse when unknown."""
+    # Imported here: reading OVF media is not on the path of every boot.
+    from facts.media import cached_ovf_env
+    from facts.ovf import OvfError
+
     copy = ctx.lib_dir / "ovf-env.xml"
     try:
         env = cached_ovf_env(ctx.root, ctx.conf)

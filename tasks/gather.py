@@ -109,15 +109,20 @@ def gather_goal_state(ctx: Context) -> None:
     """Fetch the goal state; install certificates when they changed; store the facts."""
     from wire.certs import ensure_transport_pair, install_certificates
 
-    docs = inputs.goal_state(ctx)
-    state = docs.goal_state
+    state = inputs.goal_state(ctx)
     previous = store.load(ctx.root, ctx.conf, "goalstate") or {}
+    changed = previous.get("incarnation") != state.incarnation
+    vm_name = previous.get("vm_name")
+    if changed or "vm_name" not in previous:
+        # Sub-documents change only with the incarnation: a boot that finds the same
+        # incarnation fetches nothing else.
+        docs = inputs.goal_state_documents(ctx)
+        state = docs.goal_state
+        vm_name = docs.hosting_environment.vm_name if docs.hosting_environment else None
     thumbprints = previous.get("certificates", [])
     known = all((ctx.lib_dir / f"{t}.crt").exists() for t in thumbprints)
-    # Certificates change only with the incarnation; fetching and decrypting them is
-    # the costly part of a goal state, so an unchanged one skips it.
-    if state.certificates_url and (previous.get("incarnation") != state.incarnation
-                                   or not known):
+    # Fetching and decrypting the certificates is the costly part of a goal state.
+    if state.certificates_url and (changed or not known):
         if ctx.run.plan:  # a plan keeps no transport key: it could not decrypt them
             ctx.run.record("fetch", "certificates", f"incarnation {state.incarnation}")
             return
@@ -131,6 +136,6 @@ def gather_goal_state(ctx: Context) -> None:
         "incarnation": state.incarnation,
         "container_id": state.container_id,
         "role_instance_id": state.role_instance_id,
-        "vm_name": docs.hosting_environment.vm_name if docs.hosting_environment else None,
+        "vm_name": vm_name,
         "certificates": thumbprints,
     })

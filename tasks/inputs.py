@@ -18,6 +18,7 @@ from system.errors import AgentError
 if TYPE_CHECKING:
     from facts.distro import Distro
     from facts.media import ProvisioningData
+    from wire.documents import GoalState
     from wire.wireserver import GoalStateDocuments, WireServerClient
 
 PROVISIONED_FILE = "provisioned"
@@ -94,15 +95,25 @@ def wireserver(ctx: Context) -> WireServerClient:
     return _memo(ctx, "wireserver", make)  # type: ignore[no-any-return]
 
 
-def goal_state(ctx: Context) -> GoalStateDocuments:
-    """The goal state and its sub-documents (certificates apart: gather:goalstate fetches
-    them only for a new incarnation), fetched once per run."""
-    def fetch() -> GoalStateDocuments:
+def goal_state(ctx: Context) -> GoalState:
+    """The current goal state, fetched once per run. The protocol version is checked on
+    first contact (no goal state stored yet), as the platform's agent does at start."""
+    def fetch() -> GoalState:
         client = wireserver(ctx)
-        client.check_protocol_version()
-        return client.goal_state_documents()
+        if store.load(ctx.root, ctx.conf, "goalstate") is None:
+            client.check_protocol_version()
+        return client.goal_state()
 
     return _memo(ctx, "goal_state", fetch)  # type: ignore[no-any-return]
+
+
+def goal_state_documents(ctx: Context) -> GoalStateDocuments:
+    """The goal state's sub-documents (certificates apart: gather:goalstate fetches them
+    only for a new incarnation)."""
+    def fetch() -> GoalStateDocuments:
+        return wireserver(ctx).goal_state_documents()
+
+    return _memo(ctx, "goal_state_documents", fetch)  # type: ignore[no-any-return]
 
 
 def provisioned_vm_id(ctx: Context) -> str | None:

@@ -93,12 +93,12 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
 def _post(ctx: Context, report: Any, *, patient: bool = False) -> None:
     from wire.http import READY_REPORT_RETRY
 
-    docs = inputs.goal_state(ctx)
+    state = inputs.goal_state(ctx)
     label = report.state + (f"/{report.substatus}" if report.substatus else "")
     if ctx.run.plan:
         ctx.run.record("report", f"health {label}", "to the platform")
         return
-    inputs.wireserver(ctx).report_health(docs.goal_state, report,
+    inputs.wireserver(ctx).report_health(state, report,
                                          retry=READY_REPORT_RETRY if patient else None)
 
 

@@ -128,8 +128,6 @@ def key_inputs(ctx: Context) -> dict[str, Any]:
 
 def wanted_keys(ctx: Context) -> dict[str, list[str]]:
     """Authorized-key lines per file (as the VM sees it), from values and certificates."""
-    from wire.certs import ssh_public_key
-
     ovf = inputs.ovf_facts(ctx)
     name = str(ovf["username"])
     found: dict[str, list[str]] = {}
@@ -142,15 +140,38 @@ def wanted_keys(ctx: Context) -> dict[str, list[str]]:
                 raise SshError(f"SSH public key for {path} in ovf-env.xml is not an OpenSSH "
                                f"public key: {line[:40]!r}...")
         else:
-            thumb = str(key["fingerprint"]).upper()
-            cert = ctx.lib_dir / f"{thumb}.crt"
-            try:
-                line = ssh_public_key(cert.read_bytes())
-            except FileNotFoundError:
-                raise SshError(f"SSH key by certificate {thumb}: {ctx.root.system_path(cert)} "
-                               "was not delivered in the goal state's certificates") from None
+            line = key_from_certificate(ctx, str(key["fingerprint"]).upper())
         found.setdefault(path, []).append(line)
     return found
+
+
+def key_from_certificate(ctx: Context, thumb: str) -> str:
+    """The OpenSSH public key of `<Lib.Dir>/<thumb>.crt`.
+
+    Derived once per certificate and kept in the facts store: deriving it needs
+    cryptography, which the up-to-date check of every boot should not import.
+    """
+    from facts import store
+
+    cert = ctx.lib_dir / f"{thumb}.crt"
+    try:
+        data = cert.read_bytes()
+    except FileNotFoundError:
+        raise SshError(f"SSH key by certificate {thumb}: {ctx.root.system_path(cert)} "
+                       "was not delivered in the goal state's certificates") from None
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest()
+    known = store.load(ctx.root, ctx.conf, "certificate_keys") or {}
+    if known.get(thumb, {}).get("sha256") == digest:
+        return str(known[thumb]["key"])
+    from wire.certs import ssh_public_key
+
+    line = ssh_public_key(data)
+    if not ctx.run.plan:
+        store.save(ctx.fs, ctx.conf, "certificate_keys",
+                   {**known, thumb: {"sha256": digest, "key": line}})
+    return line
 
 
 def _key_body(line: str) -> str | None:
@@ -284,12 +305,12 @@ def host_key_thumbprint(ctx: Context) -> str:
 
 def report_host_key(ctx: Context) -> None:
     """Tell the platform the host key fingerprint (shown to the VM's owner)."""
-    docs = inputs.goal_state(ctx)
+    state = inputs.goal_state(ctx)
     if ctx.run.plan:
         ctx.run.record("report", "role property CertificateThumbprint", "host key fingerprint")
         return
     inputs.wireserver(ctx).report_role_properties(
-        docs.goal_state, {"CertificateThumbprint": host_key_thumbprint(ctx)})
+        state, {"CertificateThumbprint": host_key_thumbprint(ctx)})
 
 
 # -- sshd_config ------------------------------------------------------------------------------

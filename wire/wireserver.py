@@ -28,11 +28,11 @@ from wire.documents import (
     role_properties_xml,
 )
 from wire.errors import HttpStatusError, WireError
-from wire.extensions_config import ExtensionsConfig, parse_extensions_config
 from wire.http import HttpClient, Response, RetryPolicy, base_url, rebase_url
 
 if TYPE_CHECKING:
     from wire.certs import TransportPair
+    from wire.extensions_config import ExtensionsConfig
 
 log = logging.getLogger("waagent.wire.wireserver")
 
@@ -146,6 +146,9 @@ class WireServerClient:
 
     def extensions_config(self, state: GoalState) -> ExtensionsConfig | None:
         """ExtensionsConfig of this goal state (None when it names none)."""
+        # Imported here: a boot whose goal state did not change never parses one.
+        from wire.extensions_config import parse_extensions_config
+
         url = state.extensions_config_url
         return parse_extensions_config(self.fetch_document(url)) if url else None
 
