@@ -194,6 +194,18 @@ def resource_disk(ctx: Context) -> str | None:
     return found
 
 
+def present_resource_disk(ctx: Context) -> str | None:
+    """The resource disk if it is there now (no waiting): what up-to-date probes use.
+
+    A VM without a resource disk is up to date, not "to do" at every boot; a disk that
+    comes late is waited for by the actions of the first boot (and seen at the next)."""
+    if "disk:present" not in ctx.memo:
+        ctx.memo["disk:present"] = (ctx.memo.get("disk:device")
+                                    or wait_for_resource_disk(ctx, 0))
+    found: str | None = ctx.memo["disk:present"]
+    return found
+
+
 def wait_for_resource_disk(ctx: Context, seconds: float,
                            sleep: Callable[[float], None] = time.sleep) -> str | None:
     """Poll for the resource disk with a bound; None at once when the root has no /sys
@@ -228,6 +240,17 @@ def device_number(ctx: Context, device: str) -> int | None:
     except FileNotFoundError:
         return None
     return st.st_rdev if stat.S_ISBLK(st.st_mode) else st.st_ino
+
+
+def node_readable(ctx: Context, device: str) -> bool:
+    """True when the node opens and reads: right after a re-read the kernel may still be
+    removing the old partition 1 and adding the new one (ENXIO in between)."""
+    try:
+        with open(ctx.root / device, "rb") as handle:
+            handle.read(512)
+    except OSError:
+        return False
+    return True
 
 
 def mounts_of_device(ctx: Context, device: str) -> list[str]:
@@ -352,9 +375,9 @@ def partition_problem(ctx: Context) -> str | None:
     """Why the disk is not partitioned as wanted (one partition, not the fresh NTFS), or None."""
     if not DiskOptions.of(ctx).format:
         return None
-    device = resource_disk(ctx)
+    device = present_resource_disk(ctx)
     if device is None:
-        return "no resource disk"
+        return None  # nothing to do without a disk
     block = disks.block_device(ctx.root, device)
     if block.partition_table is None or len(block.partitions) != 1:
         return f"{device}: {len(block.partitions)} partitions, want one"
@@ -400,24 +423,26 @@ def reread_partition_table(ctx: Context, device: str) -> None:
     """Make the kernel (and udev) see the new table, then wait for partition 1's node.
 
     sfdisk asks the kernel itself, but that is not always heeded (some kernels ignore
-    BLKRRPART on loop devices): each next way is tried only while partition 1 is missing.
+    BLKRRPART on loop devices), so blockdev and partx follow, and partprobe when
+    partition 1 is still missing.
     """
     if ctx.run.plan:
         return
     real = tool_path(ctx, device)
-    ways = [["blockdev", "--rereadpt", real], ["partx", "--update", real]]
-    if shutil.which("partprobe"):
-        ways.append(["partprobe", real])
-    for argv in ways:
-        if first_partition(ctx, device) is not None:
-            break
-        ctx.run.change(argv, check=False, why="re-read the partition table")
+    # Both, always: a partition 1 of the old table (the platform's NTFS) would otherwise
+    # look like the new one; partx updates what BLKRRPART ignored (loop devices).
+    ctx.run.change(["blockdev", "--rereadpt", real], check=False,
+                   why="re-read the partition table")
+    ctx.run.change(["partx", "--update", real], check=False, why="re-read the partition table")
+    if first_partition(ctx, device) is None and shutil.which("partprobe"):
+        ctx.run.change(["partprobe", real], check=False, why="re-read the partition table")
     if shutil.which("udevadm"):
         ctx.run.probe(["udevadm", "settle", "--timeout", str(int(PARTITION_NODE_SECONDS))])
     deadline = time.monotonic() + PARTITION_NODE_SECONDS
     while True:
         part = first_partition(ctx, device)
-        if part is not None and device_number(ctx, part.device) is not None:
+        if part is not None and device_number(ctx, part.device) is not None \
+                and node_readable(ctx, part.device):
             return
         if time.monotonic() >= deadline:
             raise CommandFailed(f"{device}: partition 1 did not appear "
@@ -439,9 +464,9 @@ def mkfs_problem(ctx: Context) -> str | None:
     opts = DiskOptions.of(ctx)
     if not opts.format:
         return None
-    device = resource_disk(ctx)
+    device = present_resource_disk(ctx)
     if device is None:
-        return "no resource disk"
+        return None  # nothing to do without a disk
     part = first_partition(ctx, device)
     if part is None:
         return f"{device} has no partition 1"
@@ -510,9 +535,9 @@ def mount_problem(ctx: Context) -> str | None:
     opts = DiskOptions.of(ctx)
     if not opts.format:
         return None
-    device = resource_disk(ctx)
+    device = present_resource_disk(ctx)
     if device is None:
-        return "no resource disk"
+        return None  # nothing to do without a disk
     part = first_partition(ctx, device)
     if part is None:
         return f"{device} has no partition 1"
@@ -568,7 +593,7 @@ def ensure_mounted(ctx: Context) -> None:
 
 def readme_problem(ctx: Context) -> str | None:
     """Why the dataloss README is missing or stale on the mounted disk, or None."""
-    if not DiskOptions.of(ctx).format or resource_disk(ctx) is None:
+    if not DiskOptions.of(ctx).format or present_resource_disk(ctx) is None:
         return None
     if mount_problem(ctx) is not None:
         return "resource disk not mounted"
@@ -632,7 +657,7 @@ def swap_problem(ctx: Context) -> str | None:
         if active is not None:
             return f"swap active {active} MB at {swapfile}, want none"
         return None
-    if resource_disk(ctx) is None:
+    if present_resource_disk(ctx) is None:
         return None
     if active != opts.swap_mb:
         return f"swap active {active or 0} MB, want {opts.swap_mb} MB"

@@ -107,8 +107,6 @@ def gather_ovf(ctx: Context) -> None:
 
 def gather_goal_state(ctx: Context) -> None:
     """Fetch the goal state; install certificates when they changed; store the facts."""
-    from wire.certs import ensure_transport_pair, install_certificates
-
     state = inputs.goal_state(ctx)
     previous = store.load(ctx.root, ctx.conf, "goalstate") or {}
     changed = previous.get("incarnation") != state.incarnation
@@ -126,6 +124,8 @@ def gather_goal_state(ctx: Context) -> None:
         if ctx.run.plan:  # a plan keeps no transport key: it could not decrypt them
             ctx.run.record("fetch", "certificates", f"incarnation {state.incarnation}")
             return
+        from wire.certs import ensure_transport_pair, install_certificates
+
         pair = ensure_transport_pair(ctx.fs, ctx.lib_dir)
         document = inputs.wireserver(ctx).certificates(state, pair)
         bundle = install_certificates(ctx.fs, ctx.lib_dir, document, pair,

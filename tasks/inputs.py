@@ -77,7 +77,6 @@ def goal_facts(ctx: Context) -> dict[str, Any]:
 def wireserver(ctx: Context) -> WireServerClient:
     """A client of the WireServer: `wireserver=` when given, else the discovered endpoint."""
     def make() -> WireServerClient:
-        from wire.endpoint import discover_endpoint, remember_endpoint
         from wire.wireserver import WireServerClient
 
         given = ctx.var("wireserver")
@@ -88,6 +87,8 @@ def wireserver(ctx: Context) -> WireServerClient:
             # fixed address would reach the platform of the machine running this).
             raise NotProvisionable(f"root {ctx.root.base} is not the running system, so it "
                                    "has no WireServer of its own: give wireserver=URL")
+        from wire.endpoint import discover_endpoint, remember_endpoint
+
         endpoint = discover_endpoint(ctx.root, ctx.conf)
         remember_endpoint(ctx.fs, ctx.root, ctx.conf, endpoint.address)
         return WireServerClient(endpoint.address)
