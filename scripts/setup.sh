@@ -44,3 +44,6 @@ if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi
+# Byte-compile the agent as an installed package would be (an editable install is not,
+# and with PYTHONDONTWRITEBYTECODE set every start would compile it again).
+.venv/bin/python -m compileall -q conf facts wire system graph tasks fabric dodo.py >/dev/null
