@@ -635,6 +635,8 @@ def crypt_name(swapfile: Path) -> str:
 
 def active_swap_mb(ctx: Context, swapfile: Path) -> int | None:
     """Size in MiB of our swap (the file, or its dm-crypt device), None when not active."""
+    if not ctx.root.is_host and not (ctx.root / "proc/swaps").exists():
+        return None  # an offline image: its kernel is not running, nothing is swapped on
     size = mounts.active_swap_size_mb(ctx.root, str(swapfile))
     if size is not None:
         return size
@@ -666,6 +668,8 @@ def swap_problem(ctx: Context) -> str | None:
 
 def swapoff_ours(ctx: Context, swapfile: Path) -> None:
     """Turn off our swap file (or its dm-crypt device) only; never `swapoff -a`."""
+    if not ctx.root.is_host and not (ctx.root / "proc/swaps").exists():
+        return  # an offline image: nothing of it is swapped on
     if mounts.active_swap_size_mb(ctx.root, str(swapfile)) is not None:
         ctx.run.change(["swapoff", str(swapfile)], why="turn off our swap file")
     name = crypt_name(swapfile)

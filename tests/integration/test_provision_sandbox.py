@@ -197,3 +197,59 @@ def test_facts_command_shows_no_secret(harness: Harness) -> None:
     assert harness.scenario.password not in out.stdout
     custom = harness.scenario.custom_data or ""
     assert custom.strip().splitlines()[-1] not in out.stdout
+
+
+def test_provisioning_disabled_reports_ready_and_creates_nothing(tmp_path: Path) -> None:
+    need_root()
+    with Fabric(default_scenario()) as fabric:
+        harness = Harness(tmp_path, fabric, conf=BASE_CONF + "Provisioning.Enabled=n\n")
+        harness.run(check=True)
+        assert "azureuser" not in read(harness.root / "etc/passwd")
+        assert harness.health()[-1] == ("Ready", None, None)
+        assert harness.ran() >= {"gather:vm", "gather:goalstate", "report:provisioned",
+                                 "report:ready"}
+        assert not any(t.startswith(("user:", "ssh:")) for t in harness.ran())
+
+
+def test_cloud_init_provisions_we_wait_for_it_then_report_ready(tmp_path: Path) -> None:
+    need_root()
+    with Fabric(default_scenario()) as fabric:
+        harness = Harness(tmp_path, fabric,
+                          conf="ResourceDisk.Format=n\nProvisioning.Agent=cloud-init\n")
+        # What cloud-init leaves when it has provisioned the VM.
+        lib = harness.root / "var/lib/waagent"
+        lib.mkdir(parents=True)
+        (lib / "ovf-env.xml").write_text("<Environment/>")
+        (harness.root / "etc/ssh/ssh_host_ed25519_key.pub").write_text("ssh-ed25519 AAAA x\n")
+        harness.run(check=True)
+        assert "report:cloudinit" in harness.ran()
+        assert harness.health()[-1] == ("Ready", None, None)
+        assert "azureuser" not in read(harness.root / "etc/passwd")
+
+
+def test_new_vm_id_from_a_captured_image_provisions_again(harness: Harness) -> None:
+    harness.run(check=True)
+    old_key = read(harness.root / "etc/ssh/ssh_host_rsa_key.pub")
+    # The image is captured and booted as a new VM: DMI shows another id.
+    from tests.sandbox import product_uuid_for
+
+    new_id = "11111111-2222-3333-4444-555555555555"
+    (harness.root / "sys/class/dmi/id/product_uuid").write_text(product_uuid_for(new_id))
+    harness.run(check=True)
+    ran = harness.ran()
+    assert {"user:account", "ssh:hostkeys", "report:provisioning", "report:ready"} <= ran
+    assert read(harness.root / "etc/ssh/ssh_host_rsa_key.pub") != old_key
+    assert read(harness.root / "var/lib/waagent/provisioned").strip() == new_id
+    assert [h[:2] for h in harness.health()[-2:]] == [("NotReady", "Provisioning"),
+                                                     ("Ready", None)]
+
+
+def test_provision_guest_agent_false_stands_the_agent_down(tmp_path: Path) -> None:
+    need_root()
+    scenario = default_scenario()
+    scenario.provision_guest_agent = False
+    with Fabric(scenario) as fabric:
+        harness = Harness(tmp_path, fabric)
+        harness.run(check=True)
+        assert (harness.root / "var/lib/waagent/disable_agent").exists()
+        assert harness.health()[-1] == ("Ready", None, None)
