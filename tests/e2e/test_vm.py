@@ -1,0 +1,209 @@
+"""End to end: a real Debian VM root in namespaces, the fabric next door, a real ssh in.
+
+The life of one VM, in order (the tests of this module share it and run in file order):
+boot-time provisioning, a login with the scenario's key, a second boot that changes
+nothing, a waagent.conf edit that reruns only its task, and deprovision+user that leaves
+no secret. Then a VM whose scenario has no password (sudo without one), and a lab that
+fails half-way and still leaves nothing behind. See tests/e2e/harness.py for the lab.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fabric.scenario import default_scenario_path
+from tests.e2e import harness
+from tests.e2e.conftest import checked_lab, leftovers, need_lab
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+SWAP_MB = 64
+EDITED_SWAP_MB = 96
+CONF = """\
+Provisioning.Agent=waagent
+Provisioning.SshHostKeyPairType=ed25519
+ResourceDisk.Format=y
+ResourceDisk.Filesystem=ext4
+ResourceDisk.MountPoint=/mnt/resource
+ResourceDisk.EnableSwap=y
+ResourceDisk.SwapSizeMB={swap_mb}
+"""
+NO_PASSWORD_SCENARIO = """\
+hostname: e2e-nopass
+username: operator1
+seed: e2e-nopass
+disable_ssh_password_authentication: true
+ssh_keys:
+  - name: operator-key
+resource_disk_size_mb: 1024
+"""
+
+
+def boot_and_provision(vm_lab: harness.Lab) -> harness.Captured:
+    """What a boot does: DHCP on eth0, the agent, then sshd."""
+    vm_lab.vm.dhcp()
+    provisioned = vm_lab.vm.run(["waagent", "provision"], check=False)
+    vm_lab.vm.start_sshd()
+    return provisioned
+
+
+def active_swaps(vm_lab: harness.Lab) -> dict[str, int]:
+    """Swap areas as the VM sees them: path -> size in KiB."""
+    lines = vm_lab.vm.run(["cat", "/proc/swaps"]).stdout.splitlines()[1:]
+    return {line.split()[0]: int(line.split()[2]) for line in lines}
+
+
+def mounted_at(vm_lab: harness.Lab, target: str) -> list[str]:
+    """Sources mounted at `target` in the VM."""
+    mounts = vm_lab.vm.run(["cat", "/proc/self/mounts"]).stdout.splitlines()
+    return [line.split()[0] for line in mounts if line.split()[1] == target]
+
+
+def files_holding(top: Path, secrets: list[str], skip: tuple[str, ...]) -> dict[str, str]:
+    """Regular files below `top` containing any secret: path -> which one (no symlinks,
+    no special files; `skip` are paths relative to top, e.g. the kernel's file systems)."""
+    needles = [(secret, secret.encode()) for secret in secrets]
+    found = {}
+    for directory, dirs, files in os.walk(top):
+        relative = os.path.relpath(directory, top)
+        dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(relative, d)) not in skip]
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.normpath(os.path.join(relative, name)) in skip or \
+                    not os.path.isfile(path) or os.path.islink(path):
+                continue
+            try:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            except OSError:
+                continue
+            for secret, needle in needles:
+                if needle in data:
+                    found["/" + os.path.relpath(path, top)] = secret
+    return found
+
+
+@pytest.fixture(scope="module")
+def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Lab]:
+    """The default scenario's VM, booted once for the tests of this module."""
+    need_lab()
+    work = tmp_path_factory.mktemp("e2e-vm")
+    with checked_lab(work, default_scenario_path(), conf=CONF.format(swap_mb=SWAP_MB)) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def first_boot(booted: harness.Lab) -> harness.Captured:
+    """The agent's run at the VM's first boot."""
+    return boot_and_provision(booted)
+
+
+@pytest.fixture
+def vm_lab(booted: harness.Lab, first_boot: harness.Captured) -> harness.Lab:
+    """The VM after its first boot."""
+    return booted
+
+
+def test_first_boot_provisions_and_reports_ready(vm_lab: harness.Lab,
+                                                first_boot: harness.Captured) -> None:
+    assert first_boot.returncode == 0, first_boot.output[-4000:]
+    assert vm_lab.fabric.wait_for_health("Ready")
+    states = [(h["state"], h["substatus"]) for h in vm_lab.fabric.health_reports()]
+    assert states == [("NotReady", "Provisioning"), ("Ready", None)]
+    assert not any(entry.get("result") == "failed"
+                   for entry in vm_lab.run_reports()[-1]["tasks"].values())
+    # The endpoint came from the DHCP lease, as on Azure.
+    assert (vm_lab.root / "var/lib/waagent/WireServerEndpoint").read_text().strip() == \
+        harness.FABRIC_ADDRESS
+
+
+def test_ssh_logs_in_as_the_scenario_user(vm_lab: harness.Lab) -> None:
+    scenario = vm_lab.scenario
+    login = vm_lab.ssh("hostname; id -un", check=True)
+    assert login.stdout.split() == [scenario.hostname, scenario.username]
+    # The scenario has a password: sudo asks for it.
+    sudo = vm_lab.ssh("sudo -n true")
+    assert sudo.returncode != 0
+    assert "a password is required" in sudo.stderr
+    # The host key is the one asked for in waagent.conf, freshly made.
+    host_keys = sorted(p.name for p in (vm_lab.root / "etc/ssh").glob("ssh_host_*_key"))
+    assert host_keys == ["ssh_host_ed25519_key"]
+
+
+def test_resource_disk_is_mounted_with_swap(vm_lab: harness.Lab) -> None:
+    partition = f"/dev/{vm_lab.vm.disk_name}p1"
+    assert mounted_at(vm_lab, "/mnt/resource") == [partition]
+    assert active_swaps(vm_lab) == {"/mnt/resource/swapfile": SWAP_MB * 1024 - 4}
+    readme = vm_lab.ssh("cat /mnt/resource/DATALOSS_WARNING_README.txt", check=True)
+    assert "THIS IS A TEMPORARY DISK" in readme.stdout
+
+
+def test_second_boot_changes_nothing(vm_lab: harness.Lab) -> None:
+    before = len(vm_lab.fabric.health_reports())
+    vm_lab.vm.run(["waagent", "provision"])
+    assert vm_lab.ran() == {"gather:goalstate"}
+    assert len(vm_lab.fabric.health_reports()) == before  # Ready was already said
+    assert vm_lab.ssh("hostname", check=True).stdout.strip() == vm_lab.scenario.hostname
+
+
+def test_config_edit_reruns_only_its_task(vm_lab: harness.Lab) -> None:
+    (vm_lab.root / "etc/waagent.conf").write_text(CONF.format(swap_mb=EDITED_SWAP_MB))
+    vm_lab.vm.run(["waagent", "provision"])
+    assert vm_lab.ran() == {"gather:goalstate", "disk:swapfile"}
+    assert active_swaps(vm_lab) == {"/mnt/resource/swapfile": EDITED_SWAP_MB * 1024 - 4}
+    vm_lab.vm.run(["waagent", "provision"])
+    assert vm_lab.ran() == {"gather:goalstate"}
+
+
+def test_deprovision_user_leaves_no_secret(vm_lab: harness.Lab) -> None:
+    scenario = vm_lab.scenario
+    assert scenario.password and scenario.custom_data
+    secrets = [scenario.password, scenario.custom_data.strip(),
+               base64.b64encode(scenario.custom_data.encode()).decode()]
+    # What the search skips: the kernel's file systems and the swap file (memory pages).
+    skip = ("proc", "sys", "dev", "mnt/resource/swapfile")
+    # The search finds what provisioning left (the custom data is kept in Lib.Dir) ...
+    assert files_holding(vm_lab.vm.view, secrets, skip)
+    done = vm_lab.vm.run(["waagent", "-deprovision+user", "-force"], check=False)
+    assert done.returncode == 0, done.output[-4000:]
+    # ... and nothing after deprovision, anywhere the VM can see.
+    assert files_holding(vm_lab.vm.view, secrets, skip) == {}
+    passwd = (vm_lab.root / "etc/passwd").read_text()
+    assert f"\n{scenario.username}:" not in passwd
+    assert not (vm_lab.root / "etc/sudoers.d/waagent").exists()
+    assert not (vm_lab.root / "home" / scenario.username).exists()
+    assert vm_lab.ssh("true").returncode != 0  # the user cannot log in any more
+
+
+def test_scenario_without_password_gets_sudo_without_one(tmp_path: Path) -> None:
+    need_lab()
+    scenario_file = tmp_path / "nopass.yaml"
+    scenario_file.write_text(NO_PASSWORD_SCENARIO)
+    with checked_lab(tmp_path / "lab", scenario_file, conf=CONF.format(swap_mb=SWAP_MB)) as lab:
+        provisioned = boot_and_provision(lab)
+        assert provisioned.returncode == 0, provisioned.output[-4000:]
+        lab.fabric.wait_for_health("Ready")
+        login = lab.ssh("hostname; id -un; sudo -n true && echo sudo-ok", check=True)
+        assert login.stdout.split() == ["e2e-nopass", "operator1", "sudo-ok"]
+        config = lab.vm.run(["sshd", "-T"]).stdout
+        assert "passwordauthentication no" in config
+
+
+def test_a_failing_lab_leaves_nothing_behind(tmp_path: Path) -> None:
+    need_lab()
+    work = tmp_path / "lab"
+    tag = harness.unique_tag()
+    with pytest.raises(RuntimeError, match="half-way"), \
+            harness.lab(work, default_scenario_path(), conf=CONF.format(swap_mb=SWAP_MB),
+                        tag=tag) as lab:
+        lab.vm.dhcp()
+        lab.vm.run(["waagent", "provision"])
+        assert active_swaps(lab)  # a swap area, a mount, daemons: all must go
+        raise RuntimeError("the test failed half-way")
+    assert leftovers(work, tag) == []
+    assert not (work / "vm").exists()
