@@ -459,17 +459,24 @@ def mkfs_command(filesystem: str, device: str) -> list[str]:
     return [f"mkfs.{filesystem}", "-q", force, device]
 
 
+def partition_to_check(ctx: Context) -> tuple[disks.Partition | None, str | None]:
+    """Partition 1 of the resource disk for a probe: (partition, None); (None, None) when
+    there is nothing to check (Format=n, no disk); (None, problem) when it is missing."""
+    if not DiskOptions.of(ctx).format:
+        return None, None
+    device = present_resource_disk(ctx)
+    if device is None:
+        return None, None  # nothing to do without a disk
+    part = first_partition(ctx, device)
+    return (part, None) if part is not None else (None, f"{device} has no partition 1")
+
+
 def mkfs_problem(ctx: Context) -> str | None:
     """Why partition 1 does not carry the configured filesystem, or None."""
     opts = DiskOptions.of(ctx)
-    if not opts.format:
-        return None
-    device = present_resource_disk(ctx)
-    if device is None:
-        return None  # nothing to do without a disk
-    part = first_partition(ctx, device)
+    part, problem = partition_to_check(ctx)
     if part is None:
-        return f"{device} has no partition 1"
+        return problem
     found = signature_type(ctx, part.device)
     if found != opts.filesystem:
         return f"{part.device} holds {found or 'no filesystem'}, want {opts.filesystem}"
@@ -533,14 +540,9 @@ def mount_state(ctx: Context, partition: str) -> str:
 def mount_problem(ctx: Context) -> str | None:
     """Why the resource disk is not mounted at the mount point, or None."""
     opts = DiskOptions.of(ctx)
-    if not opts.format:
-        return None
-    device = present_resource_disk(ctx)
-    if device is None:
-        return None  # nothing to do without a disk
-    part = first_partition(ctx, device)
+    part, problem = partition_to_check(ctx)
     if part is None:
-        return f"{device} has no partition 1"
+        return problem
     state = mount_state(ctx, part.device)
     return None if state == "mounted" else f"{part.device} at {opts.mount_point}: {state}"
 
