@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Time to Ready and peak RSS of provisioning: waagent-graph against the published Azure
+Linux agent (Debian package waagent 2.7.3), each provisioning an identical VM root against
+the same fabric (tests/e2e/harness.py), interleaved round by round.
+
+    sudo .venv/bin/python bench/ready.py [--runs 5] [--keep DIR]
+
+Every sample is a fresh VM: one Debian root (with both agents installed, so the roots are
+identical), the default scenario, and the package's /etc/waagent.conf with
+Provisioning.Agent=waagent, ResourceDisk.Format=n and Provisioning.SshHostKeyPairType=ed25519.
+The boot's DHCP runs first (not timed); then the agent starts as its service would:
+`waagent provision` (ours) or `waagent -daemon` (2.7.3).
+
+- time to Ready: from the agent's start (stamped in the VM) to the Ready health report as
+  the fabric recorded it (same clock);
+- peak RSS: ru_maxrss of the agent's process (or of the largest child it reaped) over the
+  run; waagent's daemon never exits, so it is stopped once the fabric has its Ready.
+  Ours is measured to its exit, i.e. including the work after Ready.
+
+waagent 2.7.3 in this harness needs: a `mount` wrapper for /dev/sr0 (this kernel cannot
+mount ISO 9660: the image is extracted with xorriso instead, `umount` empties it again),
+a no-op `eject` (minbase has none; the daemon dies without it), and its hostname publish
+runs `ifdown eth0 && ifup eth0`, retried 3 times 5 s apart when that fails: so each agent
+runs both with no-op ifdown/ifup stubs (waagent's best case) and without ifupdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import vmharness
+from vmharness import harness
+
+from fabric.scenario import default_scenario_path
+
+OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
+             "Provisioning.SshHostKeyPairType": "ed25519"}
+MOUNT = """\
+#!/bin/sh
+# bench: the kernel cannot mount ISO 9660/UDF here: extract the DVD to the mount point.
+for arg; do target=$arg; done
+case " $* " in
+*" /dev/sr0 "*)
+  mkdir -p "$target" && touch "$target/.extracted-dvd" &&
+  exec xorriso -osirrox on -indev stdio:/dev/sr0 -extract / "$target" >/dev/null 2>&1;;
+esac
+exec /usr/bin/mount "$@"
+"""
+UMOUNT = """\
+#!/bin/sh
+# bench: the other half of the mount wrapper: an extracted DVD is emptied.
+for arg; do target=$arg; done
+if [ -e "$target/.extracted-dvd" ]; then
+  find "$target" -mindepth 1 -delete; exit 0
+fi
+exec /usr/bin/umount "$@"
+"""
+NO_OP = "#!/bin/sh\n# bench: a no-op stand-in\nexit 0\n"
+# (label, argv in the VM, whether the agent exits by itself, with no-op ifdown/ifup)
+CASES = (
+    ("waagent-graph, no-op ifdown/ifup", ["/usr/local/sbin/waagent", "provision"], True, True),
+    ("waagent-graph, no ifupdown", ["/usr/local/sbin/waagent", "provision"], True, False),
+    ("waagent 2.7.3, no-op ifdown/ifup", ["/usr/sbin/waagent", "-daemon"], False, True),
+    ("waagent 2.7.3, no ifupdown", ["/usr/sbin/waagent", "-daemon"], False, False),
+)
+READY_TIMEOUT = 120
+
+
+def prepare(root: Path, *, ifupdown: bool) -> None:
+    """The same root for both agents: the package's conf with the overrides, the helpers."""
+    conf = root / "etc/waagent.conf"
+    text = conf.read_text()
+    for key, value in OVERRIDES.items():
+        text, found = re.subn(rf"^{re.escape(key)}=.*$", f"{key}={value}", text, flags=re.M)
+        if not found:
+            text += f"{key}={value}\n"
+    conf.write_text(text)
+    sbin = root / "usr/local/sbin"
+    harness.write_file(sbin / "mount", MOUNT, 0o755)
+    harness.write_file(sbin / "umount", UMOUNT, 0o755)
+    harness.write_file(sbin / "eject", NO_OP, 0o755)
+    if ifupdown:
+        harness.write_file(sbin / "ifdown", NO_OP, 0o755)
+        harness.write_file(sbin / "ifup", NO_OP, 0o755)
+    vmharness.install_measure(root)
+
+
+def sample(work: Path, argv: list[str], exits: bool, ifupdown: bool) -> tuple[float, int]:
+    """One provisioning of a fresh VM: (seconds to Ready, peak RSS in KiB)."""
+    with harness.lab(work, default_scenario_path(), conf=None, packages=harness.WAAGENT_PACKAGES,
+                     prepare=lambda root: prepare(root, ifupdown=ifupdown)) as vm_lab:
+        vm_lab.vm.dhcp()
+        log = work / "agent.log"
+        process = vmharness.start_measured(vm_lab.vm, argv, log)
+        try:
+            ready = vm_lab.fabric.wait_for_health("Ready", READY_TIMEOUT)
+        except AssertionError:
+            raise RuntimeError(f"{argv[0]}: no Ready within {READY_TIMEOUT} s; the agent said: "
+                               f"{log.read_text()[-3000:]}") from None
+        measured = vmharness.finish_measured(vm_lab.vm, process, log, kill=not exits)
+        if exits and measured.status != 0:
+            raise RuntimeError(f"{argv[0]} exited {measured.status}: {log.read_text()[-3000:]}")
+        return ready["time"] - measured.start, measured.maxrss_kb
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--keep", help="keep the labs' logs and records here")
+    args = parser.parse_args()
+    reason = harness.skip_reason(harness.WAAGENT_PACKAGES)
+    if reason:
+        print(f"bench/ready.py: {reason}", file=sys.stderr)
+        return 2
+    base = Path(args.keep or tempfile.mkdtemp(prefix="waagent-bench-ready-"))
+    times: dict[str, list[float]] = {label: [] for label, *_ in CASES}
+    rss: dict[str, list[float]] = {label: [] for label, *_ in CASES}
+    # Round by round, so that machine noise hits every case alike.
+    for run in range(args.runs):
+        for index, (label, argv, exits, ifupdown) in enumerate(CASES):
+            seconds, maxrss = sample(base / f"run{run}-case{index}", argv, exits, ifupdown)
+            times[label].append(seconds)
+            rss[label].append(maxrss / 1024)
+            print(f"run {run + 1}/{args.runs}  {label:34} Ready after {seconds:6.3f} s  "
+                  f"peak RSS {maxrss / 1024:5.1f} MB", flush=True)
+    best = vmharness.median(times[CASES[2][0]])
+    rows = [(label, f"{vmharness.median(times[label]):.3f}",
+             f"{vmharness.median(times[label]) / best:.2f}",
+             f"{vmharness.median(rss[label]):.1f}") for label, *_ in CASES]
+    vmharness.print_table(
+        f"Time to Ready and peak RSS, medians of {args.runs} runs (fresh Debian 12 VM root, "
+        "default scenario, ed25519 host key)",
+        ("agent", "Ready s", "x waagent best", "peak RSS MB"), rows)
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""What the VM benchmarks share: the e2e lab (tests/e2e/harness.py), a measuring wrapper
+that runs inside the VM, and the medians table.
+
+The wrapper runs under the VM's own python3: it notes the wall-clock time just before it
+starts the command (the fabric stamps reports with the same clock: there is no time
+namespace), waits for it with wait4() and prints one JSON line with the start, the end,
+the exit status and ru_maxrss (to RESULT_FILE): the peak RSS of the command, or of the largest of the
+descendants it waited for (useradd, ssh-keygen, ...). A command that never ends by itself
+(waagent -daemon) is killed when STOP_FILE appears, and measured up to then.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.e2e import harness  # noqa: E402
+
+MEASURE_PATH = "usr/local/libexec/bench-measure"
+STOP_FILE = "run/bench-stop"
+RESULT_FILE = "run/bench-result.json"
+MEASURE = f"""\
+#!/usr/bin/python3
+# bench-measure COMMAND...: run it; {{"start", "end", "status", "maxrss_kb"}} to /{RESULT_FILE}
+import json, os, signal, sys, time
+start = time.time()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+while True:
+    done, status, usage = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    if os.path.exists("/{STOP_FILE}"):
+        os.kill(pid, signal.SIGKILL)
+        done, status, usage = os.wait4(pid, 0)
+        break
+    time.sleep(0.005)
+with open("/{RESULT_FILE}", "w") as result:
+    json.dump({{"start": start, "end": time.time(), "status": status,
+               "maxrss_kb": usage.ru_maxrss}}, result)
+"""
+
+
+@dataclass
+class Sample:
+    """One measured command in the VM."""
+
+    start: float
+    end: float
+    status: int
+    maxrss_kb: int
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def install_measure(root: Path) -> None:
+    harness.write_file(root / MEASURE_PATH, MEASURE, 0o755)
+
+
+def start_measured(vm: harness.VirtualMachine, argv: list[str],
+                   log: Path) -> subprocess.Popen[bytes]:
+    """Start `argv` in the VM under the wrapper (install_measure first); output to `log`."""
+    for name in (STOP_FILE, RESULT_FILE):
+        (vm.view / name).unlink(missing_ok=True)
+    return vm.popen(["/" + MEASURE_PATH, *argv], log)
+
+
+def finish_measured(vm: harness.VirtualMachine, process: subprocess.Popen[bytes], log: Path,
+                    *, kill: bool = False, timeout: float = 300) -> Sample:
+    """Wait for a measured command (`kill`: stop it now, through STOP_FILE)."""
+    if kill:
+        (vm.view / STOP_FILE).touch()
+    process.wait(timeout)
+    try:
+        data = json.loads((vm.view / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        raise RuntimeError(f"no measurement; the command said: {log.read_text()[-3000:]}") \
+            from None
+    return Sample(data["start"], data["end"], data["status"], data["maxrss_kb"])
+
+
+def measure(vm: harness.VirtualMachine, argv: list[str], log: Path) -> Sample:
+    """Run `argv` in the VM to its end, measured."""
+    return finish_measured(vm, start_measured(vm, argv, log), log)
+
+
+def print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A plain text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}")
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
+                                                                       strict=True)]
+        print("  ".join(cells).rstrip())
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
