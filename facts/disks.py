@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import posixpath
 import struct
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -248,6 +247,8 @@ def _cstring(raw: bytes) -> str | None:
 def _uuid(raw: bytes) -> str | None:
     if len(raw) != 16 or raw == bytes(16):
         return None
+    import uuid  # here: uuid imports platform (~3 ms), and only superblocks need it
+
     return str(uuid.UUID(bytes=raw))
 
 
