@@ -34,9 +34,9 @@ import tempfile
 from pathlib import Path
 
 import vmharness
-from vmharness import harness
 
 from fabric.scenario import default_scenario_path
+from tests.e2e import harness
 
 OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
              "Provisioning.SshHostKeyPairType": "ed25519"}

@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 
 import vmharness
-from vmharness import harness
 
 from fabric.scenario import default_scenario_path
+from tests.e2e import harness
 
 CONF = """\
 Provisioning.Agent=waagent

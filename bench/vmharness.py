@@ -3,10 +3,10 @@ that runs inside the VM, and the medians table.
 
 The wrapper runs under the VM's own python3: it notes the wall-clock time just before it
 starts the command (the fabric stamps reports with the same clock: there is no time
-namespace), waits for it with wait4() and prints one JSON line with the start, the end,
-the exit status and ru_maxrss (to RESULT_FILE): the peak RSS of the command, or of the largest of the
-descendants it waited for (useradd, ssh-keygen, ...). A command that never ends by itself
-(waagent -daemon) is killed when STOP_FILE appears, and measured up to then.
+namespace), waits for it with wait4() and writes to RESULT_FILE the start, the end, the
+exit status and ru_maxrss: the peak RSS of the command, or of the largest descendant it
+waited for (useradd, ssh-keygen, ...). A command that never ends by itself (waagent
+-daemon) is killed when STOP_FILE appears, and measured up to then.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def measure(vm: harness.VirtualMachine, argv: list[str], log: Path) -> Sample:
     return finish_measured(vm, start_measured(vm, argv, log), log)
 
 
-def print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def print_table(title: str, header: tuple[str, ...],
+                rows: Sequence[tuple[str, ...]]) -> None:
     """A plain text table: first column left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     print(f"\n{title}")
