@@ -77,6 +77,8 @@ def main() -> int:
                     raise RuntimeError(f"{name}: ran {sorted(vm_lab.ran())}, "
                                        f"expected {sorted(EXPECTED[name])}")
                 samples[name].append(measured.seconds)
+                # The swap resize leaves writeback behind: let it settle before the next sample.
+                vm_lab.vm.run(["sync"])
     base = vmharness.median(samples[next(iter(CASES))])
     rows = [(name, f"{vmharness.median(values):.3f}", f"{vmharness.median(values) / base:.2f}")
             for name, values in samples.items()]

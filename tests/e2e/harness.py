@@ -25,6 +25,7 @@ process itself never opens a socket: ssh and the agents run inside the namespace
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.metadata
 import itertools
@@ -552,7 +553,9 @@ def agent_tree() -> Path:
     global _agent_tree
     if _agent_tree is not None:
         return _agent_tree
-    tree = Path(tempfile.mkdtemp(prefix="waagent-e2e-agent-")) / "tree"
+    scratch = tempfile.mkdtemp(prefix="waagent-e2e-agent-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    tree = Path(scratch) / "tree"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for package in AGENT_PACKAGES:
         shutil.copytree(REPO / package, tree / package, ignore=ignore)
@@ -579,11 +582,12 @@ def install_agent(root: Path) -> None:
     launcher.chmod(0o755)
 
 
-def prepare_root(root: Path, conf: str) -> None:
+def prepare_root(root: Path, conf: str | None) -> None:
     """What an image for Azure looks like before its first boot: a generic hostname and
-    the agent's configuration."""
+    the agent's configuration (None: the root's own, e.g. the waagent package's)."""
     (root / "etc/hostname").write_text("localhost\n")
-    (root / "etc/waagent.conf").write_text(conf)
+    if conf is not None:
+        (root / "etc/waagent.conf").write_text(conf)
 
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:
@@ -636,7 +640,7 @@ def unique_tag() -> str:
 
 
 @contextlib.contextmanager
-def lab(work: Path, scenario_file: Path, *, conf: str,
+def lab(work: Path, scenario_file: Path, *, conf: str | None,
         packages: Sequence[str] = OUR_PACKAGES, install_ours: bool = True,
         prepare: Callable[[Path], None] | None = None, tag: str | None = None) -> Iterator[Lab]:
     """A booted VM for `scenario_file` with `conf` as /etc/waagent.conf; all undone after.
