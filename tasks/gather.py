@@ -3,7 +3,9 @@
 gather:vm        VM id and distribution; a new VM id (a VM from a captured image)
                  clears the previous VM's state so everything provisions again
 gather:ovf       ovf-env.xml from the DVD (or `media=` image), kept without password
-gather:goalstate the goal state: runs every time, it is how changes reach the VM
+gather:goalstate the goal state: runs every time, it is how changes reach the VM; for a
+                 VM not provisioned yet it also tells the platform NotReady/Provisioning
+                 (first, before any provisioning work)
 """
 
 from __future__ import annotations
@@ -132,6 +134,10 @@ def gather_goal_state(ctx: Context) -> None:
                                       openssl=ctx.conf.text("OS.OpensslPath") or "openssl") \
             if document is not None else None
         thumbprints = sorted(bundle.thumbprints) if bundle else []
+    if not inputs.is_provisioned(ctx) and inputs.mode(ctx) != "disabled":
+        from tasks.report import report_provisioning
+
+        report_provisioning(ctx)
     store.save(ctx.fs, ctx.conf, "goalstate", {
         "incarnation": state.incarnation,
         "container_id": state.container_id,

@@ -1,13 +1,15 @@
 """Tell the platform how provisioning goes: NotReady/Provisioning, then Ready.
 
-report:provisioning  NotReady/Provisioning while a new VM is being provisioned
 report:cloudinit     (cloud-init provisions) wait for its ovf-env.xml and host keys
 report:provisioned   `<Lib.Dir>/provisioned` holds this VM's id
 report:ready         Ready, once per VM and goal state incarnation
 report:standdown     ProvisionGuestAgent=false: the agent stands down after Ready
 
-A failure in a critical area is reported as NotReady/ProvisioningFailed by
-`report_failure`, which the run's reporter calls at the end of the run.
+NotReady/Provisioning goes out with the first goal state of a VM that is not
+provisioned yet (`report_provisioning`, called by gather:goalstate), before any
+provisioning work. A failure in a critical area is reported as
+NotReady/ProvisioningFailed by `report_failure`, which the run's reporter calls at
+the end of the run.
 """
 
 from __future__ import annotations
@@ -40,15 +42,7 @@ def critical_areas() -> list[str]:
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
     mode = inputs.mode(ctx)
-    yield {
-        "name": "provisioning",
-        "doc": "report NotReady/Provisioning while this VM is provisioned",
-        "actions": [(report_provisioning, [ctx])],
-        "task_dep": ["gather:goalstate"],
-        "uptodate": [Probe("provisioning", lambda: None if inputs.is_provisioned(ctx)
-                           else "this VM is not provisioned yet")],
-    }
-    before_marker = ["report:provisioning"]
+    before_marker = ["gather:goalstate"]
     if mode == "waagent":
         before_marker += critical_areas()
     elif mode == "cloud-init":
@@ -56,7 +50,7 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
             "name": "cloudinit",
             "doc": "wait for cloud-init's ovf-env.xml and SSH host keys",
             "actions": [(wait_for_cloud_init, [ctx])],
-            "task_dep": ["report:provisioning"],
+            "task_dep": ["gather:goalstate"],
             "uptodate": [Probe("cloudinit", lambda: None if inputs.is_provisioned(ctx)
                                else "cloud-init has not been seen to finish")],
         }
@@ -103,6 +97,7 @@ def _post(ctx: Context, report: Any, *, patient: bool = False) -> None:
 
 
 def report_provisioning(ctx: Context) -> None:
+    """NotReady/Provisioning: the platform sees the agent at work."""
     from wire.documents import HealthReport
 
     _post(ctx, HealthReport.provisioning("Provisioning"))

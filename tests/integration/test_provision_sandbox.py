@@ -237,7 +237,7 @@ def test_new_vm_id_from_a_captured_image_provisions_again(harness: Harness) -> N
     (harness.root / "sys/class/dmi/id/product_uuid").write_text(product_uuid_for(new_id))
     harness.run(check=True)
     ran = harness.ran()
-    assert {"user:account", "ssh:hostkeys", "report:provisioning", "report:ready"} <= ran
+    assert {"user:account", "ssh:hostkeys", "report:provisioned", "report:ready"} <= ran
     assert read(harness.root / "etc/ssh/ssh_host_rsa_key.pub") != old_key
     assert read(harness.root / "var/lib/waagent/provisioned").strip() == new_id
     assert [h[:2] for h in harness.health()[-2:]] == [("NotReady", "Provisioning"),
