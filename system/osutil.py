@@ -91,20 +91,42 @@ def reload_sshd(runner: Runner, service: str) -> Result | None:
     return runner.live(["service", service, "reload"], why="sshd reads changes")
 
 
-def renew_dhcp_argv(dhcp_client: str | None, interface: str) -> list[str] | None:
+# Where ifupdown, NetworkManager's dhclient and RHEL's scripts keep dhclient's files.
+_DHCLIENT_PIDS = ("/run/dhclient.{nic}.pid", "/var/run/dhclient.{nic}.pid",
+                  "/run/dhclient-{nic}.pid", "/run/dhclient.pid")
+_DHCLIENT_LEASES = ("/var/lib/dhcp/dhclient.{nic}.leases", "/var/lib/dhclient/dhclient-{nic}.leases",
+                    "/var/lib/dhclient/dhclient.leases", "/var/lib/dhcp/dhclient.leases")
+
+
+def _first_existing(runner: Runner, patterns: Sequence[str], nic: str) -> str:
+    paths = [p.format(nic=nic) for p in patterns]
+    return next((p for p in paths if (runner.root / p).exists()), paths[0])
+
+
+def renew_dhcp(runner: Runner, dhcp_client: str | None, interface: str, why: str) -> bool:
     """A DHCP renew that keeps the address and sends the new hostname (never ifdown/ifup,
-    which breaks networking on NetworkManager systems)."""
-    if dhcp_client == "networkd":
-        return ["networkctl", "renew", interface]
-    if dhcp_client == "NetworkManager":
-        return ["nmcli", "device", "reapply", interface]
+    which breaks networking on NetworkManager systems). False when no client is known."""
     if dhcp_client == "dhclient":
-        return ["dhclient", "-1", "-nw", interface]
-    if dhcp_client == "dhcpcd":
-        return ["dhcpcd", "--rebind", interface]
-    if dhcp_client == "wicked":
-        return ["wicked", "ifreload", interface]
-    return None
+        # The boot's client is replaced, not joined by a second one: stop it without
+        # releasing the lease (-x keeps the address), then start one with its own pid and
+        # lease files, which asks for the same address again with the new host-name.
+        pid = _first_existing(runner, _DHCLIENT_PIDS, interface)
+        leases = _first_existing(runner, _DHCLIENT_LEASES, interface)
+        if (runner.root / pid).exists():
+            runner.live(["dhclient", "-x", "-pf", pid, interface], why=why, check=False)
+        runner.live(["dhclient", "-1", "-nw", "-pf", pid, "-lf", leases, interface], why=why,
+                    check=False)
+        return True
+    argv = {
+        "networkd": ["networkctl", "renew", interface],
+        "NetworkManager": ["nmcli", "device", "reapply", interface],
+        "dhcpcd": ["dhcpcd", "--rebind", interface],
+        "wicked": ["wicked", "ifreload", interface],
+    }.get(dhcp_client or "")
+    if argv is None:
+        return False
+    runner.live(argv, why=why, check=False)
+    return True
 
 
 def sshd_test_argv(runner: Runner, config: str) -> list[str] | None:

@@ -136,10 +136,9 @@ def publish_hostname(ctx: Context) -> None:
             ctx.fs.write(conf, text + f'send host-name "{name}";\n',
                          why="the DHCP client sends the hostname")
     interface = primary_interface(ctx)
-    argv = osutil.renew_dhcp_argv(client, interface) if interface else None
-    if argv is not None:
-        ctx.run.live(argv, why=f"renew the DHCP lease to publish {name}", check=False)
-    else:
+    renewed = interface is not None and osutil.renew_dhcp(
+        ctx.run, client, interface, why=f"renew the DHCP lease to publish {name}")
+    if not renewed:
         log.info("no DHCP client/interface found to publish %s through", name)
     ctx.fs.write(ctx.lib_dir / PUBLISHED_FILE, name + "\n", mode=0o600,
                  why="hostname published")

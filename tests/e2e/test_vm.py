@@ -124,9 +124,6 @@ def test_first_boot_provisions_and_reports_ready(vm_lab: harness.Lab,
     assert "default" not in vm_lab.vm.run(["ip", "route"]).stdout
 
 
-@pytest.mark.xfail(strict=True, reason="agent problem: hostname:publish runs `dhclient -1 -nw "
-                   "eth0` (default pid and lease files) beside the boot's dhclient, leaving two "
-                   "DHCP clients on eth0")
 def test_publishing_the_hostname_leaves_one_dhcp_client(vm_lab: harness.Lab) -> None:
     clients = []
     for process in (vm_lab.vm.view / "proc").glob("[0-9]*"):

@@ -29,7 +29,8 @@ FAMILIES = {
                 "renew": "networkctl renew eth0"}),
     "sysvinit-debian": ("debian", "sbin/dhclient", "run/sshd.pid",
                         {"reload": "service ssh reload",
-                         "renew": "dhclient -1 -nw eth0"}),
+                         "renew": "dhclient -1 -nw -pf /run/dhclient.eth0.pid "
+                                  "-lf /var/lib/dhcp/dhclient.eth0.leases eth0"}),
 }
 
 
@@ -101,3 +102,15 @@ def test_sshd_not_running_is_not_reloaded(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(type(ctx.run), "is_live", property(lambda self: True))
     ssh.reload_sshd(ctx)
     assert [(c.kind, c.why) for c in ctx.run.planned] == [("skip", "sshd is not running")]
+
+
+def test_dhclient_renew_replaces_the_running_client(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    root = family_root(tmp_path, "debian", "sbin/dhclient", "etc/init.d")
+    (root / "run/dhclient.eth0.pid").write_text("1234\n")
+    ctx = make_context({"root": str(root)}, plan=True)
+    monkeypatch.setattr(type(ctx.run), "is_live", property(lambda self: True))
+    assert osutil.renew_dhcp(ctx.run, "dhclient", "eth0", why="publish")
+    assert [c.target for c in ctx.run.planned] == [
+        "dhclient -x -pf /run/dhclient.eth0.pid eth0",
+        "dhclient -1 -nw -pf /run/dhclient.eth0.pid -lf /var/lib/dhcp/dhclient.eth0.leases eth0"]
