@@ -23,7 +23,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from system.errors import CommandFailed
 from system.fs import FileSystem
@@ -265,10 +265,16 @@ def parse_pem_bundle(text: bytes) -> CertificateBundle:
 def read_pkcs12(pfx: bytes) -> CertificateBundle:
     """The certificates and keys of a PKCS#12 (empty password, with or without MAC).
 
-    cryptography returns only the first private key of a PKCS#12, and the platform
-    sends one per key pair and per extension certificate: every shrouded key bag is
-    decrypted here as well (`_pkcs12_keys`).
+    Read here, bag by bag: cryptography's loader returns only the first private key
+    (the platform sends one per key pair and per extension certificate), and it checks
+    each RSA key's mathematics, ~50 ms a key on the way to Ready, for keys that come
+    out of the platform's own envelope. Algorithms this reader does not know go to
+    cryptography's loader.
     """
+    try:
+        return _read_pkcs12_bags(pfx)
+    except UnsupportedCms as unsupported:
+        log.debug("PKCS#12 read by cryptography: %s", unsupported)
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -280,11 +286,13 @@ def read_pkcs12(pfx: bytes) -> CertificateBundle:
             errors.append(str(err))
             continue
         certificates = ([cert] if cert is not None else []) + list(more)
-        found = _pkcs12_keys(pfx)
-        keys = found if found else ([key] if key is not None else [])
-        return make_bundle(certificates, keys)
+        return make_bundle(certificates, [key] if key is not None else [])
     raise CertificateError("the decrypted certificates are not a PKCS#12 readable with an "
                            f"empty password: {errors[-1]}")
+
+
+# The empty password as PKCS#12 encodes it: a BMPString with its terminator.
+_EMPTY_PASSWORD = b"\x00\x00"
 
 
 def _pkcs12_kdf(password: bytes, salt: bytes, purpose: int, iterations: int,
@@ -316,70 +324,102 @@ def _pkcs12_kdf(password: bytes, salt: bytes, purpose: int, iterations: int,
     return out[:length]
 
 
-def _decrypt_encrypted_private_key(der: bytes) -> PrivateKeyTypes:
-    """An EncryptedPrivateKeyInfo with an empty password: PKCS#12 PBE-SHA1-3DES or PBES2."""
-    from asn1crypto import keys as asn1_keys
+def _pbe_decrypt(algorithm: Any, data: bytes) -> bytes:
+    """Decrypt PKCS#12 content or a key with the empty password: PBE-SHA1-3DES or PBES2."""
     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-    from cryptography.hazmat.primitives import hashes, padding, serialization
+    from cryptography.hazmat.primitives import hashes, padding
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-    info = asn1_keys.EncryptedPrivateKeyInfo.load(der)
-    algorithm = info["encryption_algorithm"]
     name = algorithm["algorithm"].native
-    data = info["encrypted_data"].native
     if name == "pkcs12_sha1_tripledes_3key":
         params = algorithm["parameters"]
         salt, rounds = params["salt"].native, params["iterations"].native
-        password = b"\x00\x00"  # the empty password as a BMPString with its terminator
-        key = _pkcs12_kdf(password, salt, 1, rounds, 24)
-        iv = _pkcs12_kdf(password, salt, 2, rounds, 8)
+        key = _pkcs12_kdf(_EMPTY_PASSWORD, salt, 1, rounds, 24)
+        iv = _pkcs12_kdf(_EMPTY_PASSWORD, salt, 2, rounds, 8)
         cipher = Cipher(TripleDES(key), modes.CBC(iv))
         block = 64
     elif name == "pbes2":
         kdf = algorithm["parameters"]["key_derivation_func"]["parameters"]
         scheme = algorithm["parameters"]["encryption_scheme"]
-        key_length = scheme.key_length or 32
         prf = kdf["prf"]["algorithm"].native if kdf["prf"] else "sha1"
         hashers: dict[str, hashes.HashAlgorithm] = {
             "sha1": hashes.SHA1(), "sha256": hashes.SHA256(), "sha512": hashes.SHA512()}
         hasher = hashers.get(prf.replace("hmac_", ""))
         if hasher is None or not scheme.encryption_cipher == "aes":
             raise UnsupportedCms(f"PBES2 with {prf} and {scheme['algorithm'].native}")
-        key = PBKDF2HMAC(hasher, key_length, kdf["salt"].native,
+        key = PBKDF2HMAC(hasher, scheme.key_length or 32, kdf["salt"].native,
                          kdf["iteration_count"].native).derive(b"")
         cipher = Cipher(algorithms.AES(key), modes.CBC(scheme.encryption_iv))
         block = 128
     else:
-        raise UnsupportedCms(f"PKCS#12 key encryption {name}")
+        raise UnsupportedCms(f"PKCS#12 encryption {name}")
     decryptor = cipher.decryptor()
     padded = decryptor.update(data) + decryptor.finalize()
     unpadder = padding.PKCS7(block).unpadder()
-    plain = unpadder.update(padded) + unpadder.finalize()
-    return serialization.load_der_private_key(plain, password=None)
+    return unpadder.update(padded) + unpadder.finalize()
 
 
-def _pkcs12_keys(pfx: bytes) -> list[PrivateKeyTypes]:
-    """Every private key in the PKCS#12's unencrypted safes (key bags and shrouded bags)."""
+def _check_pkcs12_mac(pfx: Any) -> None:
+    """The PKCS#12 MAC (HMAC-SHA1 keyed from the empty password) must match its content."""
+    import hmac
+
+    mac_data = pfx["mac_data"]
+    if not mac_data:
+        return
+    if mac_data["mac"]["digest_algorithm"]["algorithm"].native != "sha1":
+        raise UnsupportedCms("PKCS#12 MAC with a digest other than SHA-1")
+    salt = mac_data["mac_salt"].native
+    rounds = mac_data["iterations"].native or 1
+    key = _pkcs12_kdf(_EMPTY_PASSWORD, salt, 3, rounds, 20)
+    content = pfx["auth_safe"]["content"].native
+    want = mac_data["mac"]["digest"].native
+    if not hmac.compare_digest(hmac.new(key, content, "sha1").digest(), want):
+        raise CertificateError("the PKCS#12 MAC does not match its content (corrupted, or "
+                               "not encrypted with an empty password)")
+
+
+def _read_pkcs12_bags(pfx_der: bytes) -> CertificateBundle:
+    """Every certificate and private key of a PKCS#12, its MAC checked."""
+    from asn1crypto import keys as asn1_keys
     from asn1crypto import pkcs12 as asn1_pkcs12
+    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    found: list[PrivateKeyTypes] = []
+    certificates: list[x509.Certificate] = []
+    keys: list[PrivateKeyTypes] = []
     try:
-        safes = asn1_pkcs12.Pfx.load(pfx).authenticated_safe
-        for info in safes:
-            if info["content_type"].native != "data":
-                continue  # encrypted safes hold the certificates, which cryptography reads
-            for bag in asn1_pkcs12.SafeContents.load(info["content"].native):
-                kind = bag["bag_id"].native
-                value = bag["bag_value"].untag().dump()
-                if kind == "pkcs8_shrouded_key_bag":
-                    found.append(_decrypt_encrypted_private_key(value))
-                elif kind == "key_bag":
-                    found.append(serialization.load_der_private_key(value, password=None))
-    except (ValueError, TypeError) as err:
-        raise CertificateError(f"a private key in the PKCS#12 cannot be read: {err}") from None
-    return found
+        pfx = asn1_pkcs12.Pfx.load(pfx_der)
+        _check_pkcs12_mac(pfx)
+        for info in pfx.authenticated_safe:
+            kind = info["content_type"].native
+            if kind == "data":
+                safe = info["content"].native
+            elif kind == "encrypted_data":
+                encrypted = info["content"]["encrypted_content_info"]
+                safe = _pbe_decrypt(encrypted["content_encryption_algorithm"],
+                                    encrypted["encrypted_content"].native)
+            else:
+                raise UnsupportedCms(f"PKCS#12 safe of type {kind}")
+            for bag in asn1_pkcs12.SafeContents.load(safe):
+                bag_kind = bag["bag_id"].native
+                value = bag["bag_value"].untag()
+                if bag_kind == "cert_bag" and value["cert_id"].native == "x509":
+                    certificates.append(x509.load_der_x509_certificate(
+                        value["cert_value"].parsed.dump()))
+                elif bag_kind in ("pkcs8_shrouded_key_bag", "key_bag"):
+                    if bag_kind == "pkcs8_shrouded_key_bag":
+                        info_der = asn1_keys.EncryptedPrivateKeyInfo.load(value.dump())
+                        plain = _pbe_decrypt(info_der["encryption_algorithm"],
+                                             info_der["encrypted_data"].native)
+                    else:
+                        plain = value.dump()
+                    keys.append(serialization.load_der_private_key(
+                        plain, password=None, unsafe_skip_rsa_key_validation=True))
+    except (ValueError, TypeError, KeyError) as err:
+        raise CertificateError(f"the decrypted certificates are not a PKCS#12 this agent reads: "
+                               f"{err}") from None
+    return make_bundle(certificates, keys)
 
 
 # -- CMS decryption -------------------------------------------------------------------------
