@@ -88,7 +88,7 @@ def configure_logging(ctx: Context) -> None:
 def _area_creator(area: Area, ctx: Context) -> Callable[[], Iterator[dict[str, Any]]]:
     def create() -> Iterator[dict[str, Any]]:
         module = importlib.import_module(area.module)
-        for task in module.generate(ctx):
+        for task in getattr(module, area.function)(ctx):
             task.setdefault("verbosity", 2 if ctx.var("verbose") else 1)
             yield task
 

@@ -33,6 +33,8 @@ class Area:
     module: str
     # A failure here fails provisioning (ProvisioningFailed) and blocks Ready.
     critical: bool = False
+    # The module's generator function (an area may share a module with another).
+    function: str = "generate"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ AREAS: tuple[Area, ...] = (
     Area("user", "the provisioned user: account, password, sudoers", "tasks.user", critical=True),
     Area("ssh", "SSH: authorized keys, key pairs, sshd_config, host keys, reload", "tasks.ssh", critical=True),
     Area("customdata", "save, decode and run custom data", "tasks.customdata", critical=True),
+    # After Ready: a DHCP renew must not delay it (dhclient -x alone takes a second).
+    Area("publish", "publish the hostname to DNS through the DHCP client", "tasks.hostname",
+         function="generate_publish"),
     Area("disk", "resource disk: partition, mkfs, mount, README, swap file", "tasks.disk"),
     Area("network", "DHCP routes, persistent NIC names, firewall to the WireServer",
          "tasks.network"),
@@ -64,6 +69,6 @@ GROUPS: tuple[Group, ...] = (
     # doit runs a group's areas in this order: Ready is reported as soon as the critical
     # areas are done, before the resource disk (mkfs, a late disk) can delay it.
     Group("provision", "boot-time provisioning: everything, report Ready",
-          ("gather", "hostname", "user", "ssh", "customdata", "report", "disk", "network",
-           "kernel")),
+          ("gather", "hostname", "user", "ssh", "customdata", "report", "publish", "disk",
+           "network", "kernel")),
 )

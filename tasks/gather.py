@@ -61,6 +61,7 @@ def gather_vm(ctx: Context) -> None:
     previous = inputs.provisioned_vm_id(ctx)
     if previous is not None and previous != current:
         clear_per_vm_state(ctx, previous, current)
+    inputs.start_transport_pair(ctx)
     found = inputs.distro(ctx)
     store.save(ctx.fs, ctx.conf, "vm", {
         "vm_id": current, "family": found.family, "distro": found.id, "version": found.version,
@@ -126,9 +127,9 @@ def gather_goal_state(ctx: Context) -> None:
         if ctx.run.plan:  # a plan keeps no transport key: it could not decrypt them
             ctx.run.record("fetch", "certificates", f"incarnation {state.incarnation}")
             return
-        from wire.certs import ensure_transport_pair, install_certificates
+        from wire.certs import install_certificates
 
-        pair = ensure_transport_pair(ctx.fs, ctx.lib_dir)
+        pair = inputs.transport_pair(ctx)
         document = inputs.wireserver(ctx).certificates(state, pair)
         bundle = install_certificates(ctx.fs, ctx.lib_dir, document, pair,
                                       openssl=ctx.conf.text("OS.OpensslPath") or "openssl") \

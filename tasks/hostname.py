@@ -1,7 +1,8 @@
 """Hostname: set it (static and running) and publish it to DNS through DHCP.
 
 hostname:set      /etc/hostname, the /etc/hosts entry, the running hostname
-hostname:publish  the DHCP client sends it (renew that keeps the address); published_hostname
+publish:hostname  the DHCP client sends it (renew that keeps the address); published_hostname
+                  (its own area, run after Ready: the platform need not wait for DNS)
 """
 
 from __future__ import annotations
@@ -41,8 +42,14 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
                                                  "hostname": wanted_hostname(ctx)}),
                      Probe("hostname", lambda: hostname_differs(ctx))],
     }
+
+
+def generate_publish(ctx: Context) -> Iterator[dict[str, Any]]:
+    """The publish task, only when this agent provisions."""
+    if inputs.mode(ctx) != "waagent":
+        return
     yield {
-        "name": "publish",
+        "name": "hostname",
         "doc": "publish the hostname to DNS through the DHCP client",
         "actions": [(publish_hostname, [ctx])],
         "task_dep": ["hostname:set"],

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import re
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,7 +124,10 @@ def load_transport_pair(lib_dir: Path) -> TransportPair | None:
     from cryptography.hazmat.primitives import serialization
 
     try:
-        key = serialization.load_pem_private_key(key_pem, None)
+        # Our own key, written by this agent: checking the RSA mathematics again on every
+        # new goal state costs ~50 ms and proves nothing the pairing check below does not.
+        key = serialization.load_pem_private_key(key_pem, None,
+                                                 unsafe_skip_rsa_key_validation=True)
         cert = _load_certificate(cert_pem)
     except (ValueError, TypeError, CertificateError) as err:
         log.warning("transport pair in %s is unreadable (%s): making a new one", lib_dir, err)
@@ -134,15 +138,19 @@ def load_transport_pair(lib_dir: Path) -> TransportPair | None:
     return TransportPair(cert_path, key_path, cert_pem, key_pem)
 
 
-def ensure_transport_pair(fs: FileSystem, lib_dir: Path) -> TransportPair:
+def ensure_transport_pair(fs: FileSystem, lib_dir: Path,
+                          generated: Callable[[], tuple[bytes, bytes]] | None = None,
+                          ) -> TransportPair:
     """The transport pair, generated once (RSA-2048, `CN=LinuxTransport`) and kept 0600.
 
-    In plan mode a new pair is made in memory only and the writes are recorded.
+    `generated` gives a pair made ahead of time (in a thread, while the goal state is on
+    its way); without it the pair is generated here. In plan mode a new pair is made in
+    memory only and the writes are recorded.
     """
     existing = load_transport_pair(lib_dir)
     if existing is not None:
         return existing
-    cert_pem, key_pem = generate_transport_pair()
+    cert_pem, key_pem = (generated or generate_transport_pair)()
     fs.mkdir(lib_dir, mode=0o700, why="agent state directory (holds private keys)")
     cert_path, key_path = lib_dir / TRANSPORT_CERT, lib_dir / TRANSPORT_KEY
     # The key first: a certificate without its key is useless, the reverse is regenerated.
