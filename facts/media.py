@@ -208,24 +208,36 @@ def _read_head(real: Path, shown: str) -> bytes | None:
 
 
 def _read_from_medium(handle: BinaryIO, name: str, limit: int, shown: str) -> bytes | None:
-    # pycdlib costs ~30 ms to import: only here, when a medium is read.
+    from facts.iso9660 import Iso9660Error, read_iso_root_file
+    from facts.udf import UdfError, read_udf_root_file
+
+    # Our own readers first: pycdlib costs ~30 ms to import, on the way to Ready. It
+    # stays the last resort (Rock Ridge-only names, media our readers refuse).
+    udf_error: UdfError | None = None
+    for reader, error in ((read_iso_root_file, Iso9660Error), (read_udf_root_file, UdfError)):
+        handle.seek(0)
+        try:
+            found = reader(handle, name, limit=limit)
+        except error as err:
+            if "more than" in str(err):
+                raise OvfError(f"{shown}: {err}") from None
+            log.debug("%s: %s", shown, err)
+            udf_error = err if isinstance(err, UdfError) else udf_error
+            continue
+        if found is not None:
+            return found
     import pycdlib
     from pycdlib.pycdlibexception import PyCdlibException
 
-    from facts.udf import UdfError, read_udf_root_file
-
+    handle.seek(0)
     iso = pycdlib.PyCdlib()
     try:
         iso.open_fp(handle)
     except PyCdlibException:
-        # No ISO 9660 primary descriptor: a pure UDF medium (the platform's).
-        handle.seek(0)
-        try:
-            return read_udf_root_file(handle, name, limit=limit)
-        except UdfError as err:
-            if "more than" in str(err):
-                raise OvfError(f"{shown}: {err}") from None
-            raise ProbeFailed(f"{shown}: cannot read the UDF file system: {err}") from None
+        if udf_error is not None:  # no ISO 9660 at all: the UDF reader's word stands
+            raise ProbeFailed(f"{shown}: cannot read the UDF file system: {udf_error}") \
+                from None
+        return None
     try:
         return _read_with_pycdlib(iso, name, limit, shown)
     except PyCdlibException as err:
@@ -267,8 +279,9 @@ def _read_with_pycdlib(iso: object, name: str, limit: int, shown: str) -> bytes 
 
 
 def _comparable(name: str) -> str:
-    """A file name as compared across name spaces: no ISO version, case and level-1 '_' folded."""
-    return name.split(";", 1)[0].rstrip(".").lower().replace("-", "_")
+    from facts.iso9660 import comparable
+
+    return comparable(name)
 
 
 def _read_capped(path: Path, shown: str) -> bytes | None:
