@@ -113,13 +113,8 @@ def gather_goal_state(ctx: Context) -> None:
     state = inputs.goal_state(ctx)
     previous = store.load(ctx.root, ctx.conf, "goalstate") or {}
     changed = previous.get("incarnation") != state.incarnation
-    vm_name = previous.get("vm_name")
-    if changed or "vm_name" not in previous:
-        # Sub-documents change only with the incarnation: a boot that finds the same
-        # incarnation fetches nothing else.
-        docs = inputs.goal_state_documents(ctx)
-        state = docs.goal_state
-        vm_name = docs.hosting_environment.vm_name if docs.hosting_environment else None
+    # Provisioning needs only the certificates of the goal state; the other sub-documents
+    # (hosting environment, shared config, extensions) are for the areas that use them.
     thumbprints = previous.get("certificates", [])
     known = all((ctx.lib_dir / f"{t}.crt").exists() for t in thumbprints)
     # Fetching and decrypting the certificates is the costly part of a goal state.
@@ -128,9 +123,19 @@ def gather_goal_state(ctx: Context) -> None:
             ctx.run.record("fetch", "certificates", f"incarnation {state.incarnation}")
             return
         from wire.certs import install_certificates
+        from wire.errors import HttpStatusError
 
         pair = inputs.transport_pair(ctx)
-        document = inputs.wireserver(ctx).certificates(state, pair)
+        try:
+            document = inputs.wireserver(ctx).certificates(state, pair)
+        except HttpStatusError as err:
+            if err.status != 410:
+                raise
+            # 410 Gone: the goal state moved on while we read it; take the new one, once.
+            ctx.memo.pop("goal_state", None)
+            state = inputs.goal_state(ctx)
+            changed = previous.get("incarnation") != state.incarnation
+            document = inputs.wireserver(ctx).certificates(state, pair)
         bundle = install_certificates(ctx.fs, ctx.lib_dir, document, pair,
                                       openssl=ctx.conf.text("OS.OpensslPath") or "openssl") \
             if document is not None else None
@@ -143,6 +148,5 @@ def gather_goal_state(ctx: Context) -> None:
         "incarnation": state.incarnation,
         "container_id": state.container_id,
         "role_instance_id": state.role_instance_id,
-        "vm_name": vm_name,
         "certificates": thumbprints,
     })

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from facts.media import ProvisioningData
     from wire.certs import TransportPair
     from wire.documents import GoalState
-    from wire.wireserver import GoalStateDocuments, WireServerClient
+    from wire.wireserver import WireServerClient
 
 PROVISIONED_FILE = "provisioned"
 
@@ -107,15 +107,6 @@ def goal_state(ctx: Context) -> GoalState:
         return client.goal_state()
 
     return _memo(ctx, "goal_state", fetch)  # type: ignore[no-any-return]
-
-
-def goal_state_documents(ctx: Context) -> GoalStateDocuments:
-    """The goal state's sub-documents (certificates apart: gather:goalstate fetches them
-    only for a new incarnation)."""
-    def fetch() -> GoalStateDocuments:
-        return wireserver(ctx).goal_state_documents()
-
-    return _memo(ctx, "goal_state_documents", fetch)  # type: ignore[no-any-return]
 
 
 def start_transport_pair(ctx: Context) -> None:

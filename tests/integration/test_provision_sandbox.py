@@ -253,3 +253,19 @@ def test_provision_guest_agent_false_stands_the_agent_down(tmp_path: Path) -> No
         harness.run(check=True)
         assert (harness.root / "var/lib/waagent/disable_agent").exists()
         assert harness.health()[-1] == ("Ready", None, None)
+
+
+def test_a_goal_state_gone_stale_while_read_is_fetched_again(harness: Harness) -> None:
+    """HTTP 410 on the certificates: the platform moved on; take the new goal state."""
+    harness.fabric.inject("certificates", status=410, count=1)
+    harness.run(check=True)
+    assert harness.health()[-1] == ("Ready", None, None)
+    goal_states = harness.fabric.record.requests(route="goalstate")
+    assert len(goal_states) >= 2, "the goal state was fetched again after the 410"
+
+
+def test_platform_errors_are_retried(harness: Harness) -> None:
+    harness.fabric.inject("goalstate", status=503, count=2)
+    harness.fabric.inject("health", status=500, count=1)
+    harness.run(check=True)
+    assert harness.health()[-1] == ("Ready", None, None)
