@@ -393,15 +393,23 @@ def partition_script(size_bytes: int) -> str:
     return f'label: gpt\ntype={LINUX_PARTITION_GPT}, name="{OUR_GPT_NAME}"\n'
 
 
+def disk_to_work_on(ctx: Context, doing: str) -> str | None:
+    """The resource disk an action works on (waiting for a late one), or None, said in the
+    log, when ResourceDisk.Format=n or the VM has none."""
+    if not DiskOptions.of(ctx).format:
+        log.info("resource disk: %s=n, not %s", FORMAT, doing)
+        return None
+    device = resource_disk(ctx)
+    if device is None:
+        log.info("no resource disk: no %s", doing)
+    return device
+
+
 def ensure_partitioned(ctx: Context) -> None:
     """Give the resource disk one Linux partition when it is blank or the fresh NTFS disk."""
     opts = DiskOptions.of(ctx)
-    if not opts.format:
-        log.info("resource disk: %s=n, not partitioning", FORMAT)
-        return
-    device = resource_disk(ctx)
+    device = disk_to_work_on(ctx, "partitioning")
     if device is None:
-        log.info("no resource disk: nothing to partition")
         return
     facts = require_safe(ctx, device, opts.filesystem)
     fresh_ntfs = len(facts.partitions) == 1 and facts.partitions[0].fstype == "ntfs"
@@ -486,12 +494,8 @@ def mkfs_problem(ctx: Context) -> str | None:
 def ensure_filesystem(ctx: Context) -> None:
     """mkfs.<Filesystem> on partition 1, when the verdict allows and it is not there yet."""
     opts = DiskOptions.of(ctx)
-    if not opts.format:
-        log.info("resource disk: %s=n, not formatting", FORMAT)
-        return
-    device = resource_disk(ctx)
+    device = disk_to_work_on(ctx, "formatting")
     if device is None:
-        log.info("no resource disk: nothing to format")
         return
     facts = require_safe(ctx, device, opts.filesystem)
     if facts.table is None or not facts.partitions:
@@ -551,12 +555,8 @@ def ensure_mounted(ctx: Context) -> None:
     """Mount partition 1 at MountPoint with MountOptions; remount when it already is there
     (this action runs when the options changed), move it when mounted elsewhere."""
     opts = DiskOptions.of(ctx)
-    if not opts.format:
-        log.info("resource disk: %s=n, not mounting", FORMAT)
-        return
-    device = resource_disk(ctx)
+    device = disk_to_work_on(ctx, "mounting")
     if device is None:
-        log.info("no resource disk: nothing to mount")
         return
     part = first_partition(ctx, device)
     if part is None:
