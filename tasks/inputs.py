@@ -35,11 +35,21 @@ def _memo(ctx: Context, key: str, make: Any) -> Any:
     return ctx.memo[key]
 
 
+# The VM id of an offline image root (no DMI): per-VM work done in the image is done
+# again when the image boots as a VM, which has a real id.
+IMAGE_VM_ID = "offline-image"
+
+
 def vm_id(ctx: Context) -> str:
     """This VM's id (DMI product_uuid, byte-swapped as the platform shows it)."""
     from facts.hardware import vm_id as read_vm_id
 
-    return str(_memo(ctx, "vm_id", lambda: read_vm_id(ctx.root)))
+    def read() -> str:
+        if not ctx.root.is_host and not (ctx.root / "sys/class/dmi/id/product_uuid").exists():
+            return IMAGE_VM_ID
+        return read_vm_id(ctx.root)
+
+    return str(_memo(ctx, "vm_id", read))
 
 
 def distro(ctx: Context) -> Distro:

@@ -79,3 +79,18 @@ def test_failing_custom_data_fails_provisioning_with_its_status(
     assert "custom data broke" in last["description"]
     # Everything before it stays done: the user exists and can log in with keys.
     assert (root / "home/azureuser/.ssh/authorized_keys").exists()
+
+
+def test_image_without_dmi_is_provisioned_as_an_image(debian_root: Path,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    """An image root has no DMI: its per-VM work is keyed as the image's, so the VM it
+    becomes (with a real id) provisions again at first boot."""
+    scenario = default_scenario()
+    media = build_media(scenario, tmp_path / "ovf.iso")
+    with Fabric(scenario) as fabric:
+        out = provision(debian_root, media, fabric,
+                        "ResourceDisk.Format=n\nProvisioning.Agent=waagent\n")
+    assert out.returncode == 0, out.stdout + out.stderr
+    marker = debian_root / "var/lib/waagent/provisioned"
+    assert marker.read_text().strip() == "offline-image"
+    assert (debian_root / "home/azureuser/.ssh/authorized_keys").exists()
