@@ -10,6 +10,7 @@ gather:goalstate the goal state: runs every time, it is how changes reach the VM
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,8 @@ from facts import store
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from tasks import inputs
+
+log = logging.getLogger("waagent.gather")
 
 # Per-VM files in Lib.Dir that a new VM must not inherit.
 PER_VM_PATTERNS = ("*.crt", "*.prv", "ovf-env.xml", "CustomData", "published_hostname",
@@ -72,9 +75,7 @@ def gather_vm(ctx: Context) -> None:
 
 def clear_per_vm_state(ctx: Context, previous: str, current: str) -> None:
     """Remove the previous VM's certificates, OVF copy, custom data and markers."""
-    import logging
-
-    logging.getLogger("waagent").info(
+    log.info(
         "VM id changed (%s -> %s): this is a new VM from a captured image; "
         "clearing the previous VM's state", previous, current)
     for pattern in PER_VM_PATTERNS:
