@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,9 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fabric import Fabric, build_media, default_scenario  # noqa: E402
+from graph.cli import main as waagent_main  # noqa: E402
 from tests.sandbox import make_sandbox_root  # noqa: E402
-
-WAAGENT = str(Path(sys.executable).parent / "waagent")
 
 
 def step(title: str) -> None:
@@ -34,8 +32,11 @@ def step(title: str) -> None:
 
 
 def waagent(*args: str) -> int:
+    """Run a waagent command line, in this process, as the console script would."""
     print("$ waagent " + " ".join(args), flush=True)
-    return subprocess.run([WAAGENT, *args], check=False).returncode
+    status = waagent_main(list(args))
+    sys.stdout.flush()
+    return status
 
 
 def main() -> int:
