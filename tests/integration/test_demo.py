@@ -1,0 +1,28 @@
+"""The README's first command keeps working: the demo provisions a sandbox VM."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need_root
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.root
+
+
+def test_demo_provisions_and_second_boot_changes_nothing(tmp_path: Path) -> None:
+    need_root()
+    out = subprocess.run([sys.executable, str(REPO / "scripts/demo.py"), "--keep",
+                          str(tmp_path / "demo")], capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    assert "health: NotReady  Provisioning/Provisioning" in text
+    assert "health: Ready" in text
+    assert (tmp_path / "demo/graph.html").stat().st_size > 1000
+    second = text.split("second boot")[1]
+    assert "1 ran, 0 failed" in second and "ran gather:goalstate" in second
