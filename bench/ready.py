@@ -26,7 +26,6 @@ runs both with no-op ifdown/ifup stubs (waagent's best case) and without ifupdow
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import sys
@@ -109,14 +108,8 @@ def sample(work: Path, argv: list[str], exits: bool, ifupdown: bool) -> tuple[fl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--keep", help="keep the labs' logs and records here")
-    args = parser.parse_args()
-    reason = harness.skip_reason(harness.WAAGENT_PACKAGES)
-    if reason:
-        print(f"bench/ready.py: {reason}", file=sys.stderr)
+    args = vmharness.bench_args("bench/ready.py", __doc__, 5, harness.WAAGENT_PACKAGES)
+    if args is None:
         return 2
     base = Path(args.keep or tempfile.mkdtemp(prefix="waagent-bench-ready-"))
     times: dict[str, list[float]] = {label: [] for label, *_ in CASES}

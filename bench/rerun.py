@@ -15,7 +15,6 @@ the VM, from the command's start to its exit.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -48,14 +47,8 @@ EXPECTED = {
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=9)
-    parser.add_argument("--keep", help="keep the lab's logs and record here")
-    args = parser.parse_args()
-    reason = harness.skip_reason(harness.OUR_PACKAGES)
-    if reason:
-        print(f"bench/rerun.py: {reason}", file=sys.stderr)
+    args = vmharness.bench_args("bench/rerun.py", __doc__, 9, harness.OUR_PACKAGES)
+    if args is None:
         return 2
     work = Path(args.keep or tempfile.mkdtemp(prefix="waagent-bench-rerun-"))
     samples: dict[str, list[float]] = {name: [] for name in CASES}

@@ -11,6 +11,7 @@ waited for (useradd, ssh-keygen, ...). A command that never ends by itself (waag
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -105,6 +106,21 @@ def print_table(title: str, header: tuple[str, ...],
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
                                                                        strict=True)]
         print("  ".join(cells).rstrip())
+
+
+def bench_args(script: str, doc: str | None, runs: int,
+               packages: Sequence[str]) -> argparse.Namespace | None:
+    """Parse `--runs`/`--keep`; None (after saying why) when the VM lab cannot run here."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--keep", help="keep the labs' logs and records here")
+    args = parser.parse_args()
+    reason = harness.skip_reason(packages)
+    if reason:
+        print(f"{script}: {reason}", file=sys.stderr)
+        return None
+    return args
 
 
 def median(values: list[float]) -> float:

@@ -30,6 +30,8 @@ class Harness:
         self.media = build_media(self.scenario, tmp / "ovf.iso")
         self.conf = tmp / "waagent.conf"
         self.conf.write_text(conf)
+        # Health reports kept for checks made after the fabric stopped.
+        self.reports: list[tuple[str, str | None, str | None]] = []
 
     def run(self, *args: str, command: str = "provision",
             check: bool = False) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@ custom data, and the health reports; reruns do exactly what changed."""
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -127,23 +126,35 @@ def test_new_certificates_in_a_new_incarnation_rerun_the_key_tasks(harness: Harn
     assert harness.health()[-1] == ("Ready", None, None)
 
 
-def failing_run(harness: Harness, text: str) -> str:
-    result = harness.run()
-    assert result.returncode != 0
-    state, substatus, description = harness.health()[-1]
+def assert_failed(reports: list[tuple[str, str | None, str | None]], text: str) -> None:
+    """The last health report is ProvisioningFailed and its description says `text`."""
+    state, substatus, description = reports[-1]
     assert (state, substatus) == ("NotReady", "ProvisioningFailed")
     assert description is not None and text in description, description
-    return description
+
+
+def failing_run(harness: Harness, text: str) -> None:
+    result = harness.run()
+    assert result.returncode != 0
+    assert_failed(harness.health(), text)
+
+
+def provision_user(tmp_path: Path, username: str, conf: str = BASE_CONF) -> Harness:
+    """A first boot of the default scenario with another UserName (the fabric stopped)."""
+    need_root()
+    scenario = default_scenario()
+    scenario.username = username
+    with Fabric(scenario) as fabric:
+        harness = Harness(tmp_path, fabric, conf=conf)
+        harness.run()
+        harness.reports = harness.health()
+    return harness
 
 
 def test_invalid_user_name_fails_provisioning_with_the_reason(tmp_path: Path) -> None:
-    need_root()
-    scenario = default_scenario()
-    scenario.username = "Bad User"
-    with Fabric(scenario) as fabric:
-        harness = Harness(tmp_path, fabric)
-        failing_run(harness, "UserName 'Bad User' in ovf-env.xml is not a valid user name")
-        assert "Bad User" not in read(harness.root / "etc/passwd")
+    harness = provision_user(tmp_path, "Bad User")
+    assert_failed(harness.reports, "UserName 'Bad User' in ovf-env.xml is not a valid user name")
+    assert "Bad User" not in read(harness.root / "etc/passwd")
 
 
 def test_malformed_key_fails_provisioning_and_keeps_files(tmp_path: Path) -> None:
@@ -180,13 +191,12 @@ def test_no_sshd_include_edits_main_file_before_match(tmp_path: Path) -> None:
 
 
 def test_system_user_is_refused_unless_allowed(tmp_path: Path) -> None:
-    need_root()
-    scenario = default_scenario()
-    scenario.username = "daemon"
-    with Fabric(scenario) as fabric:
-        harness = Harness(tmp_path, fabric)
-        failing_run(harness, "is a system account")
-    assert os.geteuid() == 0
+    refused = provision_user(tmp_path / "refused", "daemon")
+    assert_failed(refused.reports, "is a system account")
+    allowed = provision_user(tmp_path / "allowed", "daemon",
+                             conf=BASE_CONF + "Provisioning.AllowResetSysUser=y\n")
+    assert allowed.reports[-1] == ("Ready", None, None)
+    assert (allowed.root / "etc/sudoers.d/waagent").read_text().endswith("daemon ALL=(ALL) ALL\n")
 
 
 def test_facts_command_shows_no_secret(harness: Harness) -> None:
