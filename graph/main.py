@@ -1,9 +1,10 @@
 """The agent's doit application: our loader, our commands, no stray doit.cfg."""
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - graph.lean_doit must precede doit
 
 from typing import Any
 
+from graph import lean_doit  # noqa: F401 - first: doit without importlib.metadata
 from doit.cmd_base import NamespaceTaskLoader
 from doit.cmd_clean import Clean
 from doit.cmd_forget import Forget

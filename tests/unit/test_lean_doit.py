@@ -1,0 +1,45 @@
+"""graph.lean_doit: doit loads without importlib.metadata, and nothing else notices."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_fresh(code: str) -> str:
+    """Run code in a new interpreter (the stand-in only matters before doit is imported)."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
+                            capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def test_the_agent_loads_doit_without_importlib_metadata() -> None:
+    out = run_fresh("""
+        import sys
+        import graph.main
+        print("doit.plugin" in sys.modules, "importlib.metadata" in sys.modules)
+    """)
+    assert out == "True False"
+
+
+def test_a_later_import_gets_the_real_module() -> None:
+    out = run_fresh("""
+        import graph.main
+        import importlib.metadata
+        print(importlib.metadata.version("doit") != "", hasattr(importlib.metadata, "files"))
+    """)
+    assert out == "True True"
+
+
+def test_doits_entry_point_function_reaches_the_real_one() -> None:
+    out = run_fresh("""
+        import graph.main
+        from doit import plugin
+        found = plugin.entry_points(group="console_scripts")
+        print(any(ep.name == "doit" for ep in found))
+    """)
+    assert out == "True"
