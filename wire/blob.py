@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from dataclasses import dataclass
 from email.utils import format_datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from wire.http import HttpClient
 
@@ -21,8 +20,7 @@ PAGE_SIZE = 512
 MAX_PAGE_WRITE = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class BlobRequest:
+class BlobRequest(NamedTuple):
     """One storage PUT: URL, headers (including Content-Length) and body."""
 
     url: str

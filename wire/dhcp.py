@@ -13,7 +13,7 @@ import ipaddress
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from wire.errors import WireError
 
@@ -24,8 +24,7 @@ _MESSAGE_TYPES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK
                   7: "RELEASE", 8: "INFORM"}
 
 
-@dataclass(frozen=True)
-class DhcpMessage:
+class DhcpMessage(NamedTuple):
     """A parsed DHCP message: the header fields we use and every option's raw bytes."""
 
     op: int

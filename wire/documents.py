@@ -1,14 +1,13 @@
 """WireServer documents: versions, goal state and its sub-documents, and the reports we send.
 
-Parsers are pure functions from text to frozen dataclasses; a malformed document
+Parsers are pure functions from text to named tuples; a malformed document
 raises DocumentError naming the document and the field. ExtensionsConfig and the
 extension manifests live in `wire.extensions_config`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from wire.errors import DocumentError
 from wire.xmldoc import (
@@ -39,8 +38,7 @@ def quoteattr(text: str) -> str:
 
 # -- versions -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Versions:
+class Versions(NamedTuple):
     """`GET /?comp=versions`: the preferred protocol version and the others supported."""
 
     preferred: str | None
@@ -70,8 +68,7 @@ def parse_versions(text: str | bytes) -> Versions:
 
 # -- goal state -----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class GoalState:
+class GoalState(NamedTuple):
     """`GET /machine/?comp=goalstate`. URLs are as the platform wrote them (not rewritten).
 
     `role_instance_id` is None while the platform has not placed the role yet: the
@@ -130,8 +127,7 @@ def parse_goal_state(text: str | bytes) -> GoalState:
 
 # -- hosting environment and shared config --------------------------------------------------
 
-@dataclass(frozen=True)
-class HostingEnvironmentConfig:
+class HostingEnvironmentConfig(NamedTuple):
     """The VM's names as the platform knows them."""
 
     vm_name: str
@@ -158,8 +154,7 @@ def parse_hosting_environment(text: str | bytes) -> HostingEnvironmentConfig:
     )
 
 
-@dataclass(frozen=True)
-class SharedConfigInstance:
+class SharedConfigInstance(NamedTuple):
     """One `Instances/Instance` of SharedConfig."""
 
     id: str
@@ -168,8 +163,7 @@ class SharedConfigInstance:
     rdma_mac_address: str | None  # colon-separated, as `ip link` shows it
 
 
-@dataclass(frozen=True)
-class SharedConfig:
+class SharedConfig(NamedTuple):
     """SharedConfig, kept raw for the few consumers, with the fields they read."""
 
     deployment_name: str | None
@@ -215,8 +209,7 @@ def parse_shared_config(text: str | bytes) -> SharedConfig:
 
 # -- certificates document ------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class CertificateFile:
+class CertificateFile(NamedTuple):
     """The Certificates document: its format and the base64 CMS blob (None when absent)."""
 
     format: str | None
@@ -245,8 +238,7 @@ HealthState = Literal["Ready", "NotReady"]
 HealthSubStatus = Literal["Provisioning", "ProvisioningFailed"]
 
 
-@dataclass(frozen=True)
-class HealthReport:
+class HealthReport(NamedTuple):
     """What `POST /machine?comp=health` says: Ready, or NotReady with a sub-status."""
 
     state: HealthState

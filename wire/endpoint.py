@@ -22,8 +22,8 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from conf.config import Config
 from system.fs import FileSystem
@@ -52,8 +52,7 @@ DHCPCD_LEASES = ("/var/lib/dhcpcd/*.lease", "/var/lib/dhcpcd5/*.lease",
 DhcpSender = Callable[[str, bytes, float], bytes | None]
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """The WireServer address and where it came from (for logs and the plan)."""
 
     address: str

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from wire.errors import DocumentError
 from wire.xmldoc import (
@@ -32,8 +31,7 @@ BlobType = Literal["BlockBlob", "PageBlob"]
 _STATES: tuple[PluginState, ...] = ("enabled", "disabled", "uninstall")
 
 
-@dataclass(frozen=True)
-class GAFamily:
+class GAFamily(NamedTuple):
     """An agent family (`AutoUpdate.GAFamily`) with its manifest URIs and RSM version."""
 
     name: str
@@ -43,16 +41,14 @@ class GAFamily:
     is_vm_enabled_for_rsm_upgrades: bool = False
 
 
-@dataclass(frozen=True)
-class DependsOnExtension:
+class DependsOnExtension(NamedTuple):
     """One entry of a DependsOn block: a handler, and in multi-config an extension name."""
 
     handler: str
     extension: str | None = None
 
 
-@dataclass(frozen=True)
-class ExtensionSettings:
+class ExtensionSettings(NamedTuple):
     """The settings of one extension: the handler's own (single-config, `name` None)
     or one named extension of a multi-config handler."""
 
@@ -67,8 +63,7 @@ class ExtensionSettings:
     depends_on: tuple[DependsOnExtension, ...] = ()
 
 
-@dataclass(frozen=True)
-class Plugin:
+class Plugin(NamedTuple):
     """An extension handler to have in `state`, with where to get it and its settings."""
 
     name: str
@@ -92,8 +87,7 @@ class Plugin:
         return tuple(u for u in found if u)
 
 
-@dataclass(frozen=True)
-class ExtensionsConfig:
+class ExtensionsConfig(NamedTuple):
     """The extension goal state of one incarnation."""
 
     incarnation: str | None
@@ -327,8 +321,7 @@ def _settings(item: Element, ext_name: str | None, state: PluginState, level: in
 
 # -- manifests ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ManifestVersion:
+class ManifestVersion(NamedTuple):
     """One version a manifest offers, with the URIs of its package."""
 
     version: str
@@ -337,8 +330,7 @@ class ManifestVersion:
     disallow_major_version_upgrade: bool = False
 
 
-@dataclass(frozen=True)
-class PluginVersionManifest:
+class PluginVersionManifest(NamedTuple):
     """An extension (or agent) manifest: the versions available and where."""
 
     versions: tuple[ManifestVersion, ...]

@@ -11,8 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from wire.blob import BlobType, status_blob_requests
 from wire.documents import parse_versions
@@ -27,8 +26,7 @@ HOSTPLUGIN_API_VERSION = "2015-09-01"
 MAX_ARTIFACT_BYTES = 1024 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class VmSettings:
+class VmSettings(NamedTuple):
     """The answer to `GET /vmSettings`.
 
     `status` is "changed" (a new document and ETag), "unchanged" (304: the ETag we

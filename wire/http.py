@@ -13,7 +13,7 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from wire.errors import HttpStatusError, WireError
 
@@ -30,8 +30,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 Sleep = Callable[[float], None]
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     """How hard to try: attempts on errors, on throttling, and a bound on total waiting.
 
     `attempts` counts tries that failed with a retryable status or a connection error;
@@ -60,8 +59,7 @@ READY_REPORT_RETRY = RetryPolicy(attempts=80, max_delay=30.0, throttle_attempts=
                                  budget=30 * 60.0)
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(NamedTuple):
     """A complete HTTP answer. Header names are lower-case."""
 
     status: int
@@ -131,14 +129,18 @@ def proxy_url(host: str | None, port: int | None) -> str | None:
     return f"http://{host}:{port or 3128}"
 
 
-@dataclass
 class HttpClient:
     """Sends requests with timeouts and retries. `sleep` is injectable so tests run fast."""
 
-    timeout: float = DEFAULT_TIMEOUT
-    retry: RetryPolicy = DEFAULT_RETRY
-    sleep: Sleep = field(default=time.sleep)
-    max_bytes: int = DEFAULT_MAX_BYTES
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, retry: RetryPolicy = DEFAULT_RETRY,
+                 sleep: Sleep = time.sleep, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.timeout = timeout
+        self.retry = retry
+        self.sleep = sleep
+        self.max_bytes = max_bytes
+
+    def __repr__(self) -> str:
+        return f"HttpClient(timeout={self.timeout!r}, retry={self.retry!r})"
 
     def request(
         self,

@@ -6,8 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from wire.errors import DocumentError
 from wire.http import RETRY_STATUSES, HttpClient, RetryPolicy
@@ -21,16 +20,14 @@ IMDS_RETRY = RetryPolicy(attempts=10, max_delay=10.0, throttle_attempts=10, thro
                          throttle_statuses=frozenset({429}))
 
 
-@dataclass(frozen=True)
-class PublicKey:
+class PublicKey(NamedTuple):
     """An SSH public key IMDS gives for the admin user, and where it belongs."""
 
     key_data: str
     path: str | None
 
 
-@dataclass(frozen=True)
-class InstanceMetadata:
+class InstanceMetadata(NamedTuple):
     """The compute part of `/metadata/instance` that provisioning uses."""
 
     vm_id: str

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from wire.documents import (
     WIRE_PROTOCOL_VERSION,
@@ -43,8 +42,7 @@ CERTIFICATE_CIPHERS = ("AES128_CBC", "DES_EDE3_CBC")
 _XML = {"Content-Type": "text/xml;charset=utf-8"}
 
 
-@dataclass(frozen=True)
-class AgentIdentity:
+class AgentIdentity(NamedTuple):
     """How the agent names itself to the platform (headers, status blob)."""
 
     name: str = "WALinuxAgent"
@@ -56,8 +54,7 @@ class AgentIdentity:
         return f"{self.name}/{self.version}"
 
 
-@dataclass(frozen=True)
-class GoalStateDocuments:
+class GoalStateDocuments(NamedTuple):
     """A goal state and the sub-documents it points to (None when it points to none)."""
 
     goal_state: GoalState
