@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import posixpath
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from system.errors import CommandFailed, ProbeFailed
 from system.root import Root
@@ -106,8 +105,7 @@ def _scsi_block_devices(vmbus_device: Path, lun: int | None) -> list[str]:
     return found
 
 
-@dataclass(frozen=True)
-class Partition:
+class Partition(NamedTuple):
     """A partition of a block device, from sysfs."""
 
     device: str  # /dev/sdb1
@@ -116,8 +114,7 @@ class Partition:
     size_bytes: int
 
 
-@dataclass(frozen=True)
-class BlockDevice:
+class BlockDevice(NamedTuple):
     """A whole disk: size, partition table kind and partitions."""
 
     device: str  # /dev/sdb
@@ -126,8 +123,7 @@ class BlockDevice:
     partitions: tuple[Partition, ...]
 
 
-@dataclass(frozen=True)
-class FilesystemSignature:
+class FilesystemSignature(NamedTuple):
     """What a device (or partition) holds: the filesystem type, label and UUID."""
 
     type: str

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from system.errors import ProbeFailed
 from system.root import Root
@@ -24,8 +24,7 @@ _LEGACY_RELEASE = (
 )
 
 
-@dataclass(frozen=True)
-class FamilyFacts:
+class FamilyFacts(NamedTuple):
     """What differs between distribution families, as facts tasks read."""
 
     sshd_service: str  # the unit that runs sshd
@@ -52,8 +51,7 @@ _FAMILY_IDS: tuple[tuple[str, frozenset[str]], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Distro:
+class Distro(NamedTuple):
     """The distribution of the root and the facts the tasks need from it."""
 
     id: str

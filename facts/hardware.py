@@ -7,8 +7,8 @@ separate function tested from captured text.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from system.errors import ProbeFailed
 from system.root import Root
@@ -73,8 +73,7 @@ def kernel_older_than(release: str, version: tuple[int, ...]) -> bool:
     return have + (0,) * (width - len(have)) < version + (0,) * (width - len(version))
 
 
-@dataclass(frozen=True)
-class Nic:
+class Nic(NamedTuple):
     """A network interface from /sys/class/net."""
 
     name: str

@@ -17,9 +17,8 @@ import errno
 import io
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from facts.ovf import MAX_OVF_BYTES, OvfEnv, OvfError, parse_ovf_env, without_password
 from system.errors import CommandFailed, ProbeFailed
@@ -40,8 +39,7 @@ _VRS_OFFSET = 16 * 2048
 _NO_MEDIUM = {errno.ENOMEDIUM, errno.ENXIO, errno.ENODEV, errno.EIO, errno.ENOENT}
 
 
-@dataclass(frozen=True)
-class ProvisioningData:
+class ProvisioningData(NamedTuple):
     """The parsed OVF and where it came from ("/dev/sr0", "image:...", "cache:...")."""
 
     env: OvfEnv

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from facts.hardware import read_text
 from system.errors import ProbeFailed
@@ -17,8 +17,7 @@ def _unescape(field: str) -> str:
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     """A mounted filesystem. `options` merges the per-mount and superblock options."""
 
     source: str
@@ -93,8 +92,7 @@ def mounts_of(root: Root, source: str) -> tuple[Mount, ...]:
     return tuple(m for m in mounts(root) if m.source == source)
 
 
-@dataclass(frozen=True)
-class Swap:
+class Swap(NamedTuple):
     """An active swap area."""
 
     path: str

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from system.errors import AgentError
 from system.redact import register_secret
@@ -30,12 +29,15 @@ _WA = "{" + WA_NS + "}"
 _OVF = "{" + OVF_NS + "}"
 
 
+# Fields of OvfEnv that repr() leaves out.
+_SECRET_FIELDS = frozenset({"password", "custom_data"})
+
+
 class OvfError(AgentError):
     """ovf-env.xml cannot be used; the message names the field or the problem."""
 
 
-@dataclass(frozen=True)
-class SshPublicKey:
+class SshPublicKey(NamedTuple):
     """An authorized key: its Value (OpenSSH text), or a certificate named by Fingerprint."""
 
     path: str
@@ -43,16 +45,14 @@ class SshPublicKey:
     value: str | None = None
 
 
-@dataclass(frozen=True)
-class SshKeyPair:
+class SshKeyPair(NamedTuple):
     """A key pair whose private half is `<Lib.Dir>/<fingerprint>.prv`, installed at path."""
 
     fingerprint: str
     path: str
 
 
-@dataclass(frozen=True)
-class OvfEnv:
+class OvfEnv(NamedTuple):
     """The provisioning environment (LinuxProvisioningConfigurationSet + PlatformSettings).
 
     `password` and `custom_data` never appear in repr(); custom_data is the text as
@@ -62,8 +62,8 @@ class OvfEnv:
 
     username: str
     hostname: str | None = None
-    password: str | None = field(default=None, repr=False)
-    custom_data: str | None = field(default=None, repr=False)
+    password: str | None = None
+    custom_data: str | None = None
     # walinuxagent's default when the element is absent: password logins disabled.
     disable_ssh_password_authentication: bool = True
     public_keys: tuple[SshPublicKey, ...] = ()
@@ -72,6 +72,12 @@ class OvfEnv:
     provision_guest_agent: bool = True
     preprovisioned_vm: bool = False
     preprovisioned_vm_type: str | None = None
+
+    def __repr__(self) -> str:
+        """Every field but the secrets."""
+        shown = ", ".join(f"{name}={value!r}" for name, value in self._asdict().items()
+                          if name not in _SECRET_FIELDS)
+        return f"OvfEnv({shown})"
 
     def public_facts(self) -> dict[str, Any]:
         """A JSON-able view without secrets: password as a flag, custom data as a sha256."""
@@ -184,16 +190,10 @@ def without_password(data: bytes, *, source: str = "ovf-env.xml") -> bytes:
         again = parse_ovf_env(stripped, source=source)
     except OvfError as err:
         raise OvfError(f"{source}: cannot remove UserPassword safely: {err}") from None
-    if again.password is not None or again != _replace_password(original):
+    if again.password is not None or again != original._replace(password=None):
         raise OvfError(f"{source}: cannot remove UserPassword safely "
                        "(unusual markup around it); no copy kept")
     return stripped
-
-
-def _replace_password(env: OvfEnv) -> OvfEnv:
-    from dataclasses import replace
-
-    return replace(env, password=None)
 
 
 def _parse_xml(data: bytes | str, source: str) -> Element:

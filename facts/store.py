@@ -9,7 +9,6 @@ sha256), and a document holding any registered secret is refused.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -46,13 +45,15 @@ def facts_path(root: Root, conf: Config, name: str) -> Path:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Dataclasses, tuples, sets and paths as plain JSON values (dict keys as strings)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    """NamedTuples, tuples, sets and paths as plain JSON values (dict keys as strings).
+
+    A NamedTuple becomes an object; one with public_facts() is stored as that view.
+    """
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):
         public = getattr(value, "public_facts", None)
         if callable(public):
             return to_jsonable(public())
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if f.repr}
+        return {name: to_jsonable(item) for name, item in value._asdict().items()}
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

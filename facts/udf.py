@@ -12,8 +12,7 @@ is bounds-checked against the medium; malformed media raise UdfError.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 SECTOR = 2048
 _ANCHOR_SECTOR = 256
@@ -36,8 +35,7 @@ class UdfError(ValueError):
     """The medium is not UDF, or its structures are damaged."""
 
 
-@dataclass(frozen=True)
-class _Extent:
+class _Extent(NamedTuple):
     length: int
     block: int
     partition_ref: int

@@ -6,7 +6,7 @@ users are not the host's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from facts.hardware import read_text
 from system.errors import ProbeFailed
@@ -15,8 +15,7 @@ from system.root import Root
 DEFAULT_UID_MIN = 1000
 
 
-@dataclass(frozen=True)
-class User:
+class User(NamedTuple):
     """A line of /etc/passwd."""
 
     name: str
@@ -27,8 +26,7 @@ class User:
     shell: str
 
 
-@dataclass(frozen=True)
-class Group:
+class Group(NamedTuple):
     """A line of /etc/group."""
 
     name: str
