@@ -6,9 +6,9 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import NamedTuple
 
 from conf.options import OPTIONS, OPTIONS_BY_LOWER, Option, Value
 
@@ -22,8 +22,7 @@ class ConfigError(ValueError):
     """A waagent.conf value the agent cannot use; the message names file, line and option."""
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     """Where a value came from: the file and line, or the built-in default."""
 
     value: Value
@@ -60,13 +59,19 @@ def _convert(opt: Option, raw: str, where: str) -> Value:
     raise ConfigError(f"{where}: {opt.name}={text!r} is not valid: expected {opt.allowed()}")
 
 
-@dataclass(frozen=True)
 class Config:
     """The loaded configuration: every known option with its typed value and origin."""
 
-    settings: Mapping[str, Setting]
-    file: str = "<defaults>"
-    unknown: tuple[str, ...] = field(default=())
+    __slots__ = ("settings", "file", "unknown")
+
+    def __init__(self, settings: Mapping[str, Setting], file: str = "<defaults>",
+                 unknown: tuple[str, ...] = ()) -> None:
+        self.settings = settings
+        self.file = file
+        self.unknown = unknown
+
+    def __repr__(self) -> str:
+        return f"Config(file={self.file!r}, unknown={self.unknown!r})"
 
     def __getitem__(self, name: str) -> Value:
         return self.settings[OPTIONS[name].name].value

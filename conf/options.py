@@ -6,15 +6,13 @@ Defaults follow the published agent (PLATFORM.md section 11).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Kind = Literal["bool", "int", "str", "choice", "path"]
 Value = bool | int | str | None
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One option: its canonical name, type, default, and allowed values for choices."""
 
     name: str

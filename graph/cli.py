@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 AGENT_NAME = "waagent-graph"
 AGENT_VERSION = "0.1.0"
@@ -52,15 +51,17 @@ class UsageError(Exception):
     """A command line waagent would not accept."""
 
 
-@dataclass
 class Invocation:
     """A parsed waagent command line."""
 
-    verb: str | None = None
-    verb_arg: str | None = None
-    flags: set[str] = field(default_factory=set)
-    conf_path: str | None = None
-    doit_args: list[str] = field(default_factory=list)
+    def __init__(self, verb: str | None = None, verb_arg: str | None = None,
+                 flags: set[str] | None = None, conf_path: str | None = None,
+                 doit_args: list[str] | None = None) -> None:
+        self.verb = verb
+        self.verb_arg = verb_arg
+        self.flags: set[str] = flags if flags is not None else set()
+        self.conf_path = conf_path
+        self.doit_args: list[str] = doit_args if doit_args is not None else []
 
 
 def _strip_prefix(arg: str) -> str | None:

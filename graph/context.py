@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,20 @@ from system import FileSystem, Root, Runner
 DEFAULT_CONF = "/etc/waagent.conf"
 
 
-@dataclass
 class Context:
     """One agent run: the root it works on, its configuration and its system boundary."""
 
-    root: Root
-    conf: Config
-    run: Runner
-    fs: FileSystem
-    # Command-line variables (root=, conf=, media=, wireserver=...), as given.
-    vars: dict[str, str] = field(default_factory=dict)
-    # Per-run memo for facts several tasks read (filled lazily, never at load for speed).
-    memo: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, root: Root, conf: Config, run: Runner, fs: FileSystem,
+                 vars: dict[str, str] | None = None, memo: dict[str, Any] | None = None,
+                 ) -> None:
+        self.root = root
+        self.conf = conf
+        self.run = run
+        self.fs = fs
+        # Command-line variables (root=, conf=, media=, wireserver=...), as given.
+        self.vars: dict[str, str] = vars if vars is not None else {}
+        # Per-run memo for facts several tasks read (filled lazily, never at load for speed).
+        self.memo: dict[str, Any] = memo if memo is not None else {}
 
     @property
     def lib_dir(self) -> Path:

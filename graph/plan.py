@@ -203,7 +203,8 @@ class PlanResult:
     ignored: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"tasks": [asdict(t) for t in self.tasks], "up_to_date": self.up_to_date,
+        return {"tasks": [asdict(t) | {"changes": [c._asdict() for c in t.changes]}
+                          for t in self.tasks], "up_to_date": self.up_to_date,
                 "ignored": self.ignored}
 
     def write_text(self, out: TextIO, show_all: bool = False) -> None:

@@ -13,7 +13,6 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from system.runner import Runner
@@ -23,11 +22,11 @@ log = logging.getLogger("waagent.fs")
 MARKER = "Managed by waagent-graph"
 
 
-@dataclass
 class FileSystem:
     """File changes below the runner's root; in plan mode they are only recorded."""
 
-    runner: Runner
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
 
     @property
     def plan(self) -> bool:

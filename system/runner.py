@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from system.errors import CommandFailed
 from system.redact import redact
@@ -26,8 +26,7 @@ DEFAULT_TIMEOUT = 120.0
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     """What a command did."""
 
     argv: tuple[str, ...]
@@ -42,8 +41,7 @@ class Result:
         return self.returncode == 0
 
 
-@dataclass(frozen=True)
-class PlannedChange:
+class PlannedChange(NamedTuple):
     """A change the agent would make, recorded in plan mode."""
 
     kind: str  # "run", "write", "remove", "mkdir", "chmod", "chown", "move", "symlink"
@@ -54,17 +52,25 @@ class PlannedChange:
         return f"{self.kind} {self.target}  ({self.why})" if self.why else f"{self.kind} {self.target}"
 
 
-@dataclass
 class Runner:
     """Runs commands for the agent. One per process; tasks share it through the Context."""
 
-    root: Root = field(default_factory=Root)
-    plan: bool = False
-    chroot: bool = False
-    timeout: float = DEFAULT_TIMEOUT
-    planned: list[PlannedChange] = field(default_factory=list)
-    # Seconds spent inside child processes, for benchmarks that separate our own time.
-    child_seconds: float = 0.0
+    def __init__(
+        self,
+        root: Root | None = None,
+        plan: bool = False,
+        chroot: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        planned: list[PlannedChange] | None = None,
+        child_seconds: float = 0.0,
+    ) -> None:
+        self.root = root if root is not None else Root()
+        self.plan = plan
+        self.chroot = chroot
+        self.timeout = timeout
+        self.planned: list[PlannedChange] = planned if planned is not None else []
+        # Seconds spent inside child processes, for benchmarks that separate our own time.
+        self.child_seconds = child_seconds
 
     def record(self, kind: str, target: str, why: str) -> None:
         """Note a change made (or, in plan mode, one that would be made)."""

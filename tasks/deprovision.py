@@ -21,10 +21,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from facts.distro import cloud_init_present
 from facts.users import is_system_user, uid_min, users
@@ -63,8 +62,7 @@ NFT_TABLE = ("ip", "walinuxagent")
 DEFAULT_ENDPOINT = "168.63.129.16"
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """One thing deprovisioning will do: shown before acting, then applied."""
 
     kind: Literal["remove", "empty", "write", "run", "live"]
@@ -82,14 +80,13 @@ class Change:
         return f"{self.kind} {ctx.root.system_path(self.path)}  ({self.why})"
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """A deprovision task: what it is about and how to find what it has to do now."""
 
     name: str
     doc: str
     changes: Callable[[Context], list[Change]]
-    after: tuple[str, ...] = field(default=())  # steps that must run first
+    after: tuple[str, ...] = ()  # steps that must run first
 
 
 def _yes(value: str | None) -> bool:

@@ -37,9 +37,8 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from facts import disks, mounts
 from graph.context import Context
@@ -96,8 +95,7 @@ POLL_SECONDS = 0.1
 
 # ---------------------------------------------------------------- facts for the verdict
 
-@dataclass(frozen=True)
-class PartitionFacts:
+class PartitionFacts(NamedTuple):
     """One partition: what blkid finds on it and its top-level entries (None: not listed)."""
 
     device: str
@@ -105,8 +103,7 @@ class PartitionFacts:
     entries: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True)
-class DiskFacts:
+class DiskFacts(NamedTuple):
     """What the verdict needs to know about the resource disk."""
 
     device: str
@@ -348,8 +345,7 @@ def require_safe(ctx: Context, device: str, filesystem: str) -> DiskFacts:
 
 # ---------------------------------------------------------------- options
 
-@dataclass(frozen=True)
-class DiskOptions:
+class DiskOptions(NamedTuple):
     """The ResourceDisk.* options as the tasks use them."""
 
     format: bool

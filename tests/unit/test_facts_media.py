@@ -7,7 +7,6 @@ import io
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pycdlib
@@ -236,12 +235,13 @@ def test_corrupt_copy_is_an_error(root: Root, conf: Config) -> None:
         media.provisioning_data(FileSystem(Runner(root=root)), conf)
 
 
-@dataclass
 class MountingRunner(Runner):
     """Stands in for mount/umount: 'mounts' by unpacking the image into the mount point."""
 
-    calls: list[tuple[str, ...]] = field(default_factory=list)
-    fail_mount: bool = False
+    def __init__(self, root: Root, fail_mount: bool = False) -> None:
+        super().__init__(root)
+        self.calls: list[tuple[str, ...]] = []
+        self.fail_mount = fail_mount
 
     def change(self, argv: Sequence[str], *, why: str, **_: object) -> Result:  # type: ignore[override]
         self.calls.append(tuple(argv))
