@@ -147,6 +147,23 @@ class Runner:
             return ["chroot", str(self.root.base), *argv]
         return list(argv)
 
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        why: str,
+        timeout: float | None = None,
+    ) -> Started:
+        """Start a command that changes the machine and return at once; `wait()` on the
+        result gives its Result (raising CommandFailed as `change` does). In plan mode it
+        is recorded and not run. For work that overlaps the agent's own (key generation)."""
+        shown = self.show(argv)
+        self.record("run", shown, why)
+        if self.plan:
+            return Started(self, argv, Result(tuple(argv), 0, "", "", planned=True))
+        log.debug("start: %s (%s)", shown, why)
+        return self._spawn(argv, timeout=timeout, stdin=None, env=None, cwd=None)
+
     def _run(
         self,
         argv: Sequence[str],
@@ -157,6 +174,18 @@ class Runner:
         env: Mapping[str, str] | None,
         cwd: str | None,
     ) -> Result:
+        return self._spawn(argv, timeout=timeout, stdin=stdin, env=env, cwd=cwd).wait(
+            check=check)
+
+    def _spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None,
+        stdin: str | None,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+    ) -> Started:
         full = self._argv(argv)
         child_env = {"PATH": os.environ.get("PATH", _PATH) + ":" + _PATH, "LC_ALL": "C"}
         if env:
@@ -164,29 +193,64 @@ class Runner:
         limit = timeout if timeout is not None else self.timeout
         started = time.monotonic()
         try:
-            proc = subprocess.run(  # noqa: S603 - argv list, never a shell
+            proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
                 full,
-                input=stdin,
-                capture_output=True,
+                stdin=subprocess.PIPE if stdin is not None else None,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
-                timeout=limit,
                 env=child_env,
                 cwd=cwd,
-                check=False,
             )
         except FileNotFoundError:
             raise CommandFailed(f"{full[0]}: command not found (needed to run: {self.show(argv)})",
                                 127) from None
-        except subprocess.TimeoutExpired:
-            raise CommandFailed(f"{self.show(argv)}: timed out after {limit:.0f} s") from None
         finally:
             self.child_seconds += time.monotonic() - started
-        result = Result(tuple(full), proc.returncode, proc.stdout, proc.stderr,
-                        time.monotonic() - started)
-        if check and proc.returncode != 0:
-            detail = redact((proc.stderr or proc.stdout).strip())[-2000:]
+        return Started(self, argv, proc=proc, stdin=stdin, started=started, limit=limit)
+
+
+class Started:
+    """A command running (or, in plan mode, recorded): `wait()` gives its Result."""
+
+    def __init__(self, runner: Runner, argv: Sequence[str], result: Result | None = None, *,
+                 proc: subprocess.Popen[str] | None = None, stdin: str | None = None,
+                 started: float = 0.0, limit: float = 0.0) -> None:
+        self._runner = runner
+        self._argv = argv
+        self._result = result
+        self._proc = proc
+        self._stdin = stdin
+        self._started = started
+        self._limit = limit
+
+    def wait(self, *, check: bool = True) -> Result:
+        """Wait for the command (killing it at its timeout); CommandFailed when `check` and
+        it failed."""
+        if self._result is None:
+            self._result = self._collect()
+        result = self._result
+        if check and not result.ok:
+            detail = redact((result.stderr or result.stdout).strip())[-2000:]
             raise CommandFailed(
-                f"{self.show(argv)} failed with exit status {proc.returncode}: {detail}",
-                proc.returncode, detail)
+                f"{self._runner.show(self._argv)} failed with exit status {result.returncode}: "
+                f"{detail}", result.returncode, detail)
         return result
+
+    def _collect(self) -> Result:
+        proc = self._proc
+        assert proc is not None
+        waited = time.monotonic()
+        try:
+            remaining = max(0.0, self._started + self._limit - waited)
+            stdout, stderr = proc.communicate(self._stdin, timeout=remaining)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise CommandFailed(f"{self._runner.show(self._argv)}: timed out after "
+                                f"{self._limit:.0f} s") from None
+        finally:
+            self._runner.child_seconds += time.monotonic() - waited
+        return Result(tuple(proc.args), proc.returncode, stdout, stderr,  # type: ignore[arg-type]
+                      time.monotonic() - self._started)

@@ -120,30 +120,25 @@ def goal_state(ctx: Context) -> GoalState:
 
 
 def start_transport_pair(ctx: Context) -> None:
-    """Generate the transport key pair in a thread when none is kept yet: RSA key
-    generation (~100 ms, without the GIL) then overlaps reading the DVD and fetching
+    """Start generating the transport key pair when none is kept yet: RSA key generation
+    (~100 ms, in an openssl process of its own) then overlaps reading the DVD and fetching
     the goal state on the way to Ready."""
     from wire.certs import TRANSPORT_CERT, TRANSPORT_KEY
 
     if ctx.run.plan or "transport_pair" in ctx.memo or (
             (ctx.lib_dir / TRANSPORT_KEY).exists() and (ctx.lib_dir / TRANSPORT_CERT).exists()):
         return
-    import concurrent.futures
+    from wire.certs import start_transport_keygen
 
-    from wire.certs import generate_transport_pair
-
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygen")
-    ctx.memo["transport_pair"] = pool.submit(generate_transport_pair)
-    pool.shutdown(wait=False)
+    ctx.memo["transport_pair"] = start_transport_keygen(
+        ctx.fs, ctx.lib_dir, ctx.conf.text("OS.OpensslPath") or "openssl")
 
 
 def transport_pair(ctx: Context) -> TransportPair:
-    """The kept transport pair, or a new one (made ahead by `start_transport_pair`)."""
+    """The kept transport pair, or a new one (started ahead by `start_transport_pair`)."""
     from wire.certs import ensure_transport_pair
 
-    future = ctx.memo.get("transport_pair")
-    return ensure_transport_pair(ctx.fs, ctx.lib_dir,
-                                 generated=future.result if future is not None else None)
+    return ensure_transport_pair(ctx.fs, ctx.lib_dir, generated=ctx.memo.get("transport_pair"))
 
 
 def provisioned_vm_id(ctx: Context) -> str | None:

@@ -238,7 +238,8 @@ def key_pairs_missing(ctx: Context) -> str | None:
 
 def install_key_pairs(ctx: Context) -> None:
     """Copy `<THUMB>.prv` to the OVF path (0600, the user's) and write its `.pub`."""
-    from cryptography.hazmat.primitives import serialization
+    from wire.certs import private_key_openssh
+    from wire.errors import CertificateError
 
     _name, owner = _user_and_owner(ctx)
     for thumb, target in _key_pair_targets(ctx):
@@ -249,12 +250,8 @@ def install_key_pairs(ctx: Context) -> None:
             raise SshError(f"key pair {thumb}: {ctx.root.system_path(source)} was not "
                            "delivered in the goal state's certificates") from None
         try:
-            # Our own store, written from the platform's envelope: no need to re-validate.
-            key = serialization.load_pem_private_key(pem, password=None,
-                                                     unsafe_skip_rsa_key_validation=True)
-            public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                   serialization.PublicFormat.OpenSSH)
-        except (ValueError, TypeError) as err:
+            public = private_key_openssh(pem).encode()
+        except CertificateError as err:
             raise SshError(f"key pair {thumb}: {ctx.root.system_path(source)} is not a usable "
                            f"private key: {err}") from None
         ensure_private_dir(ctx, target.parent, owner)

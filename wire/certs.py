@@ -2,13 +2,17 @@
 
 The platform encrypts the VM's certificates (a PKCS#12 with an empty password) in a
 CMS EnvelopedData to the agent's transport certificate (PLATFORM.md section 2).
-`cryptography` cannot read the platform's subjectKeyIdentifier recipients, so the
-CMS structure is parsed with asn1crypto and decrypted with cryptography's RSA and
-cipher primitives, in-process. When that meets an algorithm it does not support,
-the openssl binary (`OS.OpensslPath`) is run through the Runner instead.
 
-cryptography and asn1crypto are imported inside the functions: importing them costs
-tens of milliseconds the no-op boot path must not pay.
+The way to Ready uses the openssl binary (`OS.OpensslPath`) through the Runner, as the
+platform's agent does: `req` makes the transport pair in a process of its own while the
+DVD is read and the goal state fetched, `cms -decrypt` and `pkcs12 -nodes` turn the
+envelope into PEM, and `wire.der` pairs keys with certificates. That keeps cryptography
+and asn1crypto (~24 MB resident, ~70 ms to import) out of the agent's process. Where the
+openssl binary is missing or fails, the same work is done in-process: the CMS structure
+is parsed with asn1crypto (`cryptography` cannot read the platform's
+subjectKeyIdentifier recipients) and decrypted with cryptography's primitives.
+
+cryptography and asn1crypto are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -19,15 +23,14 @@ import contextlib
 import datetime
 import hashlib
 import logging
-import re
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from system.errors import CommandFailed
 from system.fs import FileSystem
+from wire import der
 from wire.documents import CertificateFile
 from wire.errors import CertificateError
 
@@ -41,7 +44,13 @@ TRANSPORT_CERT = "TransportCert.pem"
 TRANSPORT_KEY = "TransportPrivate.pem"
 TRANSPORT_SUBJECT = "LinuxTransport"
 TRANSPORT_VALIDITY_DAYS = 730
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.S)
+_KEYGEN_SCRATCH = ".transport-pair.partial"
+
+
+def to_pem(label: str, body: bytes) -> bytes:
+    """A PEM block: base64 in 64-column lines between BEGIN and END."""
+    lines = textwrap.wrap(base64.b64encode(body).decode(), 64)
+    return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----", ""]).encode()
 
 
 # -- thumbprints and SSH keys ---------------------------------------------------------------
@@ -51,9 +60,16 @@ def thumbprint(certificate_der: bytes) -> str:
     return hashlib.sha1(certificate_der).hexdigest().upper()  # noqa: S324 - a name, not security
 
 
+def _certificate_der_of(certificate_pem: bytes) -> bytes:
+    for label, body in der.pem_blocks(certificate_pem):
+        if label == "CERTIFICATE":
+            return body
+    raise CertificateError("not a PEM certificate: no CERTIFICATE block")
+
+
 def certificate_thumbprint(certificate_pem: bytes) -> str:
     """The thumbprint of a PEM certificate."""
-    return thumbprint(_certificate_der(_load_certificate(certificate_pem)))
+    return thumbprint(_certificate_der_of(certificate_pem))
 
 
 def ssh_public_key(certificate_pem: bytes) -> str:
@@ -61,16 +77,40 @@ def ssh_public_key(certificate_pem: bytes) -> str:
 
     For SSH keys the platform delivers by thumbprint (`<Fingerprint>.crt`).
     """
+    certificate_der = _certificate_der_of(certificate_pem)
+    try:
+        return der.certificate_public_key(certificate_der).openssh
+    except der.NotRsa:
+        return _openssh_line(_load_certificate(certificate_pem).public_key())
+    except CertificateError as err:
+        raise CertificateError(f"not a PEM certificate: {err}") from None
+
+
+def private_key_openssh(key_pem: bytes) -> str:
+    """The OpenSSH public key line of a PEM private key (a key pair's `.pub`)."""
+    try:
+        return der.pem_public_key(key_pem).openssh
+    except der.NotRsa:
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError) as err:
+            raise CertificateError(f"not a usable private key: {err}") from None
+        return _openssh_line(key.public_key())
+
+
+def _openssh_line(public_key: object) -> str:
+    """A non-RSA public key's OpenSSH line, through cryptography."""
     from cryptography.hazmat.primitives import serialization
 
-    key = _load_certificate(certificate_pem).public_key()
     try:
-        line = key.public_bytes(serialization.Encoding.OpenSSH,
-                                serialization.PublicFormat.OpenSSH)
-    except (ValueError, TypeError) as err:
-        raise CertificateError(f"the certificate's {type(key).__name__} has no OpenSSH form: "
+        line = public_key.public_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise CertificateError(f"the {type(public_key).__name__} has no OpenSSH form: "
                                f"{err}") from None
-    return line.decode()
+    return str(line.decode())
 
 
 def _load_certificate(pem: bytes) -> x509.Certificate:
@@ -90,8 +130,7 @@ def _certificate_der(certificate: x509.Certificate) -> bytes:
 
 # -- the transport pair ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TransportPair:
+class TransportPair(NamedTuple):
     """The agent's transport certificate and key, as stored in Lib.Dir."""
 
     cert_path: Path
@@ -107,11 +146,23 @@ class TransportPair:
 
 def transport_header_value(cert_pem: bytes) -> str:
     """The body of a PEM certificate on one line: base64 of its DER."""
-    match = _PEM_BLOCK.search(cert_pem)
-    if match is None or match.group(1) != b"CERTIFICATE":
-        raise CertificateError("the transport certificate is not a PEM certificate")
-    body = match.group(0).splitlines()[1:-1]
-    return b"".join(line.strip() for line in body).decode()
+    try:
+        return base64.b64encode(_certificate_der_of(cert_pem)).decode()
+    except CertificateError:
+        raise CertificateError("the transport certificate is not a PEM certificate") from None
+
+
+def _pair_belongs_together(cert_pem: bytes, key_pem: bytes) -> bool:
+    """True when the key is the certificate's (compared by public key)."""
+    try:
+        return der.pem_public_key(cert_pem) == der.pem_public_key(key_pem)
+    except der.NotRsa:
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(key_pem, None,
+                                                 unsafe_skip_rsa_key_validation=True)
+        cert = _load_certificate(cert_pem)
+        return _public_der(cert.public_key()) == _public_der(key.public_key())
 
 
 def load_transport_pair(lib_dir: Path) -> TransportPair | None:
@@ -121,18 +172,13 @@ def load_transport_pair(lib_dir: Path) -> TransportPair | None:
         cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
     except FileNotFoundError:
         return None
-    from cryptography.hazmat.primitives import serialization
-
     try:
-        # Our own key, written by this agent: checking the RSA mathematics again on every
-        # new goal state costs ~50 ms and proves nothing the pairing check below does not.
-        key = serialization.load_pem_private_key(key_pem, None,
-                                                 unsafe_skip_rsa_key_validation=True)
-        cert = _load_certificate(cert_pem)
+        # Our own key, written by this agent: the pairing check is the one that matters.
+        together = _pair_belongs_together(cert_pem, key_pem)
     except (ValueError, TypeError, CertificateError) as err:
         log.warning("transport pair in %s is unreadable (%s): making a new one", lib_dir, err)
         return None
-    if _public_der(cert.public_key()) != _public_der(key.public_key()):
+    if not together:
         log.warning("%s does not belong to %s: making a new transport pair", cert_path, key_path)
         return None
     return TransportPair(cert_path, key_path, cert_pem, key_pem)
@@ -143,9 +189,9 @@ def ensure_transport_pair(fs: FileSystem, lib_dir: Path,
                           ) -> TransportPair:
     """The transport pair, generated once (RSA-2048, `CN=LinuxTransport`) and kept 0600.
 
-    `generated` gives a pair made ahead of time (in a thread, while the goal state is on
-    its way); without it the pair is generated here. In plan mode a new pair is made in
-    memory only and the writes are recorded.
+    `generated` gives a pair made ahead of time (`start_transport_keygen`, while the goal
+    state is on its way); without it the pair is generated here, in-process. In plan mode
+    a new pair is made in memory only and the writes are recorded.
     """
     existing = load_transport_pair(lib_dir)
     if existing is not None:
@@ -157,6 +203,50 @@ def ensure_transport_pair(fs: FileSystem, lib_dir: Path,
     fs.write(key_path, key_pem, mode=0o600, why="transport private key", secret=True)
     fs.write(cert_path, cert_pem, mode=0o600, why="transport certificate")
     return TransportPair(cert_path, key_path, cert_pem, key_pem)
+
+
+def start_transport_keygen(fs: FileSystem, lib_dir: Path,
+                           openssl: str) -> Callable[[], tuple[bytes, bytes]]:
+    """Start `openssl req` making a new transport pair, as the platform's agent does; the
+    function returned waits for it and gives (cert_pem, key_pem).
+
+    RSA key generation (~100 ms) then runs in a process of its own, beside reading the DVD
+    and fetching the goal state. The pair is written in a 0700 scratch directory inside
+    Lib.Dir (0700) and read back; where openssl is missing or fails, the pair is made
+    in-process instead.
+    """
+    scratch = lib_dir / _KEYGEN_SCRATCH
+    fs.mkdir(lib_dir, mode=0o700, why="agent state directory (holds private keys)")
+    fs.remove(scratch, why="leftover transport pair scratch directory", quiet=True)
+    fs.mkdir(scratch, mode=0o700, why="scratch directory for a new transport pair", quiet=True)
+    key_path, cert_path = scratch / TRANSPORT_KEY, scratch / TRANSPORT_CERT
+    argv = [openssl, "req", "-x509", "-nodes", "-subj", f"/CN={TRANSPORT_SUBJECT}",
+            "-days", str(TRANSPORT_VALIDITY_DAYS), "-newkey", "rsa:2048",
+            "-keyout", _command_path(fs, key_path), "-out", _command_path(fs, cert_path)]
+    try:
+        started = fs.runner.start(argv, why="generate the transport key pair")
+    except CommandFailed as err:
+        start_failure: CommandFailed | None = err
+    else:
+        start_failure = None
+
+    def collect() -> tuple[bytes, bytes]:
+        try:
+            if start_failure is not None:
+                raise start_failure
+            started.wait()
+            cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
+            if not _pair_belongs_together(cert_pem, key_pem):
+                raise CertificateError("the certificate is not the key's")
+            return cert_pem, key_pem
+        except (CommandFailed, CertificateError, OSError) as err:
+            log.info("%s could not make the transport pair (%s): making it in-process",
+                     openssl, err)
+            return generate_transport_pair()
+        finally:
+            fs.remove(scratch, why="remove transport pair scratch directory", quiet=True)
+
+    return collect
 
 
 def generate_transport_pair() -> tuple[bytes, bytes]:
@@ -189,24 +279,21 @@ def generate_transport_pair() -> tuple[bytes, bytes]:
 
 # -- decrypted bundles ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class BundleCertificate:
+class BundleCertificate(NamedTuple):
     """A certificate from the platform, named by thumbprint."""
 
     thumbprint: str
     pem: bytes
 
 
-@dataclass(frozen=True)
-class BundleKey:
+class BundleKey(NamedTuple):
     """A private key, named by the thumbprint of the certificate it belongs to."""
 
     thumbprint: str
     pem: bytes
 
 
-@dataclass(frozen=True)
-class CertificateBundle:
+class CertificateBundle(NamedTuple):
     """What the Certificates document held, decrypted, keys matched to certificates."""
 
     certificates: tuple[BundleCertificate, ...]
@@ -251,21 +338,51 @@ def make_bundle(certificates: list[x509.Certificate],
 
 
 def parse_pem_bundle(text: bytes) -> CertificateBundle:
-    """Certificates and keys from PEM text (openssl pkcs12 output, with Bag Attributes)."""
+    """Certificates and keys from PEM text (openssl pkcs12 output, with Bag Attributes),
+    keys matched to certificates by RSA public key (cryptography for other key types)."""
+    blocks = der.pem_blocks(text)
+    certificates: dict[str, BundleCertificate] = {}
+    owners: dict[der.RsaPublicKey, str] = {}
+    keys: dict[str, BundleKey] = {}
+    try:
+        for label, body in blocks:
+            if label == "CERTIFICATE":
+                name = thumbprint(body)
+                if name not in certificates:
+                    certificates[name] = BundleCertificate(name, to_pem(label, body))
+                    owners.setdefault(der.certificate_public_key(body), name)
+        for label, body in blocks:
+            if label in ("PRIVATE KEY", "RSA PRIVATE KEY"):
+                public = der.private_key_public_key(body, pkcs1=label == "RSA PRIVATE KEY")
+                owner = owners.get(public)
+                if owner is None:
+                    log.warning("a private key in the certificates has no matching "
+                                "certificate: skipped")
+                    continue
+                keys[owner] = BundleKey(owner, to_pem(label, body))
+            elif label.endswith("PRIVATE KEY"):
+                raise der.NotRsa(f"{label} in decrypted certificates")
+    except der.NotRsa:
+        return _parse_pem_bundle_with_cryptography(text)
+    except CertificateError as err:
+        raise CertificateError(f"unreadable PEM in decrypted certificates: {err}") from None
+    return CertificateBundle(tuple(certificates.values()), tuple(keys.values()))
+
+
+def _parse_pem_bundle_with_cryptography(text: bytes) -> CertificateBundle:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     certificates: list[x509.Certificate] = []
     keys: list[PrivateKeyTypes] = []
-    for match in _PEM_BLOCK.finditer(text):
-        kind, block = match.group(1), match.group(0)
+    for label, body in der.pem_blocks(text):
         try:
-            if kind == b"CERTIFICATE":
-                certificates.append(x509.load_pem_x509_certificate(block))
-            elif kind.endswith(b"PRIVATE KEY"):
-                keys.append(serialization.load_pem_private_key(block, None))
+            if label == "CERTIFICATE":
+                certificates.append(x509.load_der_x509_certificate(body))
+            elif label.endswith("PRIVATE KEY"):
+                keys.append(serialization.load_pem_private_key(to_pem(label, body), None))
         except (ValueError, TypeError) as err:
-            raise CertificateError(f"unreadable {kind.decode()} in decrypted certificates: "
+            raise CertificateError(f"unreadable {label} in decrypted certificates: "
                                    f"{err}") from None
     return make_bundle(certificates, keys)
 
@@ -592,8 +709,10 @@ def install_certificates(fs: FileSystem, lib_dir: Path, document: CertificateFil
     """Decrypt the Certificates document and store `<THUMB>.crt` / `<THUMB>.prv` (0600).
 
     No `<Data>`: nothing to do. A format other than PFX is skipped with a warning.
-    Everything is decrypted in memory first; if storing fails part-way, the files this
-    call created are removed, so no partial set of keys is left behind.
+    The openssl binary decrypts (module docstring); when it cannot, the envelope is
+    decrypted in-process, and when neither can, both reasons are shown. Everything is
+    decrypted before anything is stored; if storing fails part-way, the files this call
+    created are removed, so no partial set of keys is left behind.
     """
     if document.data is None:
         log.debug("Certificates document has no <Data>: no certificates")
@@ -602,23 +721,15 @@ def install_certificates(fs: FileSystem, lib_dir: Path, document: CertificateFil
         log.warning("Certificates document format %r is not %s: skipped",
                     document.format, "Pkcs7BlobWithPfxContents")
         return CertificateBundle((), ())
-    der = decode_certificate_data(document.data)
+    envelope = decode_certificate_data(document.data)
     try:
-        pfx = decrypt_cms(der, pair.key_pem, pair.cert_pem)
-    except UnsupportedCms as err:
-        log.info("in-process decryption unsupported (%s): using %s", err, openssl)
-        bundle = _decrypt_with_openssl(fs, lib_dir, der, pair, openssl)
-    else:
+        bundle = _decrypt_with_openssl(fs, lib_dir, envelope, pair, openssl)
+    except CertificateError as err:
+        log.info("%s: decrypting the certificates in-process", err)
         try:
-            bundle = read_pkcs12(pfx)
-        except CertificateError as err:
-            # Old PKCS#12 ciphers (RC2, ...) that this cryptography build refuses: openssl
-            # may read them (with -legacy). If it cannot either, both reasons are shown.
-            log.info("in-process PKCS#12 reading failed (%s): trying %s", err, openssl)
-            try:
-                bundle = _decrypt_with_openssl(fs, lib_dir, der, pair, openssl)
-            except CertificateError as fallback:
-                raise CertificateError(f"{err}; {fallback}") from None
+            bundle = read_pkcs12(decrypt_cms(envelope, pair.key_pem, pair.cert_pem))
+        except CertificateError as in_process:
+            raise CertificateError(f"{in_process} (and with {openssl}: {err})") from None
     store_bundle(fs, lib_dir, bundle)
     return bundle
 
@@ -656,16 +767,14 @@ def _command_path(fs: FileSystem, path: Path) -> str:
     return str(path)
 
 
-def _decrypt_with_openssl(fs: FileSystem, lib_dir: Path, der: bytes, pair: TransportPair,
+def _decrypt_with_openssl(fs: FileSystem, lib_dir: Path, envelope: bytes, pair: TransportPair,
                           openssl: str) -> CertificateBundle:
     """The openssl binary's way: `cms -decrypt`, then `pkcs12 -nodes` to PEM."""
     runner = fs.runner
     if runner.plan:
         raise CertificateError("certificates need the openssl binary to decrypt; not run in "
                                "plan mode")
-    armoured = ("-----BEGIN CMS-----\n"
-                + "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
-                + "\n-----END CMS-----\n")
+    armoured = to_pem("CMS", envelope).decode()
     fs.mkdir(lib_dir, mode=0o700, why="agent state directory (holds private keys)")
     scratch = lib_dir / ".Certificates.p12.partial"
     try:
@@ -673,7 +782,7 @@ def _decrypt_with_openssl(fs: FileSystem, lib_dir: Path, der: bytes, pair: Trans
                        "-inkey", _command_path(fs, pair.key_path),
                        "-recip", _command_path(fs, pair.cert_path),
                        "-out", _command_path(fs, scratch)],
-                      input=armoured, why="decrypt platform certificates (openssl fallback)")
+                      input=armoured, why="decrypt platform certificates")
         pem = ""
         for extra in ([], ["-legacy"]):  # OpenSSL 3 reads old PKCS#12 ciphers only with -legacy
             result = runner.probe([openssl, "pkcs12", "-nodes", "-password", "pass:", *extra,
@@ -687,5 +796,5 @@ def _decrypt_with_openssl(fs: FileSystem, lib_dir: Path, der: bytes, pair: Trans
         raise CertificateError(f"{openssl} could not decrypt the certificates: {err}") from None
     finally:
         # A decrypted PKCS#12 holds the keys in clear: never leave it behind.
-        fs.remove(scratch, why="remove decrypted certificates scratch file")
+        fs.remove(scratch, why="remove decrypted certificates scratch file", quiet=True)
     return parse_pem_bundle(pem.encode())

@@ -51,8 +51,8 @@ REPO = Path(__file__).resolve().parents[2]
 FABRIC_ADDRESS = "192.0.2.1"
 VM_ADDRESS = "192.0.2.10"
 # What the agent needs in the VM besides the default root: python3 to run, sfdisk (fdisk)
-# to partition the resource disk.
-OUR_PACKAGES: tuple[str, ...] = (*debian_root.DEFAULT_PACKAGES, "python3", "fdisk")
+# to partition the resource disk, openssl for the transport pair and certificates.
+OUR_PACKAGES: tuple[str, ...] = (*debian_root.DEFAULT_PACKAGES, "python3", "fdisk", "openssl")
 # The published agent for the benchmarks, and xorriso to read its DVD (see bench/ready.py).
 WAAGENT_PACKAGES: tuple[str, ...] = (*OUR_PACKAGES, "waagent", "xorriso")
 HOST_TOOLS = ("ip", "unshare", "nsenter", "chroot", "losetup", "mount", "mknod", "dnsmasq",

@@ -48,6 +48,36 @@ def test_runner_timeout_and_missing_tool(tmp_path: Path) -> None:
         runner.probe(["no-such-tool-xyz"])
 
 
+def test_started_command_runs_beside_the_caller(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path))
+    marker = tmp_path / "done"
+    started = runner.start(["sh", "-c", f"sleep 0.2; echo made > {marker}; echo out"],
+                           why="background work")
+    assert not marker.exists(), "start() must return before the command finishes"
+    result = started.wait()
+    assert result.ok and result.stdout == "out\n" and marker.read_text() == "made\n"
+    assert started.wait() is result  # waiting again gives the same result
+    assert [c.why for c in runner.planned] == ["background work"]
+
+
+def test_started_command_failures(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path))
+    with pytest.raises(CommandFailed, match="exit status 4: bad"):
+        runner.start(["sh", "-c", "echo bad >&2; exit 4"], why="t").wait()
+    assert runner.start(["false"], why="t").wait(check=False).returncode == 1
+    with pytest.raises(CommandFailed, match="command not found"):
+        runner.start(["no-such-tool-xyz"], why="t")
+    with pytest.raises(CommandFailed, match="timed out after"):
+        runner.start(["sleep", "5"], why="t", timeout=0.2).wait()
+
+
+def test_started_command_in_plan_mode_is_only_recorded(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path), plan=True)
+    marker = tmp_path / "ran"
+    result = runner.start(["touch", str(marker)], why="would touch").wait()
+    assert result.planned and not marker.exists()
+
+
 def test_plan_mode_records_and_does_not_run(tmp_path: Path) -> None:
     runner = Runner(Root(tmp_path), plan=True)
     marker = tmp_path / "ran"

@@ -27,7 +27,9 @@ from wire.certs import (
     install_certificates,
     load_transport_pair,
     parse_pem_bundle,
+    private_key_openssh,
     ssh_public_key,
+    start_transport_keygen,
     transport_header_value,
 )
 from wire.documents import CertificateFile, parse_certificate_file
@@ -337,8 +339,9 @@ def _envelope(content: bytes, cert_pem: bytes, cipher: str, *, key_id: bool) -> 
 
 
 @needs_openssl
-def test_openssl_fallback_for_an_unsupported_cipher(tmp_path: Path) -> None:
-    """Camellia is not decrypted in-process: the openssl binary runs through the Runner."""
+def test_openssl_decrypts_a_cipher_the_in_process_path_does_not_know(tmp_path: Path) -> None:
+    """Camellia is not decrypted in-process; the openssl binary, run through the Runner,
+    reads it."""
     root = Root(tmp_path)
     fs = FileSystem(Runner(root=root))
     lib_dir = root / "var/lib/waagent"
@@ -361,7 +364,7 @@ def test_openssl_fallback_for_an_unsupported_cipher(tmp_path: Path) -> None:
 
 
 @needs_openssl
-def test_openssl_fallback_failure_is_named_and_leaves_nothing(tmp_path: Path) -> None:
+def test_a_failure_both_ways_leaves_nothing(tmp_path: Path) -> None:
     root = Root(tmp_path)
     fs = FileSystem(Runner(root=root))
     lib_dir = root / "var/lib/waagent"
@@ -424,3 +427,73 @@ def test_every_private_key_of_a_pkcs12_is_read() -> None:
     bundle = read_pkcs12(build_pkcs12(delivered))
     assert len(with_keys) >= 2
     assert sorted(k.thumbprint for k in bundle.keys) == with_keys
+
+
+# -- the openssl path and the in-process fallback ---------------------------------------------
+
+@needs_openssl
+def test_certificates_are_decrypted_by_openssl_outside_the_process(
+        sandbox: tuple[FileSystem, Path]) -> None:
+    fs, lib_dir = sandbox
+    document = parse_certificate_file((WIRE / "certs.xml").read_bytes())
+    bundle = install_certificates(fs, lib_dir, document, fixture_pair())
+    assert set(bundle.thumbprints) == EXPECTED
+    runs = [c.target for c in fs.runner.planned if c.kind == "run"]
+    assert any(r.startswith("openssl cms -decrypt") for r in runs), runs
+
+
+def test_without_openssl_the_certificates_are_decrypted_in_process(
+        sandbox: tuple[FileSystem, Path]) -> None:
+    fs, lib_dir = sandbox
+    document = parse_certificate_file((WIRE / "certs.xml").read_bytes())
+    bundle = install_certificates(fs, lib_dir, document, fixture_pair(),
+                                  openssl="/nonexistent/openssl")
+    assert set(bundle.thumbprints) == EXPECTED
+    assert key_files(lib_dir) == ["F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9.prv"]
+    assert not list(lib_dir.glob(".Certificates*"))
+
+
+@needs_openssl
+def test_both_ways_store_the_same_files(tmp_path: Path) -> None:
+    document = parse_certificate_file((WIRE / "certs.xml").read_bytes())
+    stored = []
+    for name, openssl in (("binary", "openssl"), ("in-process", "/nonexistent/openssl")):
+        fs = FileSystem(Runner(root=Root(tmp_path / name)))
+        lib_dir = tmp_path / name / "var/lib/waagent"
+        install_certificates(fs, lib_dir, document, fixture_pair(), openssl=openssl)
+        stored.append({p.name: p.read_bytes() for p in lib_dir.iterdir()})
+    assert stored[0] == stored[1]
+
+
+@needs_openssl
+def test_transport_pair_made_by_openssl_in_the_background(
+        sandbox: tuple[FileSystem, Path]) -> None:
+    fs, lib_dir = sandbox
+    collect = start_transport_keygen(fs, lib_dir, "openssl")
+    assert any(c.target.startswith("openssl req -x509") for c in fs.runner.planned)
+    pair = ensure_transport_pair(fs, lib_dir, generated=collect)
+    cert = x509.load_pem_x509_certificate(pair.cert_pem)
+    assert cert.subject.rfc4514_string() == "CN=LinuxTransport"
+    key = serialization.load_pem_private_key(pair.key_pem, None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    assert load_transport_pair(lib_dir) == pair
+    assert sorted(p.name for p in lib_dir.iterdir()) == ["TransportCert.pem",
+                                                         "TransportPrivate.pem"]
+    assert stat.S_IMODE(pair.key_path.stat().st_mode) == 0o600
+
+
+def test_transport_pair_made_in_process_without_openssl(
+        sandbox: tuple[FileSystem, Path]) -> None:
+    fs, lib_dir = sandbox
+    collect = start_transport_keygen(fs, lib_dir, "/nonexistent/openssl")
+    pair = ensure_transport_pair(fs, lib_dir, generated=collect)
+    assert load_transport_pair(lib_dir) == pair
+    assert not (lib_dir / ".transport-pair.partial").exists()
+
+
+def test_key_pair_public_line() -> None:
+    line = private_key_openssh((WIRE / "trans_prv").read_bytes())
+    cert_line = ssh_public_key((WIRE / "trans_cert").read_bytes())
+    assert line == cert_line and line.startswith("ssh-rsa AAAA")
+    with pytest.raises(CertificateError):
+        private_key_openssh(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
