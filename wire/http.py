@@ -1,14 +1,14 @@
 """HTTP transport for the platform: timeouts on every request, retries with backoff, a budget.
 
-The WireServer, HostGAPlugin and IMDS are reached with the standard library's
-`http.client` (cheap to import, and it never consults proxy variables: those
-endpoints must never be reached through a proxy). `requests` is imported only
-when a caller asks for a download through `HttpProxy.Host/Port`.
+The WireServer, HostGAPlugin and IMDS are reached over plain HTTP with `wire.http1` (one
+request per connection, cheap to import, and it never consults proxy variables: those
+endpoints must never be reached through a proxy). HTTPS URLs use the standard library's
+`http.client`; `requests` is imported only when a caller asks for a download through
+`HttpProxy.Host/Port`.
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
 import time
 import urllib.parse
@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import NamedTuple
 
 from wire.errors import HttpStatusError, WireError
+from wire.http1 import BadResponse, exchange
 
 log = logging.getLogger("waagent.wire.http")
 
@@ -173,7 +174,7 @@ class HttpClient:
                 response = self._send(method, url, headers or {}, body, limit, proxy, cap)
             except WireError:
                 raise
-            except (OSError, http.client.HTTPException) as err:
+            except (OSError, BadResponse) as err:
                 failures += 1
                 last = f"connection error: {err or type(err).__name__}"
                 delay = policy.backoff(failures)
@@ -215,23 +216,36 @@ class HttpClient:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise WireError(f"{shown_url(url)}: not an http(s) URL")
-        connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
-                            else http.client.HTTPConnection)
-        connection = connection_class(parts.hostname, parts.port, timeout=timeout)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         log.debug("%s %s", method, shown_url(url))
-        try:
-            connection.request(method, target, body=body, headers=dict(headers))
-            answer = connection.getresponse()
-            data = answer.read(cap + 1)
-            found = {name.lower(): value for name, value in answer.getheaders()}
-            status, reason = answer.status, answer.reason
-        finally:
-            connection.close()
+        if parts.scheme == "http":
+            status, reason, found, data = exchange(method, parts.hostname, parts.port or 80,
+                                                   target, headers, body, timeout, cap)
+        else:
+            status, reason, found, data = _send_https(method, parts.hostname, parts.port,
+                                                      target, headers, body, timeout, cap)
         if len(data) > cap:
             raise WireError(f"{method} {shown_url(url)}: answer larger than {cap} bytes, refused",
                             url=url, status=status)
         return Response(status, reason, found, data, url)
+
+
+def _send_https(method: str, host: str, port: int | None, target: str,
+                headers: Mapping[str, str], body: bytes | None, timeout: float,
+                cap: int) -> tuple[int, str, dict[str, str], bytes]:
+    import http.client  # with ssl: only HTTPS downloads pay for it
+
+    connection = http.client.HTTPSConnection(host, port, timeout=timeout)
+    try:
+        connection.request(method, target, body=body, headers=dict(headers))
+        answer = connection.getresponse()
+        data = answer.read(cap + 1)
+        found = {name.lower(): value for name, value in answer.getheaders()}
+        return answer.status, answer.reason, found, data
+    except http.client.HTTPException as err:
+        raise BadResponse(f"{type(err).__name__}: {err}") from None
+    finally:
+        connection.close()
 
 
 def _send_through_proxy(method: str, url: str, headers: Mapping[str, str], body: bytes | None,
