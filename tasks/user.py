@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facts import users
 from graph.context import Context
@@ -21,6 +20,9 @@ from graph.uptodate import Inputs, Probe
 from system import osutil
 from system.errors import AgentError, CommandFailed
 from tasks import inputs
+
+if TYPE_CHECKING:
+    from system.runner import Runner
 
 log = logging.getLogger("waagent.user")
 
@@ -119,19 +121,57 @@ def ensure_account(ctx: Context) -> None:
         raise UserError(f"cannot create user {name}: {err}") from None
 
 
-def password_hash(password: str, crypt_id: str, salt_length: int) -> str:
-    """A crypt(3) hash of `password`: `$1$`, `$2a$`, `$5$` or `$6$`, salt from a CSPRNG."""
-    from passlib.hash import bcrypt, md5_crypt, sha256_crypt, sha512_crypt
+def password_hash(password: str, crypt_id: str, salt_length: int, *,
+                  run: Runner | None = None, openssl: str = "openssl") -> str:
+    """A crypt(3) hash of `password`: `$1$`, `$2a$`, `$5$` or `$6$`, salt from a CSPRNG.
 
+    With a Runner, `openssl passwd` computes `$1$`/`$5$`/`$6$` hashes (the password on its
+    stdin): passlib costs ~2 MB and ~50 modules on the way to Ready. passlib does what
+    openssl cannot: bcrypt, a password with a line break or longer than openssl reads,
+    or no openssl binary at all.
+    """
     if crypt_id == "2a":  # bcrypt makes its own 22-character salt from os.urandom
+        from passlib.hash import bcrypt
+
         return str(bcrypt.using(ident="2a", rounds=10).hash(password))
+    import secrets
+
     length = max(1, min(salt_length, _MAX_SALT[crypt_id]))
     salt = "".join(secrets.choice(_CRYPT_ALPHABET) for _ in range(length))
+    if run is not None:
+        hashed = _openssl_password_hash(run, openssl, password, crypt_id, salt)
+        if hashed is not None:
+            return hashed
+    from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
+
     if crypt_id == "1":
         return str(md5_crypt.using(salt=salt).hash(password))
     scheme = sha256_crypt if crypt_id == "5" else sha512_crypt
     # 5000 rounds is crypt(3)'s default, written without a rounds= field.
     return str(scheme.using(salt=salt, rounds=5000).hash(password))
+
+
+# `openssl passwd -stdin` reads one line of at most 256 bytes per password.
+_OPENSSL_PASSWORD_MAX = 255
+
+
+def _openssl_password_hash(run: Runner, openssl: str, password: str, crypt_id: str,
+                           salt: str) -> str | None:
+    """`openssl passwd -<id> -salt SALT -stdin`, or None when openssl cannot do it."""
+    if ("\n" in password or "\r" in password
+            or len(password.encode()) > _OPENSSL_PASSWORD_MAX):
+        return None
+    try:
+        result = run.probe([openssl, "passwd", f"-{crypt_id}", "-salt", salt, "-stdin"],
+                           input=password + "\n", check=True)
+    except CommandFailed as err:
+        log.info("%s cannot hash the password (%s): using passlib", openssl, err)
+        return None
+    hashed = result.stdout.strip()
+    if not hashed.startswith(f"${crypt_id}${salt}$") or "\n" in hashed:
+        log.info("%s passwd gave an unexpected answer: using passlib", openssl)
+        return None
+    return hashed
 
 
 def shadow_fields(ctx: Context, name: str) -> list[str] | None:
@@ -166,8 +206,9 @@ def ensure_password(ctx: Context) -> None:
                         "and no hash is set; attach the DVD again or set a password by hand")
     crypt_id = ctx.conf.text("Provisioning.PasswordCryptId") or "6"
     salt_length = ctx.conf.number("Provisioning.PasswordCryptSaltLength") or 10
-    osutil.set_password_hash(ctx.run, name, password_hash(password, crypt_id, salt_length),
-                             why=f"password of {name}")
+    hashed = password_hash(password, crypt_id, salt_length, run=ctx.run,
+                           openssl=ctx.conf.text("OS.OpensslPath") or "openssl")
+    osutil.set_password_hash(ctx.run, name, hashed, why=f"password of {name}")
 
 
 def sudoers_text(name: str, password_set: bool) -> str:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import pytest
 from passlib.hash import bcrypt, md5_crypt, sha256_crypt, sha512_crypt
 
+from system.root import Root
+from system.runner import Result, Runner
 from tasks.hostname import hosts_text
 from tasks.ssh import _key_body, edit_sshd_config
 from tasks.user import password_hash, sudoers_text
@@ -62,3 +68,42 @@ def test_hosts_entry() -> None:
 def test_key_body_ignores_options_and_comments() -> None:
     assert _key_body('from="10.0.0.1" ssh-ed25519 AAAAC3Nz bob@x') == "ssh-ed25519 AAAAC3Nz"
     assert _key_body("not a key") is None
+
+
+@pytest.mark.parametrize(("crypt_id", "scheme"), [
+    ("1", md5_crypt), ("5", sha256_crypt), ("6", sha512_crypt)])
+def test_openssl_computes_the_hash_and_passlib_verifies_it(tmp_path: Path, crypt_id: str,
+                                                           scheme: object) -> None:
+    runner = RecordingRunner(Root(tmp_path))
+    hashed = password_hash("S3cret pw ü", crypt_id, 16, run=runner)
+    assert scheme.verify("S3cret pw ü", hashed)  # type: ignore[attr-defined]
+    assert any(c.endswith(f"passwd -{crypt_id} -salt {hashed.split('$')[2]} -stdin")
+               for c in _commands_run(runner)), "openssl made it"
+
+
+def test_without_openssl_or_beyond_it_passlib_hashes(tmp_path: Path) -> None:
+    missing = Runner(Root(tmp_path))
+    assert sha512_crypt.verify("pw", password_hash("pw", "6", 10, run=missing,
+                                                   openssl="/nonexistent/openssl"))
+    runner = RecordingRunner(Root(tmp_path))
+    for password in ("x" * 300, "two\nlines"):
+        hashed = password_hash(password, "6", 10, run=runner)
+        assert sha512_crypt.verify(password, hashed)
+    assert _commands_run(runner) == [], "openssl would cut or split these passwords"
+
+
+class RecordingRunner(Runner):
+    """A Runner that remembers the read-only commands it ran."""
+
+    def __init__(self, root: Root) -> None:
+        super().__init__(root)
+        self.probed: list[str] = []
+
+    def probe(self, argv: Sequence[str], **kwargs: Any) -> Result:
+        self.probed.append(" ".join(argv))
+        return super().probe(argv, **kwargs)
+
+
+def _commands_run(runner: Runner) -> list[str]:
+    assert isinstance(runner, RecordingRunner)
+    return runner.probed
