@@ -1,4 +1,5 @@
-"""graph.lean_doit: doit loads without importlib.metadata, and nothing else notices."""
+"""graph.lean_doit: doit loads without importlib.metadata and multiprocessing, and nothing
+else notices."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ def test_the_agent_loads_doit_without_importlib_metadata() -> None:
     out = run_fresh("""
         import sys
         import graph.main
-        print("doit.plugin" in sys.modules, "importlib.metadata" in sys.modules)
+        print("doit.plugin" in sys.modules, "importlib.metadata" in sys.modules,
+              "multiprocessing" in sys.modules)
     """)
-    assert out == "True False"
+    assert out == "True False False"
 
 
 def test_a_later_import_gets_the_real_module() -> None:
@@ -43,3 +45,18 @@ def test_doits_entry_point_function_reaches_the_real_one() -> None:
         print(any(ep.name == "doit" for ep in found))
     """)
     assert out == "True"
+
+
+def test_doits_parallel_runner_still_gets_real_processes_and_queues() -> None:
+    out = run_fresh("""
+        import graph.main
+        from doit import runner
+        queue = runner.MQueue()
+        child = runner.MRunner.Child(target=queue.put, args=("from the child",))
+        child.start()
+        child.join()
+        import multiprocessing
+        print(queue.get(timeout=10), runner.MRunner.available(),
+              hasattr(multiprocessing, "cpu_count"))
+    """)
+    assert out == "from the child True True"
