@@ -151,6 +151,10 @@ def main(argv: Sequence[str] | None = None, run_doit: Callable[[list[str]], int]
         print(USAGE, file=sys.stderr)
         return 2
     if run_doit is None:
+        if inv.verb is None and inv.doit_args[:1] == ["provision"]:
+            from graph.loader import start_early_work
+
+            start_early_work([*inv.doit_args[1:], *_engine_vars(inv)])
         from graph.main import run_doit as engine
 
         run_doit = engine

@@ -48,6 +48,9 @@ AREAS: tuple[Area, ...] = (
     Area("gather", "gather facts: provisioning media, goal state, hardware", "tasks.gather", critical=True),
     Area("hostname", "set the hostname and publish it to DNS", "tasks.hostname", critical=True),
     Area("user", "the provisioned user: account, password, sudoers", "tasks.user", critical=True),
+    # After the user area: it waits for the transport key pair, which the work before overlaps.
+    Area("certificates", "the goal state's certificates, decrypted into Lib.Dir",
+         "tasks.certificates", critical=True),
     Area("ssh", "SSH: authorized keys, key pairs, sshd_config, host keys, reload", "tasks.ssh", critical=True),
     Area("customdata", "save, decode and run custom data", "tasks.customdata", critical=True),
     # After Ready: a DHCP renew must not delay it (dhclient -x alone takes a second).
@@ -67,6 +70,6 @@ GROUPS: tuple[Group, ...] = (
     # doit runs a group's areas in this order: Ready is reported as soon as the critical
     # areas are done, before the resource disk (mkfs, a late disk) can delay it.
     Group("provision", "boot-time provisioning: everything, report Ready",
-          ("gather", "hostname", "user", "ssh", "customdata", "report", "publish", "disk",
-           "network", "kernel")),
+          ("gather", "hostname", "user", "certificates", "ssh", "customdata", "report",
+           "publish", "disk", "network", "kernel")),
 )

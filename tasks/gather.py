@@ -5,19 +5,23 @@ gather:vm        VM id and distribution; a new VM id (a VM from a captured image
 gather:ovf       ovf-env.xml from the DVD (or `media=` image), kept without password
 gather:goalstate the goal state: runs every time, it is how changes reach the VM; for a
                  VM not provisioned yet it also tells the platform NotReady/Provisioning
-                 (first, before any provisioning work)
+                 (first, before any provisioning work). Its certificates are installed by
+                 the `certificates` area.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facts import store
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from tasks import inputs
+
+if TYPE_CHECKING:
+    from wire.documents import GoalState
 
 log = logging.getLogger("waagent.gather")
 
@@ -45,7 +49,7 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
         }
     yield {
         "name": "goalstate",
-        "doc": "fetch the goal state and its certificates from the WireServer",
+        "doc": "fetch the goal state from the WireServer (NotReady for a new VM)",
         "actions": [(gather_goal_state, [ctx])],
         "task_dep": ["gather:vm"],
     }
@@ -81,7 +85,11 @@ def clear_per_vm_state(ctx: Context, previous: str, current: str) -> None:
     for pattern in PER_VM_PATTERNS:
         for path in sorted(ctx.lib_dir.glob(pattern)):
             ctx.fs.remove(path, why=f"state of the previous VM {previous}")
+    # Facts read so far may be the old VM's; a transport key pair being made is this VM's.
+    keygen = ctx.memo.get("transport_pair")
     ctx.memo.clear()
+    if keygen is not None:
+        ctx.memo["transport_pair"] = keygen
 
 
 def ovf_missing(ctx: Context) -> str | None:
@@ -110,44 +118,23 @@ def gather_ovf(ctx: Context) -> None:
 
 
 def gather_goal_state(ctx: Context) -> None:
-    """Fetch the goal state; install certificates when they changed; store the facts."""
-    state = inputs.goal_state(ctx)
-    previous = store.load(ctx.root, ctx.conf, "goalstate") or {}
-    changed = previous.get("incarnation") != state.incarnation
-    # Provisioning needs only the certificates of the goal state; the other sub-documents
-    # (hosting environment, shared config, extensions) are for the areas that use them.
-    thumbprints = previous.get("certificates", [])
-    known = all((ctx.lib_dir / f"{t}.crt").exists() for t in thumbprints)
-    # Fetching and decrypting the certificates is the costly part of a goal state.
-    if state.certificates_url and (changed or not known):
-        if ctx.run.plan:  # a plan keeps no transport key: it could not decrypt them
-            ctx.run.record("fetch", "certificates", f"incarnation {state.incarnation}")
-            return
-        from wire.certs import install_certificates
-        from wire.errors import HttpStatusError
+    """Fetch the goal state and store its facts; NotReady/Provisioning for a new VM.
 
-        pair = inputs.transport_pair(ctx)
-        try:
-            document = inputs.wireserver(ctx).certificates(state, pair)
-        except HttpStatusError as err:
-            if err.status != 410:
-                raise
-            # 410 Gone: the goal state moved on while we read it; take the new one, once.
-            ctx.memo.pop("goal_state", None)
-            state = inputs.goal_state(ctx)
-            changed = previous.get("incarnation") != state.incarnation
-            document = inputs.wireserver(ctx).certificates(state, pair)
-        bundle = install_certificates(ctx.fs, ctx.lib_dir, document, pair,
-                                      openssl=ctx.conf.text("OS.OpensslPath") or "openssl") \
-            if document is not None else None
-        thumbprints = sorted(bundle.thumbprints) if bundle else []
+    Its certificates are the `certificates` area's: they wait for the transport key pair.
+    """
+    state = inputs.goal_state(ctx)
     if not inputs.is_provisioned(ctx) and inputs.mode(ctx) != "disabled":
         from tasks.report import report_provisioning
 
         report_provisioning(ctx)
+    store_goal_facts(ctx, state)
+
+
+def store_goal_facts(ctx: Context, state: GoalState) -> None:
+    """The goal state's facts the other tasks fingerprint."""
     store.save(ctx.fs, ctx.conf, "goalstate", {
         "incarnation": state.incarnation,
         "container_id": state.container_id,
         "role_instance_id": state.role_instance_id,
-        "certificates": thumbprints,
+        "has_certificates": bool(state.certificates_url),
     })

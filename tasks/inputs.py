@@ -121,8 +121,9 @@ def goal_state(ctx: Context) -> GoalState:
 
 def start_transport_pair(ctx: Context) -> None:
     """Start generating the transport key pair when none is kept yet: RSA key generation
-    (~100 ms, in an openssl process of its own) then overlaps reading the DVD and fetching
-    the goal state on the way to Ready."""
+    (~0.2 s, in an openssl process of its own) then overlaps loading the graph, reading the
+    DVD, fetching the goal state and the user's tasks on the way to Ready. Called before
+    doit loads (graph.loader.start_early_work) and again by gather:vm (a no-op by then)."""
     from wire.certs import TRANSPORT_CERT, TRANSPORT_KEY
 
     if ctx.run.plan or "transport_pair" in ctx.memo or (

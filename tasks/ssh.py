@@ -22,7 +22,7 @@ from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system import osutil
 from system.errors import AgentError, CommandFailed
-from tasks import inputs
+from tasks import certificates, inputs
 
 log = logging.getLogger("waagent.ssh")
 
@@ -56,7 +56,7 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
         "name": "authorized_keys",
         "doc": "authorized_keys of the user from the OVF keys and certificates",
         "actions": [(install_authorized_keys, [ctx])],
-        "task_dep": ["user:account", "gather:goalstate"],
+        "task_dep": ["user:account", "certificates:install"],
         "uptodate": [Inputs("keys", lambda: key_inputs(ctx)),
                      Probe("keys", lambda: authorized_keys_missing(ctx))],
     }
@@ -64,7 +64,7 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
         "name": "keypairs",
         "doc": "install the key pairs the platform delivered (private key 0600)",
         "actions": [(install_key_pairs, [ctx])],
-        "task_dep": ["user:account", "gather:goalstate"],
+        "task_dep": ["user:account", "certificates:install"],
         "uptodate": [Inputs("keypairs", lambda: keypair_inputs(ctx)),
                      Probe("keypairs", lambda: key_pairs_missing(ctx))],
     }
@@ -122,7 +122,7 @@ def key_inputs(ctx: Context) -> dict[str, Any]:
     return {"vm_id": inputs.vm_id(ctx), "username": ovf["username"],
             "keys": ovf["public_keys"], "certificates": sorted(by_cert),
             # Certificates the platform delivers can change with a new incarnation.
-            "delivered": inputs.goal_facts(ctx)["certificates"],
+            "delivered": certificates.thumbprints(ctx),
             **ctx.conf.subset(["OS.HomeDir"])}
 
 
@@ -217,7 +217,7 @@ def ensure_private_dir(ctx: Context, directory: Path, owner: tuple[int, int]) ->
 def keypair_inputs(ctx: Context) -> dict[str, Any]:
     ovf = inputs.ovf_facts(ctx)
     return {"vm_id": inputs.vm_id(ctx), "username": ovf["username"],
-            "key_pairs": ovf["key_pairs"], "delivered": inputs.goal_facts(ctx)["certificates"],
+            "key_pairs": ovf["key_pairs"], "delivered": certificates.thumbprints(ctx),
             **ctx.conf.subset(["OS.HomeDir"])}
 
 

@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import hashlib
 import logging
+import os
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +45,7 @@ TRANSPORT_CERT = "TransportCert.pem"
 TRANSPORT_KEY = "TransportPrivate.pem"
 TRANSPORT_SUBJECT = "LinuxTransport"
 TRANSPORT_VALIDITY_DAYS = 730
-_KEYGEN_SCRATCH = ".transport-pair.partial"
+_KEYGEN_SCRATCH = ".transport-pair-{pid}.partial"
 
 
 def to_pem(label: str, body: bytes) -> bytes:
@@ -215,9 +216,11 @@ def start_transport_keygen(fs: FileSystem, lib_dir: Path,
     Lib.Dir (0700) and read back; where openssl is missing or fails, the pair is made
     in-process instead.
     """
-    scratch = lib_dir / _KEYGEN_SCRATCH
+    scratch = lib_dir / _KEYGEN_SCRATCH.format(pid=os.getpid())
     fs.mkdir(lib_dir, mode=0o700, why="agent state directory (holds private keys)")
-    fs.remove(scratch, why="leftover transport pair scratch directory", quiet=True)
+    for leftover in _abandoned_keygen_scratch(lib_dir):
+        fs.remove(leftover, why="transport pair scratch directory of an agent that is gone",
+                  quiet=True)
     fs.mkdir(scratch, mode=0o700, why="scratch directory for a new transport pair", quiet=True)
     key_path, cert_path = scratch / TRANSPORT_KEY, scratch / TRANSPORT_CERT
     argv = [openssl, "req", "-x509", "-nodes", "-subj", f"/CN={TRANSPORT_SUBJECT}",
@@ -247,6 +250,20 @@ def start_transport_keygen(fs: FileSystem, lib_dir: Path,
             fs.remove(scratch, why="remove transport pair scratch directory", quiet=True)
 
     return collect
+
+
+def _abandoned_keygen_scratch(lib_dir: Path) -> list[Path]:
+    """Scratch directories of `start_transport_keygen` whose agent process has ended."""
+    found = []
+    for path in lib_dir.glob(_KEYGEN_SCRATCH.format(pid="*")):
+        pid = path.name.split("-")[-1].split(".")[0]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            found.append(path)
+        except PermissionError:
+            pass  # alive, someone else's
+    return found
 
 
 def generate_transport_pair() -> tuple[bytes, bytes]:

@@ -121,8 +121,8 @@ def test_new_certificates_in_a_new_incarnation_rerun_the_key_tasks(harness: Harn
     harness.run(check=True)
     harness.fabric.bump_incarnation(add_certificates=["rotated"])
     harness.run(check=True)
-    assert harness.ran() == {"gather:goalstate", "ssh:authorized_keys", "ssh:keypairs",
-                             "report:ready"}
+    assert harness.ran() == {"gather:goalstate", "certificates:install", "ssh:authorized_keys",
+                             "ssh:keypairs", "report:ready"}
     assert harness.health()[-1] == ("Ready", None, None)
 
 

@@ -1,0 +1,87 @@
+"""The goal state's certificates: fetched, decrypted and stored as `<THUMB>.crt`/`.prv`.
+
+certificates:install  when the goal state has certificates and they changed (a new
+                      incarnation, or a stored certificate is gone): fetch the document
+                      with the transport certificate, decrypt it, store the files
+
+A task of its own, after the user area: it waits for the transport key pair (an RSA key
+generated since the agent started, ~0.2 s), so the hostname and user work overlaps it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from facts import store
+from graph.context import Context
+from graph.uptodate import Inputs, Probe
+from tasks import inputs
+
+log = logging.getLogger("waagent.certificates")
+
+FACTS = "certificates"
+
+
+def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+    yield {
+        "name": "install",
+        "doc": "fetch, decrypt and store the goal state's certificates (.crt, .prv)",
+        "actions": [(install, [ctx])],
+        "task_dep": ["gather:goalstate"],
+        "uptodate": [Inputs("certificates", lambda: wanted(ctx)),
+                     Probe("certificates", lambda: stored_missing(ctx))],
+    }
+
+
+def wanted(ctx: Context) -> dict[str, Any]:
+    """What the certificates depend on: the goal state's incarnation and whether it has any."""
+    goal = inputs.goal_facts(ctx)
+    return {"vm_id": inputs.vm_id(ctx), "incarnation": goal["incarnation"],
+            "has_certificates": goal.get("has_certificates", True)}
+
+
+def thumbprints(ctx: Context) -> list[str]:
+    """The thumbprints of the certificates stored for the current goal state."""
+    found = store.load(ctx.root, ctx.conf, FACTS)
+    return list(found["thumbprints"]) if found else []
+
+
+def stored_missing(ctx: Context) -> str | None:
+    for thumb in thumbprints(ctx):
+        if not (ctx.lib_dir / f"{thumb}.crt").exists():
+            return f"certificate {thumb}.crt is missing from Lib.Dir"
+    return None
+
+
+def install(ctx: Context) -> None:
+    """Fetch and store the certificates of the current goal state."""
+    state = inputs.goal_state(ctx)
+    found: list[str] = []
+    if state.certificates_url:
+        if ctx.run.plan:  # a plan keeps no transport key: it could not decrypt them
+            ctx.run.record("fetch", "certificates", f"incarnation {state.incarnation}")
+            return
+        from wire.certs import install_certificates
+        from wire.errors import HttpStatusError
+
+        pair = inputs.transport_pair(ctx)
+        try:
+            document = inputs.wireserver(ctx).certificates(state, pair)
+        except HttpStatusError as err:
+            if err.status != 410:
+                raise
+            # 410 Gone: the goal state moved on while we read it; take the new one, once.
+            from tasks.gather import store_goal_facts
+
+            ctx.memo.pop("goal_state", None)
+            state = inputs.goal_state(ctx)
+            store_goal_facts(ctx, state)
+            document = inputs.wireserver(ctx).certificates(state, pair)
+        if document is not None:
+            bundle = install_certificates(ctx.fs, ctx.lib_dir, document, pair,
+                                          openssl=ctx.conf.text("OS.OpensslPath") or "openssl")
+            found = sorted(bundle.thumbprints)
+    store.save(ctx.fs, ctx.conf, FACTS, {"incarnation": state.incarnation,
+                                         "thumbprints": found})

@@ -1,0 +1,67 @@
+"""The transport key pair starts before doit loads, and the graph collects it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from graph import loader
+from system.fs import FileSystem
+from system.root import Root
+from system.runner import Runner
+from tasks import inputs
+from wire.certs import load_transport_pair, start_transport_keygen
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/waagent.conf").write_text("ResourceDisk.Format=n\n")
+    yield tmp_path
+    loader.EARLY = None
+
+
+@needs_openssl
+def test_the_graph_uses_the_context_whose_keygen_started_early(sandbox: Path) -> None:
+    loader.start_early_work([f"root={sandbox}", "wireserver=http://127.0.0.1:9"])
+    early = loader.EARLY
+    assert early is not None and "transport_pair" in early.memo
+    loader.dodo_namespace({"root": str(sandbox), "wireserver": "http://127.0.0.1:9"})
+    assert loader.CURRENT is early and loader.EARLY is None
+    pair = inputs.transport_pair(early)
+    assert load_transport_pair(early.lib_dir) == pair
+    assert not list(early.lib_dir.glob(".transport-pair-*")), "scratch directory removed"
+
+
+def test_other_variables_get_a_context_of_their_own(sandbox: Path) -> None:
+    # No openssl: nothing is left running in the sandbox when the test ends.
+    (sandbox / "etc/waagent.conf").write_text("OS.OpensslPath=/nonexistent/openssl\n")
+    loader.start_early_work([f"root={sandbox}", "verbose=y"])
+    early = loader.EARLY
+    loader.dodo_namespace({"root": str(sandbox)})
+    assert loader.CURRENT is not early
+
+
+def test_no_early_work_for_a_plan(sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "PLAN_MODE", True)
+    loader.start_early_work([f"root={sandbox}"])
+    assert loader.EARLY is None and not (sandbox / "var").exists()
+
+
+def test_scratch_of_an_agent_that_is_gone_is_removed(tmp_path: Path) -> None:
+    lib_dir = tmp_path / "var/lib/waagent"
+    gone = lib_dir / ".transport-pair-4194305.partial"  # above any pid_max: no such process
+    alive = lib_dir / f".transport-pair-{os.getppid()}.partial"
+    for path in (gone, alive):
+        path.mkdir(parents=True)
+    collect = start_transport_keygen(FileSystem(Runner(root=Root(tmp_path))), lib_dir,
+                                     "/nonexistent/openssl")
+    assert not gone.exists() and alive.exists()
+    collect()
+    assert sorted(p.name for p in lib_dir.iterdir()) == [alive.name]
