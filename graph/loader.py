@@ -119,7 +119,7 @@ def _area_creator(area: Area, ctx: Context) -> Callable[[], Iterator[dict[str, A
 
 def _group_creator(group: Group) -> Callable[[], dict[str, Any]]:
     def create() -> dict[str, Any]:
-        return {"actions": None, "task_dep": list(group.areas), "doc": group.doc}
+        return {"actions": None, "task_dep": group.task_dep, "doc": group.doc}
 
     create.__doc__ = group.doc
     return create

@@ -225,6 +225,20 @@ class Started:
         self._started = started
         self._limit = limit
 
+    def done(self) -> bool:
+        """True once the command has ended (at once in plan mode)."""
+        return self._result is not None or self._proc is None or self._proc.poll() is not None
+
+    def stop(self) -> None:
+        """Kill the command and reap it: its work is no longer wanted."""
+        proc = self._proc
+        if proc is None or self._result is not None:
+            return
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        self._result = Result(tuple(proc.args), proc.returncode,  # type: ignore[arg-type]
+                              stdout, stderr, time.monotonic() - self._started)
+
     def wait(self, *, check: bool = True) -> Result:
         """Wait for the command (killing it at its timeout); CommandFailed when `check` and
         it failed."""

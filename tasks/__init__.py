@@ -37,11 +37,21 @@ class Area(NamedTuple):
 
 
 class Group(NamedTuple):
-    """A named set of areas run together, e.g. `provision` at boot."""
+    """A named set of areas run together, e.g. `provision` at boot.
+
+    `areas` are run in their order. An entry `AREA:TASK` takes that task ahead of the rest
+    of its area (doit would otherwise run a task whose dependency is not done yet after
+    everything else, the resource disk included).
+    """
 
     name: str
     doc: str
     areas: tuple[str, ...]
+
+    @property
+    def task_dep(self) -> list[str]:
+        """The group's doit dependencies, as wildcards so doit keeps their order."""
+        return [f"{entry}*" if ":" in entry else f"{entry}:*" for entry in self.areas]
 
 
 AREAS: tuple[Area, ...] = (
@@ -68,8 +78,12 @@ AREAS: tuple[Area, ...] = (
 
 GROUPS: tuple[Group, ...] = (
     # doit runs a group's areas in this order: Ready is reported as soon as the critical
-    # areas are done, before the resource disk (mkfs, a late disk) can delay it.
+    # areas are done, before the resource disk (mkfs, a late disk) can delay it. The
+    # certificates wait for the transport key pair, made since the agent started: the
+    # hostname, user, host key and sshd work runs first, the SSH keys from certificates
+    # after them.
     Group("provision", "boot-time provisioning: everything, report Ready",
-          ("gather", "hostname", "user", "certificates", "ssh", "customdata", "report",
-           "publish", "disk", "network", "kernel")),
+          ("gather", "hostname", "user", "ssh:hostkeys", "ssh:config", "ssh:reload",
+           "ssh:report", "certificates", "ssh", "customdata", "report", "publish", "disk",
+           "network", "kernel")),
 )

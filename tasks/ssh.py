@@ -52,22 +52,6 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
     if inputs.mode(ctx) != "waagent":
         return
     conf = ctx.conf
-    yield {
-        "name": "authorized_keys",
-        "doc": "authorized_keys of the user from the OVF keys and certificates",
-        "actions": [(install_authorized_keys, [ctx])],
-        "task_dep": ["user:account", "certificates:install"],
-        "uptodate": [Inputs("keys", lambda: key_inputs(ctx)),
-                     Probe("keys", lambda: authorized_keys_missing(ctx))],
-    }
-    yield {
-        "name": "keypairs",
-        "doc": "install the key pairs the platform delivered (private key 0600)",
-        "actions": [(install_key_pairs, [ctx])],
-        "task_dep": ["user:account", "certificates:install"],
-        "uptodate": [Inputs("keypairs", lambda: keypair_inputs(ctx)),
-                     Probe("keypairs", lambda: key_pairs_missing(ctx))],
-    }
     if conf.flag("Provisioning.RegenerateSshHostKeyPair"):
         yield {
             "name": "hostkeys",
@@ -103,6 +87,23 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
         "task_dep": ["ssh:reload", "gather:goalstate"],
         "uptodate": [Inputs("hostkey-report", lambda: {
             "vm_id": inputs.vm_id(ctx), "thumbprint": host_key_thumbprint(ctx)})],
+    }
+    # Last: they wait for the certificates (see the provision group in tasks/__init__.py).
+    yield {
+        "name": "authorized_keys",
+        "doc": "authorized_keys of the user from the OVF keys and certificates",
+        "actions": [(install_authorized_keys, [ctx])],
+        "task_dep": ["user:account", "certificates:install"],
+        "uptodate": [Inputs("keys", lambda: key_inputs(ctx)),
+                     Probe("keys", lambda: authorized_keys_missing(ctx))],
+    }
+    yield {
+        "name": "keypairs",
+        "doc": "install the key pairs the platform delivered (private key 0600)",
+        "actions": [(install_key_pairs, [ctx])],
+        "task_dep": ["user:account", "certificates:install"],
+        "uptodate": [Inputs("keypairs", lambda: keypair_inputs(ctx)),
+                     Probe("keypairs", lambda: key_pairs_missing(ctx))],
     }
 
 

@@ -71,6 +71,16 @@ def test_started_command_failures(tmp_path: Path) -> None:
         runner.start(["sleep", "5"], why="t", timeout=0.2).wait()
 
 
+def test_started_command_can_be_polled_and_stopped(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path))
+    slow = runner.start(["sleep", "30"], why="t")
+    quick = runner.start(["true"], why="t")
+    quick.wait()
+    assert quick.done() and not slow.done()
+    slow.stop()
+    assert slow.done() and slow.wait(check=False).returncode == -9
+
+
 def test_started_command_in_plan_mode_is_only_recorded(tmp_path: Path) -> None:
     runner = Runner(Root(tmp_path), plan=True)
     marker = tmp_path / "ran"
