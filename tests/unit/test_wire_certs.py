@@ -470,7 +470,7 @@ def test_transport_pair_made_by_openssl_in_the_background(
         sandbox: tuple[FileSystem, Path]) -> None:
     fs, lib_dir = sandbox
     collect = start_transport_keygen(fs, lib_dir, "openssl")
-    assert sum(c.target.startswith("openssl req -x509") for c in fs.runner.planned) == 2
+    assert sum("openssl req -x509" in c.target for c in fs.runner.planned) == 2
     pair = ensure_transport_pair(fs, lib_dir, generated=collect)
     cert = x509.load_pem_x509_certificate(pair.cert_pem)
     assert cert.subject.rfc4514_string() == "CN=LinuxTransport"
