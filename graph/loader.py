@@ -150,11 +150,21 @@ def _task_creators(namespace: dict[str, Any], command_names: Any) -> list[Any]:
     return found
 
 
+def _wild_tasks(self: Any, pattern: str) -> list[str]:
+    """doit's wildcard expansion, one compiled pattern instead of fnmatch per task."""
+    import fnmatch
+
+    return fnmatch.filter(self._def_order, pattern)
+
+
 def install_fast_loader() -> None:
-    """Use `_task_creators` in doit's loader (doit is pinned to 0.37.x in pyproject)."""
+    """Use `_task_creators` in doit's loader and `_wild_tasks` in its task control (doit is
+    pinned to 0.37.x in pyproject)."""
+    import doit.control
     import doit.loader
 
     doit.loader._get_task_creators = _task_creators
+    doit.control.TaskControl._get_wild_tasks = _wild_tasks
 
 
 def dodo_namespace(variables: dict[str, str] | None = None) -> dict[str, Any]:
