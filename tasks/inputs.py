@@ -124,7 +124,7 @@ def start_transport_pair(ctx: Context) -> None:
     (~0.2 s, in an openssl process of its own) then overlaps loading the graph, reading the
     DVD, fetching the goal state and the user's tasks on the way to Ready. Called before
     doit loads (graph.loader.start_early_work) and again by gather:vm (a no-op by then)."""
-    from wire.certs import TRANSPORT_CERT, TRANSPORT_KEY
+    from wire import TRANSPORT_CERT, TRANSPORT_KEY
 
     if ctx.run.plan or "transport_pair" in ctx.memo or (
             (ctx.lib_dir / TRANSPORT_KEY).exists() and (ctx.lib_dir / TRANSPORT_CERT).exists()):

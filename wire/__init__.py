@@ -9,4 +9,9 @@ imports this package and must stay fast.
 
 from wire.errors import DocumentError, HttpStatusError, WireError
 
-__all__ = ["DocumentError", "HttpStatusError", "WireError"]
+# The transport pair's files in Lib.Dir (named here so that checking for them does not
+# import wire.certs on every boot).
+TRANSPORT_CERT = "TransportCert.pem"
+TRANSPORT_KEY = "TransportPrivate.pem"
+
+__all__ = ["TRANSPORT_CERT", "TRANSPORT_KEY", "DocumentError", "HttpStatusError", "WireError"]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from system.errors import CommandFailed
 from system.fs import FileSystem
 from system.runner import Started
-from wire import der
+from wire import TRANSPORT_CERT, TRANSPORT_KEY, der
 from wire.documents import CertificateFile
 from wire.errors import CertificateError
 
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("waagent.wire.certs")
 
-TRANSPORT_CERT = "TransportCert.pem"
-TRANSPORT_KEY = "TransportPrivate.pem"
 TRANSPORT_SUBJECT = "LinuxTransport"
 TRANSPORT_VALIDITY_DAYS = 730
 _KEYGEN_SCRATCH = ".transport-pair-{pid}.partial"
