@@ -182,3 +182,20 @@ def dodo_namespace(variables: dict[str, str] | None = None) -> dict[str, Any]:
     for group in GROUPS:
         namespace[f"task_{group.name}"] = _group_creator(group)
     return namespace
+
+
+def for_groups_only(namespace: dict[str, Any], command: str,
+                    targets: list[str]) -> dict[str, Any]:
+    """The namespace a `run` of groups needs (the boot's `run provision`): the creators of
+    the areas those groups name, not the others. Generating an area imports its module,
+    and a boot needs neither deprovision nor the serial console. Any other command or
+    target (a task, an area: its dependencies may lie in other areas) gets every area."""
+    names = [t for t in targets if "=" not in t and not t.startswith("-")]
+    names = names or list(namespace.get("DOIT_CONFIG", {}).get("default_tasks", []))
+    groups = {group.name: group for group in GROUPS}
+    if command != "run" or not names or any(name not in groups for name in names):
+        return namespace
+    areas = {entry.split(":")[0] for name in names for entry in groups[name].areas}
+    keep = {f"task_{name}" for name in [*areas, *names]}
+    return {key: value for key, value in namespace.items()
+            if not key.startswith("task_") or key in keep}

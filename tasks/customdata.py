@@ -6,8 +6,6 @@ customdata:run   executed once per VM with Provisioning.ExecuteCustomData
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -70,6 +68,9 @@ def save_custom_data(ctx: Context) -> None:
         return
     content: bytes = raw.encode()
     if ctx.conf.flag("Provisioning.DecodeCustomData"):
+        import base64  # only here: the boot's up-to-date checks should not pay for it
+        import binascii
+
         try:
             content = base64.b64decode(raw, validate=False)
         except (binascii.Error, ValueError) as err:

@@ -65,3 +65,19 @@ def test_scratch_of_an_agent_that_is_gone_is_removed(tmp_path: Path) -> None:
     assert not gone.exists() and alive.exists()
     collect()
     assert sorted(p.name for p in lib_dir.iterdir()) == [alive.name]
+
+
+def test_a_run_of_provision_loads_only_the_areas_of_the_group() -> None:
+    namespace = {"DOIT_CONFIG": {"default_tasks": ["provision"]},
+                 **{f"task_{name}": object() for name in (
+                     "gather", "ssh", "certificates", "deprovision", "serialconsole",
+                     "provision")}}
+    for targets in (["provision", "root=/x"], []):
+        kept = loader.for_groups_only(namespace, "run", targets)
+        assert "task_deprovision" not in kept and "task_serialconsole" not in kept
+        assert {"task_gather", "task_ssh", "task_certificates", "task_provision",
+                "DOIT_CONFIG"} <= set(kept)
+    # Anything else may need any area: a task's dependencies can lie in other areas.
+    for command, targets in (("run", ["ssh"]), ("run", ["user:account"]),
+                             ("run", ["provision", "deprovision"]), ("list", [])):
+        assert loader.for_groups_only(namespace, command, targets) == namespace
