@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from conf import ConfigError
 from graph.context import Context, make_context
 from graph.reporter import WaagentReporter
 from system.redact import RedactingFilter
@@ -59,7 +60,10 @@ def start_early_work(args: list[str]) -> None:
                      in KNOWN_VARS)
     if PLAN_MODE:
         return
-    EARLY = make_context(variables)
+    try:
+        EARLY = make_context(variables)
+    except ConfigError:
+        return  # the graph's loading reports it, as for any other command
     start_transport_pair(EARLY)
 
 
@@ -172,8 +176,14 @@ def dodo_namespace(variables: dict[str, str] | None = None) -> dict[str, Any]:
     global CURRENT, EARLY
     install_fast_loader()
     wanted = variables if variables is not None else command_line_vars()
-    ctx = EARLY if EARLY is not None and EARLY.vars == wanted and not PLAN_MODE \
-        else make_context(wanted, plan=PLAN_MODE)
+    try:
+        ctx = EARLY if EARLY is not None and EARLY.vars == wanted and not PLAN_MODE \
+            else make_context(wanted, plan=PLAN_MODE)
+    except ConfigError as err:
+        from doit.exceptions import InvalidDodoFile
+
+        # doit prints it as one line, "ERROR: <file>:<line>: ...", and exits 3.
+        raise InvalidDodoFile(str(err)) from None
     CURRENT, EARLY = ctx, None
     configure_logging(ctx)
     namespace: dict[str, Any] = {"DOIT_CONFIG": doit_config(ctx)}

@@ -72,10 +72,14 @@ def test_a_run_writes_state_under_lib_dir(sandbox: Path, tmp_path: Path) -> None
 def test_bad_config_fails_before_any_task(sandbox: Path, tmp_path: Path) -> None:
     conf = tmp_path / "waagent.conf"
     conf.write_text("Provisioning.Enabled=maybe\n")
-    out = run([str(BIN / "waagent"), "provision", f"root={sandbox}", f"conf={conf}"],
-              cwd=tmp_path)
-    assert out.returncode != 0
-    assert f"{conf}:1: Provisioning.Enabled='maybe'" in out.stderr + out.stdout
+    for argv in ([str(BIN / "waagent")], [sys.executable, "-m", "doit", "-f",
+                                          str(Path(__file__).parents[2] / "dodo.py")]):
+        out = run([*argv, "provision", f"root={sandbox}", f"conf={conf}"], cwd=tmp_path)
+        assert out.returncode == 3
+        # One line naming file, line and option; no traceback.
+        assert f"ERROR: {conf}:1: Provisioning.Enabled='maybe'" in out.stderr
+        assert "Traceback" not in out.stderr
+    assert not (sandbox / "var/lib/waagent").exists(), "nothing done"
 
 
 def test_stray_doit_cfg_is_ignored(sandbox: Path, tmp_path: Path) -> None:
