@@ -98,6 +98,24 @@ def test_first_boot_provisions_everything(harness: Harness) -> None:
     assert scenario.password not in result.stdout + result.stderr
 
 
+def test_boot_order_overlaps_the_key_generation_and_reports_ready_before_the_disk(
+        harness: Harness) -> None:
+    """The certificates wait for the transport key pair: everything that does not need
+    them runs first; Ready goes out before the hostname publish and the resource disk."""
+    harness.run(check=True)
+    tasks = harness.last_report()["tasks"]
+    order = sorted((entry["start"], name) for name, entry in tasks.items() if "start" in entry)
+    position = {name: index for index, (_start, name) in enumerate(order)}
+    before_certificates = ["gather:goalstate", "hostname:set", "user:account", "user:password",
+                           "ssh:hostkeys", "ssh:config", "ssh:reload", "ssh:report"]
+    for name in before_certificates:
+        assert position[name] < position["certificates:install"], order
+    for name in ("ssh:authorized_keys", "ssh:keypairs"):
+        assert position["certificates:install"] < position[name] < position["report:ready"]
+    for name in ("publish:hostname", "disk:partition", "disk:swapfile"):
+        assert position["report:ready"] < position[name], order
+
+
 def test_second_boot_runs_only_the_goal_state_check(harness: Harness) -> None:
     harness.run(check=True)
     reports = len(harness.health())
