@@ -206,13 +206,10 @@ def ensure_transport_pair(fs: FileSystem, lib_dir: Path,
     return TransportPair(cert_path, key_path, cert_pem, key_pem)
 
 
-# openssl processes racing to make the transport key. RSA key generation time varies
-# several-fold with the primes it happens to try (0.1-1 s here); the first of two to
-# finish cuts the tail. They run at a lower priority (`nice`), so the agent's own work
-# on the way to Ready keeps its core and they take what is left, all of it while the
-# agent waits for them.
-KEYGEN_RACERS = 2
-KEYGEN_NICE = "10"
+# RSA key generation time varies several-fold with the primes openssl happens to try
+# (0.1-1 s here). One openssl process starts at once; if the agent then has to wait for
+# it, a second one joins (the agent is idle, so a core is free) and the first of the two
+# to finish wins: the long tail is cut without slowing the agent's own work before.
 _POLL_SECONDS = 0.002
 
 
@@ -221,10 +218,11 @@ def start_transport_keygen(fs: FileSystem, lib_dir: Path,
     """Start `openssl req` making a new transport pair, as the platform's agent does; the
     function returned waits for it and gives (cert_pem, key_pem).
 
-    RSA key generation (~0.2 s) then runs in processes of their own (`KEYGEN_RACERS`, the
-    first to finish wins), beside loading the graph, reading the DVD and fetching the goal
-    state. The pair is written in a 0700 scratch directory inside Lib.Dir (0700) and read
-    back; where openssl is missing or fails, the pair is made in-process instead.
+    RSA key generation (~0.2 s) then runs in a process of its own beside loading the graph,
+    reading the DVD, fetching the goal state and the work that does not need the key
+    (see above for the second process). The pair is written in a 0700 scratch directory
+    inside Lib.Dir (0700) and read back; where openssl is missing or fails, the pair is
+    made in-process instead.
     """
     scratch = lib_dir / _KEYGEN_SCRATCH.format(pid=os.getpid())
     fs.mkdir(lib_dir, mode=0o700, why="agent state directory (holds private keys)")
@@ -233,21 +231,26 @@ def start_transport_keygen(fs: FileSystem, lib_dir: Path,
                   quiet=True)
     fs.mkdir(scratch, mode=0o700, why="scratch directory for a new transport pair", quiet=True)
     racers: list[tuple[Started, Path, Path]] = []
-    failure: Exception | None = None
-    for index in range(KEYGEN_RACERS):
+
+    def start() -> None:
+        index = len(racers)
         key_path, cert_path = scratch / f"key-{index}.pem", scratch / f"cert-{index}.pem"
-        argv = ["nice", "-n", KEYGEN_NICE, openssl, "req", "-x509", "-nodes",
-                "-subj", f"/CN={TRANSPORT_SUBJECT}", "-days", str(TRANSPORT_VALIDITY_DAYS),
-                "-newkey", "rsa:2048", "-keyout", _command_path(fs, key_path), "-out", _command_path(fs, cert_path)]
-        try:
-            started = fs.runner.start(argv, why="generate the transport key pair")
-        except CommandFailed as err:
-            failure = err
-            break
-        racers.append((started, cert_path, key_path))
+        argv = [openssl, "req", "-x509", "-nodes", "-subj", f"/CN={TRANSPORT_SUBJECT}",
+                "-days", str(TRANSPORT_VALIDITY_DAYS), "-newkey", "rsa:2048",
+                "-keyout", _command_path(fs, key_path), "-out", _command_path(fs, cert_path)]
+        racers.append((fs.runner.start(argv, why="generate the transport key pair"),
+                       cert_path, key_path))
+
+    failure: Exception | None = None
+    try:
+        start()
+    except CommandFailed as err:
+        failure = err
 
     def first_pair() -> tuple[bytes, bytes]:
         nonlocal failure
+        if racers and not racers[0][0].done():
+            start()  # the agent waits from here on: a second process races the first
         pending = list(racers)
         while pending:
             finished = [racer for racer in pending if racer[0].done()]
