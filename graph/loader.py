@@ -56,8 +56,8 @@ def start_early_work(args: list[str]) -> None:
     global EARLY
     from tasks.inputs import start_transport_pair
 
-    variables = dict(a.split("=", 1) for a in args if "=" in a and a.split("=", 1)[0]
-                     in KNOWN_VARS)
+    pairs = (arg.split("=", 1) for arg in args if "=" in arg)
+    variables = {name: value for name, value in pairs if name in KNOWN_VARS}
     if PLAN_MODE:
         return
     try:

@@ -4,13 +4,13 @@ certificates:install  when the goal state has certificates and they changed (a n
                       incarnation, or a stored certificate is gone): fetch the document
                       with the transport certificate, decrypt it, store the files
 
-A task of its own, after the user area: it waits for the transport key pair (an RSA key
-generated since the agent started, ~0.2 s), so the hostname and user work overlaps it.
+A task of its own, placed by the provision group (tasks/__init__.py) after the work that
+does not need it: it waits for the transport key pair (an RSA key generated since the
+agent started, ~0.2 s), which the hostname, user, host key and sshd work overlaps.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,8 +18,6 @@ from facts import store
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from tasks import inputs
-
-log = logging.getLogger("waagent.certificates")
 
 FACTS = "certificates"
 
@@ -81,7 +79,7 @@ def install(ctx: Context) -> None:
             document = inputs.wireserver(ctx).certificates(state, pair)
         if document is not None:
             bundle = install_certificates(ctx.fs, ctx.lib_dir, document, pair,
-                                          openssl=ctx.conf.text("OS.OpensslPath") or "openssl")
+                                          openssl=inputs.openssl(ctx))
             found = sorted(bundle.thumbprints)
     store.save(ctx.fs, ctx.conf, FACTS, {"incarnation": state.incarnation,
                                          "thumbprints": found})

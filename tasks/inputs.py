@@ -131,8 +131,12 @@ def start_transport_pair(ctx: Context) -> None:
         return
     from wire.certs import start_transport_keygen
 
-    ctx.memo["transport_pair"] = start_transport_keygen(
-        ctx.fs, ctx.lib_dir, ctx.conf.text("OS.OpensslPath") or "openssl")
+    ctx.memo["transport_pair"] = start_transport_keygen(ctx.fs, ctx.lib_dir, openssl(ctx))
+
+
+def openssl(ctx: Context) -> str:
+    """The openssl binary to run: `OS.OpensslPath` when set, else `openssl` from PATH."""
+    return ctx.conf.text("OS.OpensslPath") or "openssl"
 
 
 def transport_pair(ctx: Context) -> TransportPair:

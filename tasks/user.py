@@ -207,7 +207,7 @@ def ensure_password(ctx: Context) -> None:
     crypt_id = ctx.conf.text("Provisioning.PasswordCryptId") or "6"
     salt_length = ctx.conf.number("Provisioning.PasswordCryptSaltLength") or 10
     hashed = password_hash(password, crypt_id, salt_length, run=ctx.run,
-                           openssl=ctx.conf.text("OS.OpensslPath") or "openssl")
+                           openssl=inputs.openssl(ctx))
     osutil.set_password_hash(ctx.run, name, hashed, why=f"password of {name}")
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = (REPO.parent / "shared" / "fixtures").resolve()
+from tests.support.fixtures import FIXTURES
 
 # Loopback, and the documentation network our e2e namespaces use (never routed).
 ALLOWED_NETWORKS = (

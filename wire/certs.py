@@ -742,11 +742,6 @@ def _decrypt_content(algorithm: object, content_key: bytes, encrypted: bytes) ->
     return padded[:-pad]
 
 
-def openssl_command(openssl_path: str | None) -> str:
-    """The openssl binary to run: `OS.OpensslPath` when set, else `openssl` from PATH."""
-    return openssl_path or "openssl"
-
-
 # -- installing certificates ----------------------------------------------------------------
 
 def decrypt_certificate_file(document: CertificateFile, pair: TransportPair) -> CertificateBundle:

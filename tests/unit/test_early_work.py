@@ -20,7 +20,7 @@ needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="open
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Path]:
+def early_root(tmp_path: Path) -> Iterator[Path]:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/waagent.conf").write_text("ResourceDisk.Format=n\n")
     yield tmp_path
@@ -28,30 +28,30 @@ def sandbox(tmp_path: Path) -> Iterator[Path]:
 
 
 @needs_openssl
-def test_the_graph_uses_the_context_whose_keygen_started_early(sandbox: Path) -> None:
-    loader.start_early_work([f"root={sandbox}", "wireserver=http://127.0.0.1:9"])
+def test_the_graph_uses_the_context_whose_keygen_started_early(early_root: Path) -> None:
+    loader.start_early_work([f"root={early_root}", "wireserver=http://127.0.0.1:9"])
     early = loader.EARLY
     assert early is not None and "transport_pair" in early.memo
-    loader.dodo_namespace({"root": str(sandbox), "wireserver": "http://127.0.0.1:9"})
+    loader.dodo_namespace({"root": str(early_root), "wireserver": "http://127.0.0.1:9"})
     assert loader.CURRENT is early and loader.EARLY is None
     pair = inputs.transport_pair(early)
     assert load_transport_pair(early.lib_dir) == pair
     assert not list(early.lib_dir.glob(".transport-pair-*")), "scratch directory removed"
 
 
-def test_other_variables_get_a_context_of_their_own(sandbox: Path) -> None:
+def test_other_variables_get_a_context_of_their_own(early_root: Path) -> None:
     # No openssl: nothing is left running in the sandbox when the test ends.
-    (sandbox / "etc/waagent.conf").write_text("OS.OpensslPath=/nonexistent/openssl\n")
-    loader.start_early_work([f"root={sandbox}", "verbose=y"])
+    (early_root / "etc/waagent.conf").write_text("OS.OpensslPath=/nonexistent/openssl\n")
+    loader.start_early_work([f"root={early_root}", "verbose=y"])
     early = loader.EARLY
-    loader.dodo_namespace({"root": str(sandbox)})
+    loader.dodo_namespace({"root": str(early_root)})
     assert loader.CURRENT is not early
 
 
-def test_no_early_work_for_a_plan(sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_early_work_for_a_plan(early_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loader, "PLAN_MODE", True)
-    loader.start_early_work([f"root={sandbox}"])
-    assert loader.EARLY is None and not (sandbox / "var").exists()
+    loader.start_early_work([f"root={early_root}"])
+    assert loader.EARLY is None and not (early_root / "var").exists()
 
 
 def test_scratch_of_an_agent_that_is_gone_is_removed(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ from system.errors import ProbeFailed
 from system.fs import FileSystem
 from system.root import Root
 from system.runner import Result, Runner
+from tests.support.fixtures import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 OVF = (FIXTURES / "cloudinit/ovf/ovf-env_password_customdata.xml")
 
 pytestmark = pytest.mark.skipif(not OVF.exists(), reason="shared fixtures not found")

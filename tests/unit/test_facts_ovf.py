@@ -9,8 +9,8 @@ import pytest
 
 from facts.ovf import MAX_OVF_BYTES, OvfEnv, OvfError, parse_ovf_env, without_password
 from system.redact import redact
+from tests.support.fixtures import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 WALA = sorted((FIXTURES / "walinuxagent").glob("ovf-env*.xml"))
 CLOUDINIT = sorted((FIXTURES / "cloudinit" / "ovf").glob("*.xml"))
 

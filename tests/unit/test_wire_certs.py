@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from system.fs import FileSystem
 from system.root import Root
 from system.runner import Runner
+from tests.support.fixtures import FIXTURES
 from wire.certs import (
     TransportPair,
     certificate_thumbprint,
@@ -35,7 +36,6 @@ from wire.certs import (
 from wire.documents import CertificateFile, parse_certificate_file
 from wire.errors import CertificateError
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 WIRE = FIXTURES / "walinuxagent" / "wire"
 AZURE = FIXTURES / "cloudinit" / "azure"
 EXPECTED = {"F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9", "8979F1AC8C4215827BF3B5A403E6137B504D02A4"}

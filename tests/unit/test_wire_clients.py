@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.fixtures import FIXTURES
 from wire.blob import MAX_PAGE_WRITE, put_status_blob, status_blob_requests
 from wire.certs import TransportPair
 from wire.documents import HealthReport
@@ -33,7 +34,6 @@ from wire.http import (
 from wire.imds import ImdsClient, parse_instance_metadata
 from wire.wireserver import AgentIdentity, WireServerClient
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 WIRE = FIXTURES / "walinuxagent" / "wire"
 
 

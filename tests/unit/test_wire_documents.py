@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fixtures import FIXTURES
 from wire.documents import (
     HealthReport,
     health_report_xml,
@@ -25,7 +26,6 @@ from wire.extensions_config import (
     parse_manifest,
 )
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 WIRE = FIXTURES / "walinuxagent" / "wire"
 HOSTGAPLUGIN = FIXTURES / "walinuxagent" / "hostgaplugin"
 

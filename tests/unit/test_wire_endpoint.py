@@ -12,6 +12,7 @@ from conf.config import default_config
 from system.fs import FileSystem
 from system.root import Root
 from system.runner import Runner
+from tests.support.fixtures import FIXTURES
 from wire import dhcp
 from wire.endpoint import (
     FIXED_ENDPOINT,
@@ -24,7 +25,6 @@ from wire.endpoint import (
 )
 from wire.errors import WireError
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 WALA = FIXTURES / "walinuxagent"
 NOW = datetime.datetime(2024, 6, 1, tzinfo=datetime.UTC)
 ROUTES_HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
