@@ -32,6 +32,23 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 class Run(DoitRun):
     """Run tasks (the default command) under the agent's lock."""
 
+    def execute(self, params: Any, args: Any) -> Any:
+        # The loader reads the namespace (dodo.py's, or the waagent command's) in execute;
+        # a run of groups, such as the boot's, then needs only those groups' areas.
+        task_loader = self.loader
+        load_all = task_loader.load_tasks
+
+        def load_needed(cmd: Any, pos_args: list[str]) -> Any:
+            task_loader.namespace = loader.for_groups_only(task_loader.namespace, cmd.name,
+                                                           pos_args)
+            return load_all(cmd, pos_args)
+
+        task_loader.load_tasks = load_needed
+        try:
+            return super().execute(params, args)
+        finally:
+            del task_loader.load_tasks
+
     def _execute(self, **params: Any) -> Any:
         ctx = loader.CURRENT
         lock_fd = None

@@ -155,7 +155,11 @@ def _task_creators(namespace: dict[str, Any], command_names: Any) -> list[Any]:
 
 
 def _wild_tasks(self: Any, pattern: str) -> list[str]:
-    """doit's wildcard expansion, one compiled pattern instead of fnmatch per task."""
+    """doit's wildcard expansion without a regex per task, or per pattern for the groups'
+    `AREA:*` and `AREA:TASK*` (compiling ~15 patterns is ~1 ms of every boot)."""
+    prefix = pattern[:-1]
+    if pattern.endswith("*") and not any(char in prefix for char in "*?["):
+        return [name for name in self._def_order if name.startswith(prefix)]
     import fnmatch
 
     return fnmatch.filter(self._def_order, pattern)

@@ -32,10 +32,6 @@ class WaagentLoader(NamespaceTaskLoader):
         self.namespace = loader.dodo_namespace()
         return super().load_doit_config()  # type: ignore[no-any-return]
 
-    def load_tasks(self, cmd: Any, pos_args: list[str]) -> Any:
-        self.namespace = loader.for_groups_only(self.namespace, cmd.name, pos_args)
-        return super().load_tasks(cmd, pos_args)
-
 
 class WaagentDoitMain(DoitMain):
     """doit with the agent's commands; reads no doit.cfg or pyproject.toml from the cwd."""

@@ -15,8 +15,9 @@ from graph.uptodate import Check, describe
 KEEP_RUNS = 50
 
 
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Failed|Timeout|Operation|"
-                             r"Interrupt|Refused|Busy|Provisionable)): (.*)$")
+# A pattern string, compiled by `re` at its first use: only a failure needs it (~0.4 ms).
+_EXCEPTION_LINE = (r"^([A-Za-z_][\w.]*(?:Error|Exception|Failed|Timeout|Operation|"
+                   r"Interrupt|Refused|Busy|Provisionable)): (.*)$")
 
 
 def error_message(text: str) -> str:
@@ -27,7 +28,7 @@ def error_message(text: str) -> str:
     """
     lines = text.strip().splitlines()
     for index in range(len(lines) - 1, -1, -1):
-        match = _EXCEPTION_LINE.match(lines[index])
+        match = re.match(_EXCEPTION_LINE, lines[index])
         if match:
             name = match.group(1).split(".")[-1]
             rest = [line.strip() for line in lines[index + 1:] if line.strip()]

@@ -34,6 +34,31 @@ def test_doit_list_from_checkout_shows_groups_with_docs(sandbox: Path) -> None:
     assert "provision" in lines
 
 
+# Runs a command line as `doit` (from the checkout) or `waagent` would, then prints the
+# task modules it loaded.
+LOADED_AREAS = """
+import sys
+from doit.__main__ import main as doit
+from graph.main import run_doit as waagent
+try:
+    {entry}
+finally:
+    print(" ".join(sorted(m for m in sys.modules if m.startswith("tasks."))))
+"""
+
+
+@pytest.mark.parametrize("entry", ["doit()", "waagent(sys.argv[1:])"])
+def test_a_boot_loads_only_the_provision_group_areas(sandbox: Path, entry: str) -> None:
+    code = LOADED_AREAS.format(entry=entry)
+    out = run([sys.executable, "-c", code, "provision", f"root={sandbox}"], cwd=REPO)
+    loaded = set(out.stdout.split())
+    assert {"tasks.gather", "tasks.user", "tasks.ssh", "tasks.disk"} <= loaded, out.stderr
+    assert not loaded & {"tasks.deprovision", "tasks.serialconsole"}
+    # Any other command may need any area (a task's dependencies can lie in other areas).
+    out = run([sys.executable, "-c", code, "list", f"root={sandbox}"], cwd=REPO)
+    assert "tasks.deprovision" in out.stdout.split(), out.stderr
+
+
 def test_waagent_works_from_any_directory(tmp_path: Path) -> None:
     for args in (["-help"], ["-version"], ["-show-configuration"], ["/show-configuration"]):
         out = run([str(BIN / "waagent"), *args], cwd=tmp_path)
@@ -196,3 +221,16 @@ def task_slow():
               if len(line.split()) > 1}
     assert status.get("slow:first") == "U", out.stdout + out.stderr
     assert status.get("slow:second") == "R", "the interrupted task is not recorded as done"
+
+
+@pytest.mark.parametrize("pattern", ["ssh:*", "ssh:host*", "ssh*", "*", "user:account",
+                                     "s?h:*", "[su]*:*", "*:report", "nothing:*"])
+def test_wildcards_match_as_fnmatch_does(pattern: str) -> None:
+    import fnmatch
+
+    from graph.loader import _wild_tasks
+
+    names = ["gather:vm", "ssh:hostkeys", "ssh:config", "sshd:x", "user:account", "ssh",
+             "report:ready", "s*h:odd"]
+    control = SimpleNamespace(_def_order=names)
+    assert _wild_tasks(control, pattern) == [n for n in names if fnmatch.fnmatchcase(n, pattern)]
