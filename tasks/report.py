@@ -98,7 +98,7 @@ def _post(ctx: Context, report: Any, *, patient: bool = False) -> None:
 
 def report_provisioning(ctx: Context) -> None:
     """NotReady/Provisioning: the platform sees the agent at work."""
-    from wire.documents import HealthReport
+    from wire.reports import HealthReport
 
     _post(ctx, HealthReport.provisioning("Provisioning"))
 
@@ -129,7 +129,7 @@ def mark_provisioned(ctx: Context) -> None:
 
 
 def report_ready(ctx: Context) -> None:
-    from wire.documents import HealthReport
+    from wire.reports import HealthReport
 
     # The platform waits up to 40 minutes for Ready: retry for minutes, not seconds.
     _post(ctx, HealthReport.ready(), patient=True)
@@ -145,7 +145,7 @@ def stand_down_if_asked(ctx: Context) -> None:
 
 def report_failure(ctx: Context, message: str) -> None:
     """NotReady/ProvisioningFailed with the first failure's message; never raises."""
-    from wire.documents import HealthReport
+    from wire.reports import HealthReport
 
     try:
         _post(ctx, HealthReport.failed(message))

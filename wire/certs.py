@@ -34,8 +34,8 @@ from system.errors import CommandFailed
 from system.fs import FileSystem
 from system.runner import Started
 from wire import TRANSPORT_CERT, TRANSPORT_KEY, der
-from wire.documents import CertificateFile
 from wire.errors import CertificateError
+from wire.subdocuments import CertificateFile
 
 if TYPE_CHECKING:
     from cryptography import x509

@@ -12,19 +12,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from wire.documents import (
     WIRE_PROTOCOL_VERSION,
-    CertificateFile,
     GoalState,
-    HealthReport,
-    HostingEnvironmentConfig,
-    SharedConfig,
     Versions,
-    health_report_xml,
-    parse_certificate_file,
     parse_goal_state,
-    parse_hosting_environment,
-    parse_shared_config,
     parse_versions,
-    role_properties_xml,
 )
 from wire.errors import HttpStatusError, WireError
 from wire.http import HttpClient, Response, RetryPolicy, base_url, rebase_url
@@ -32,6 +23,8 @@ from wire.http import HttpClient, Response, RetryPolicy, base_url, rebase_url
 if TYPE_CHECKING:
     from wire.certs import TransportPair
     from wire.extensions_config import ExtensionsConfig
+    from wire.reports import HealthReport
+    from wire.subdocuments import CertificateFile, HostingEnvironmentConfig, SharedConfig
 
 log = logging.getLogger("waagent.wire.wireserver")
 
@@ -126,6 +119,8 @@ class WireServerClient:
                         attempts=self.goal_state_attempts)
 
     # -- sub-documents ---------------------------------------------------------------------
+    # Their parsers are imported in the methods: a boot whose goal state did not change
+    # fetches none of them (and the reports' module only when it reports).
 
     def fetch_document(self, url: str, extra: Mapping[str, str] | None = None) -> bytes:
         """GET a URL named in the goal state, rebased onto our endpoint."""
@@ -133,17 +128,20 @@ class WireServerClient:
 
     def hosting_environment(self, state: GoalState) -> HostingEnvironmentConfig | None:
         """HostingEnvironmentConfig of this goal state (None when it names none)."""
+        from wire.subdocuments import parse_hosting_environment
+
         url = state.hosting_environment_url
         return parse_hosting_environment(self.fetch_document(url)) if url else None
 
     def shared_config(self, state: GoalState) -> SharedConfig | None:
         """SharedConfig of this goal state (None when it names none)."""
+        from wire.subdocuments import parse_shared_config
+
         url = state.shared_config_url
         return parse_shared_config(self.fetch_document(url)) if url else None
 
     def extensions_config(self, state: GoalState) -> ExtensionsConfig | None:
         """ExtensionsConfig of this goal state (None when it names none)."""
-        # Imported here: a boot whose goal state did not change never parses one.
         from wire.extensions_config import parse_extensions_config
 
         url = state.extensions_config_url
@@ -154,6 +152,8 @@ class WireServerClient:
 
         Asks for AES-128-CBC first, then 3DES when the server refuses that cipher.
         """
+        from wire.subdocuments import parse_certificate_file
+
         url = state.certificates_url
         if not url:
             return None
@@ -202,6 +202,8 @@ class WireServerClient:
 
         For Ready, pass `retry=wire.http.READY_REPORT_RETRY`: the platform waits for it.
         """
+        from wire.reports import health_report_xml
+
         instance = _role_instance(state)
         body = health_report_xml(state.incarnation, state.container_id, instance, report)
         self.http.request("POST", f"{self.base}/machine?comp=health", body=body.encode(),
@@ -211,6 +213,8 @@ class WireServerClient:
 
     def report_role_properties(self, state: GoalState, properties: Mapping[str, str]) -> None:
         """POST role properties, e.g. {"CertificateThumbprint": <SSH host key thumbprint>}."""
+        from wire.reports import role_properties_xml
+
         instance = _role_instance(state)
         body = role_properties_xml(state.container_id, instance, dict(properties))
         url = f"{self.base}/machine?comp=roleProperties"

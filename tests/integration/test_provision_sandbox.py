@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,6 +123,30 @@ def test_second_boot_runs_only_the_goal_state_check(harness: Harness) -> None:
     harness.run(check=True)
     assert harness.ran() == {"gather:goalstate"}
     assert len(harness.health()) == reports, "nothing new reported"
+
+
+# Modules a no-op boot must not import: the heavy libraries, what doit loads for features
+# the agent turns off, and what only changed or failed work needs (bench/startup.py).
+NOT_ON_THE_NO_OP_BOOT = (
+    "networkx", "requests", "cryptography", "asn1crypto", "passlib", "yaml", "defusedxml",
+    "xml.etree", "http.client", "email", "importlib.metadata", "multiprocessing",
+    "wire.certs", "wire.subdocuments", "wire.reports", "wire.extensions_config",
+    "tasks.deprovision", "tasks.serialconsole", "graph.plan", "graph.render")
+
+
+def test_a_no_op_boot_imports_none_of_the_heavy_modules(harness: Harness) -> None:
+    harness.run(check=True)
+    code = ("import sys\nfrom graph.cli import main\ntry:\n    main()\nfinally:\n"
+            "    print(' '.join(sorted(sys.modules)))")
+    argv = [sys.executable, "-c", code, "provision", f"root={harness.root}",
+            f"conf={harness.conf}", f"wireserver={harness.fabric.wire_url}",
+            f"media={harness.media}"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert harness.ran() == {"gather:goalstate"}
+    loaded = set(result.stdout.split())
+    assert not {name for name in loaded
+                if name.startswith(tuple(NOT_ON_THE_NO_OP_BOOT))}
 
 
 def test_host_key_type_change_reruns_exactly_the_host_key_tasks(harness: Harness) -> None:

@@ -22,13 +22,13 @@ from system.root import Root
 from system.runner import Runner
 from wire.blob import put_status_blob
 from wire.certs import ensure_transport_pair, install_certificates, ssh_public_key
-from wire.documents import HealthReport
 from wire.endpoint import discover_endpoint, remember_endpoint
 from wire.errors import HttpStatusError, WireError
 from wire.extensions_config import parse_manifest
 from wire.hostplugin import HostPluginClient
 from wire.http import HttpClient, RetryPolicy
 from wire.imds import ImdsClient
+from wire.reports import HealthReport
 from wire.wireserver import WireServerClient
 
 

@@ -33,8 +33,8 @@ from wire.certs import (
     start_transport_keygen,
     transport_header_value,
 )
-from wire.documents import CertificateFile, parse_certificate_file
 from wire.errors import CertificateError
+from wire.subdocuments import CertificateFile, parse_certificate_file
 
 WIRE = FIXTURES / "walinuxagent" / "wire"
 AZURE = FIXTURES / "cloudinit" / "azure"

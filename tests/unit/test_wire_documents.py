@@ -8,16 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fixtures import FIXTURES
-from wire.documents import (
-    HealthReport,
-    health_report_xml,
-    parse_certificate_file,
-    parse_goal_state,
-    parse_hosting_environment,
-    parse_shared_config,
-    parse_versions,
-    role_properties_xml,
-)
+from wire.documents import parse_goal_state, parse_versions
 from wire.errors import DocumentError
 from wire.extensions_config import (
     is_on_hold,
@@ -25,6 +16,8 @@ from wire.extensions_config import (
     parse_extensions_config,
     parse_manifest,
 )
+from wire.reports import HealthReport, health_report_xml, role_properties_xml
+from wire.subdocuments import parse_certificate_file, parse_hosting_environment, parse_shared_config
 
 WIRE = FIXTURES / "walinuxagent" / "wire"
 HOSTGAPLUGIN = FIXTURES / "walinuxagent" / "hostgaplugin"
