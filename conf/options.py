@@ -4,8 +4,6 @@ One table, so the parser, `-show-configuration`, the docs and fingerprints agree
 Defaults follow the published agent (PLATFORM.md section 11).
 """
 
-from __future__ import annotations
-
 from typing import Literal, NamedTuple
 
 Kind = Literal["bool", "int", "str", "choice", "path"]

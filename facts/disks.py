@@ -8,8 +8,6 @@ means that root's /dev/sdb (a test makes it a device node or an image file),
 never the host's.
 """
 
-from __future__ import annotations
-
 import posixpath
 import struct
 from pathlib import Path
@@ -272,7 +270,7 @@ def parse_blkid_export(text: str) -> dict[str, str]:
     return values
 
 
-def blkid(runner: Runner, device: str) -> dict[str, str]:
+def blkid(runner: "Runner", device: str) -> dict[str, str]:
     """Low-level probe of a device by blkid (system path); {} when blkid finds nothing.
 
     blkid exits 2 when it finds no signature: that is a fact ("empty"), not a failure.

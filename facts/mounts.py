@@ -1,7 +1,5 @@
 """Mounts (/proc/self/mountinfo) and active swaps (/proc/swaps), read through the Root."""
 
-from __future__ import annotations
-
 import re
 from typing import NamedTuple
 

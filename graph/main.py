@@ -13,16 +13,9 @@ from doit.cmd_ignore import Ignore
 from doit.cmd_info import Info
 from doit.cmd_list import List
 from doit.doit_cmd import DoitMain
-from doit.plugin import PluginDict, PluginEntry
+from doit.plugin import PluginEntry
 
 from graph import commands, loader
-
-
-def disable_entry_point_plugins() -> None:
-    """doit lets any installed package's entry points replace its commands, reporters and
-    backends, ahead of our own; an agent running as root must not. (It is also ~12 ms
-    of metadata scanning on every boot.)"""
-    PluginDict._from_entry_points = lambda self, category: {}
 
 
 class WaagentLoader(NamespaceTaskLoader):
@@ -41,7 +34,7 @@ class WaagentDoitMain(DoitMain):
                  commands.ResetDep, commands.Strace)
 
     def __init__(self) -> None:
-        disable_entry_point_plugins()
+        commands.disable_entry_point_plugins()
         super().__init__(task_loader=WaagentLoader(), config_filenames=())
 
     def get_cmds(self) -> Any:

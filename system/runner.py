@@ -5,8 +5,6 @@ change the machine, and in plan mode only records what it would have run.
 In chroot mode (an offline image root) commands run inside the root.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import shlex
@@ -153,7 +151,7 @@ class Runner:
         *,
         why: str,
         timeout: float | None = None,
-    ) -> Started:
+    ) -> "Started":
         """Start a command that changes the machine and return at once; `wait()` on the
         result gives its Result (raising CommandFailed as `change` does). In plan mode it
         is recorded and not run. For work that overlaps the agent's own (key generation)."""
@@ -185,7 +183,7 @@ class Runner:
         stdin: str | None,
         env: Mapping[str, str] | None,
         cwd: str | None,
-    ) -> Started:
+    ) -> "Started":
         full = self._argv(argv)
         child_env = {"PATH": os.environ.get("PATH", _PATH) + ":" + _PATH, "LC_ALL": "C"}
         if env:

@@ -7,8 +7,6 @@ ExtensionsConfig and the manifests in `wire.extensions_config`; the reports the 
 sends are in `wire.reports`.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 from wire.errors import DocumentError

@@ -234,3 +234,18 @@ def test_wildcards_match_as_fnmatch_does(pattern: str) -> None:
              "report:ready", "s*h:odd"]
     control = SimpleNamespace(_def_order=names)
     assert _wild_tasks(control, pattern) == [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def test_run_never_takes_reporters_or_backends_from_installed_packages(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from doit.plugin import PluginDict
+
+    from graph.commands import Run
+    from graph.main import WaagentLoader
+
+    scanned: list[str] = []
+    monkeypatch.setattr(PluginDict, "_from_entry_points",
+                        lambda self, category: scanned.append(category) or {})
+    Run(task_loader=WaagentLoader(), config={}, bin_name="doit", cmds={})
+    assert scanned == [], "Run looked up entry points"
+    assert PluginDict()._from_entry_points("REPORTER") == {}
