@@ -8,7 +8,6 @@ loading the graph is on the path of every boot.
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from conf import ConfigError
 from graph.context import Context, make_context
 from graph.reporter import WaagentReporter
+from system import log as system_log
 from system.redact import RedactingFilter
 from tasks import AREAS, GROUPS, Area, Group
 
@@ -90,24 +90,35 @@ def doit_config(ctx: Context) -> dict[str, Any]:
 
 
 def configure_logging(ctx: Context) -> None:
-    """Agent log to stderr (journald reads it) and to /var/log/waagent.log in the root."""
-    logger = logging.getLogger("waagent")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
+    """Agent log to stderr (journald reads it) and to /var/log/waagent.log in the root.
+
+    Set up at the first record (system.log): a boot with nothing to do imports logging
+    and opens the log file only if it logs."""
     verbose = bool(ctx.var("verbose")) or ctx.conf.flag("Logs.Verbose")
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logger.propagate = False
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    console.addFilter(RedactingFilter())
-    if ctx.conf.flag("Logs.Console"):
-        logger.addHandler(console)
-    log_dir = ctx.root / "var/log"
-    if not PLAN_MODE and log_dir.is_dir():
-        file_handler = logging.FileHandler(log_dir / "waagent.log", encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        file_handler.addFilter(RedactingFilter())
-        logger.addHandler(file_handler)
+    to_console = ctx.conf.flag("Logs.Console")
+    log_file = None if PLAN_MODE else ctx.root / "var/log/waagent.log"
+
+    def set_up() -> None:
+        import logging
+
+        logger = logging.getLogger("waagent")
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        logger.propagate = False
+        if to_console:
+            console = logging.StreamHandler(sys.stderr)
+            console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+            console.addFilter(RedactingFilter())
+            logger.addHandler(console)
+        if log_file is not None and log_file.parent.is_dir():
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+            file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            file_handler.addFilter(RedactingFilter())
+            logger.addHandler(file_handler)
+
+    system_log.configure(set_up, system_log.DEBUG if verbose else system_log.INFO)
 
 
 def _area_creator(area: Area, ctx: Context) -> Callable[[], Iterator[dict[str, Any]]]:

@@ -7,7 +7,6 @@ the target (DESIGN rule 6), so a crash leaves either the old or the new file.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import stat
@@ -15,9 +14,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from system.log import DEBUG, INFO, get_logger
 from system.runner import Runner
 
-log = logging.getLogger("waagent.fs")
+log = get_logger("waagent.fs")
 
 MARKER = "Managed by waagent-graph"
 
@@ -86,7 +86,7 @@ class FileSystem:
                 os.unlink(tmp)
             raise
         self._fsync_dir(path.parent)
-        log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s%s", self._shown(path),
+        log.log(DEBUG if quiet else INFO, "changed: %s%s", self._shown(path),
                 "" if secret else f" ({why})")
         return True
 
@@ -109,7 +109,7 @@ class FileSystem:
         os.chmod(path, mode)
         if owner is not None:
             os.chown(path, *owner)
-        log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s/ (%s)",
+        log.log(DEBUG if quiet else INFO, "changed: %s/ (%s)",
                 self._shown(path), why)
         return True
 
@@ -124,7 +124,7 @@ class FileSystem:
             shutil.rmtree(path)
         else:
             path.unlink()
-        log.log(logging.DEBUG if quiet else logging.INFO, "removed: %s (%s)",
+        log.log(DEBUG if quiet else INFO, "removed: %s (%s)",
                 self._shown(path), why)
         return True
 

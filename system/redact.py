@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import logging
 
 MASK = "<redacted>"
 
@@ -28,8 +31,10 @@ def redact(text: str) -> str:
     return text
 
 
-class RedactingFilter(logging.Filter):
-    """A logging filter that masks registered secrets in the formatted message."""
+class RedactingFilter:
+    """A logging filter that masks registered secrets in the formatted message (logging
+    takes any object with a `filter` method: importing logging here would load it on
+    every boot, system.log)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if _secrets:

@@ -5,7 +5,6 @@ change the machine, and in plan mode only records what it would have run.
 In chroot mode (an offline image root) commands run inside the root.
 """
 
-import logging
 import os
 import shlex
 import subprocess
@@ -14,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from system.errors import CommandFailed
+from system.log import get_logger
 from system.redact import redact
 from system.root import Root
 
-log = logging.getLogger("waagent.run")
+log = get_logger("waagent.run")
 
 DEFAULT_TIMEOUT = 120.0
 # Tools found here in any distro; the sandbox's PATH is not the host's.

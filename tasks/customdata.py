@@ -6,16 +6,16 @@ customdata:run   executed once per VM with Provisioning.ExecuteCustomData
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed
+from system.log import get_logger
 from tasks import inputs
 
-log = logging.getLogger("waagent.customdata")
+log = get_logger("waagent.customdata")
 
 CUSTOM_DATA_FILE = "CustomData"
 RUN_TIMEOUT = 900.0

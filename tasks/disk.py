@@ -26,7 +26,6 @@ the disk at each boot.
 
 import contextlib
 import hashlib
-import logging
 import os
 import shutil
 import stat
@@ -41,8 +40,9 @@ from facts import disks, mounts
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed, ProbeFailed, UnsafeOperation
+from system.log import get_logger
 
-log = logging.getLogger("waagent.disk")
+log = get_logger("waagent.disk")
 
 FORMAT = "ResourceDisk.Format"
 FILESYSTEM = "ResourceDisk.Filesystem"

@@ -11,19 +11,19 @@ gather:goalstate the goal state: runs every time, it is how changes reach the VM
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from facts import store
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
+from system.log import get_logger
 from tasks import inputs
 
 if TYPE_CHECKING:
     from wire.documents import GoalState
 
-log = logging.getLogger("waagent.gather")
+log = get_logger("waagent.gather")
 
 # Per-VM files in Lib.Dir that a new VM must not inherit.
 PER_VM_PATTERNS = ("*.crt", "*.prv", "ovf-env.xml", "CustomData", "published_hostname",

@@ -7,7 +7,6 @@ publish:hostname  the DHCP client sends it (renew that keeps the address); publi
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +15,10 @@ from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system import osutil
 from system.errors import AgentError
+from system.log import get_logger
 from tasks import inputs
 
-log = logging.getLogger("waagent.hostname")
+log = get_logger("waagent.hostname")
 
 PUBLISHED_FILE = "published_hostname"
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")

@@ -14,7 +14,6 @@ the end of the run.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,9 +21,10 @@ from typing import Any
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError
+from system.log import get_logger
 from tasks import AREAS, inputs
 
-log = logging.getLogger("waagent.report")
+log = get_logger("waagent.report")
 
 DISABLE_AGENT_FILE = "disable_agent"
 CLOUD_INIT_WAIT = 300.0

@@ -11,7 +11,6 @@ ssh:report           the host key's fingerprint to the platform (role properties
 from __future__ import annotations
 
 import glob
-import logging
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,9 +21,10 @@ from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system import osutil
 from system.errors import AgentError, CommandFailed
+from system.log import get_logger
 from tasks import certificates, inputs
 
-log = logging.getLogger("waagent.ssh")
+log = get_logger("waagent.ssh")
 
 MARKER = "# Managed by waagent-graph"
 DROPIN_NAME = "00-waagent.conf"

@@ -8,7 +8,6 @@ user:rootpw    lock root's password (Provisioning.DeleteRootPassword)
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,13 @@ from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system import osutil
 from system.errors import AgentError, CommandFailed
+from system.log import get_logger
 from tasks import inputs
 
 if TYPE_CHECKING:
     from system.runner import Runner
 
-log = logging.getLogger("waagent.user")
+log = get_logger("waagent.user")
 
 # POSIX portable user names, as useradd accepts them by default.
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,30}[a-z0-9_.$-]?$")

@@ -22,7 +22,6 @@ import binascii
 import contextlib
 import datetime
 import hashlib
-import logging
 import os
 import textwrap
 import time
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from system.errors import CommandFailed
 from system.fs import FileSystem
+from system.log import get_logger
 from system.runner import Started
 from wire import TRANSPORT_CERT, TRANSPORT_KEY, der
 from wire.errors import CertificateError
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-log = logging.getLogger("waagent.wire.certs")
+log = get_logger("waagent.wire.certs")
 
 TRANSPORT_SUBJECT = "LinuxTransport"
 TRANSPORT_VALIDITY_DAYS = 730

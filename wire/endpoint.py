@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import logging
 import os
 import secrets
 import socket
@@ -27,11 +26,12 @@ from typing import NamedTuple
 
 from conf.config import Config
 from system.fs import FileSystem
+from system.log import get_logger
 from system.root import Root
 from wire import dhcp
 from wire.errors import WireError
 
-log = logging.getLogger("waagent.wire.endpoint")
+log = get_logger("waagent.wire.endpoint")
 
 FIXED_ENDPOINT = "168.63.129.16"
 ENDPOINT_FILE = "WireServerEndpoint"

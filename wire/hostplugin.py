@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
+from system.log import get_logger
 from wire.blob import BlobType, status_blob_requests
 from wire.documents import parse_versions
 from wire.errors import DocumentError, HttpStatusError, WireError
 from wire.http import NO_RETRY, HttpClient, base_url
 from wire.wireserver import AgentIdentity
 
-log = logging.getLogger("waagent.wire.hostplugin")
+log = get_logger("waagent.wire.hostplugin")
 
 HOSTPLUGIN_PORT = 32526
 HOSTPLUGIN_API_VERSION = "2015-09-01"

@@ -7,16 +7,16 @@ endpoints must never be reached through a proxy). HTTPS URLs use the standard li
 `HttpProxy.Host/Port`.
 """
 
-import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping
 from typing import NamedTuple
 
+from system.log import get_logger
 from wire.errors import HttpStatusError, WireError
 from wire.http1 import BadResponse, exchange
 
-log = logging.getLogger("waagent.wire.http")
+log = get_logger("waagent.wire.http")
 
 # Server-side trouble worth another try (PLATFORM.md section 2, "Retries").
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 507})

@@ -6,10 +6,10 @@ state carry the platform's own address and are rebased onto that endpoint.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
+from system.log import get_logger
 from wire.documents import (
     WIRE_PROTOCOL_VERSION,
     GoalState,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from wire.reports import HealthReport
     from wire.subdocuments import CertificateFile, HostingEnvironmentConfig, SharedConfig
 
-log = logging.getLogger("waagent.wire.wireserver")
+log = get_logger("waagent.wire.wireserver")
 
 WIRESERVER_PORT = 80
 MAX_TELEMETRY_BYTES = 64512

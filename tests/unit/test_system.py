@@ -185,3 +185,50 @@ def test_fs_remove_move_truncate(tmp_path: Path) -> None:
     assert not fs.remove(tmp_path / "d", why="tree")
     assert fs.truncate(tmp_path / "machine-id", why="new id on boot")
     assert (tmp_path / "machine-id").read_text() == ""
+
+
+# A fresh interpreter: whether `logging` is loaded is the point of these checks.
+LAZY_LOGGING = """
+import sys
+from system import log
+
+made = []
+def set_up():
+    import logging
+    made.append(1)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    logging.getLogger("waagent").addHandler(handler)
+    logging.getLogger("waagent").setLevel(logging.INFO)
+
+out = log.get_logger("waagent.test")
+log.configure(set_up, log.INFO)
+out.debug("below the level")
+print("loaded after debug:", "logging" in sys.modules, len(made))
+out.info("first %s", "record")
+out.warning("second")
+print("loaded after info:", "logging" in sys.modules, len(made))
+"""
+
+
+def test_logging_loads_at_the_first_record_that_passes_the_level() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", LAZY_LOGGING], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "loaded after debug: False 0",
+        "INFO waagent.test first record",
+        "WARNING waagent.test second",
+        "loaded after info: True 1",
+    ]
+
+
+def test_configure_applies_at_once_when_logging_is_loaded() -> None:
+    from system import log
+
+    made: list[int] = []
+    log.configure(lambda: made.append(1), log.INFO)
+    assert made == [1]
