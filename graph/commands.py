@@ -18,6 +18,7 @@ from doit.cmd_run import Run as DoitRun
 from doit.plugin import PluginDict
 
 from graph import loader
+from graph.statedb import AgentStateDB
 
 LOCK_FILE = "waagent-graph.lock"
 
@@ -45,6 +46,11 @@ class Run(DoitRun):
         # the reporters and backends it looks up next are the agent's own.
         disable_entry_point_plugins()
         super().__init__(**kwargs)
+
+    def get_backends(self) -> Any:
+        backends = super().get_backends()
+        backends["sqlite3"] = AgentStateDB
+        return backends
 
     def execute(self, params: Any, args: Any) -> Any:
         # The loader reads the namespace (dodo.py's, or the waagent command's) in execute;

@@ -171,17 +171,20 @@ class WaagentReporter:
                   "seconds": round(took, 4), "failed": self.failures, "tasks": self.results}
         ctx.fs.mkdir(runs, why="run reports", mode=0o700, quiet=True)
         ctx.fs.write(runs / f"{stamp}.json", json.dumps(report, indent=1, default=str),
-                     why="run report", mode=0o600, quiet=True)
+                     why="run report", mode=0o600, quiet=True, durable=False)
         for old in sorted(runs.glob("*.json"))[:-KEEP_RUNS]:
             ctx.fs.remove(old, why="keep the last 50 run reports", quiet=True)
 
 
 def last_run(ctx: Any) -> dict[str, Any] | None:
-    """The newest run report, or None before the first run."""
-    runs = sorted((ctx.lib_dir / "runs").glob("*.json"))
-    if not runs:
-        return None
-    data: dict[str, Any] = json.loads(runs[-1].read_text())
-    data["file"] = str(runs[-1])
-    return data
-
+    """The newest readable run report, or None before the first run. Reports are written
+    without fsync: one cut short by a power loss is passed over."""
+    for path in sorted((ctx.lib_dir / "runs").glob("*.json"), reverse=True):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            data["file"] = str(path)
+            return data
+    return None

@@ -48,11 +48,14 @@ class FileSystem:
         owner: tuple[int, int] | None = None,
         secret: bool = False,
         quiet: bool = False,
+        durable: bool = True,
     ) -> bool:
         """Write a file atomically; return False (and do nothing) when it already holds data.
 
         Without `mode`/`owner` an existing file keeps its own; a new file gets 0644 and root.
         `secret` keeps the reason out of the log; `quiet` logs the change at DEBUG (state files).
+        `durable=False` skips the fsyncs, for records whose loss in a power cut costs
+        nothing (run reports): still atomic, but possibly absent after a crash.
         """
         content = data.encode() if isinstance(data, str) else data
         try:
@@ -78,14 +81,16 @@ class FileSystem:
                 os.fchown(fd, *want_owner)
             with os.fdopen(fd, "wb") as out:
                 out.write(content)
-                out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    out.flush()
+                    os.fsync(out.fileno())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        self._fsync_dir(path.parent)
+        if durable:
+            self._fsync_dir(path.parent)
         log.log(DEBUG if quiet else INFO, "changed: %s%s", self._shown(path),
                 "" if secret else f" ({why})")
         return True

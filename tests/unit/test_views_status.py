@@ -34,3 +34,15 @@ def test_status_prints_the_last_run_as_a_table(sandbox: Path, tmp_path: Path) ->
     assert "demo:state-dir" not in out and "demo:swap-conf" in out
     status, out, _err = run_command(["status", "--json", f"root={sandbox}"])
     assert json.loads(out)["tasks"]["demo:swap-conf"]["result"] == "changed"
+
+
+def test_status_passes_over_a_report_cut_short(sandbox: Path, tmp_path: Path) -> None:
+    """Run reports are written without fsync: after a power cut the newest may be empty."""
+    write_conf(sandbox, {"ResourceDisk.SwapSizeMB": 2048})
+    status, _out, err = run_command(["run", "-o", str(tmp_path / "run.txt"), "demo"],
+                                    lambda: demo_namespace(sandbox))
+    assert status == 0, err
+    runs = sandbox / "var/lib/waagent/runs"
+    (runs / "99999999T000000.000000Z.json").write_text("")
+    status, out, _err = run_command(["status", f"root={sandbox}"])
+    assert status == 0 and "demo:swap-conf" in out
