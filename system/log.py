@@ -65,31 +65,28 @@ class AgentLogger:
             self._logger = logging.getLogger(self.name)
         return self._logger
 
-    # stacklevel=2: a record names the caller's line, not this module's.
     def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
         """Log at `level` (DEBUG, INFO, ...)."""
         if _wanted(level):
-            self._real().log(level, msg, *args, stacklevel=2, **kwargs)
+            # A record names the caller's line, not this module's.
+            kwargs.setdefault("stacklevel", 2)
+            self._real().log(level, msg, *args, **kwargs)
 
     def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
         """Log at DEBUG."""
-        if _wanted(DEBUG):
-            self._real().debug(msg, *args, stacklevel=2, **kwargs)
+        self.log(DEBUG, msg, *args, stacklevel=3, **kwargs)
 
     def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
         """Log at INFO."""
-        if _wanted(INFO):
-            self._real().info(msg, *args, stacklevel=2, **kwargs)
+        self.log(INFO, msg, *args, stacklevel=3, **kwargs)
 
     def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
         """Log at WARNING."""
-        if _wanted(WARNING):
-            self._real().warning(msg, *args, stacklevel=2, **kwargs)
+        self.log(WARNING, msg, *args, stacklevel=3, **kwargs)
 
     def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
         """Log at ERROR."""
-        if _wanted(ERROR):
-            self._real().error(msg, *args, stacklevel=2, **kwargs)
+        self.log(ERROR, msg, *args, stacklevel=3, **kwargs)
 
 
 def get_logger(name: str) -> AgentLogger:

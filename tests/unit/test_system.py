@@ -232,3 +232,16 @@ def test_configure_applies_at_once_when_logging_is_loaded() -> None:
     made: list[int] = []
     log.configure(lambda: made.append(1), log.INFO)
     assert made == [1]
+
+
+def test_a_record_names_the_line_that_logged_it(caplog: pytest.LogCaptureFixture) -> None:
+    from system.log import get_logger
+
+    # Not under "waagent": a configured agent logger does not propagate to caplog's root.
+    caplog.set_level(logging.DEBUG, logger="lazy-test")
+    out = get_logger("lazy-test")
+    out.info("via info")
+    out.log(logging.WARNING, "via log")
+    assert [(r.getMessage(), r.funcName, r.filename) for r in caplog.records] == [
+        ("via info", "test_a_record_names_the_line_that_logged_it", "test_system.py"),
+        ("via log", "test_a_record_names_the_line_that_logged_it", "test_system.py")]
