@@ -14,22 +14,22 @@ by default it is sent only when the Root is the running system's `/`, so a test
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import os
-import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from conf.config import Config
 from system.fs import FileSystem
 from system.log import get_logger
 from system.root import Root
-from wire import dhcp
 from wire.errors import WireError
+
+if TYPE_CHECKING:
+    import datetime
 
 log = get_logger("waagent.wire.endpoint")
 
@@ -90,7 +90,11 @@ def discover_endpoint(
         routes = ""
     if has_wireserver_route(routes):
         return Endpoint(FIXED_ENDPOINT, "route table (/proc/net/route)")
-    leased = endpoint_from_leases(root, now or datetime.datetime.now(datetime.UTC))
+    if now is None:
+        import datetime  # here, as wire.dhcp below: a boot finds the cached endpoint
+
+        now = datetime.datetime.now(datetime.UTC)
+    leased = endpoint_from_leases(root, now)
     if leased is not None:
         return leased
     sender = dhcp_sender if dhcp_sender is not None else (
@@ -182,6 +186,8 @@ def _leases(root: Root) -> Iterator[tuple[str, Path]]:
 
 def endpoint_from_leases(root: Root, now: datetime.datetime) -> Endpoint | None:
     """Option 245 from the DHCP clients' lease files, by client, newest file first."""
+    from wire import dhcp
+
     for kind, path in _leases(root):
         try:
             data = path.read_bytes()
@@ -205,6 +211,10 @@ def endpoint_from_leases(root: Root, now: datetime.datetime) -> Endpoint | None:
 def endpoint_from_dhcp_request(root: Root, interface: str, sender: DhcpSender,
                                timeout: float = DHCP_TIMEOUT) -> Endpoint | None:
     """Send a DHCP DISCOVER on `interface` through `sender`; option 245 of the offer."""
+    import secrets
+
+    from wire import dhcp
+
     try:
         mac_text = (root / "sys/class/net" / interface / "address").read_text().strip()
         mac = bytes.fromhex(mac_text.replace(":", ""))

@@ -313,3 +313,13 @@ def test_swaps(tmp_path: Path) -> None:
     assert mounts.active_swap_size_mb(root, "/swap") is None
     _write(root, "/proc/swaps", SWAPS.splitlines()[0] + "\n")
     assert mounts.active_swaps(root) == ()
+
+
+@pytest.mark.parametrize("raw", [bytes(range(16)), bytes(range(240, 256)), b"\x00" * 15 + b"\x01",
+                                 uuid.UUID("0b7e4c4a-7a3c-4a5e-9a55-2f1b0c3d4e5f").bytes])
+def test_superblock_uuid_reads_as_uuid_module_does(raw: bytes) -> None:
+    assert disks._uuid(raw) == str(uuid.UUID(bytes=raw))
+
+
+def test_an_all_zero_or_short_uuid_is_none() -> None:
+    assert disks._uuid(bytes(16)) is None and disks._uuid(b"\x01" * 15) is None
