@@ -20,6 +20,7 @@ import pytest
 from fabric.scenario import default_scenario_path
 from tests.e2e import harness
 from tests.e2e.conftest import checked_lab, leftovers, need_lab
+from tests.support.noop_boot import WATCHED_BOOT, check_watched_boot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -156,8 +157,14 @@ def test_resource_disk_is_mounted_with_swap(vm_lab: harness.Lab) -> None:
 
 def test_second_boot_changes_nothing(vm_lab: harness.Lab) -> None:
     before = len(vm_lab.fabric.health_reports())
-    vm_lab.vm.run(["waagent", "provision"])
+    state_db = vm_lab.root / "var/lib/waagent/graph-state.sqlite3"
+    stored = state_db.stat().st_mtime_ns, state_db.read_bytes()
+    # `waagent provision`, as the launcher runs it, watched (tests/support/noop_boot.py).
+    boot = vm_lab.vm.run(["env", f"PYTHONPATH=/{harness.AGENT_DIR}", "python3", "-c",
+                          WATCHED_BOOT, "provision"])
     assert vm_lab.ran() == {"gather:goalstate"}
+    check_watched_boot(boot.stdout)
+    assert (state_db.stat().st_mtime_ns, state_db.read_bytes()) == stored
     assert len(vm_lab.fabric.health_reports()) == before  # Ready was already said
     assert vm_lab.ssh("hostname", check=True).stdout.strip() == vm_lab.scenario.hostname
 

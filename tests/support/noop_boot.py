@@ -1,0 +1,46 @@
+"""What a no-op boot must not do, and a command line that shows what it did.
+
+bench/startup.py and bench/rerun.py measure the no-op boot; these checks keep its path
+light in the sandbox (tests/integration) and in the VM (tests/e2e).
+"""
+
+from __future__ import annotations
+
+# Modules a no-op boot must not import: the heavy libraries, what doit loads for features
+# the agent turns off, what only changed or failed work needs, and what a cached answer
+# spares (uuid for superblocks, the DHCP code for the WireServer endpoint).
+NOT_ON_THE_NO_OP_BOOT = (
+    "networkx", "requests", "cryptography", "asn1crypto", "passlib", "yaml", "defusedxml",
+    "xml.etree", "http.client", "email", "importlib.metadata", "multiprocessing", "uuid",
+    "wire.certs", "wire.subdocuments", "wire.reports", "wire.extensions_config",
+    "wire.dhcp", "tasks.deprovision", "tasks.serialconsole", "graph.plan", "graph.render")
+
+# `python3 -c WATCHED_BOOT provision ...` runs `waagent provision` and prints, last, two
+# lines: the modules it imported, then how many ForwardRefs it made and fsyncs it called.
+WATCHED_BOOT = """\
+import os, sys, typing
+synced = []
+os.fsync = lambda fd: synced.append(fd)
+made = []
+new_ref = typing.ForwardRef.__init__
+typing.ForwardRef.__init__ = lambda self, *a, **k: (made.append(a), new_ref(self, *a, **k))[1]
+from graph.cli import main
+try:
+    main()
+finally:
+    print(" ".join(sorted(sys.modules)))
+    print(len(made), len(synced))
+"""
+
+
+def check_watched_boot(stdout: str) -> None:
+    """Fail when the boot WATCHED_BOOT ran imported a module it must not, made string
+    annotations into ForwardRefs, or called fsync."""
+    modules, counts = stdout.splitlines()[-2:]
+    forward_refs, fsyncs = (int(count) for count in counts.split())
+    assert not {name for name in modules.split() if name.startswith(NOT_ON_THE_NO_OP_BOOT)}
+    # A NamedTuple compiles each string annotation into a ForwardRef (~25 us a field):
+    # boot-path modules that define them do without `from __future__ import annotations`.
+    assert forward_refs <= 10
+    # The run report is written without fsync (the state database: see the callers).
+    assert fsyncs == 0
