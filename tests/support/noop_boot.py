@@ -7,12 +7,13 @@ light in the sandbox (tests/integration) and in the VM (tests/e2e).
 from __future__ import annotations
 
 # Modules a no-op boot must not import: the heavy libraries, what doit loads for features
-# the agent turns off, what only changed or failed work needs, and what a cached answer
-# spares (uuid for superblocks, the DHCP code for the WireServer endpoint).
+# the agent turns off, what only changed or failed work needs, what a cached answer
+# spares (uuid for superblocks, the DHCP code for the WireServer endpoint), and logging,
+# which loads at the first record (system/log.py): a boot with nothing to do writes none.
 NOT_ON_THE_NO_OP_BOOT = (
     "networkx", "requests", "cryptography", "asn1crypto", "passlib", "yaml", "defusedxml",
     "xml.etree", "http.client", "email", "importlib.metadata", "multiprocessing", "uuid",
-    "wire.certs", "wire.subdocuments", "wire.reports", "wire.extensions_config",
+    "logging", "wire.certs", "wire.subdocuments", "wire.reports", "wire.extensions_config",
     "wire.dhcp", "tasks.deprovision", "tasks.serialconsole", "graph.plan", "graph.render")
 
 # `python3 -c WATCHED_BOOT provision ...` runs `waagent provision` and prints, last, two
