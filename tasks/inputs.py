@@ -164,19 +164,23 @@ def is_provisioned(ctx: Context) -> bool:
 def mode(ctx: Context) -> str:
     """Who provisions: "waagent" (these tasks), "cloud-init" (we only report), or "disabled".
 
-    Decided from configuration and a few files of the root, cheap enough for load time.
+    Decided from configuration and a few files of the root, once per run (every area asks
+    while the graph loads).
     """
-    conf = ctx.conf
-    agent = conf.text("Provisioning.Agent")
-    if not conf.flag("Provisioning.Enabled") or agent == "disabled":
-        return "disabled"
-    if agent == "waagent":
-        return "waagent"
-    if agent == "cloud-init" or conf.flag("Provisioning.UseCloudInit"):
-        return "cloud-init"
-    from facts.distro import cloud_init_enabled
+    def decide() -> str:
+        conf = ctx.conf
+        agent = conf.text("Provisioning.Agent")
+        if not conf.flag("Provisioning.Enabled") or agent == "disabled":
+            return "disabled"
+        if agent == "waagent":
+            return "waagent"
+        if agent == "cloud-init" or conf.flag("Provisioning.UseCloudInit"):
+            return "cloud-init"
+        from facts.distro import cloud_init_enabled
 
-    return "cloud-init" if cloud_init_enabled(ctx.root) else "waagent"
+        return "cloud-init" if cloud_init_enabled(ctx.root) else "waagent"
+
+    return str(_memo(ctx, "mode", decide))
 
 
 def home_dir(ctx: Context, username: str) -> str:

@@ -64,3 +64,18 @@ def test_a_removed_row_set_again_to_the_same_content_is_written(tmp_path: Path) 
     db.set("ssh:keys", "_values_:", {"keys": 1})
     db.dump()
     assert SqliteDB(str(path), JSONCodec()).get("ssh:keys", "_values_:") == {"keys": 1}
+
+
+def test_rows_are_read_in_one_query(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    db = _open(path)
+    for name in ("gather:vm", "user:account", "ssh:config"):
+        db.set(name, "_values_:", {"name": name})
+    db.dump()
+    db = _open(path)
+    queries: list[str] = []
+    db._conn.set_trace_callback(queries.append)
+    assert [db.get(name, "_values_:") for name in ("gather:vm", "user:account", "disk:mount")] \
+        == [{"name": "gather:vm"}, {"name": "user:account"}, None]
+    assert db.in_("ssh:config") and not db.in_("disk:swapfile")
+    assert queries == []
