@@ -41,6 +41,9 @@ def test_first_boot_provisions_everything(harness: Harness) -> None:
 
     result = harness.run(check=True)
     root, scenario = harness.root, harness.scenario
+    # The agent's log, set up at its first record (system/log.py), in the file and on stderr.
+    log = read(root / "var/log/waagent.log")
+    assert " INFO reported health Ready" in log and "INFO reported health Ready" in result.stderr
     user = scenario.username
     passwd = {line.split(":")[0]: line.split(":") for line in read(root / "etc/passwd").splitlines()}
     assert user in passwd, "useradd --prefix created the user"
