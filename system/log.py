@@ -55,8 +55,8 @@ class AgentLogger:
         self._logger: logging.Logger | None = None
 
     def _real(self) -> logging.Logger:
+        global _pending_setup
         if self._logger is None:
-            global _pending_setup
             import logging
 
             if _pending_setup is not None:

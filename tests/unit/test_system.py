@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,9 +214,6 @@ print("loaded after info:", "logging" in sys.modules, len(made))
 
 
 def test_logging_loads_at_the_first_record_that_passes_the_level() -> None:
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-c", LAZY_LOGGING], capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
