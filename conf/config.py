@@ -1,14 +1,16 @@
 """Parse waagent.conf into an immutable, typed Config; errors name file, line and option."""
 
+from __future__ import annotations
+
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import NamedTuple
 
 from conf.options import OPTIONS, OPTIONS_BY_LOWER, Option, Value
 from system.log import get_logger
+from system.record import Record
 
 log = get_logger(__name__)
 
@@ -20,7 +22,7 @@ class ConfigError(ValueError):
     """A waagent.conf value the agent cannot use; the message names file, line and option."""
 
 
-class Setting(NamedTuple):
+class Setting(Record):
     """Where a value came from: the file and line, or the built-in default."""
 
     value: Value
@@ -122,7 +124,7 @@ class Config:
         for name in OPTIONS:
             yield name, self[name]
 
-    def replace(self, **values: Value) -> "Config":
+    def replace(self, **values: Value) -> Config:
         """A copy with some options changed (names with dots given as keys with '__')."""
         settings = dict(self.settings)
         for key, value in values.items():

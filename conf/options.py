@@ -4,13 +4,17 @@ One table, so the parser, `-show-configuration`, the docs and fingerprints agree
 Defaults follow the published agent (PLATFORM.md section 11).
 """
 
-from typing import Literal, NamedTuple
+from __future__ import annotations
+
+from typing import Literal
+
+from system.record import Record
 
 Kind = Literal["bool", "int", "str", "choice", "path"]
 Value = bool | int | str | None
 
 
-class Option(NamedTuple):
+class Option(Record):
     """One option: its canonical name, type, default, and allowed values for choices."""
 
     name: str

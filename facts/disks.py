@@ -8,12 +8,15 @@ means that root's /dev/sdb (a test makes it a device node or an image file),
 never the host's.
 """
 
+from __future__ import annotations
+
 import posixpath
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from system.errors import CommandFailed, ProbeFailed
+from system.record import Record
 from system.root import Root
 
 if TYPE_CHECKING:
@@ -103,7 +106,7 @@ def _scsi_block_devices(vmbus_device: Path, lun: int | None) -> list[str]:
     return found
 
 
-class Partition(NamedTuple):
+class Partition(Record):
     """A partition of a block device, from sysfs."""
 
     device: str  # /dev/sdb1
@@ -112,7 +115,7 @@ class Partition(NamedTuple):
     size_bytes: int
 
 
-class BlockDevice(NamedTuple):
+class BlockDevice(Record):
     """A whole disk: size, partition table kind and partitions."""
 
     device: str  # /dev/sdb
@@ -121,7 +124,7 @@ class BlockDevice(NamedTuple):
     partitions: tuple[Partition, ...]
 
 
-class FilesystemSignature(NamedTuple):
+class FilesystemSignature(Record):
     """What a device (or partition) holds: the filesystem type, label and UUID."""
 
     type: str
@@ -271,7 +274,7 @@ def parse_blkid_export(text: str) -> dict[str, str]:
     return values
 
 
-def blkid(runner: "Runner", device: str) -> dict[str, str]:
+def blkid(runner: Runner, device: str) -> dict[str, str]:
     """Low-level probe of a device by blkid (system path); {} when blkid finds nothing.
 
     blkid exits 2 when it finds no signature: that is a fact ("empty"), not a failure.

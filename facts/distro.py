@@ -5,12 +5,14 @@ so it works on a mounted image as well as on `/`.
 Per-family differences that are facts live in one table, FAMILIES.
 """
 
+from __future__ import annotations
+
 import os
 import re
 from pathlib import Path
-from typing import NamedTuple
 
 from system.errors import ProbeFailed
+from system.record import Record
 from system.root import Root
 
 # Search order of os-release(5), then the files older releases used instead.
@@ -22,7 +24,7 @@ _LEGACY_RELEASE = (
 )
 
 
-class FamilyFacts(NamedTuple):
+class FamilyFacts(Record):
     """What differs between distribution families, as facts tasks read."""
 
     sshd_service: str  # the unit that runs sshd
@@ -49,7 +51,7 @@ _FAMILY_IDS: tuple[tuple[str, frozenset[str]], ...] = (
 )
 
 
-class Distro(NamedTuple):
+class Distro(Record):
     """The distribution of the root and the facts the tasks need from it."""
 
     id: str

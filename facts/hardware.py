@@ -4,11 +4,13 @@ Each fact is a function of what it reads through the Root; its parser is a
 separate function tested from captured text.
 """
 
+from __future__ import annotations
+
 import re
 from pathlib import Path
-from typing import NamedTuple
 
 from system.errors import ProbeFailed
+from system.record import Record
 from system.root import Root
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -71,7 +73,7 @@ def kernel_older_than(release: str, version: tuple[int, ...]) -> bool:
     return have + (0,) * (width - len(have)) < version + (0,) * (width - len(version))
 
 
-class Nic(NamedTuple):
+class Nic(Record):
     """A network interface from /sys/class/net."""
 
     name: str

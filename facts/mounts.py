@@ -1,10 +1,12 @@
 """Mounts (/proc/self/mountinfo) and active swaps (/proc/swaps), read through the Root."""
 
+from __future__ import annotations
+
 import re
-from typing import NamedTuple
 
 from facts.hardware import read_text
 from system.errors import ProbeFailed
+from system.record import Record
 from system.root import Root
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
@@ -15,7 +17,7 @@ def _unescape(field: str) -> str:
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-class Mount(NamedTuple):
+class Mount(Record):
     """A mounted filesystem. `options` merges the per-mount and superblock options."""
 
     source: str
@@ -90,7 +92,7 @@ def mounts_of(root: Root, source: str) -> tuple[Mount, ...]:
     return tuple(m for m in mounts(root) if m.source == source)
 
 
-class Swap(NamedTuple):
+class Swap(Record):
     """An active swap area."""
 
     path: str

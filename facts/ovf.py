@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from system.errors import AgentError
+from system.record import Record
 from system.redact import register_secret
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class OvfError(AgentError):
     """ovf-env.xml cannot be used; the message names the field or the problem."""
 
 
-class SshPublicKey(NamedTuple):
+class SshPublicKey(Record):
     """An authorized key: its Value (OpenSSH text), or a certificate named by Fingerprint."""
 
     path: str
@@ -45,14 +46,14 @@ class SshPublicKey(NamedTuple):
     value: str | None = None
 
 
-class SshKeyPair(NamedTuple):
+class SshKeyPair(Record):
     """A key pair whose private half is `<Lib.Dir>/<fingerprint>.prv`, installed at path."""
 
     fingerprint: str
     path: str
 
 
-class OvfEnv(NamedTuple):
+class OvfEnv(Record):
     """The provisioning environment (LinuxProvisioningConfigurationSet + PlatformSettings).
 
     `password` and `custom_data` never appear in repr(); custom_data is the text as

@@ -12,7 +12,9 @@ is bounds-checked against the medium; malformed media raise UdfError.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
+
+from system.record import Record
 
 SECTOR = 2048
 _ANCHOR_SECTOR = 256
@@ -35,7 +37,7 @@ class UdfError(ValueError):
     """The medium is not UDF, or its structures are damaged."""
 
 
-class _Extent(NamedTuple):
+class _Extent(Record):
     length: int
     block: int
     partition_ref: int

@@ -4,16 +4,17 @@ Read through the Root, never with the host's pwd/grp modules: an image root's
 users are not the host's.
 """
 
-from typing import NamedTuple
+from __future__ import annotations
 
 from facts.hardware import read_text
 from system.errors import ProbeFailed
+from system.record import Record
 from system.root import Root
 
 DEFAULT_UID_MIN = 1000
 
 
-class User(NamedTuple):
+class User(Record):
     """A line of /etc/passwd."""
 
     name: str
@@ -24,7 +25,7 @@ class User(NamedTuple):
     shell: str
 
 
-class Group(NamedTuple):
+class Group(Record):
     """A line of /etc/group."""
 
     name: str

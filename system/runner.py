@@ -5,15 +5,17 @@ change the machine, and in plan mode only records what it would have run.
 In chroot mode (an offline image root) commands run inside the root.
 """
 
+from __future__ import annotations
+
 import os
 import shlex
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 from system.errors import CommandFailed
 from system.log import get_logger
+from system.record import Record
 from system.redact import redact
 from system.root import Root
 
@@ -24,7 +26,7 @@ DEFAULT_TIMEOUT = 120.0
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class Result(NamedTuple):
+class Result(Record):
     """What a command did."""
 
     argv: tuple[str, ...]
@@ -39,7 +41,7 @@ class Result(NamedTuple):
         return self.returncode == 0
 
 
-class PlannedChange(NamedTuple):
+class PlannedChange(Record):
     """A change the agent would make, recorded in plan mode."""
 
     kind: str  # "run", "write", "remove", "mkdir", "chmod", "chown", "move", "symlink"
@@ -151,7 +153,7 @@ class Runner:
         *,
         why: str,
         timeout: float | None = None,
-    ) -> "Started":
+    ) -> Started:
         """Start a command that changes the machine and return at once; `wait()` on the
         result gives its Result (raising CommandFailed as `change` does). In plan mode it
         is recorded and not run. For work that overlaps the agent's own (key generation)."""
@@ -183,7 +185,7 @@ class Runner:
         stdin: str | None,
         env: Mapping[str, str] | None,
         cwd: str | None,
-    ) -> "Started":
+    ) -> Started:
         full = self._argv(argv)
         child_env = {"PATH": os.environ.get("PATH", _PATH) + ":" + _PATH, "LC_ALL": "C"}
         if env:

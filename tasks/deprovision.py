@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from facts.distro import cloud_init_present
 from facts.users import is_system_user, uid_min, users
@@ -32,6 +32,7 @@ from graph.uptodate import Probe
 from system import osutil
 from system.errors import AgentError, UnsafeOperation
 from system.fs import MARKER
+from system.record import Record
 
 LOCALHOST = "localhost.localdomain"
 # WALinuxAgent's lock value for root's password field: no hash, no login by password.
@@ -62,7 +63,7 @@ NFT_TABLE = ("ip", "walinuxagent")
 DEFAULT_ENDPOINT = "168.63.129.16"
 
 
-class Change(NamedTuple):
+class Change(Record):
     """One thing deprovisioning will do: shown before acting, then applied."""
 
     kind: Literal["remove", "empty", "write", "run", "live"]
@@ -80,7 +81,7 @@ class Change(NamedTuple):
         return f"{self.kind} {ctx.root.system_path(self.path)}  ({self.why})"
 
 
-class Step(NamedTuple):
+class Step(Record):
     """A deprovision task: what it is about and how to find what it has to do now."""
 
     name: str

@@ -24,6 +24,8 @@ not by the name given to mount(8). /etc/fstab is never edited: the task re-mount
 the disk at each boot.
 """
 
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import os
@@ -34,13 +36,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from facts import disks, mounts
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed, ProbeFailed, UnsafeOperation
 from system.log import get_logger
+from system.record import Record
 
 log = get_logger("waagent.disk")
 
@@ -92,7 +95,7 @@ POLL_SECONDS = 0.1
 
 # ---------------------------------------------------------------- facts for the verdict
 
-class PartitionFacts(NamedTuple):
+class PartitionFacts(Record):
     """One partition: what blkid finds on it and its top-level entries (None: not listed)."""
 
     device: str
@@ -100,7 +103,7 @@ class PartitionFacts(NamedTuple):
     entries: tuple[str, ...] | None = None
 
 
-class DiskFacts(NamedTuple):
+class DiskFacts(Record):
     """What the verdict needs to know about the resource disk."""
 
     device: str
@@ -342,7 +345,7 @@ def require_safe(ctx: Context, device: str, filesystem: str) -> DiskFacts:
 
 # ---------------------------------------------------------------- options
 
-class DiskOptions(NamedTuple):
+class DiskOptions(Record):
     """The ResourceDisk.* options as the tasks use them."""
 
     format: bool
@@ -353,7 +356,7 @@ class DiskOptions(NamedTuple):
     encrypt_swap: bool
 
     @classmethod
-    def of(cls, ctx: Context) -> "DiskOptions":
+    def of(cls, ctx: Context) -> DiskOptions:
         conf = ctx.conf
         swap = (conf.number(SWAP_SIZE_MB) or 0) if conf.flag(ENABLE_SWAP) else 0
         return cls(conf.flag(FORMAT), conf.text(FILESYSTEM) or "ext4",

@@ -27,11 +27,12 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from system.errors import CommandFailed
 from system.fs import FileSystem
 from system.log import get_logger
+from system.record import Record
 from system.runner import Started
 from wire import TRANSPORT_CERT, TRANSPORT_KEY, der
 from wire.errors import CertificateError
@@ -131,7 +132,7 @@ def _certificate_der(certificate: x509.Certificate) -> bytes:
 
 # -- the transport pair ---------------------------------------------------------------------
 
-class TransportPair(NamedTuple):
+class TransportPair(Record):
     """The agent's transport certificate and key, as stored in Lib.Dir."""
 
     cert_path: Path
@@ -332,21 +333,21 @@ def generate_transport_pair() -> tuple[bytes, bytes]:
 
 # -- decrypted bundles ----------------------------------------------------------------------
 
-class BundleCertificate(NamedTuple):
+class BundleCertificate(Record):
     """A certificate from the platform, named by thumbprint."""
 
     thumbprint: str
     pem: bytes
 
 
-class BundleKey(NamedTuple):
+class BundleKey(Record):
     """A private key, named by the thumbprint of the certificate it belongs to."""
 
     thumbprint: str
     pem: bytes
 
 
-class CertificateBundle(NamedTuple):
+class CertificateBundle(Record):
     """What the Certificates document held, decrypted, keys matched to certificates."""
 
     certificates: tuple[BundleCertificate, ...]

@@ -7,8 +7,9 @@ ExtensionsConfig and the manifests in `wire.extensions_config`; the reports the 
 sends are in `wire.reports`.
 """
 
-from typing import NamedTuple
+from __future__ import annotations
 
+from system.record import Record
 from wire.errors import DocumentError
 from wire.xmldoc import children, find, parse_xml, required_text, text_at
 
@@ -17,7 +18,7 @@ WIRE_PROTOCOL_VERSION = "2012-11-30"
 
 # -- versions -------------------------------------------------------------------------------
 
-class Versions(NamedTuple):
+class Versions(Record):
     """`GET /?comp=versions`: the preferred protocol version and the others supported."""
 
     preferred: str | None
@@ -47,7 +48,7 @@ def parse_versions(text: str | bytes) -> Versions:
 
 # -- goal state -----------------------------------------------------------------------------
 
-class GoalState(NamedTuple):
+class GoalState(Record):
     """`GET /machine/?comp=goalstate`. URLs are as the platform wrote them (not rewritten).
 
     `role_instance_id` is None while the platform has not placed the role yet: the

@@ -20,11 +20,12 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from conf.config import Config
 from system.fs import FileSystem
 from system.log import get_logger
+from system.record import Record
 from system.root import Root
 from wire.errors import WireError
 
@@ -52,7 +53,7 @@ DHCPCD_LEASES = ("/var/lib/dhcpcd/*.lease", "/var/lib/dhcpcd5/*.lease",
 DhcpSender = Callable[[str, bytes, float], bytes | None]
 
 
-class Endpoint(NamedTuple):
+class Endpoint(Record):
     """The WireServer address and where it came from (for logs and the plan)."""
 
     address: str

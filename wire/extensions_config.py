@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
+from system.record import Record
 from wire.errors import DocumentError
 from wire.xmldoc import (
     Element,
@@ -31,7 +32,7 @@ BlobType = Literal["BlockBlob", "PageBlob"]
 _STATES: tuple[PluginState, ...] = ("enabled", "disabled", "uninstall")
 
 
-class GAFamily(NamedTuple):
+class GAFamily(Record):
     """An agent family (`AutoUpdate.GAFamily`) with its manifest URIs and RSM version."""
 
     name: str
@@ -41,14 +42,14 @@ class GAFamily(NamedTuple):
     is_vm_enabled_for_rsm_upgrades: bool = False
 
 
-class DependsOnExtension(NamedTuple):
+class DependsOnExtension(Record):
     """One entry of a DependsOn block: a handler, and in multi-config an extension name."""
 
     handler: str
     extension: str | None = None
 
 
-class ExtensionSettings(NamedTuple):
+class ExtensionSettings(Record):
     """The settings of one extension: the handler's own (single-config, `name` None)
     or one named extension of a multi-config handler."""
 
@@ -63,7 +64,7 @@ class ExtensionSettings(NamedTuple):
     depends_on: tuple[DependsOnExtension, ...] = ()
 
 
-class Plugin(NamedTuple):
+class Plugin(Record):
     """An extension handler to have in `state`, with where to get it and its settings."""
 
     name: str
@@ -87,7 +88,7 @@ class Plugin(NamedTuple):
         return tuple(u for u in found if u)
 
 
-class ExtensionsConfig(NamedTuple):
+class ExtensionsConfig(Record):
     """The extension goal state of one incarnation."""
 
     incarnation: str | None
@@ -321,7 +322,7 @@ def _settings(item: Element, ext_name: str | None, state: PluginState, level: in
 
 # -- manifests ------------------------------------------------------------------------------
 
-class ManifestVersion(NamedTuple):
+class ManifestVersion(Record):
     """One version a manifest offers, with the URIs of its package."""
 
     version: str
@@ -330,7 +331,7 @@ class ManifestVersion(NamedTuple):
     disallow_major_version_upgrade: bool = False
 
 
-class PluginVersionManifest(NamedTuple):
+class PluginVersionManifest(Record):
     """An extension (or agent) manifest: the versions available and where."""
 
     versions: tuple[ManifestVersion, ...]

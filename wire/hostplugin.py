@@ -10,9 +10,10 @@ import base64
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from system.log import get_logger
+from system.record import Record
 from wire.blob import BlobType, status_blob_requests
 from wire.documents import parse_versions
 from wire.errors import DocumentError, HttpStatusError, WireError
@@ -26,7 +27,7 @@ HOSTPLUGIN_API_VERSION = "2015-09-01"
 MAX_ARTIFACT_BYTES = 1024 * 1024 * 1024
 
 
-class VmSettings(NamedTuple):
+class VmSettings(Record):
     """The answer to `GET /vmSettings`.
 
     `status` is "changed" (a new document and ETag), "unchanged" (304: the ETag we

@@ -8,9 +8,12 @@ chunked transfer-coding, Content-Length, or the end of the connection, never mor
 the caller's cap. HTTPS (artifact downloads) stays with `http.client`.
 """
 
+from __future__ import annotations
+
 import socket
 from collections.abc import Mapping
-from typing import NamedTuple
+
+from system.record import Record
 
 _MAX_HEAD = 64 * 1024
 _READ = 64 * 1024
@@ -20,7 +23,7 @@ class BadResponse(Exception):
     """The peer's answer is not HTTP/1.x, or it ends early."""
 
 
-class Answer(NamedTuple):
+class Answer(Record):
     """Status, reason, headers (lower-case names) and body of one response."""
 
     status: int

@@ -6,8 +6,9 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
+from system.record import Record
 from wire.errors import DocumentError
 from wire.http import RETRY_STATUSES, HttpClient, RetryPolicy
 
@@ -20,14 +21,14 @@ IMDS_RETRY = RetryPolicy(attempts=10, max_delay=10.0, throttle_attempts=10, thro
                          throttle_statuses=frozenset({429}))
 
 
-class PublicKey(NamedTuple):
+class PublicKey(Record):
     """An SSH public key IMDS gives for the admin user, and where it belongs."""
 
     key_data: str
     path: str | None
 
 
-class InstanceMetadata(NamedTuple):
+class InstanceMetadata(Record):
     """The compute part of `/metadata/instance` that provisioning uses."""
 
     vm_id: str

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
+
+from system.record import Record
 
 MAX_HEALTH_DESCRIPTION_BYTES = 4096
 
@@ -21,7 +23,7 @@ HealthState = Literal["Ready", "NotReady"]
 HealthSubStatus = Literal["Provisioning", "ProvisioningFailed"]
 
 
-class HealthReport(NamedTuple):
+class HealthReport(Record):
     """What `POST /machine?comp=health` says: Ready, or NotReady with a sub-status."""
 
     state: HealthState

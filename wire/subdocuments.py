@@ -7,8 +7,7 @@ naming the document and the field.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
+from system.record import Record
 from wire.errors import DocumentError
 from wire.xmldoc import (
     attribute,
@@ -24,7 +23,7 @@ PFX_FORMAT = "Pkcs7BlobWithPfxContents"
 
 # -- hosting environment and shared config --------------------------------------------------
 
-class HostingEnvironmentConfig(NamedTuple):
+class HostingEnvironmentConfig(Record):
     """The VM's names as the platform knows them."""
 
     vm_name: str
@@ -51,7 +50,7 @@ def parse_hosting_environment(text: str | bytes) -> HostingEnvironmentConfig:
     )
 
 
-class SharedConfigInstance(NamedTuple):
+class SharedConfigInstance(Record):
     """One `Instances/Instance` of SharedConfig."""
 
     id: str
@@ -60,7 +59,7 @@ class SharedConfigInstance(NamedTuple):
     rdma_mac_address: str | None  # colon-separated, as `ip link` shows it
 
 
-class SharedConfig(NamedTuple):
+class SharedConfig(Record):
     """SharedConfig, kept raw for the few consumers, with the fields they read."""
 
     deployment_name: str | None
@@ -106,7 +105,7 @@ def parse_shared_config(text: str | bytes) -> SharedConfig:
 
 # -- certificates document ------------------------------------------------------------------
 
-class CertificateFile(NamedTuple):
+class CertificateFile(Record):
     """The Certificates document: its format and the base64 CMS blob (None when absent)."""
 
     format: str | None

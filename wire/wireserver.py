@@ -7,9 +7,10 @@ state carry the platform's own address and are rebased onto that endpoint.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from system.log import get_logger
+from system.record import Record
 from wire.documents import (
     WIRE_PROTOCOL_VERSION,
     GoalState,
@@ -35,7 +36,7 @@ CERTIFICATE_CIPHERS = ("AES128_CBC", "DES_EDE3_CBC")
 _XML = {"Content-Type": "text/xml;charset=utf-8"}
 
 
-class AgentIdentity(NamedTuple):
+class AgentIdentity(Record):
     """How the agent names itself to the platform (headers, status blob)."""
 
     name: str = "WALinuxAgent"
@@ -47,7 +48,7 @@ class AgentIdentity(NamedTuple):
         return f"{self.name}/{self.version}"
 
 
-class GoalStateDocuments(NamedTuple):
+class GoalStateDocuments(Record):
     """A goal state and the sub-documents it points to (None when it points to none)."""
 
     goal_state: GoalState
