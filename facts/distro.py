@@ -79,7 +79,7 @@ def parse_os_release(text: str) -> dict[str, str]:
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, raw = line.partition("=")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        if not (key.isascii() and key.isidentifier()):  # [A-Za-z_][A-Za-z0-9_]*
             continue
         values[key] = _unquote(raw.strip())
     return values
@@ -88,9 +88,11 @@ def parse_os_release(text: str) -> dict[str, str]:
 def _unquote(raw: str) -> str:
     if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
         quote, body = raw[0], raw[1:-1]
-        if quote == "'":
+        if quote == "'" or "\\" not in body:
             return body
         return re.sub(r"\\([\\$\"`])", r"\1", body)
+    if "\\" not in raw:
+        return raw
     return re.sub(r"\\(.)", r"\1", raw)
 
 

@@ -9,12 +9,12 @@ from system.errors import ProbeFailed
 from system.record import Record
 from system.root import Root
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
 
 def _unescape(field: str) -> str:
     """The kernel escapes space, tab, newline and backslash in paths as \\ooo."""
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+    if "\\" not in field:
+        return field  # the usual case: no regex compiled on the boot's path
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 class Mount(Record):

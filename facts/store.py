@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 log = get_logger("waagent.facts.store")
 
 FACTS_DIR = "facts"
-_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 # Keys whose values are shown masked in redacted views, whatever they hold.
 SECRET_KEYS = frozenset({"password", "user_password", "custom_data", "private_key", "secret"})
 
@@ -39,7 +38,7 @@ class SecretInFacts(AgentError):
 
 def facts_path(root: Root, conf: Config, name: str) -> Path:
     """The real path of a facts file, `<Lib.Dir>/facts/<name>.json`."""
-    if not _NAME.match(name):
+    if not name[:1].isalpha() or not set(name) <= _NAME_CHARS:
         raise ValueError(f"facts name {name!r} must be lower-case letters, digits, '-' or '_'")
     return root / conf.required_path("Lib.Dir") / FACTS_DIR / f"{name}.json"
 

@@ -4,6 +4,7 @@ and `<Lib.Dir>/runs/<UTC time>.json` with each task's result, reason and duratio
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from typing import Any, TextIO
@@ -171,8 +172,9 @@ class WaagentReporter:
         ctx.fs.mkdir(runs, why="run reports", mode=0o700, quiet=True)
         ctx.fs.write(runs / f"{stamp}.json", json.dumps(report, indent=1, default=str),
                      why="run report", mode=0o600, quiet=True, durable=False)
-        for old in sorted(runs.glob("*.json"))[:-KEEP_RUNS]:
-            ctx.fs.remove(old, why="keep the last 50 run reports", quiet=True)
+        reports = sorted(entry for entry in os.listdir(runs) if entry.endswith(".json"))
+        for old in reports[:-KEEP_RUNS]:
+            ctx.fs.remove(runs / old, why="keep the last 50 run reports", quiet=True)
 
 
 def _utc(when: float, layout: str) -> str:

@@ -115,6 +115,7 @@ def gather_ovf(ctx: Context) -> None:
     facts = data.env.public_facts()
     facts["source"] = data.source
     store.save(ctx.fs, ctx.conf, "ovf", facts)
+    ctx.memo.pop(inputs.OVF_FACTS, None)
 
 
 def gather_goal_state(ctx: Context) -> None:

@@ -21,7 +21,7 @@ from tasks import inputs
 log = get_logger("waagent.hostname")
 
 PUBLISHED_FILE = "published_hostname"
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 DHCLIENT_CONF = "/etc/dhcp/dhclient.conf"
 
 
@@ -59,13 +59,19 @@ def generate_publish(ctx: Context) -> Iterator[dict[str, Any]]:
     }
 
 
+def _valid_label(label: str) -> bool:
+    """1-63 letters, digits and hyphens, not starting or ending with a hyphen (RFC 1123)."""
+    return (0 < len(label) <= 63 and not label.startswith("-") and not label.endswith("-")
+            and set(label) <= _LABEL_CHARS)
+
+
 def wanted_hostname(ctx: Context) -> str:
     """The OVF's HostName, checked to be a valid host name."""
     name = inputs.ovf_facts(ctx).get("hostname")
     if not name:
         raise HostnameError("ovf-env.xml has no HostName")
     name = str(name).strip()
-    if len(name) > 253 or not all(_LABEL.match(p) for p in name.split(".")):
+    if len(name) > 253 or not all(_valid_label(label) for label in name.split(".")):
         raise HostnameError(f"HostName {name!r} in ovf-env.xml is not a valid host name")
     return name
 

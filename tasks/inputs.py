@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from wire.wireserver import WireServerClient
 
 PROVISIONED_FILE = "provisioned"
+OVF_FACTS = "ovf_facts"  # ctx.memo key of the stored OVF facts
 
 
 class NotProvisionable(AgentError):
@@ -69,11 +70,18 @@ def provisioning_data(ctx: Context) -> ProvisioningData | None:
 
 
 def ovf_facts(ctx: Context) -> dict[str, Any]:
-    """The stored, secret-free OVF facts of the boot that read the media."""
-    found = store.load(ctx.root, ctx.conf, "ovf")
+    """The stored, secret-free OVF facts of the boot that read the media.
+
+    Read once a run (two dozen checks ask; treat it as read-only); gather:ovf forgets it
+    when it stores new facts.
+    """
+    found = ctx.memo.get(OVF_FACTS)
     if found is None:
-        raise NotProvisionable("no provisioning data: no ovf-env.xml was found on a DVD, "
-                               "in the media= image or in the kept copy")
+        found = store.load(ctx.root, ctx.conf, "ovf")
+        if found is None:
+            raise NotProvisionable("no provisioning data: no ovf-env.xml was found on a DVD, "
+                                   "in the media= image or in the kept copy")
+        ctx.memo[OVF_FACTS] = found
     return found
 
 

@@ -10,6 +10,7 @@ sends are in `wire.reports`.
 from __future__ import annotations
 
 from system.record import Record
+from wire import decode_text
 from wire.errors import DocumentError
 from wire.xmldoc import children, find, parse_xml, required_text, text_at
 
@@ -88,7 +89,7 @@ def parse_goal_state(text: str | bytes) -> GoalState:
                      "FullConfig", "Certificates", "ConfigName"):
             urls[name] = text_at(role, f"Configuration/{name}")
         config_name = urls["ConfigName"]
-    raw = text if isinstance(text, str) else text.decode("utf-8-sig", errors="replace")
+    raw = text if isinstance(text, str) else decode_text(text)
     return GoalState(
         incarnation=incarnation,
         container_id=container_id,

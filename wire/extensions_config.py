@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from system.record import Record
+from wire import decode_text
 from wire.errors import DocumentError
 from wire.xmldoc import (
     Element,
@@ -127,7 +128,7 @@ def parse_extensions_config(text: str | bytes) -> ExtensionsConfig:
     features = tuple((required_text_of(feature, "Name", doc), text_at(feature, "Value"))
                      for feature in _grandchildren(root, "RequiredFeatures", "RequiredFeature"))
     metadata = find(root, "InVMGoalStateMetaData")
-    raw = text if isinstance(text, str) else text.decode("utf-8-sig", errors="replace")
+    raw = text if isinstance(text, str) else decode_text(text)
     return ExtensionsConfig(
         incarnation=attribute(root, "goalStateIncarnation"),
         ga_families=families,

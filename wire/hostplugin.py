@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from system.log import get_logger
 from system.record import Record
+from wire import decode_text
 from wire.blob import BlobType, status_blob_requests
 from wire.documents import parse_versions
 from wire.errors import DocumentError, HttpStatusError, WireError
@@ -71,7 +72,7 @@ class HostPluginClient:
         is read too.
         """
         body = self.http.request("GET", f"{self.base}/versions", headers=self.headers()).body
-        text = body.decode("utf-8-sig", errors="replace").strip()
+        text = decode_text(body).strip()
         if text.startswith("<"):
             found = parse_versions(text)
             return tuple(dict.fromkeys(v for v in (found.preferred, *found.supported) if v))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Mapping
 
 from system.log import get_logger
 from system.record import Record
+from wire import decode_text
 from wire.errors import HttpStatusError, WireError
 from wire.http1 import BadResponse, exchange
 
@@ -76,7 +77,7 @@ class Response(Record):
 
     def text(self) -> str:
         """The body decoded as UTF-8 (a BOM is dropped, undecodable bytes replaced)."""
-        return self.body.decode("utf-8-sig", errors="replace")
+        return decode_text(self.body)
 
 
 def base_url(endpoint: str, default_port: int) -> str:

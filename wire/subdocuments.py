@@ -8,6 +8,7 @@ naming the document and the field.
 from __future__ import annotations
 
 from system.record import Record
+from wire import decode_text
 from wire.errors import DocumentError
 from wire.xmldoc import (
     attribute,
@@ -41,7 +42,7 @@ def parse_hosting_environment(text: str | bytes) -> HostingEnvironmentConfig:
     incarnation = required_element(root, "Incarnation", doc)
     role = find(root, "Role")
     deployment = find(root, "Deployment")
-    raw = text if isinstance(text, str) else text.decode("utf-8-sig", errors="replace")
+    raw = text if isinstance(text, str) else decode_text(text)
     return HostingEnvironmentConfig(
         vm_name=required_attribute(incarnation, "instance", doc, "Incarnation"),
         role_name=attribute(role, "name") if role is not None else None,
@@ -94,7 +95,7 @@ def parse_shared_config(text: str | bytes) -> SharedConfig:
             rdma_ipv4_address=attribute(element, "rdmaIPv4Address"),
             rdma_mac_address=mac,
         ))
-    raw = text if isinstance(text, str) else text.decode("utf-8-sig", errors="replace")
+    raw = text if isinstance(text, str) else decode_text(text)
     return SharedConfig(
         deployment_name=attribute(deployment, "name") if deployment is not None else None,
         role_name=attribute(role, "name") if role is not None else None,

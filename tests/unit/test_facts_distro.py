@@ -261,3 +261,17 @@ def test_describe_all_in_a_sandbox_root(tmp_path: Path, conf: Config) -> None:
     changed = store.save_all(fs, conf, store.gather(root, conf))
     assert sorted(changed) == ["distro", "ovf", "vm"]
     assert store.save_all(fs, conf, store.gather(root, conf)) == []
+
+
+@pytest.mark.parametrize("name", ["Ovf", "1ovf", "_ovf", "-ovf", "ovf.json", "ov f", "ovf\n",
+                                  "\u00e9t\u00e9", ""])
+def test_store_names_are_lower_case_letters_digits_dash_underscore(name: str,
+                                                                   conf: Config) -> None:
+    with pytest.raises(ValueError, match="facts name"):
+        store.facts_path(Root(Path("/nonexistent")), conf, name)
+    assert store.facts_path(Root(Path("/x")), conf, "goal_state-2").name == "goal_state-2.json"
+
+
+def test_parse_os_release_keys_are_ascii_identifiers() -> None:
+    text = "\u00c9TAT=1\n_OK=2\n9BAD=3\nOK_9=4\nA B=5\n"
+    assert distro.parse_os_release(text) == {"_OK": "2", "OK_9": "4"}

@@ -323,3 +323,13 @@ def test_superblock_uuid_reads_as_uuid_module_does(raw: bytes) -> None:
 
 def test_an_all_zero_or_short_uuid_is_none() -> None:
     assert disks._uuid(bytes(16)) is None and disks._uuid(b"\x01" * 15) is None
+
+
+@pytest.mark.parametrize("text", [
+    "78563412-BC9A-F0DE-1234-56789ABCDEF0x", "78563412-BC9A-F0DE-1234",
+    "7856341-2BC9A-F0DE-1234-56789ABCDEF0", "78563412-BC9A-F0DE-1234-56789ABCDEFG",
+    "78563412_BC9A_F0DE_1234_56789ABCDEF0", "", "78563412-BC9A-F0DE-1234-56789ABCDEF0-0000",
+    "7856341\u0661-BC9A-F0DE-1234-56789ABCDEF0"])
+def test_vm_id_refuses_what_is_not_8_4_4_4_12_hex(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a UUID"):
+        hardware.vm_id_from_product_uuid(text)

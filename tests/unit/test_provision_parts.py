@@ -11,7 +11,7 @@ from passlib.hash import bcrypt, md5_crypt, sha256_crypt, sha512_crypt
 
 from system.root import Root
 from system.runner import Result, Runner
-from tasks.hostname import hosts_text
+from tasks.hostname import _valid_label, hosts_text
 from tasks.ssh import _key_body, edit_sshd_config
 from tasks.user import password_hash, sudoers_text
 
@@ -107,3 +107,11 @@ class RecordingRunner(Runner):
 def _commands_run(runner: Runner) -> list[str]:
     assert isinstance(runner, RecordingRunner)
     return runner.probed
+
+
+@pytest.mark.parametrize(("label", "valid"), [
+    ("vm", True), ("VM-01", True), ("a" * 63, True), ("0start", True), ("a-b-c", True),
+    ("", False), ("a" * 64, False), ("-lead", False), ("trail-", False), ("-", False),
+    ("under_score", False), ("sp ace", False), ("d\u00e9j\u00e0", False), ("vm\n", False)])
+def test_host_name_labels_follow_rfc_1123(label: str, valid: bool) -> None:
+    assert _valid_label(label) is valid

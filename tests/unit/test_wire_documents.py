@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fixtures import FIXTURES
+from wire import decode_text
 from wire.documents import parse_goal_state, parse_versions
 from wire.errors import DocumentError
 from wire.extensions_config import (
@@ -470,3 +471,10 @@ def test_role_properties_report() -> None:
     prop = root.find(".//Properties/Property")
     assert prop is not None
     assert prop.attrib == {"name": "CertificateThumbprint", "value": 'AB"CD'}
+
+
+@pytest.mark.parametrize("data", [b"<a>\xc3\xa9</a>", b"\xef\xbb\xbf<a>\xc3\xa9</a>",
+                                  b"<a>\xff\xef\xbb\xbf</a>", b"", b"\xef\xbb\xbf"])
+def test_platform_text_decodes_as_utf_8_sig(data: bytes) -> None:
+    # A BOM is dropped only at the start; bad bytes become U+FFFD, as the codec does.
+    assert decode_text(data) == data.decode("utf-8-sig", errors="replace")
