@@ -121,14 +121,16 @@ def gather_ovf(ctx: Context) -> None:
 def gather_goal_state(ctx: Context) -> None:
     """Fetch the goal state and store its facts; NotReady/Provisioning for a new VM.
 
-    Its certificates are the `certificates` area's: they wait for the transport key pair.
+    The document the stored facts came from is not parsed again. Its certificates are
+    the `certificates` area's: they wait for the transport key pair.
     """
-    state = inputs.goal_state(ctx)
+    state = None if inputs.goal_state_unchanged(ctx) else inputs.goal_state(ctx)
     if not inputs.is_provisioned(ctx) and inputs.mode(ctx) != "disabled":
         from tasks.report import report_provisioning
 
         report_provisioning(ctx)
-    store_goal_facts(ctx, state)
+    if state is not None:
+        store_goal_facts(ctx, state)
 
 
 def store_goal_facts(ctx: Context, state: GoalState) -> None:
@@ -138,4 +140,5 @@ def store_goal_facts(ctx: Context, state: GoalState) -> None:
         "container_id": state.container_id,
         "role_instance_id": state.role_instance_id,
         "has_certificates": bool(state.certificates_url),
+        "sha256": inputs.goal_state_digest(state.xml),
     })

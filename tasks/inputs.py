@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 PROVISIONED_FILE = "provisioned"
 OVF_FACTS = "ovf_facts"  # ctx.memo key of the stored OVF facts
+GOAL_STATE_DOCUMENT = "goal_state_document"  # ctx.memo key of a fetched, unparsed goal state
 
 
 class NotProvisionable(AgentError):
@@ -122,9 +123,34 @@ def goal_state(ctx: Context) -> GoalState:
         client = wireserver(ctx)
         if store.load(ctx.root, ctx.conf, "goalstate") is None:
             client.check_protocol_version()
-        return client.goal_state()
+        return client.goal_state(fetched=ctx.memo.pop(GOAL_STATE_DOCUMENT, None))
 
     return _memo(ctx, "goal_state", fetch)  # type: ignore[no-any-return]
+
+
+def goal_state_digest(text: str) -> str:
+    """What identifies a goal state document: the SHA-256 of its text."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def goal_state_unchanged(ctx: Context) -> bool:
+    """True when the platform serves the very goal state document whose facts are stored.
+
+    Nothing then needs parsing: a boot with nothing new loads no XML parser. A changed
+    document is kept for `goal_state`, which parses it without fetching it again.
+    """
+    from wire import decode_text
+
+    stored = store.load(ctx.root, ctx.conf, "goalstate")
+    if stored is None or not stored.get("sha256"):
+        return False
+    document = wireserver(ctx).goal_state_document()
+    if goal_state_digest(decode_text(document)) == stored["sha256"]:
+        return True
+    ctx.memo[GOAL_STATE_DOCUMENT] = document
+    return False
 
 
 def start_transport_pair(ctx: Context) -> None:

@@ -14,9 +14,6 @@ from wire import decode_text
 from wire.errors import DocumentError
 from wire.xmldoc import children, find, parse_xml, required_text, text_at
 
-WIRE_PROTOCOL_VERSION = "2012-11-30"
-
-
 # -- versions -------------------------------------------------------------------------------
 
 class Versions(Record):

@@ -11,18 +11,12 @@ from typing import TYPE_CHECKING
 
 from system.log import get_logger
 from system.record import Record
-from wire.documents import (
-    WIRE_PROTOCOL_VERSION,
-    GoalState,
-    Versions,
-    parse_goal_state,
-    parse_versions,
-)
 from wire.errors import HttpStatusError, WireError
 from wire.http import HttpClient, Response, RetryPolicy, base_url, rebase_url
 
 if TYPE_CHECKING:
     from wire.certs import TransportPair
+    from wire.documents import GoalState, Versions
     from wire.extensions_config import ExtensionsConfig
     from wire.reports import HealthReport
     from wire.subdocuments import CertificateFile, HostingEnvironmentConfig, SharedConfig
@@ -30,6 +24,7 @@ if TYPE_CHECKING:
 log = get_logger("waagent.wire.wireserver")
 
 WIRESERVER_PORT = 80
+WIRE_PROTOCOL_VERSION = "2012-11-30"
 MAX_TELEMETRY_BYTES = 64512
 # Ciphers for the certificates, in order of preference (PLATFORM.md section 2).
 CERTIFICATE_CIPHERS = ("AES128_CBC", "DES_EDE3_CBC")
@@ -91,6 +86,8 @@ class WireServerClient:
 
     def versions(self) -> Versions:
         """`GET /?comp=versions`."""
+        from wire.documents import parse_versions
+
         return parse_versions(self._get(f"{self.base}/?comp=versions").body)
 
     def check_protocol_version(self) -> Versions:
@@ -103,11 +100,22 @@ class WireServerClient:
                             "this agent cannot talk to it", url=f"{self.base}/?comp=versions")
         return found
 
-    def goal_state(self) -> GoalState:
-        """The current goal state, retried while the platform has not placed the role."""
+    def goal_state_document(self) -> bytes:
+        """The goal state document as served, unparsed (one GET)."""
+        return self._get(f"{self.base}/machine/?comp=goalstate").body
+
+    def goal_state(self, fetched: bytes | None = None) -> GoalState:
+        """The current goal state, retried while the platform has not placed the role.
+
+        `fetched`: the document `goal_state_document` returned, parsed as the first try.
+        """
+        from wire.documents import parse_goal_state
+
         url = f"{self.base}/machine/?comp=goalstate"
         for attempt in range(1, self.goal_state_attempts + 1):
-            state = parse_goal_state(self._get(url).body)
+            body = fetched if fetched is not None else self._get(url).body
+            fetched = None
+            state = parse_goal_state(body)
             if state.role_instance_id is not None:
                 return state
             if attempt < self.goal_state_attempts:

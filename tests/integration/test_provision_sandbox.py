@@ -3,6 +3,7 @@ custom data, and the health reports; reruns do exactly what changed."""
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -124,9 +125,13 @@ def test_boot_order_overlaps_the_key_generation_and_reports_ready_before_the_dis
 def test_second_boot_runs_only_the_goal_state_check(harness: Harness) -> None:
     harness.run(check=True)
     reports = len(harness.health())
+    fetched = len(harness.fabric.record.requests(route="goalstate"))
     harness.run(check=True)
     assert harness.ran() == {"gather:goalstate"}
     assert len(harness.health()) == reports, "nothing new reported"
+    # One GET, and no version check: that is for first contact.
+    assert len(harness.fabric.record.requests(route="goalstate")) == fetched + 1
+    assert len(harness.fabric.record.requests(route="versions")) == 1
 
 
 def test_a_no_op_boot_imports_none_of_the_heavy_modules_and_syncs_nothing(
@@ -158,11 +163,16 @@ def test_host_key_type_change_reruns_exactly_the_host_key_tasks(harness: Harness
 
 def test_new_certificates_in_a_new_incarnation_rerun_the_key_tasks(harness: Harness) -> None:
     harness.run(check=True)
-    harness.fabric.bump_incarnation(add_certificates=["rotated"])
+    incarnation = harness.fabric.bump_incarnation(add_certificates=["rotated"])
+    fetched = len(harness.fabric.record.requests(route="goalstate"))
     harness.run(check=True)
     assert harness.ran() == {"gather:goalstate", "certificates:install", "ssh:authorized_keys",
                              "ssh:keypairs", "report:ready"}
     assert harness.health()[-1] == ("Ready", None, None)
+    # The changed document is fetched once: the check keeps it for the parser.
+    assert len(harness.fabric.record.requests(route="goalstate")) == fetched + 1
+    stored = json.loads((harness.root / "var/lib/waagent/facts/goalstate.json").read_text())
+    assert stored["incarnation"] == str(incarnation)
 
 
 def assert_failed(reports: list[tuple[str, str | None, str | None]], text: str) -> None:

@@ -365,6 +365,26 @@ def test_goal_state_without_role_instance_is_retried(server: Callable[[Route], S
     assert state.role_instance_id is not None and sleeps == [1.0, 1.0]
 
 
+def test_a_fetched_goal_state_document_is_parsed_without_a_second_get(
+        server: Callable[[Route], Scripted]) -> None:
+    scripted = server(wire_routes([fixture("goal_state.xml")]))
+    wire = client(scripted.url)
+    document = wire.goal_state_document()
+    assert document == fixture("goal_state.xml")
+    state = wire.goal_state(fetched=document)
+    assert state.incarnation == "1"
+    assert [s.path for s in scripted.seen].count("/machine/?comp=goalstate") == 1
+
+
+def test_a_fetched_document_without_role_instance_is_fetched_again(
+        server: Callable[[Route], Scripted]) -> None:
+    scripted = server(wire_routes([fixture("goal_state.xml")]))
+    sleeps = Sleeps()
+    state = client(scripted.url, sleeps).goal_state(fetched=fixture("goal_state_noop.xml"))
+    assert state.role_instance_id is not None and sleeps == [1.0]
+    assert [s.path for s in scripted.seen].count("/machine/?comp=goalstate") == 1
+
+
 def test_goal_state_never_placed_fails_clearly(server: Callable[[Route], Scripted]) -> None:
     scripted = server(wire_routes([fixture("goal_state_noop.xml")]))
     with pytest.raises(WireError, match="no RoleInstance after 6 attempts"):
