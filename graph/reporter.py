@@ -170,7 +170,8 @@ class WaagentReporter:
         report = {"started": _utc(self.started, "%Y-%m-%dT%H:%M:%S.{micro}+00:00"),
                   "seconds": round(took, 4), "failed": self.failures, "tasks": self.results}
         ctx.fs.mkdir(runs, why="run reports", mode=0o700, quiet=True)
-        ctx.fs.write(runs / f"{stamp}.json", json.dumps(report, indent=1, default=str),
+        # One line: json's C encoder (indented output is encoded in Python, ~0.3 ms a boot).
+        ctx.fs.write(runs / f"{stamp}.json", json.dumps(report, default=str),
                      why="run report", mode=0o600, quiet=True, durable=False)
         reports = sorted(entry for entry in os.listdir(runs) if entry.endswith(".json"))
         for old in reports[:-KEEP_RUNS]:

@@ -13,7 +13,6 @@ from typing import Any
 
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
-from system import osutil
 from system.errors import AgentError
 from system.log import get_logger
 from tasks import inputs
@@ -104,6 +103,8 @@ def hosts_text(text: str, hostname: str) -> str:
 
 def set_hostname(ctx: Context) -> None:
     """Static hostname, hosts entry, then the running hostname (on the running system)."""
+    from system import osutil
+
     name = wanted_hostname(ctx)
     ctx.fs.write(ctx.root / "etc/hostname", name + "\n", why=f"hostname {name}")
     hosts = ctx.root / "etc/hosts"
@@ -137,6 +138,8 @@ def not_published(ctx: Context) -> str | None:
 
 def publish_hostname(ctx: Context) -> None:
     """Make the DHCP client send the hostname and renew the lease (not ifdown/ifup)."""
+    from system import osutil
+
     name = wanted_hostname(ctx)
     client = inputs.distro(ctx).dhcp_client
     if client == "dhclient":

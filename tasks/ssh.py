@@ -19,7 +19,6 @@ from typing import Any
 from facts import users
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
-from system import osutil
 from system.errors import AgentError, CommandFailed
 from system.log import get_logger
 from tasks import certificates, inputs
@@ -452,6 +451,8 @@ def configure_sshd(ctx: Context) -> None:
 
 def check_sshd_config(ctx: Context) -> None:
     """`sshd -t` over the root's configuration, as the root's sshd reads it."""
+    from system import osutil
+
     config = ctx.conf.required_path("OS.SshDir") + "/sshd_config"
     argv = osutil.sshd_test_argv(ctx.run, config if not ctx.root.is_host or ctx.run.chroot
                                  else str(sshd_config_path(ctx)))
@@ -487,4 +488,6 @@ def sshd_file_digests(ctx: Context) -> dict[str, str]:
 
 def reload_sshd(ctx: Context) -> None:
     """Reload sshd the distribution's way (skipped for a root that is not running)."""
+    from system import osutil
+
     osutil.reload_sshd(ctx.run, inputs.distro(ctx).sshd_service)

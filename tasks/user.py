@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from facts import users
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
-from system import osutil
 from system.errors import AgentError, CommandFailed
 from system.log import get_logger
 from tasks import inputs
@@ -102,6 +101,8 @@ def account_missing(ctx: Context) -> str | None:
 
 def ensure_account(ctx: Context) -> None:
     """Create the user unless it exists; refuse to take over a system account."""
+    from system import osutil
+
     name = username(ctx)
     existing = users.user(ctx.root, name)
     if existing is not None:
@@ -190,6 +191,8 @@ def shadow_fields(ctx: Context, name: str) -> list[str] | None:
 
 def ensure_password(ctx: Context) -> None:
     """Set the hash from the OVF password; without the DVD keep the hash already set."""
+    from system import osutil
+
     name = username(ctx)
     if not inputs.ovf_facts(ctx)["password_set"]:
         log.info("no password in the OVF data: %s logs in with SSH keys only", name)
@@ -270,4 +273,6 @@ def root_password_unlocked(ctx: Context) -> str | None:
 
 def lock_root_password(ctx: Context) -> None:
     """Replace root's hash by a lock (the hash is removed, not just disabled)."""
+    from system import osutil
+
     osutil.set_password_hash(ctx.run, "root", "*LOCK*", why="delete root's password")
