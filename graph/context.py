@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,10 @@ class Context:
         # Per-run memo for facts several tasks read (filled lazily, never at load for speed).
         self.memo: dict[str, Any] = memo if memo is not None else {}
 
-    @property
+    @cached_property
     def lib_dir(self) -> Path:
-        """`Lib.Dir` inside the root: the agent's state directory."""
+        """`Lib.Dir` inside the root: the agent's state directory (root and configuration
+        are fixed for a run; the checks ask for it ~40 times)."""
         return self.root / self.conf.required_path("Lib.Dir")
 
     def path(self, system_path: str) -> Path:

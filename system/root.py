@@ -10,11 +10,12 @@ class Root:
 
     def __init__(self, base: str | Path = "/") -> None:
         self.base = Path(base).resolve()
+        self._is_host = str(self.base) == "/"
 
     @property
     def is_host(self) -> bool:
         """True when this root is the running system's `/`."""
-        return self.base == Path("/")
+        return self._is_host
 
     def __truediv__(self, system_path: str | Path) -> Path:
         """The real path of an absolute or relative system path inside this root."""
