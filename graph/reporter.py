@@ -71,7 +71,9 @@ class WaagentReporter:
 
     @staticmethod
     def _is_group(task: Any) -> bool:
-        return not task.actions
+        # The task's action list as given: doit's `actions` property would build an action
+        # object (bound back to its task) for every task of a boot, run or not.
+        return not task._actions
 
     # -- doit's reporter interface
     def initialize(self, tasks: Any, selected_tasks: Any) -> None:
