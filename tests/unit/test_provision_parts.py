@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,8 @@ from passlib.hash import bcrypt, md5_crypt, sha256_crypt, sha512_crypt
 from system.root import Root
 from system.runner import Result, Runner
 from tasks.hostname import _valid_label, hosts_text
-from tasks.ssh import _key_body, edit_sshd_config
-from tasks.user import password_hash, sudoers_text
+from tasks.ssh import _key_body, edit_sshd_config, key_fields
+from tasks.user import password_hash, sudoers_text, valid_user_name
 
 
 @pytest.mark.parametrize(("crypt_id", "scheme", "prefix"), [
@@ -68,6 +70,48 @@ def test_hosts_entry() -> None:
 def test_key_body_ignores_options_and_comments() -> None:
     assert _key_body('from="10.0.0.1" ssh-ed25519 AAAAC3Nz bob@x') == "ssh-ed25519 AAAAC3Nz"
     assert _key_body("not a key") is None
+
+
+# The grammars as regexes (what the string-method parsers replace on the boot path).
+KEY_LINE = re.compile(r"^(?:[^\s]+\s+)?(ssh-(?:rsa|dss|ed25519)|ecdsa-sha2-nistp\d+|"
+                      r"sk-[a-z0-9@.-]+)\s+([A-Za-z0-9+/=]+)(?:\s.*)?\Z")
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,30}[a-z0-9_.$-]?\Z")
+
+
+def _samples(words: Sequence[str], count: int, seed: int) -> list[str]:
+    pick = random.Random(seed)
+    return [" ".join(pick.choice(words) for _ in range(pick.randint(0, 5)))
+            for _ in range(count)]
+
+
+KEY_WORDS = ["ssh-rsa", "ssh-dss", "ssh-ed25519", "ssh-ecdsa", "ecdsa-sha2-nistp256",
+             "ecdsa-sha2-nistp", "ecdsa-sha2-nistpX", "sk-ssh-ed25519@openssh.com",
+             "sk-", "sk-UPPER", "AAAAB3NzaC1yc2E=", "AAAA+/==", "AA-AA", "bob@host",
+             'from="10.0.0.1"', 'command="x y"', "no-pty", "", "\u00e9", "AAAA\u0661"]
+
+
+KEY_LINES = [*_samples(KEY_WORDS, 3000, 1), "ssh-rsa AAAA", " ssh-rsa\tAAAA  bob ",
+             "ssh-rsa AAAA\n", "opts ssh-ed25519 AAAA c d e", "ssh-rsa ssh-rsa AAAA",
+             "ecdsa-sha2-nistp384 AAAA"]
+USER_NAMES = [name.replace(" ", "") for name in [
+    *_samples(["a", "z", "_", "0", "9", ".", "-", "$", "A", " ", "\u00e9"], 2000, 2),
+    "a" * 32, "a" * 33, "a" * 31 + "$", "a" * 32 + "$", "_$", "$", "a$$", "a$b", "root",
+    "0user", "-user", ".user", "user\n"]]
+
+
+def test_key_lines_parse_as_the_grammar_says() -> None:
+    def grammar(line: str) -> tuple[str, str] | None:
+        match = KEY_LINE.match(line)
+        return (match.group(1), match.group(2)) if match else None
+
+    accepted = [line for line in KEY_LINES if grammar(line.strip())]
+    assert len(accepted) > 50, "the samples hold valid lines too"
+    assert [line for line in KEY_LINES if key_fields(line.strip()) != grammar(line.strip())] == []
+
+
+def test_user_names_are_checked_as_the_grammar_says() -> None:
+    assert sum(1 for name in USER_NAMES if USER_NAME.match(name)) > 100
+    assert [n for n in USER_NAMES if valid_user_name(n) is not bool(USER_NAME.match(n))] == []
 
 
 @pytest.mark.parametrize(("crypt_id", "scheme"), [
