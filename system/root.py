@@ -11,6 +11,9 @@ class Root:
     def __init__(self, base: str | Path = "/") -> None:
         self.base = Path(base).resolve()
         self._is_host = str(self.base) == "/"
+        # Real paths already made: the checks of a boot ask for the same few dozen often,
+        # and each Path is parsed anew (pathlib is slow at that).
+        self._paths: dict[str, Path] = {}
 
     @property
     def is_host(self) -> bool:
@@ -19,8 +22,12 @@ class Root:
 
     def __truediv__(self, system_path: str | Path) -> Path:
         """The real path of an absolute or relative system path inside this root."""
-        relative = str(system_path).lstrip("/")
-        return self.base / relative if relative else self.base
+        key = str(system_path)
+        real = self._paths.get(key)
+        if real is None:
+            relative = key.lstrip("/")
+            real = self._paths[key] = self.base / relative if relative else self.base
+        return real
 
     def system_path(self, real: str | Path) -> str:
         """The path as the VM sees it (`/etc/hostname`) for a real path inside the root."""
