@@ -3,14 +3,19 @@
 provisioned sandbox root (the fabric emulator on 127.0.0.1 answers the goal-state check),
 against `python -c "import doit.doit_cmd"` measured in the same run.
 
-    .venv/bin/python bench/startup.py [--runs 9]     (as root: provisioning uses useradd)
+    .venv/bin/python bench/startup.py [--runs 21] [--instructions]   (as root: useradd)
 
 Prints medians (seconds) and ratios; the target is a no-op provision <= 1.3x the import.
+With --instructions it also counts the instructions each case executes (valgrind's
+callgrind, once each, ~5 s a case): a ratio that machine noise does not move.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,10 +38,27 @@ def timed(argv: list[str], runs: int, cwd: Path) -> float:
     return statistics.median(samples)
 
 
+def instructions(argv: list[str], cwd: Path) -> int:
+    """Instructions executed by a command (and its children), counted by callgrind."""
+    found = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                            *argv], cwd=cwd, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True).stderr
+    match = re.search(r"Collected : (\d+)", found)
+    if match is None:
+        raise RuntimeError(f"no instruction count from valgrind for {argv}: {found[-500:]}")
+    return int(match.group(1))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=9)
+    # These machines are noisy (a process can take 1.5x as long from one second to the
+    # next): medians of fewer than ~21 runs move by several hundredths.
+    parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions with valgrind (deterministic)")
     args = parser.parse_args()
+    if args.instructions and shutil.which("valgrind") is None:
+        parser.error("--instructions needs valgrind (apt-get install valgrind)")
     from fabric import Fabric, build_media, default_scenario
     from tests.sandbox import make_sandbox_root
 
@@ -57,16 +79,29 @@ def main() -> int:
             "waagent provision (no-op)": [str(Path(PY).parent / "waagent"), "provision",
                                           *where],
         }
-        # Interleave the cases round by round so machine noise hits them alike.
+        # Interleave the cases round by round, in a new order each round, so machine noise
+        # hits them alike.
         samples: dict[str, list[float]] = {name: [] for name in cases}
+        shuffle = random.Random(0).shuffle
         for _ in range(args.runs):
-            for name, argv in cases.items():
-                samples[name].append(timed(argv, 1, REPO))
+            order = list(cases)
+            shuffle(order)
+            for name in order:
+                samples[name].append(timed(cases[name], 1, REPO))
+        counted = {name: instructions(argv, REPO) for name, argv in cases.items()} \
+            if args.instructions else {}
     base = statistics.median(samples["import doit.doit_cmd (baseline)"])
-    print(f"{'case':34} {'median s':>9} {'x baseline':>11}   ({args.runs} runs each)")
+    print(f"{'case':34} {'median s':>9} {'x baseline':>11} {'quartiles s':>14}"
+          f"   ({args.runs} runs each)")
     for name, values in samples.items():
         median = statistics.median(values)
-        print(f"{name:34} {median:9.3f} {median / base:11.2f}")
+        low, _, high = statistics.quantiles(values, n=4)
+        print(f"{name:34} {median:9.3f} {median / base:11.2f} {low:7.3f}-{high:.3f}")
+    if counted:
+        first = counted["import doit.doit_cmd (baseline)"]
+        print(f"\n{'case':34} {'instructions':>13} {'x baseline':>11}   (valgrind)")
+        for name, count in counted.items():
+            print(f"{name:34} {count / 1e6:12.1f}M {count / first:11.3f}")
     return 0
 
 
