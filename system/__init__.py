@@ -1,4 +1,5 @@
-"""The only code that changes the machine: Root, Runner, FileSystem, secrets redaction."""
+"""The only code that changes the machine: Root, Runner, FileSystem; with them the agent's
+base helpers: errors, loggers, secrets redaction, Record (system/record.py)."""
 
 from system.errors import AgentError, CommandFailed, UnsafeOperation
 from system.fs import FileSystem
