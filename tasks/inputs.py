@@ -138,19 +138,17 @@ def goal_state_digest(text: str) -> str:
 def goal_state_unchanged(ctx: Context) -> bool:
     """True when the platform serves the very goal state document whose facts are stored.
 
-    Nothing then needs parsing: a boot with nothing new loads no XML parser. A changed
-    document is kept for `goal_state`, which parses it without fetching it again.
+    Nothing then needs parsing: a boot with nothing new loads no XML parser. The document
+    is kept for `goal_state`, which parses it without fetching it again if a task of this
+    run needs the goal state itself (a changed one, or a check that found work to do).
     """
     from wire import decode_text
 
     stored = store.load(ctx.root, ctx.conf, "goalstate")
     if stored is None or not stored.get("sha256"):
         return False
-    document = wireserver(ctx).goal_state_document()
-    if goal_state_digest(decode_text(document)) == stored["sha256"]:
-        return True
-    ctx.memo[GOAL_STATE_DOCUMENT] = document
-    return False
+    document = ctx.memo[GOAL_STATE_DOCUMENT] = wireserver(ctx).goal_state_document()
+    return goal_state_digest(decode_text(document)) == str(stored["sha256"])
 
 
 def start_transport_pair(ctx: Context) -> None:

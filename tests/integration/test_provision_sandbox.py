@@ -134,6 +134,17 @@ def test_second_boot_runs_only_the_goal_state_check(harness: Harness) -> None:
     assert len(harness.fabric.record.requests(route="versions")) == 1
 
 
+def test_work_that_needs_an_unchanged_goal_state_does_not_fetch_it_again(
+        harness: Harness) -> None:
+    harness.run(check=True)
+    lib = harness.root / "var/lib/waagent"
+    next(lib.glob("*.crt")).unlink()  # the certificates check finds work to do
+    fetched = len(harness.fabric.record.requests(route="goalstate"))
+    harness.run(check=True)
+    assert "certificates:install" in harness.ran()
+    assert len(harness.fabric.record.requests(route="goalstate")) == fetched + 1
+
+
 def test_a_no_op_boot_imports_none_of_the_heavy_modules_and_syncs_nothing(
         harness: Harness) -> None:
     harness.run(check=True)
