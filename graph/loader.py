@@ -209,18 +209,40 @@ def dodo_namespace(variables: dict[str, str] | None = None) -> dict[str, Any]:
     return namespace
 
 
+def _run_groups(namespace: dict[str, Any], command: str,
+                targets: list[str]) -> tuple[list[str], set[str]] | None:
+    """The groups a `run` names (or runs by default) and their areas; None when the
+    command is not a run of groups only."""
+    names = [t for t in targets if "=" not in t and not t.startswith("-")]
+    names = names or list(namespace.get("DOIT_CONFIG", {}).get("default_tasks", []))
+    groups = {group.name: group for group in GROUPS}
+    if command != "run" or not names or any(name not in groups for name in names):
+        return None
+    return names, {entry.split(":")[0] for name in names for entry in groups[name].areas}
+
+
 def for_groups_only(namespace: dict[str, Any], command: str,
                     targets: list[str]) -> dict[str, Any]:
     """The namespace a `run` of groups needs (the boot's `run provision`): the creators of
     the areas those groups name, not the others. Generating an area imports its module,
     and a boot needs neither deprovision nor the serial console. Any other command or
     target (a task, an area: its dependencies may lie in other areas) gets every area."""
-    names = [t for t in targets if "=" not in t and not t.startswith("-")]
-    names = names or list(namespace.get("DOIT_CONFIG", {}).get("default_tasks", []))
-    groups = {group.name: group for group in GROUPS}
-    if command != "run" or not names or any(name not in groups for name in names):
+    found = _run_groups(namespace, command, targets)
+    if found is None:
         return namespace
-    areas = {entry.split(":")[0] for name in names for entry in groups[name].areas}
+    names, areas = found
     keep = {f"task_{name}" for name in [*areas, *names]}
     return {key: value for key, value in namespace.items()
             if not key.startswith("task_") or key in keep}
+
+
+def start_run_work(namespace: dict[str, Any], command: str, targets: list[str]) -> None:
+    """Work a run of groups starts before its graph loads: when they gather the goal state
+    (the boot's `run provision`), its request goes out now and the WireServer answers
+    while the areas load; gather:goalstate reads the answer."""
+    found = _run_groups(namespace, command, targets)
+    if CURRENT is None or found is None or "gather" not in found[1]:
+        return
+    from tasks.inputs import ask_goal_state_ahead
+
+    ask_goal_state_ahead(CURRENT)

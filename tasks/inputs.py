@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 PROVISIONED_FILE = "provisioned"
 OVF_FACTS = "ovf_facts"  # ctx.memo key of the stored OVF facts
 GOAL_STATE_DOCUMENT = "goal_state_document"  # ctx.memo key of a fetched, unparsed goal state
+GOAL_STATE_ASKED = "goal_state_asked"  # ctx.memo key of the goal state request sent ahead
 
 
 class NotProvisionable(AgentError):
@@ -147,8 +148,25 @@ def goal_state_unchanged(ctx: Context) -> bool:
     stored = store.load(ctx.root, ctx.conf, "goalstate")
     if stored is None or not stored.get("sha256"):
         return False
-    document = ctx.memo[GOAL_STATE_DOCUMENT] = wireserver(ctx).goal_state_document()
+    document = ctx.memo[GOAL_STATE_DOCUMENT] = wireserver(ctx).goal_state_document(
+        sent=ctx.memo.pop(GOAL_STATE_ASKED, None))
     return goal_state_digest(decode_text(document)) == str(stored["sha256"])
+
+
+def ask_goal_state_ahead(ctx: Context) -> None:
+    """Send the goal state request before the graph loads (graph.loader.start_run_work),
+    for `goal_state_unchanged` to read: not on first contact (the protocol version is
+    checked first) nor in a plan. Any trouble is left to gather:goalstate, which then
+    asks again and reports it."""
+    if ctx.run.plan or GOAL_STATE_ASKED in ctx.memo:
+        return
+    stored = store.load(ctx.root, ctx.conf, "goalstate")
+    if stored is None or not stored.get("sha256"):
+        return
+    try:
+        ctx.memo[GOAL_STATE_ASKED] = wireserver(ctx).ask_goal_state()
+    except (OSError, AgentError):
+        return
 
 
 def start_transport_pair(ctx: Context) -> None:

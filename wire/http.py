@@ -17,7 +17,7 @@ from system.log import get_logger
 from system.record import Record
 from wire import decode_text
 from wire.errors import HttpStatusError, WireError
-from wire.http1 import BadResponse, exchange
+from wire.http1 import BadResponse, Sent, exchange, send
 
 log = get_logger("waagent.wire.http")
 
@@ -156,11 +156,13 @@ class HttpClient:
         allow: Collection[int] = (),
         proxy: str | None = None,
         max_bytes: int | None = None,
+        sent: Sent | None = None,
     ) -> Response:
         """Send a request, retrying per policy; return the answer when 2xx or in `allow`.
 
         Raises HttpStatusError for any other final status, WireError when the budget
         is spent on connection errors. `proxy` is only for storage/artifact downloads.
+        `sent`: this request, already sent by `send_ahead`; its answer is the first try.
         """
         policy = retry or self.retry
         limit = timeout if timeout is not None else self.timeout
@@ -172,14 +174,19 @@ class HttpClient:
             attempts += 1
             status: int | None = None
             try:
-                response = self._send(method, url, headers or {}, body, limit, proxy, cap)
+                response = self._send(method, url, headers or {}, body, limit, proxy, cap,
+                                      sent)
             except WireError:
                 raise
             except (OSError, BadResponse) as err:
+                if sent is not None:  # the early request failed: ask again, now
+                    sent = None
+                    continue
                 failures += 1
                 last = f"connection error: {err or type(err).__name__}"
                 delay = policy.backoff(failures)
             else:
+                sent = None
                 status = response.status
                 if 200 <= status < 300 or status in allow:
                     return Response(status, response.reason, response.headers, response.body,
@@ -210,8 +217,25 @@ class HttpClient:
             self.sleep(delay)
             slept += delay
 
+    def send_ahead(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
+                   timeout: float | None = None, max_bytes: int | None = None) -> Sent:
+        """Send a plain-HTTP request now; `request(..., sent=...)` reads its answer later.
+        OSError when it cannot be sent (the caller then just asks later)."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise WireError(f"{shown_url(url)}: only plain-HTTP requests are sent ahead")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return send(method, parts.hostname, parts.port or 80, target, headers or {}, None,
+                    timeout if timeout is not None else self.timeout,
+                    max_bytes if max_bytes is not None else self.max_bytes)
+
     def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
-              timeout: float, proxy: str | None, cap: int) -> Response:
+              timeout: float, proxy: str | None, cap: int, sent: Sent | None = None,
+              ) -> Response:
+        if sent is not None:
+            status, reason, found, data = sent.answer()
+            return self._within_cap(method, url, cap, Response(status, reason, found, data,
+                                                               url))
         if proxy:
             return _send_through_proxy(method, url, headers, body, timeout, proxy, cap)
         parts = urllib.parse.urlsplit(url)
@@ -225,10 +249,14 @@ class HttpClient:
         else:
             status, reason, found, data = _send_https(method, parts.hostname, parts.port,
                                                       target, headers, body, timeout, cap)
-        if len(data) > cap:
+        return self._within_cap(method, url, cap, Response(status, reason, found, data, url))
+
+    @staticmethod
+    def _within_cap(method: str, url: str, cap: int, response: Response) -> Response:
+        if len(response.body) > cap:
             raise WireError(f"{method} {shown_url(url)}: answer larger than {cap} bytes, refused",
-                            url=url, status=status)
-        return Response(status, reason, found, data, url)
+                            url=url, status=response.status)
+        return response
 
 
 def _send_https(method: str, host: str, port: int | None, target: str,

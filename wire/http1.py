@@ -125,32 +125,66 @@ def _chunked(reader: _Reader, cap: int) -> bytes:
         reader.exactly(2)  # CRLF after the chunk
 
 
+class Sent:
+    """A request on its way: `answer()` reads the response (once) and closes the socket.
+
+    Sending first and reading later lets the peer work while the agent does (a boot asks
+    for the goal state before it loads its graph)."""
+
+    def __init__(self, sock: socket.socket, method: str, cap: int) -> None:
+        self.sock = sock
+        self.method = method
+        self.cap = cap
+
+    def answer(self) -> Answer:
+        """The response; OSError on network trouble, BadResponse on a broken answer."""
+        with self.sock as sock:
+            return _read_answer(_Reader(sock), self.method, self.cap)
+
+    def close(self) -> None:
+        """Give up on the answer."""
+        self.sock.close()
+
+
+def send(method: str, host: str, port: int, target: str, headers: Mapping[str, str],
+         body: bytes | None, timeout: float, cap: int) -> Sent:
+    """Connect and send one request; its answer is read by `Sent.answer()`."""
+    head = _request_head(method, host, port, target, headers, body)
+    # An ASCII host as bytes: a str would be IDNA-encoded, which imports ~2 ms of codecs.
+    address = host.encode("ascii") if host.isascii() else host
+    sock = socket.create_connection((address, port), timeout=timeout)  # type: ignore[arg-type]
+    try:
+        sock.sendall(head + (body or b""))
+    except BaseException:
+        sock.close()
+        raise
+    return Sent(sock, method, cap)
+
+
 def exchange(method: str, host: str, port: int, target: str, headers: Mapping[str, str],
              body: bytes | None, timeout: float, cap: int) -> Answer:
     """Send one request and read its answer; a body longer than `cap` is cut at cap + 1
     bytes (the caller refuses it). OSError on network trouble, BadResponse on a broken
     answer."""
-    head = _request_head(method, host, port, target, headers, body)
-    # An ASCII host as bytes: a str would be IDNA-encoded, which imports ~2 ms of codecs.
-    address = host.encode("ascii") if host.isascii() else host
-    with socket.create_connection((address, port), timeout=timeout) as sock:  # type: ignore[arg-type]
-        sock.sendall(head + (body or b""))
-        reader = _Reader(sock)
+    return send(method, host, port, target, headers, body, timeout, cap).answer()
+
+
+def _read_answer(reader: _Reader, method: str, cap: int) -> Answer:
+    status, reason, found = _head(reader)
+    while 100 <= status < 200:  # interim answers (100 Continue) precede the real one
         status, reason, found = _head(reader)
-        while 100 <= status < 200:  # interim answers (100 Continue) precede the real one
-            status, reason, found = _head(reader)
-        if method == "HEAD" or status in (204, 304):
-            data = b""
-        elif "chunked" in found.get("transfer-encoding", "").lower():
-            data = _chunked(reader, cap)
-        elif "content-length" in found:
-            try:
-                length = int(found["content-length"])
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                raise BadResponse(f"bad Content-Length {found['content-length']!r}") from None
-            data = reader.exactly(min(length, cap + 1))
-        else:
-            data = reader.to_end(cap)
+    if method == "HEAD" or status in (204, 304):
+        data = b""
+    elif "chunked" in found.get("transfer-encoding", "").lower():
+        data = _chunked(reader, cap)
+    elif "content-length" in found:
+        try:
+            length = int(found["content-length"])
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            raise BadResponse(f"bad Content-Length {found['content-length']!r}") from None
+        data = reader.exactly(min(length, cap + 1))
+    else:
+        data = reader.to_end(cap)
     return Answer(status, reason, found, data)

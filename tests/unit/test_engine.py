@@ -249,3 +249,64 @@ def test_run_never_takes_reporters_or_backends_from_installed_packages(
     Run(task_loader=WaagentLoader(), config={}, bin_name="doit", cmds={})
     assert scanned == [], "Run looked up entry points"
     assert PluginDict()._from_entry_points("REPORTER") == {}
+
+
+class Listener:
+    """A listening socket on 127.0.0.1 that answers nothing: what connected to it waits in
+    its backlog, with the bytes it sent (read once the code under test returned)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def requests(self) -> list[bytes]:
+        found = []
+        self.listener.setblocking(False)
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except BlockingIOError:
+                break
+            with conn:
+                conn.settimeout(5.0)
+                found.append(conn.recv(4096))
+        self.listener.close()
+        return found
+
+
+@pytest.mark.parametrize(("command", "targets", "stored", "plan", "asked"), [
+    ("run", ["provision"], True, False, True),
+    ("run", [], True, False, True),            # provision is the default task
+    ("run", ["ssh"], True, False, False),      # an area: not the boot
+    ("list", ["provision"], True, False, False),
+    ("run", ["provision"], False, False, False),  # first contact: versions come first
+    ("run", ["provision"], True, True, False),    # a plan asks nothing ahead
+])
+def test_the_boot_sends_its_goal_state_request_before_the_graph_loads(
+        sandbox: Path, command: str, targets: list[str], stored: bool, plan: bool,
+        asked: bool) -> None:
+    from graph import loader
+    from graph.context import make_context
+    from tasks import inputs
+
+    server = Listener()
+    ctx = make_context({"root": str(sandbox), "wireserver": server.url}, plan=plan)
+    if stored:
+        facts = sandbox / "var/lib/waagent/facts"
+        facts.mkdir(parents=True)
+        (facts / "goalstate.json").write_text('{"incarnation": "1", "sha256": "ab"}')
+    namespace = {"DOIT_CONFIG": {"default_tasks": ["provision"]}}
+    previous, loader.CURRENT = loader.CURRENT, ctx
+    try:
+        loader.start_run_work(namespace, command, targets)
+    finally:
+        loader.CURRENT = previous
+    requests = server.requests()
+    sent = ctx.memo.pop(inputs.GOAL_STATE_ASKED, None)
+    if sent is not None:
+        sent.close()
+    assert (sent is not None) is asked
+    assert [r.split(b"\r\n")[0] for r in requests] == \
+        ([b"GET /machine/?comp=goalstate HTTP/1.1"] if asked else [])
