@@ -143,6 +143,16 @@ def _engine_vars(inv: Invocation) -> list[str]:
 def main(argv: Sequence[str] | None = None, run_doit: Callable[[list[str]], int] | None = None,
          ) -> int:
     """Entry point of the `waagent` console script."""
+    try:
+        return _main(argv, run_doit)
+    except BrokenPipeError:
+        # The reader went away (`waagent -show-configuration | head`): stop quietly, as
+        # other tools do, and keep Python from failing again when it flushes stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Sequence[str] | None, run_doit: Callable[[list[str]], int] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         inv = parse(args)

@@ -68,6 +68,19 @@ def test_waagent_works_from_any_directory(tmp_path: Path) -> None:
     assert "ResourceDisk.MountPoint = /mnt/resource" in out.stdout
 
 
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head` once it has read its lines: every write fails
+    try:
+        writer = subprocess.run([str(BIN / "waagent"), "-show-configuration"], cwd=tmp_path,
+                                stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert writer.returncode == 1
+    assert "Traceback" not in writer.stderr, writer.stderr
+
+
 def test_show_configuration_reports_bad_line(tmp_path: Path) -> None:
     conf = tmp_path / "waagent.conf"
     conf.write_text("ResourceDisk.Format=y\nResourceDisk.SwapSizeMB=lots\n")
