@@ -7,6 +7,7 @@ separate function tested from captured text.
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 
 from system.errors import ProbeFailed
@@ -14,7 +15,7 @@ from system.record import Record
 from system.root import Root
 
 _UUID_GROUPS = (8, 4, 4, 4, 12)
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_HEX_DIGITS = frozenset(string.hexdigits)
 _ARPHRD_LOOPBACK = 772
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 log = get_logger("waagent.facts.store")
 
 FACTS_DIR = "facts"
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+_NAME_CHARS = frozenset(string.ascii_lowercase + string.digits + "_-")
 # Keys whose values are shown masked in redacted views, whatever they hold.
 SECRET_KEYS = frozenset({"password", "user_password", "custom_data", "private_key", "secret"})
 

@@ -86,7 +86,8 @@ else:
             return tuple.__new__(cls, values)
 
         def _replace(self, **changes: Any) -> Any:
-            values = [changes.pop(field, value) for field, value in zip(self._fields, self, strict=True)]
+            values = [changes.pop(field, value)
+                      for field, value in zip(self._fields, self, strict=True)]
             if changes:
                 raise ValueError(f"Got unexpected field names: {list(changes)!r}")
             return tuple.__new__(type(self), values)
@@ -95,7 +96,8 @@ else:
             return dict(zip(self._fields, self, strict=True))
 
         def __repr__(self) -> str:
-            shown = ", ".join(f"{field}={value!r}" for field, value in zip(self._fields, self, strict=True))
+            shown = ", ".join(f"{field}={value!r}"
+                              for field, value in zip(self._fields, self, strict=True))
             return f"{type(self).__name__}({shown})"
 
         def __getnewargs__(self) -> tuple[Any, ...]:

@@ -8,6 +8,7 @@ publish:hostname  the DHCP client sends it (renew that keeps the address); publi
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from tasks import inputs
 log = get_logger("waagent.hostname")
 
 PUBLISHED_FILE = "published_hostname"
-_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+_LABEL_CHARS = frozenset(string.ascii_letters + string.digits + "-")
 DHCLIENT_CONF = "/etc/dhcp/dhclient.conf"
 
 

@@ -8,6 +8,7 @@ sees the same inputs as the boot that provisioned.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,9 +132,14 @@ def goal_state(ctx: Context) -> GoalState:
 
 def goal_state_digest(text: str) -> str:
     """What identifies a goal state document: the SHA-256 of its text."""
-    import hashlib
-
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _handled_goal_state(ctx: Context) -> str | None:
+    """The digest of the goal state document whose facts are stored (None before the
+    first one, and for facts stored by an agent that kept no digest)."""
+    stored = store.load(ctx.root, ctx.conf, "goalstate")
+    return str(stored["sha256"]) if stored and stored.get("sha256") else None
 
 
 def goal_state_unchanged(ctx: Context) -> bool:
@@ -145,12 +151,12 @@ def goal_state_unchanged(ctx: Context) -> bool:
     """
     from wire import decode_text
 
-    stored = store.load(ctx.root, ctx.conf, "goalstate")
-    if stored is None or not stored.get("sha256"):
+    handled = _handled_goal_state(ctx)
+    if handled is None:
         return False
     document = ctx.memo[GOAL_STATE_DOCUMENT] = wireserver(ctx).goal_state_document(
         sent=ctx.memo.pop(GOAL_STATE_ASKED, None))
-    return goal_state_digest(decode_text(document)) == str(stored["sha256"])
+    return goal_state_digest(decode_text(document)) == handled
 
 
 def ask_goal_state_ahead(ctx: Context) -> None:
@@ -158,10 +164,7 @@ def ask_goal_state_ahead(ctx: Context) -> None:
     for `goal_state_unchanged` to read: not on first contact (the protocol version is
     checked first) nor in a plan. Any trouble is left to gather:goalstate, which then
     asks again and reports it."""
-    if ctx.run.plan or GOAL_STATE_ASKED in ctx.memo:
-        return
-    stored = store.load(ctx.root, ctx.conf, "goalstate")
-    if stored is None or not stored.get("sha256"):
+    if ctx.run.plan or GOAL_STATE_ASKED in ctx.memo or _handled_goal_state(ctx) is None:
         return
     try:
         ctx.memo[GOAL_STATE_ASKED] = wireserver(ctx).ask_goal_state()

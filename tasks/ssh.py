@@ -11,6 +11,7 @@ ssh:report           the host key's fingerprint to the platform (role properties
 from __future__ import annotations
 
 import glob
+import string
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ HOST_KEY_TYPES = ("rsa", "ecdsa", "ed25519")  # what "auto" makes (DSA is gone f
 # An OpenSSH public key line: `[options] TYPE BASE64 [comment]` (sshd(8) AUTHORIZED_KEYS).
 # Parsed with string methods: the regex would be compiled on every boot (~0.4 ms).
 _KEY_TYPES = frozenset({"ssh-rsa", "ssh-dss", "ssh-ed25519"})
-_BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
-_SK_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789@.-")
+_BASE64 = frozenset(string.ascii_letters + string.digits + "+/=")
+_SK_TYPE_CHARS = frozenset(string.ascii_lowercase + string.digits + "@.-")
 
 
 class SshError(AgentError):

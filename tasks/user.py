@@ -8,6 +8,7 @@ user:rootpw    lock root's password (Provisioning.DeleteRootPassword)
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +27,8 @@ log = get_logger("waagent.user")
 
 # POSIX portable user names, as useradd accepts them by default.
 # useradd's portable names: [a-z_][a-z0-9_.-]*, a `$` allowed last, at most 32 characters.
-_NAME_START = frozenset("abcdefghijklmnopqrstuvwxyz_")
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+_NAME_START = frozenset(string.ascii_lowercase + "_")
+_NAME_CHARS = frozenset(string.ascii_lowercase + string.digits + "_.-")
 SUDOERS_FILE = "waagent"
 _CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Salt lengths the schemes allow; PasswordCryptSaltLength is capped to them.
