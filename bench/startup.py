@@ -5,7 +5,8 @@ against `python -c "import doit.doit_cmd"` measured in the same run.
 
     .venv/bin/python bench/startup.py [--runs 21] [--instructions]   (as root: useradd)
 
-Prints medians (seconds) and ratios; the target is a no-op provision <= 1.3x the import.
+Prints medians (seconds) and ratios (the median of each round's ratio, then the ratio of
+the medians); the target is a no-op provision <= 1.3x the import.
 With --instructions it also counts the instructions each case executes (valgrind's
 callgrind, once each, ~5 s a case): a ratio that machine noise does not move.
 """
@@ -92,16 +93,18 @@ def main() -> int:
             if args.instructions else {}
     baseline = samples["import doit.doit_cmd (baseline)"]
     base = statistics.median(baseline)
-    print(f"{'case':34} {'median s':>9} {'x baseline':>11} {'quartiles s':>14} "
-          f"{'per round':>10}   ({args.runs} runs each)")
+    # "x baseline" is the median of each round's ratio: the machine's slow spells last
+    # seconds and slow a whole round alike, while they can put the baseline's median in a
+    # fast cluster and a case's in a slow one (the ratio of medians, shown after it, has
+    # read anywhere from 1.20x to 1.67x for the same code in such batches).
+    print(f"{'case':34} {'median s':>9} {'quartiles s':>14} {'x baseline':>11} "
+          f"{'of medians':>11}   ({args.runs} rounds)")
     for name, values in samples.items():
         median = statistics.median(values)
         low, _, high = statistics.quantiles(values, n=4)
-        # The median of each round's ratio: a slow spell of the machine (they last
-        # seconds) slows a whole round alike, so this moves less than the ratio of medians.
         per_round = statistics.median(v / b for v, b in zip(values, baseline, strict=True))
-        print(f"{name:34} {median:9.3f} {median / base:11.2f} {low:7.3f}-{high:.3f} "
-              f"{per_round:10.2f}")
+        print(f"{name:34} {median:9.3f} {low:7.3f}-{high:.3f} {per_round:11.2f} "
+              f"{median / base:11.2f}")
     if counted:
         first = counted["import doit.doit_cmd (baseline)"]
         print(f"\n{'case':34} {'instructions':>13} {'x baseline':>11}   (valgrind)")
