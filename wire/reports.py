@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from system.record import Record
 
 MAX_HEALTH_DESCRIPTION_BYTES = 4096
 
+# Every character XML 1.0 does not allow (its Char production keeps tab, LF, CR, and
+# U+0020 up, without surrogates, U+FFFE and U+FFFF), not even as a character reference.
+# Such text comes from commands' output (ANSI colours in a script's stderr, bytes decoded
+# with surrogateescape); one of them makes the platform reject the whole report.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+REPLACEMENT = "\ufffd"
+
+
+def xml_chars(text: str) -> str:
+    """Text with each character XML 1.0 does not allow replaced by U+FFFD."""
+    return _NOT_XML_CHAR.sub(REPLACEMENT, text)
+
 
 def escape(text: str) -> str:
-    """Text safe inside an XML element (xml.sax.saxutils pulls in urllib.request: 20 ms)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text safe inside an XML 1.0 element, whatever it holds.
+
+    (xml.sax.saxutils pulls in urllib.request, 20 ms, and leaves control characters.)
+    """
+    return xml_chars(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def quoteattr(text: str) -> str:
-    """A double-quoted XML attribute value."""
-    return '"' + escape(text).replace('"', "&quot;").replace("\n", "&#10;") + '"'
+    """A double-quoted XML attribute value; tab, LF and CR as references so they survive
+    attribute-value normalisation."""
+    return ('"' + escape(text).replace('"', "&quot;").replace("\t", "&#9;")
+            .replace("\n", "&#10;").replace("\r", "&#13;") + '"')
 
 
 HealthState = Literal["Ready", "NotReady"]

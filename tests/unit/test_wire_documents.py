@@ -478,3 +478,60 @@ def test_role_properties_report() -> None:
 def test_platform_text_decodes_as_utf_8_sig(data: bytes) -> None:
     # A BOM is dropped only at the start; bad bytes become U+FFFD, as the codec does.
     assert decode_text(data) == data.decode("utf-8-sig", errors="replace")
+
+
+# What XML 1.0 allows: #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF].
+_NOT_XML_1_0 = ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\ud800", "\udcff",
+                "\ufffe", "\uffff"]
+
+
+def test_failed_report_with_control_characters_is_valid_xml_1_0() -> None:
+    """A custom-data script's stderr with ANSI colours and stray bytes (surrogateescape)."""
+    reason = ("custom data failed: \x1b[31merror\x1b[0m\tat line 2\r\nbad byte \udcff "
+              + "".join(_NOT_XML_1_0) + " end \U0001f600")
+    body = health_report_xml("1", "c", "i", HealthReport.failed(reason)).encode()
+    # The platform's parser (expat) rejects the whole report on one invalid character.
+    description = _health(body.decode()).findtext(".//Details/Description") or ""
+    assert "\x1b" not in description and "\ufffd[31merror\ufffd[0m" in description
+    assert not any(char in description for char in _NOT_XML_1_0)
+    assert "\tat line 2" in description and "\r\n" in body.decode()  # allowed: kept
+    assert description.endswith(" end \U0001f600")
+
+
+def test_bounded_description_stays_valid_with_control_characters() -> None:
+    xml = health_report_xml("1", "c", "i", HealthReport.failed("\x1b" * 10000))
+    escaped = xml.split("<Description>")[1].split("</Description>")[0]
+    assert len(escaped.encode()) <= 4096
+    assert (_health(xml).findtext(".//Details/Description") or "").strip("\ufffd") == ""
+
+
+def test_role_properties_with_control_characters_are_valid_xml_1_0() -> None:
+    value = "A\x1bB\x00C\ud800D\tE\nF"
+    xml = role_properties_xml("c\x01", "i\x02", {"Note\x0b": value})
+    root = ET.fromstring(xml.split("?>", 1)[1].encode())
+    found = root.find("Container/RoleInstances/RoleInstance/Properties/Property")
+    assert found is not None
+    assert found.get("name") == "Note\ufffd"
+    # Attribute values keep tab and newline only as character references.
+    assert found.get("value") == "A\ufffdB\ufffdC\ufffdD\tE\nF"
+    assert root.findtext("Container/ContainerId") == "c\ufffd"
+
+
+def test_fabric_refuses_what_xml_1_0_does_not_allow_and_accepts_the_agents_report() -> None:
+    """The emulator parses as the platform does: one control character rejects the report."""
+    from fabric.documents import parse_health, parse_role_properties
+
+    reason = "script said \x1b[1mno\x1b[0m \udcff"
+    raw = (b"<Health><Container><RoleInstanceList><Role><Health><State>NotReady</State>"
+           b"<Details><Description>\x1b[1mno</Description></Details></Health></Role>"
+           b"</RoleInstanceList></Container></Health>")
+    with pytest.raises(Exception, match="not well-formed"):
+        parse_health(raw)
+    with pytest.raises(Exception, match="invalid character"):
+        parse_health(raw.replace(b"\x1b", b"&#27;"))
+    with pytest.raises(Exception, match="not well-formed"):
+        parse_health(raw.replace(b"\x1b", "\uffff".encode()))
+    report = parse_health(health_report_xml("1", "c", "i", HealthReport.failed(reason)).encode())
+    assert report["description"] == "script said \ufffd[1mno\ufffd[0m \ufffd"
+    properties = parse_role_properties(role_properties_xml("c", "i", {"x": "\x07"}).encode())
+    assert properties["properties"] == {"x": "\ufffd"}
