@@ -25,7 +25,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from facts.distro import cloud_init_present
 from facts.users import is_system_user, uid_min, users
 from graph.context import Context
 from graph.uptodate import Probe
@@ -53,7 +52,12 @@ HISTORY_FILES = (".bash_history", ".zsh_history", ".sh_history", ".ash_history",
                  ".python_history", ".local/share/fish/fish_history")
 # Backups shadow-utils writes on each change: they keep earlier password hashes.
 SHADOW_BACKUPS = ("/etc/shadow-", "/etc/gshadow-")
-CLOUD_INIT_STATE = ("/var/lib/cloud/instance", "/var/lib/cloud/instances", "/var/lib/cloud/data")
+# What `cloud-init clean --logs` removes: all of its state but the seed an image builder
+# put there, and its logs (with rotated ones). Whether or not cloud-init is still installed:
+# the user data kept there holds secrets.
+CLOUD_INIT_DIR = "/var/lib/cloud"
+CLOUD_INIT_KEEP = ("seed",)
+CLOUD_INIT_LOGS = ("cloud-init*.log", "cloud-init*.log.*")
 AGENT_LOG = "/var/log/waagent.log"
 AGENT_UNITS = ("walinuxagent.service", "waagent.service")
 # WALinuxAgent's unit that restores its firewall rules at boot.
@@ -313,10 +317,13 @@ def _live_firewall_rules(ctx: Context) -> list[Change]:
 
 
 def cloud_init(ctx: Context) -> list[Change]:
-    if not cloud_init_present(ctx.root):
-        return []
-    return _removals([ctx.path(p) for p in CLOUD_INIT_STATE],
-                     "cloud-init's state of this instance")
+    state = _contents(ctx.path(CLOUD_INIT_DIR), keep=CLOUD_INIT_KEEP)
+    found = _removals(state, "cloud-init's state: instance data, user data, semaphores")
+    log_dir = ctx.path("/var/log")
+    logs = sorted({p for pattern in CLOUD_INIT_LOGS for p in _contents(log_dir, pattern)})
+    found += _removals(logs, "cloud-init's log")
+    # A tree an interrupted run set aside is listed itself and as the aside of its name.
+    return list(dict.fromkeys(found))
 
 
 def machine_id(ctx: Context) -> list[Change]:
@@ -399,7 +406,8 @@ def deprovision_steps(ctx: Context) -> list[Step]:
              ("stop-agent",)),
         Step("firewall", "the agent's firewall rules and service drop-ins", firewall,
              ("stop-agent",)),
-        Step("cloud-init", "cloud-init instance state", cloud_init, ("stop-agent",)),
+        Step("cloud-init", "cloud-init's state (but its seed) and logs, as cloud-init clean "
+             "--logs", cloud_init, ("stop-agent",)),
         Step("machine-id", "machine id emptied, random seed removed", machine_id,
              ("stop-agent",)),
         Step("histories", "shell histories of root and every provisioned user", histories,

@@ -48,6 +48,10 @@ def provision(root: Path) -> None:
     lay_down_provisioned_state(root)
     # Typed on the VM: the password in a shell history.
     (root / "root/.bash_history").write_text(f"echo '{USERNAME}:{PASSWORD}' | chpasswd\n")
+    # cloud-init's log of the custom data it ran, and the seed an image builder put there.
+    (root / "var/log/cloud-init-output.log").write_text(f"ran {CUSTOM_DATA}\n")
+    (root / "var/lib/cloud/seed/nocloud").mkdir(parents=True)
+    (root / "var/lib/cloud/seed/nocloud/meta-data").write_text("instance-id: image\n")
     (root / "etc/waagent.conf").write_text("Provisioning.DeleteRootPassword=y\n"
                                            "Provisioning.RegenerateSshHostKeyPair=y\n")
     assert list((root / "etc/ssh").glob("ssh_host_*_key")), "openssh-server made host keys"
@@ -134,7 +138,8 @@ def test_deprovision_user_leaves_no_secret_and_not_the_user(provisioned: Path) -
     machine_id = root / "etc/machine-id"
     assert machine_id.is_file() and machine_id.read_text() == ""
     assert (root / "etc/hostname").read_text() == "localhost.localdomain\n"
-    assert not (root / "var/lib/cloud/instances").exists()
+    assert sorted(p.name for p in (root / "var/lib/cloud").iterdir()) == ["seed"]
+    assert not list((root / "var/log").glob("cloud-init*"))
     assert not (root / "var/log/waagent.log").exists()
     assert not (root / "var/lib/waagent/graph-state.sqlite3").exists(), \
         "the next boot provisions from scratch"

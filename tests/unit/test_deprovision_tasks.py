@@ -291,3 +291,54 @@ def test_forced_run_removes_the_state_and_a_second_run_finds_nothing(
     # Only what each run makes anew: the confirmation, this run's log, the state DB.
     assert set(ran) <= {"deprovision:confirm", "deprovision:agent-logs",
                         "deprovision:agent-state"}, again.stdout
+
+
+def test_cloud_init_state_and_logs_removed_even_without_cloud_init(
+        sandbox: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `cloud-init clean --logs`: all of /var/lib/cloud but seed/, and cloud-init's logs,
+    whether or not cloud-init is still installed (user data holds secrets)."""
+    root = provisioned_root(sandbox)
+    (root / "usr/bin/cloud-init").unlink()  # uninstalled, its state left behind
+    cloud = root / "var/lib/cloud"
+    for name in ("instances/iid-1/user-data.txt", "sem/config_scripts_per_once.once",
+                 "handlers/x", "seed/nocloud/user-data", "seed/nocloud/meta-data"):
+        (cloud / name).parent.mkdir(parents=True, exist_ok=True)
+        (cloud / name).write_text("#cloud-config\npassword: secret\n")
+    logs = root / "var/log"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name in ("cloud-init.log", "cloud-init-output.log", "cloud-init.log.1", "syslog"):
+        (logs / name).write_text("log\n")
+
+    ctx = plan_context(root)
+    steps = [s for s in deprovision.deprovision_steps(ctx) if s.name == "cloud-init"]
+    no_stdin(monkeypatch)
+    deprovision.confirm(ctx, steps)
+    listed = capsys.readouterr().out
+    for expected in ("remove /var/lib/cloud/instances ", "remove /var/lib/cloud/instance ",
+                     "remove /var/lib/cloud/data ", "remove /var/lib/cloud/sem ",
+                     "remove /var/lib/cloud/handlers ", "remove /var/log/cloud-init.log ",
+                     "remove /var/log/cloud-init-output.log ",
+                     "remove /var/log/cloud-init.log.1 "):
+        assert expected in listed, expected
+    assert "/var/lib/cloud/seed" not in listed and "syslog" not in listed
+
+    ctx = make_context({"root": str(root)})
+    for step in steps:
+        deprovision.apply_step(ctx, step)
+    assert sorted(p.name for p in cloud.iterdir()) == ["seed"]
+    assert (cloud / "seed/nocloud/user-data").is_file()
+    assert sorted(p.name for p in logs.iterdir() if "cloud" in p.name) == []
+    assert (logs / "syslog").is_file()
+    assert deprovision.cloud_init(ctx) == []
+
+
+def test_plan_deprovision_shows_cloud_init_leftovers(sandbox: Path, tmp_path: Path) -> None:
+    root = provisioned_root(sandbox)
+    (root / "usr/bin/cloud-init").unlink()
+    (root / "var/log").mkdir(parents=True, exist_ok=True)
+    (root / "var/log/cloud-init-output.log").write_text("user data ran\n")
+    out = waagent(["plan", "deprovision", f"root={root}"], tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "would remove /var/lib/cloud/instances" in out.stdout
+    assert "would remove /var/log/cloud-init-output.log" in out.stdout
