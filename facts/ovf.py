@@ -9,6 +9,7 @@ are parsed, so no log line or error message can show them.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
 from typing import TYPE_CHECKING, Any
@@ -173,20 +174,32 @@ def parse_ovf_env(data: bytes | str, *, source: str = "ovf-env.xml") -> OvfEnv:
     )
 
 
-_PASSWORD_ELEMENT = re.compile(
-    rb"<(?P<tag>(?:[A-Za-z_][\w.-]*:)?UserPassword)\b[^>]*?(?:/>|>.*?</(?P=tag)\s*>)",
-    re.DOTALL,
-)
+_PASSWORD_PATTERN = r"<(?P<tag>(?:[A-Za-z_][\w.-]*:)?UserPassword)\b[^>]*?(?:/>|>.*?</(?P=tag)\s*>)"
+_PASSWORD_ELEMENT = re.compile(_PASSWORD_PATTERN.encode(), re.DOTALL)
+_PASSWORD_ELEMENT_TEXT = re.compile(_PASSWORD_PATTERN, re.DOTALL)
+# The encoding pseudo-attribute of an XML declaration (only ever at the very start).
+_DECLARED_ENCODING = re.compile(r"""^(?P<head><\?xml\s[^>]*?\bencoding\s*=\s*)"""
+                                r"""(?P<quote>["'])(?P<name>[A-Za-z][\w.-]*)(?P=quote)""")
 
 
 def without_password(data: bytes, *, source: str = "ovf-env.xml") -> bytes:
-    """The document with its UserPassword element removed, everything else byte for byte.
+    """The document with its UserPassword element removed, as UTF-8.
 
+    A UTF-8 (or ASCII) document is kept byte for byte but the element. One in another
+    encoding (UTF-16, with or without a BOM, or Latin-1) is decoded, loses the element,
+    and is written as UTF-8 with its XML declaration saying so.
     The result is parsed again and must equal the original minus the password:
     a copy that might still hold it is never produced (fail closed).
     """
     original = parse_ovf_env(data, source=source)
-    stripped = _PASSWORD_ELEMENT.sub(b"", data)
+    codec = _foreign_encoding(data, source)
+    if codec is None:
+        stripped = _PASSWORD_ELEMENT.sub(b"", data)
+    else:
+        # parse_ovf_env read it in this encoding, so it decodes (a BOM is dropped).
+        text = _PASSWORD_ELEMENT_TEXT.sub("", data.decode(codec).removeprefix("\ufeff"))
+        stripped = _DECLARED_ENCODING.sub(r"\g<head>\g<quote>utf-8\g<quote>", text,
+                                          count=1).encode()
     try:
         again = parse_ovf_env(stripped, source=source)
     except OvfError as err:
@@ -195,6 +208,29 @@ def without_password(data: bytes, *, source: str = "ovf-env.xml") -> bytes:
         raise OvfError(f"{source}: cannot remove UserPassword safely "
                        "(unusual markup around it); no copy kept")
     return stripped
+
+
+def _foreign_encoding(data: bytes, source: str) -> str | None:
+    """The codec of a document not in UTF-8 (or ASCII, a subset), None for UTF-8.
+
+    As XML 1.0 appendix F (and expat) tell: a BOM, the byte pattern of `<` in UTF-16,
+    else the declaration's encoding.
+    """
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"  # reads the BOM
+    if data[:1] == b"\0" and data[1:2] not in (b"", b"\0"):
+        return "utf-16-be"
+    if data[1:2] == b"\0" and data[:1] not in (b"", b"\0"):
+        return "utf-16-le"
+    found = _DECLARED_ENCODING.match(data[:200].decode("ascii", errors="replace"))
+    if found is None:
+        return None
+    try:
+        name = codecs.lookup(found["name"]).name
+    except LookupError:
+        raise OvfError(f"{source}: its XML declaration names an encoding Python does not "
+                       "know; no copy kept") from None
+    return None if name in ("utf-8", "ascii") else name
 
 
 def _parse_xml(data: bytes | str, source: str) -> Element:

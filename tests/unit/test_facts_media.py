@@ -309,3 +309,18 @@ def test_reads_a_fabric_built_image(fmt: str, tmp_path: Path, root: Root, conf: 
     assert media.dvd_devices(root) == ("/dev/sr0",)
     from_dvd = media.provisioning_data(FileSystem(Runner(root=root)), conf)
     assert from_dvd is not None and from_dvd.env == env
+
+
+def test_utf16_ovf_provisions_and_the_copy_is_utf8(root: Root, conf: Config) -> None:
+    text = OVF.read_text(encoding="utf-8").replace('encoding="utf-8"', 'encoding="utf-16"')
+    (root / "dev/sr0").write_bytes(build_image({"ovf-env.xml": text.encode("utf-16")}, "udf"))
+    fs = FileSystem(Runner(root=root))
+    found = media.provisioning_data(fs, conf)
+    assert found is not None and found.env.password == "Passw0rd!"
+    copy = (root / "var/lib/waagent/ovf-env.xml").read_bytes()
+    assert copy.startswith(b'<?xml version="1.0" encoding="utf-8"?>')
+    assert b"Passw0rd!" not in copy and b"UserPassword" not in copy
+    (root / "dev/sr0").unlink()
+    later = media.provisioning_data(fs, conf)
+    assert later is not None and later.from_cache
+    assert later.env == found.env._replace(password=None)

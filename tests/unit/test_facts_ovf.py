@@ -253,3 +253,45 @@ def test_without_password_fails_closed_on_markup_it_cannot_strip() -> None:
     assert parse_ovf_env(doc).password == "a</wa:UserPassword>b"
     with pytest.raises(OvfError, match="cannot remove UserPassword safely"):
         without_password(doc)
+
+
+def _utf16(data: bytes, codec: str, bom: bytes = b"") -> bytes:
+    text = data.decode().replace('encoding="utf-8"', 'encoding="utf-16"')
+    assert 'encoding="utf-16"' in text
+    return bom + text.encode(codec)
+
+
+@pytest.mark.parametrize(("codec", "bom"), [
+    ("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"),
+    ("utf-16-le", b""), ("utf-16-be", b""),
+], ids=["le-bom", "be-bom", "le", "be"])
+def test_utf16_document_kept_as_utf8_without_password(codec: str, bom: bytes) -> None:
+    data = _utf16(_VALID, codec, bom)
+    original = parse_ovf_env(data)
+    assert original.password == "Passw0rd!"
+    copy = without_password(data)
+    text = copy.decode("utf-8")  # strict: the copy is UTF-8, without a BOM
+    assert text.startswith('<?xml version="1.0" encoding="utf-8"?>')
+    assert "UserPassword" not in text and "Passw0rd!" not in text
+    assert parse_ovf_env(copy) == original._replace(password=None)
+    # Everything but the password and the declared encoding is kept as it was.
+    assert text == _VALID.decode().replace(
+        "<ns1:UserPassword>Passw0rd!</ns1:UserPassword>", "")
+
+
+def test_latin1_document_kept_as_utf8() -> None:
+    data = _doc("<wa:UserName>u</wa:UserName><wa:HostName>h</wa:HostName>"
+                "<wa:UserPassword>p\u00e4ss</wa:UserPassword>"
+                "<wa:CustomData>caf\u00e9</wa:CustomData>").decode()
+    data_latin1 = data.replace('encoding="utf-8"', "encoding='ISO-8859-1'").encode("latin-1")
+    original = parse_ovf_env(data_latin1)
+    copy = without_password(data_latin1)
+    assert copy.decode("utf-8").startswith("<?xml version=\"1.0\" encoding='utf-8'?>")
+    assert parse_ovf_env(copy) == original._replace(password=None)
+    assert "caf\u00e9".encode() in copy and b"UserPassword" not in copy
+
+
+def test_utf16_without_password_element_is_still_converted() -> None:
+    data = _utf16(_doc("<wa:UserName>u</wa:UserName>"), "utf-16-le", b"\xff\xfe")
+    copy = without_password(data)
+    assert copy == _doc("<wa:UserName>u</wa:UserName>")
