@@ -13,7 +13,7 @@ from __future__ import annotations
 import posixpath
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from system.errors import CommandFailed, ProbeFailed
 from system.record import Record
@@ -31,6 +31,18 @@ SECTOR_BYTES = 512
 # How far the superblock reader looks: btrfs keeps its superblock at 64 KiB.
 SIGNATURE_BYTES = 68 * 1024
 _SWAP_PAGE_SIZES = (4096, 8192, 16384, 65536)
+MIB = 1024**2
+
+# The blank check (device_contents). Partitions usually start at sector 63 (old DOS
+# alignment, of 512 or 4096 bytes), 1 MiB (2048 sectors of 512) or 8 MiB (2048 sectors of
+# 4K); a file system may also sit on the whole disk (0). Zeros over the first 4 MiB rule out
+# a table and any superblock of a partition at the first three; the end of a disk holds the
+# backup GPT header and md 0.90/1.0 superblocks.
+BLANK_HEAD_BYTES = 4 * MIB
+BLANK_TAIL_BYTES = MIB
+PARTITION_OFFSETS = (0, 63 * 512, 63 * 4096, MIB, 8 * MIB)
+_MD_MAGICS = (struct.pack("<I", 0xA92B4EFC), struct.pack(">I", 0xA92B4EFC))
+MSR_PARTITION_GPT = "E3C9E316-0B5C-4DB8-817D-F92DF00215AE"
 
 
 def _is_readable_sysfs(root: Root) -> bool:
@@ -124,6 +136,15 @@ class BlockDevice(Record):
     partitions: tuple[Partition, ...]
 
 
+class DeviceContents(Record):
+    """What a whole disk holds where partition tables and signatures sit: the evidence
+    for "blank". `found` is empty only when every byte read was zero."""
+
+    device: str
+    checked_bytes: int  # bytes read at its start and end
+    found: tuple[str, ...]  # each with where it is: "ext4 at offset 1048576 (1 MiB)"
+
+
 class FilesystemSignature(Record):
     """What a device (or partition) holds: the filesystem type, label and UUID."""
 
@@ -155,6 +176,121 @@ def block_device(root: Root, device: str) -> BlockDevice:
     partitions.sort(key=lambda p: p.number)
     head = read_device_head(root, "/dev/" + name, 4096 + 512)
     return BlockDevice("/dev/" + name, size, partition_table_type(head), tuple(partitions))
+
+
+def device_contents(root: Root, device: str, size_bytes: int) -> DeviceContents:
+    """Read a disk's first 4 MiB and last MiB (bounded by its size) and say what they hold.
+
+    Raises ProbeFailed when the device cannot be read, or reads shorter than its size:
+    what was not read is unknown, never empty.
+    """
+    if size_bytes <= 0:
+        raise ProbeFailed(f"{device}: its size is {size_bytes} bytes (no medium?); "
+                          "its contents are unknown")
+    try:
+        with open(root / device, "rb") as handle:
+            head = _read_exactly(handle, 0, min(BLANK_HEAD_BYTES, size_bytes), device)
+            found = [*_table_findings(head),
+                     *_partition_findings(handle, head, size_bytes, device)]
+            if not found and head.count(0) != len(head):
+                found.append(f"non-zero bytes at offset {_first_nonzero(head)}")
+            tail_start = max(len(head), size_bytes - BLANK_TAIL_BYTES)
+            tail = _read_exactly(handle, tail_start, size_bytes - tail_start, device)
+    except OSError as err:
+        raise ProbeFailed(f"cannot read {device}: {err.strerror}; its contents are "
+                          "unknown") from None
+    tail_found = _tail_findings(tail, tail_start, size_bytes)
+    if not tail_found and tail.count(0) != len(tail):
+        tail_found.append(f"non-zero bytes at offset {tail_start + _first_nonzero(tail)} "
+                          "(near the end)")
+    return DeviceContents(device, len(head) + len(tail), tuple(found + tail_found))
+
+
+def _read_exactly(handle: BinaryIO, offset: int, length: int, device: str) -> bytes:
+    handle.seek(offset)
+    data = handle.read(length)
+    if len(data) != length:
+        raise ProbeFailed(f"{device}: read {len(data)} of {length} bytes at offset {offset}; "
+                          "its contents are unknown")
+    return data
+
+
+def _first_nonzero(data: bytes) -> int:
+    return len(data) - len(data.lstrip(b"\0"))
+
+
+def _where(offset: int) -> str:
+    return f"offset {offset}" + (f" ({offset // MIB} MiB)" if offset and offset % MIB == 0
+                                 else "")
+
+
+def _table_findings(head: bytes) -> list[str]:
+    found = []
+    if head[510:512] == b"\x55\xaa":
+        found.append("an MBR or boot sector signature (55AA) at offset 510")
+    found.extend(f"a GPT header at offset {sector}" for sector in (512, 4096)
+                 if head[sector:sector + 8] == b"EFI PART")
+    return found
+
+
+def _partition_findings(handle: BinaryIO, head: bytes, size_bytes: int,
+                        device: str) -> list[str]:
+    """Signatures our superblock reader knows, at the usual partition starts."""
+    found = []
+    for offset in PARTITION_OFFSETS:
+        if offset >= size_bytes:
+            continue
+        end = min(offset + SIGNATURE_BYTES, size_bytes)
+        window = head[offset:end] if end <= len(head) \
+            else _read_exactly(handle, offset, end - offset, device)
+        signature = parse_superblock(window)
+        if signature is not None:
+            found.append(f"{signature.type} at {_where(offset)}")
+    return found
+
+
+def _tail_findings(tail: bytes, tail_start: int, size_bytes: int) -> list[str]:
+    """The backup GPT header (last sector, 512 or 4K) and md 0.90/1.0 superblocks."""
+    def at(offset: int, length: int) -> bytes:
+        return tail[offset - tail_start:offset - tail_start + length] \
+            if offset >= tail_start else b""
+
+    found = [f"a backup GPT header at offset {offset}"
+             for offset in (size_bytes - 512, size_bytes - 4096)
+             if at(offset, 8) == b"EFI PART"]
+    for version, offset in (("0.90", (size_bytes & ~0xFFFF) - 0x10000),
+                            ("1.0", (size_bytes - 8192) & ~0xFFF)):
+        if offset >= 0 and at(offset, 4) in _MD_MAGICS:
+            found.append(f"linux_raid_member (md {version} superblock) at offset {offset}")
+    return found
+
+
+def gpt_partition_types(head: bytes) -> dict[int, str]:
+    """Partition number -> type GUID (upper case) of the GPT entries within `head`."""
+    for sector in (512, 4096):
+        header = head[sector:sector + 92]
+        if header[:8] != b"EFI PART" or len(header) < 92:
+            continue
+        entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
+        if entry_size < 128:
+            return {}
+        types = {}
+        for index in range(min(count, 128)):
+            start = entries_lba * sector + index * entry_size
+            raw = head[start:start + 16]
+            if len(raw) < 16:
+                break
+            if raw != bytes(16):
+                types[index + 1] = _guid(raw)
+        return types
+    return {}
+
+
+def _guid(raw: bytes) -> str:
+    """A GUID as GPT stores it (first three fields little-endian), as text."""
+    a, b, c = struct.unpack_from("<IHH", raw)
+    rest = raw[8:].hex().upper()
+    return f"{a:08X}-{b:04X}-{c:04X}-{rest[:4]}-{rest[4:]}"
 
 
 def _sectors(path: Path, what: str) -> int:
@@ -228,11 +364,25 @@ def parse_superblock(data: bytes) -> FilesystemSignature | None:
         label = _cstring(data[label_at:label_at + 11])
         return FilesystemSignature("vfat", label if label != "NO NAME" else None,
                                    f"{serial >> 16:04X}-{serial & 0xFFFF:04X}")
+    container = _container_signature(data)
+    if container is not None:
+        return FilesystemSignature(container)
     from facts.media import media_signature
 
     media = media_signature(data)
     if media is not None:
         return FilesystemSignature(media)
+    return None
+
+
+def _container_signature(data: bytes) -> str | None:
+    """LUKS, LVM and md (1.1 at 0, 1.2 at 4 KiB) headers, named as blkid names them."""
+    if data[0:6] == b"LUKS\xba\xbe":
+        return "crypto_LUKS"
+    if any(data[s:s + 8] == b"LABELONE" for s in range(0, 2048, SECTOR_BYTES)):
+        return "LVM2_member"
+    if data[0:4] in _MD_MAGICS or data[4096:4100] in _MD_MAGICS:
+        return "linux_raid_member"
     return None
 
 
@@ -277,8 +427,13 @@ def parse_blkid_export(text: str) -> dict[str, str]:
 def blkid(runner: Runner, device: str) -> dict[str, str]:
     """Low-level probe of a device by blkid (system path); {} when blkid finds nothing.
 
-    blkid exits 2 when it finds no signature: that is a fact ("empty"), not a failure.
+    blkid exits 2 when it finds no signature, but also when it cannot open the device:
+    so the device is first opened and read here, and 2 means "nothing there" only then.
+    A device that cannot be read raises ProbeFailed (unknown, never empty).
     """
+    if not read_device_head(runner.root, device, SECTOR_BYTES):
+        raise ProbeFailed(f"blkid {device}: the device reads as 0 bytes (no medium?); "
+                          "its contents are unknown")
     real = device if runner.chroot else str(runner.root / device)
     try:
         result = runner.probe(["blkid", "-p", "-o", "export", real])

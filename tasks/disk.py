@@ -5,17 +5,25 @@ partition and DATALOSS_WARNING_README.txt (PLATFORM.md 6). Nothing here may lose
 data, so every destructive step (writing a partition table, mkfs) first asks
 `disk_verdict`, the one place that decides, from facts gathered just before, whether
 the disk may be changed:
-- blank: no partition table and no signature blkid knows;
-- the platform's fresh disk: one NTFS partition holding only the README and NTFS
-  system entries (read with `ntfsls` from ntfs-3g: no mount, no FUSE, no ntfs3 module);
+- blank, on positive evidence only: no MBR or GPT header (nor a backup GPT header at
+  the end), no signature blkid or our superblock reader finds at the usual partition
+  starts, and the first 4 MiB and the last MiB read as zeros (a zeroed table over a file
+  system at 1 MiB is a damaged disk, not a blank one);
+- the platform's fresh disk: one NTFS partition (or, over 2 TiB, GPT with the Microsoft
+  reserved partition 1 and the NTFS partition 2, as cloud-init's can_dev_be_reformatted
+  knows it) holding only the README and `System Volume Information` with nothing but the
+  entries Windows leaves there (read with `ntfsls` from ntfs-3g: no mount, no FUSE, no
+  ntfs3 module);
 - ours: one partition carrying the configured filesystem (nothing destructive is
   needed then), or carrying another Linux filesystem with nothing but our own files
   (README, lost+found, swapfile), or the still-empty partition of a table this agent
   wrote (marked by MBR disk id OUR_MBR_DISK_ID or GPT partition name OUR_GPT_NAME,
   so a run killed between partitioning and mkfs converges without guessing).
 Anything else is refused with the reason (UnsafeOperation); a probe that fails
-raises ProbeFailed and nothing is touched. The area is not critical: a refusal is
-reported in the run report and the rest of provisioning goes on.
+raises ProbeFailed and nothing is touched (blkid's "nothing found" counts only for a
+device just read). A plan never mounts: where the run would look at a Linux file system
+through a read-only mount, the plan shows that look instead. The area is not critical:
+a refusal is reported in the run report and the rest of provisioning goes on.
 
 Paths: device and mount paths are system paths, opened as `root / path`. Mounts and
 swaps are kernel-global, so /proc reports real paths (`<root>/mnt/resource`); they are
@@ -75,11 +83,17 @@ LINUX_PARTITION_GPT = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 # MBR addresses 2^32 sectors of 512 bytes; larger disks get GPT.
 MBR_LIMIT_BYTES = 2 * 1024**4
 
-# Entries of the platform's fresh NTFS disk (lower case): the README and NTFS's own.
+# Entries of the platform's fresh NTFS disk (lower case): the README and NTFS's own
+# metadata files, which `ntfsls -s` shows. Not $RECYCLE.BIN: it holds what a user deleted.
+SYSTEM_VOLUME_INFORMATION = "System Volume Information"
 NTFS_FRESH_ENTRIES = frozenset(name.lower() for name in (
-    README_NAME, "System Volume Information", "$RECYCLE.BIN", "$AttrDef", "$BadClus",
-    "$Bitmap", "$Boot", "$Extend", "$LogFile", "$MFT", "$MFTMirr", "$Secure", "$UpCase",
-    "$Volume", ".", ".."))
+    README_NAME, SYSTEM_VOLUME_INFORMATION, "$AttrDef", "$BadClus", "$Bitmap", "$Boot",
+    "$Extend", "$LogFile", "$MFT", "$MFTMirr", "$Secure", "$UpCase", "$Volume", ".", ".."))
+# What Windows leaves in System Volume Information of a volume nobody used (lower case);
+# anything else there (shadow copies, backups, a dedup store) may be data.
+SYSTEM_VOLUME_FRESH_ENTRIES = frozenset(name.lower() for name in (
+    ".", "..", "IndexerVolumeGuid", "WPSettings.dat", "tracking.log",
+    "MountPointManagerRemoteDatabase"))
 # Entries this agent (or mkfs) puts on the disk's own filesystem.
 OUR_ENTRIES = frozenset((README_NAME, SWAPFILE_NAME, "lost+found"))
 LINUX_FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "btrfs")
@@ -101,6 +115,10 @@ class PartitionFacts(Record):
     device: str
     fstype: str | None
     entries: tuple[str, ...] | None = None
+    # Entries of NTFS's System Volume Information (None: not listed, or no such folder).
+    system_entries: tuple[str, ...] | None = None
+    type_guid: str | None = None  # GPT partition type, upper case
+    unlisted: str | None = None  # why `entries` is None, when that is known
 
 
 class DiskFacts(Record):
@@ -112,6 +130,12 @@ class DiskFacts(Record):
     ours: bool  # the table carries this agent's mark
     signature: str | None  # what blkid finds on the whole disk when there is no table
     partitions: tuple[PartitionFacts, ...]
+    # Our own read of the disk's start and end when there is no table (None: not read).
+    contents: disks.DeviceContents | None = None
+
+
+# Why a plan has no listing of a Linux file system: it would need a mount.
+PLAN_DOES_NOT_MOUNT = "a plan never mounts; the run looks at them through a read-only mount"
 
 
 def disk_verdict(disk: DiskFacts, filesystem: str) -> tuple[bool, str]:
@@ -121,14 +145,24 @@ def disk_verdict(disk: DiskFacts, filesystem: str) -> tuple[bool, str]:
     known to hold no data is refused.
     """
     if disk.table is None:
-        if disk.signature:
-            return False, (f"{disk.device} holds {disk.signature} on the whole disk, without "
-                           "the platform's partition table")
-        return True, f"{disk.device} is blank: no partition table, no signature"
-    if len(disk.partitions) != 1:
-        return False, (f"{disk.device} has {len(disk.partitions)} partitions; the platform's "
-                       "fresh resource disk has exactly one")
-    part = disk.partitions[0]
+        return blank_verdict(disk)
+    if is_reserved_plus_ntfs(disk):
+        reserved, part = disk.partitions
+        if reserved.fstype is not None:
+            return False, (f"{reserved.device} holds {reserved.fstype}; in the platform's "
+                           "layout of disks over 2 TiB partition 1 is the empty Microsoft "
+                           f"reserved partition; set {FORMAT}=n to keep it")
+        if part.fstype != "ntfs":
+            return False, (f"{part.device} holds {part.fstype or 'no signature blkid knows'}, "
+                           "not the platform's NTFS; this agent never formats over it")
+    elif len(disk.partitions) != 1:
+        shown = ", ".join(part.device for part in disk.partitions)
+        return False, (f"{disk.device} has {len(disk.partitions)} partitions ({shown}); the "
+                       "platform's fresh resource disk has exactly one (or, over 2 TiB, the "
+                       "Microsoft reserved partition and the NTFS one); set "
+                       f"{FORMAT}=n to keep them")
+    else:
+        part = disk.partitions[0]
     if part.fstype == filesystem:
         return True, f"{part.device} already carries {filesystem}"
     if part.fstype is None:
@@ -139,9 +173,17 @@ def disk_verdict(disk: DiskFacts, filesystem: str) -> tuple[bool, str]:
     if part.fstype not in ("ntfs", *LINUX_FILESYSTEMS):
         return False, f"{part.device} holds {part.fstype}, which this agent never formats over"
     if part.entries is None:
-        return False, f"the files on {part.device} ({part.fstype}) could not be listed"
+        return False, (f"the files on {part.device} ({part.fstype}) could not be listed"
+                       + (f": {part.unlisted}" if part.unlisted else ""))
     if part.fstype == "ntfs":
         others = sorted(e for e in part.entries if e.lower() not in NTFS_FRESH_ENTRIES)
+        if SYSTEM_VOLUME_INFORMATION.lower() in (e.lower() for e in part.entries):
+            if part.system_entries is None:
+                return False, (f"{SYSTEM_VOLUME_INFORMATION} on {part.device} (ntfs) could not "
+                               "be listed: its contents are unknown; look at it, or set "
+                               f"{FORMAT}=n")
+            others.extend(f"{SYSTEM_VOLUME_INFORMATION}/{e}" for e in sorted(part.system_entries)
+                          if e.lower() not in SYSTEM_VOLUME_FRESH_ENTRIES)
         if not others:
             return True, f"{part.device} is the platform's fresh NTFS disk (only {README_NAME})"
     else:
@@ -152,6 +194,34 @@ def disk_verdict(disk: DiskFacts, filesystem: str) -> tuple[bool, str]:
     return False, (f"{part.device} ({part.fstype}) holds {len(others)} entries besides "
                    f"{README_NAME}: {shown}; move them away, or set "
                    f"{FILESYSTEM}={part.fstype} or {FORMAT}=n")
+
+
+def blank_verdict(disk: DiskFacts) -> tuple[bool, str]:
+    """The verdict on a disk without a partition table: blank only on positive evidence."""
+    if disk.signature:
+        return False, (f"{disk.device} holds {disk.signature} on the whole disk, without "
+                       f"the platform's partition table; set {FORMAT}=n to keep it")
+    if disk.contents is None or disk.contents.checked_bytes == 0:
+        return False, (f"{disk.device} has no partition table, and its first sectors were "
+                       "not read: its contents are unknown")
+    if disk.contents.found:
+        found = disk.contents.found
+        shown = "; ".join(found[:5]) + ("; ..." if len(found) > 5 else "")
+        return False, (f"{disk.device} has no partition table this agent can read, but holds "
+                       f"{shown}: its partition table may be damaged. Recover what it "
+                       f"holds (e.g. testdisk), or, if it is scratch, wipe it yourself "
+                       f"(wipefs --all {disk.device}, and zero its first and last MiBs); "
+                       f"or set {FORMAT}=n")
+    checked_mib = disk.contents.checked_bytes / 1024**2
+    return True, (f"{disk.device} is blank: no partition table, no signature, "
+                  f"{checked_mib:g} MiB of its start and end read as zeros")
+
+
+def is_reserved_plus_ntfs(disk: DiskFacts) -> bool:
+    """The layout of the platform's disks over 2 TiB: GPT, partition 1 Microsoft reserved,
+    partition 2 the data (NTFS when fresh)."""
+    return (disk.table == "gpt" and len(disk.partitions) == 2
+            and disk.partitions[0].type_guid == disks.MSR_PARTITION_GPT)
 
 
 def our_table_mark(head: bytes, table: str | None) -> bool:
@@ -284,18 +354,18 @@ def list_entries(ctx: Context, device: str, fstype: str) -> tuple[str, ...] | No
     temporary directory, unmounted at once. None when it cannot be read.
     """
     if fstype == "ntfs":
-        if shutil.which("ntfsls") is None and not ctx.run.chroot:
-            return None
-        result = ctx.run.probe(["ntfsls", "-a", "-s", tool_path(ctx, device)])
-        if not result.ok:
-            log.warning("ntfsls %s failed: %s", device, result.stderr.strip())
-            return None
-        return tuple(line.strip() for line in result.stdout.splitlines() if line.strip())
+        return ntfs_entries(ctx, device)
     if fstype not in INSPECT_OPTIONS:
         return None
     for target in mounts_of_device(ctx, device):
         return tuple(sorted(os.listdir(target)))
     if ctx.run.chroot:
+        return None
+    if ctx.run.plan:
+        # A mount is a change of the machine, even read-only: the plan shows the look.
+        ctx.run.record("run", f"mount -t {fstype} -o {INSPECT_OPTIONS[fstype]} "
+                       f"{tool_path(ctx, device)} <private directory>",
+                       f"a read-only look at the files on {device} before formatting it")
         return None
     scratch = tempfile.mkdtemp(prefix="waagent-inspect-")
     try:
@@ -313,34 +383,68 @@ def list_entries(ctx: Context, device: str, fstype: str) -> tuple[str, ...] | No
             os.rmdir(scratch)
 
 
+def ntfs_entries(ctx: Context, device: str, path: str = "/") -> tuple[str, ...] | None:
+    """Names in a folder of the NTFS on `device` (`ntfsls -a -s`: system files too), read
+    without mounting; None when they cannot be read."""
+    if shutil.which("ntfsls") is None and not ctx.run.chroot:
+        return None
+    where = ["-p", path] if path != "/" else []
+    result = ctx.run.probe(["ntfsls", "-a", "-s", *where, tool_path(ctx, device)])
+    if not result.ok:
+        log.warning("ntfsls %s %s failed: %s", device, path, result.stderr.strip())
+        return None
+    return tuple(line.strip() for line in result.stdout.splitlines() if line.strip())
+
+
 def gather_disk_facts(ctx: Context, device: str, *, list_files: bool = True) -> DiskFacts:
-    """The verdict's facts, read now: table, our mark, blkid of the disk and partitions."""
+    """The verdict's facts, read now: table, our mark, blkid of the disk and partitions,
+    and without a table our own read of the disk's start and end."""
     block = disks.block_device(ctx.root, device)
-    head = disks.read_device_head(ctx.root, device, 16 * 1024)
+    head = disks.read_device_head(ctx.root, device, 32 * 1024)
     signature = None
+    contents = None
     if block.partition_table is None:
+        contents = disks.device_contents(ctx.root, device, block.size_bytes)
         found = disks.blkid(ctx.run, device)
         signature = found.get("TYPE") or (f"a {found['PTTYPE']} partition table"
                                           if "PTTYPE" in found else None)
+    types = disks.gpt_partition_types(head) if block.partition_table == "gpt" else {}
+    # The partition whose files decide: the only one, or partition 2 of the platform's
+    # layout over 2 TiB (after the Microsoft reserved partition 1).
+    count = len(block.partitions)
+    reserved_first = count == 2 and \
+        types.get(block.partitions[0].number) == disks.MSR_PARTITION_GPT
+    decisive = 1 if count == 1 else 2 if reserved_first else 0
     partitions = []
-    for part in block.partitions:
+    for position, part in enumerate(block.partitions, start=1):
         fstype = disks.blkid(ctx.run, part.device).get("TYPE") or None
-        entries = None
-        if list_files and fstype is not None and len(block.partitions) == 1:
+        entries = system_entries = unlisted = None
+        if list_files and fstype is not None and position == decisive:
             entries = list_entries(ctx, part.device, fstype)
-        partitions.append(PartitionFacts(part.device, fstype, entries))
+            if entries is None and ctx.run.plan and fstype in INSPECT_OPTIONS:
+                unlisted = PLAN_DOES_NOT_MOUNT
+            if fstype == "ntfs" and entries is not None and SYSTEM_VOLUME_INFORMATION.lower() \
+                    in (e.lower() for e in entries):
+                system_entries = ntfs_entries(ctx, part.device, "/" + SYSTEM_VOLUME_INFORMATION)
+        partitions.append(PartitionFacts(part.device, fstype, entries, system_entries,
+                                         types.get(part.number), unlisted))
     return DiskFacts(device, block.size_bytes, block.partition_table,
-                     our_table_mark(head, block.partition_table), signature, tuple(partitions))
+                     our_table_mark(head, block.partition_table), signature, tuple(partitions),
+                     contents)
 
 
-def require_safe(ctx: Context, device: str, filesystem: str) -> DiskFacts:
-    """Facts of a disk the verdict allows changing; UnsafeOperation with the reason otherwise."""
+def require_safe(ctx: Context, device: str, filesystem: str) -> tuple[DiskFacts, str]:
+    """Facts of a disk the verdict allows changing, and why; UnsafeOperation with the reason
+    otherwise. A plan, which never mounts, plans what the run decides after its look."""
     facts = gather_disk_facts(ctx, device)
     safe, reason = disk_verdict(facts, filesystem)
+    if not safe and ctx.run.plan and any(p.unlisted == PLAN_DOES_NOT_MOUNT
+                                         for p in facts.partitions):
+        return facts, "if it holds nothing but this agent's files: the run looks first"
     if not safe:
         raise UnsafeOperation(f"refusing to partition or format the resource disk: {reason}")
     log.debug("resource disk verdict: %s", reason)
-    return facts
+    return facts, reason
 
 
 # ---------------------------------------------------------------- options
@@ -407,8 +511,8 @@ def ensure_partitioned(ctx: Context) -> None:
     device = disk_to_work_on(ctx, "partitioning")
     if device is None:
         return
-    facts = require_safe(ctx, device, opts.filesystem)
-    fresh_ntfs = len(facts.partitions) == 1 and facts.partitions[0].fstype == "ntfs"
+    facts, reason = require_safe(ctx, device, opts.filesystem)
+    fresh_ntfs = any(part.fstype == "ntfs" for part in facts.partitions)
     if facts.table is not None and not fresh_ntfs:
         return  # already one partition of ours
     busy = [m for p in facts.partitions for m in mounts_of_device(ctx, p.device)]
@@ -418,9 +522,10 @@ def ensure_partitioned(ctx: Context) -> None:
     script = partition_script(facts.size_bytes)
     ctx.run.change(["sfdisk", "--quiet", "--wipe", "always", "--wipe-partitions", "always",
                     tool_path(ctx, device)], input=script,
-                   why=f"one {'MBR' if 'dos' in script else 'GPT'} partition on the resource disk")
+                   why=f"one {'MBR' if 'dos' in script else 'GPT'} partition on the resource "
+                       f"disk: {reason}")
     reread_partition_table(ctx, device)
-    log.info("changed: %s partitioned (%s)", device, disk_verdict(facts, opts.filesystem)[1])
+    log.info("changed: %s partitioned (%s)", device, reason)
 
 
 def reread_partition_table(ctx: Context, device: str) -> None:
@@ -493,13 +598,14 @@ def ensure_filesystem(ctx: Context) -> None:
     device = disk_to_work_on(ctx, "formatting")
     if device is None:
         return
-    facts = require_safe(ctx, device, opts.filesystem)
-    if facts.table is None or not facts.partitions:
+    facts, reason = require_safe(ctx, device, opts.filesystem)
+    if facts.table is None or not facts.partitions or is_reserved_plus_ntfs(facts):
         if ctx.run.plan:
             ctx.run.record("run", f"mkfs.{opts.filesystem} {device} partition 1",
                            "after partitioning")
             return
-        raise ProbeFailed(f"{device} has no partition to format")
+        raise ProbeFailed(f"{device} has no partition of this agent's to format; run "
+                          "disk:partition first")
     part = facts.partitions[0]
     if part.fstype == opts.filesystem:
         return
@@ -507,7 +613,6 @@ def ensure_filesystem(ctx: Context) -> None:
     for target in mounts_of_device(ctx, part.device):
         swapoff_ours(ctx, Path(target) / SWAPFILE_NAME)
         ctx.run.change(["umount", target], why=f"reformat {part.device} as {opts.filesystem}")
-    reason = disk_verdict(facts, opts.filesystem)[1]
     ctx.run.change(mkfs_command(opts.filesystem, tool_path(ctx, part.device)),
                    why=f"format the resource disk ({reason})")
     log.info("changed: %s formatted %s (%s)", part.device, opts.filesystem, reason)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conf.config import default_config
+from facts.disks import DeviceContents
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system import FileSystem, Root, Runner, UnsafeOperation
@@ -30,9 +31,13 @@ def one_partition(fstype: str | None, entries: tuple[str, ...] | None = None, *,
 
 # ---------------------------------------------------------------- the verdict
 
-def test_blank_disk_is_safe() -> None:
-    safe, reason = disk_verdict(DiskFacts("/dev/sdb", 1024**3, None, False, None, ()), "ext4")
+def test_blank_disk_is_safe_only_on_evidence() -> None:
+    zeros = DeviceContents("/dev/sdb", 5 * 1024**2, ())
+    safe, reason = disk_verdict(DiskFacts("/dev/sdb", 1024**3, None, False, None, (), zeros),
+                                "ext4")
     assert safe and "blank" in reason
+    safe, reason = disk_verdict(DiskFacts("/dev/sdb", 1024**3, None, False, None, ()), "ext4")
+    assert not safe and "contents are unknown" in reason
 
 
 def test_whole_disk_signature_is_refused() -> None:
@@ -43,7 +48,10 @@ def test_whole_disk_signature_is_refused() -> None:
 
 def test_fresh_ntfs_is_safe_case_insensitive() -> None:
     entries = (*NTFS_SYSTEM, "dataloss_warning_readme.txt", "System Volume Information")
-    safe, reason = disk_verdict(one_partition("ntfs", entries), "ext4")
+    fresh = one_partition("ntfs", entries)
+    fresh = fresh._replace(partitions=(fresh.partitions[0]._replace(
+        system_entries=(".", "..", "indexervolumeguid", "WPSettings.dat")),))
+    safe, reason = disk_verdict(fresh, "ext4")
     assert safe and "fresh NTFS" in reason
 
 
@@ -186,8 +194,9 @@ def test_plan_of_a_blank_disk(tmp_path: Path, size: int, label: str) -> None:
         action(ctx)
     lines = planned(ctx)
     assert lines[0].startswith("run sfdisk --quiet --wipe always --wipe-partitions always")
-    assert f"(one {label} partition on the resource disk)" in lines[0]
-    assert any(line.startswith("run mkfs.ext4 /dev/sdb partition 1") for line in lines)
+    assert f"(one {label} partition on the resource disk: /dev/sdb is blank" in lines[0]
+    filesystem = disk.DiskOptions.of(ctx).filesystem
+    assert any(line.startswith(f"run mkfs.{filesystem} /dev/sdb partition 1") for line in lines)
     assert any("mount" in line for line in lines)
     with open(root / "dev/sdb", "rb") as handle:
         assert handle.read(1024) == bytes(1024), "plan mode wrote nothing"
