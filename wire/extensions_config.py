@@ -9,12 +9,11 @@ that handler as failed and still run the rest, as the published agent does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from system.record import Record
-from wire import decode_text
+from wire import decode_text, parse_json
 from wire.errors import DocumentError
 from wire.xmldoc import (
     Element,
@@ -296,9 +295,10 @@ def _settings(item: Element, ext_name: str | None, state: PluginState, level: in
     handler_settings: Mapping[str, Any] = {}
     if body is not None:
         try:
-            decoded = json.loads(body)
-        except ValueError as err:
-            raise _InvalidHandler(f"{what}: settings are not JSON ({err})") from None
+            decoded = parse_json(body, f"{what} settings")
+        except DocumentError as err:
+            # This handler's only: the others still run (see the module's docstring).
+            raise _InvalidHandler(str(err)) from None
         runtime = decoded.get("runtimeSettings") if isinstance(decoded, dict) else None
         if not isinstance(runtime, list) or len(runtime) != 1 or not isinstance(runtime[0], dict):
             raise _InvalidHandler(f"{what}: settings must hold exactly one runtimeSettings entry")
@@ -363,10 +363,7 @@ def parse_manifest(text: str | bytes) -> PluginVersionManifest:
 
 def parse_artifacts_profile(text: str | bytes) -> Mapping[str, Any]:
     """The InVMArtifactsProfile blob (JSON); `{"onHold": true}` pauses extension handling."""
-    try:
-        decoded = json.loads(text or "{}")
-    except ValueError as err:
-        raise DocumentError("InVMArtifactsProfile", f"not JSON: {err}") from None
+    decoded = parse_json(text or "{}", "InVMArtifactsProfile")
     if not isinstance(decoded, dict):
         raise DocumentError("InVMArtifactsProfile", "not a JSON object")
     return decoded

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from system.log import get_logger
 from system.record import Record
-from wire import decode_text
+from wire import decode_text, parse_json
 from wire.blob import BlobType, status_blob_requests
 from wire.documents import parse_versions
 from wire.errors import DocumentError, HttpStatusError, WireError
@@ -76,10 +76,7 @@ class HostPluginClient:
         if text.startswith("<"):
             found = parse_versions(text)
             return tuple(dict.fromkeys(v for v in (found.preferred, *found.supported) if v))
-        try:
-            listed = json.loads(text or "[]")
-        except ValueError:
-            raise DocumentError("HostGAPlugin versions", "neither JSON nor XML") from None
+        listed = parse_json(text or "[]", "HostGAPlugin versions")
         if not isinstance(listed, list):
             raise DocumentError("HostGAPlugin versions", "not a JSON list")
         return tuple(str(v) for v in listed)
@@ -139,10 +136,7 @@ class HostPluginClient:
             raise
         if response.status == 304:
             return VmSettings("unchanged", etag)
-        try:
-            document = json.loads(response.body)
-        except ValueError as err:
-            raise DocumentError("vmSettings", f"not JSON: {err}") from None
+        document = parse_json(response.body, "vmSettings")
         if not isinstance(document, dict):
             raise DocumentError("vmSettings", "not a JSON object")
         return VmSettings("changed", response.header("etag"), document, response.body)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from system.record import Record
+from wire import parse_json
 from wire.errors import DocumentError
 from wire.http import RETRY_STATUSES, HttpClient, RetryPolicy
 
@@ -61,10 +61,7 @@ def _text(value: object) -> str | None:
 def parse_instance_metadata(text: str | bytes) -> InstanceMetadata:
     """Parse an IMDS instance document; DocumentError names the missing field."""
     doc = "IMDS instance"
-    try:
-        decoded = json.loads(text)
-    except ValueError as err:
-        raise DocumentError(doc, f"not JSON: {err}") from None
+    decoded = parse_json(text, doc)
     if not isinstance(decoded, dict) or not isinstance(decoded.get("compute"), dict):
         raise DocumentError(doc, "required object compute is missing")
     compute: dict[str, Any] = decoded["compute"]

@@ -637,3 +637,22 @@ def test_imds_bad_request_fails_at_once(server: Callable[[Route], Scripted]) -> 
     scripted = server(sequence((400, {}, b'{"error": "Bad request."}')))
     with pytest.raises(HttpStatusError, match="HTTP 400"):
         ImdsClient(scripted.url, http=HttpClient(sleep=Sleeps())).instance()
+
+
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_imds_deep_json_is_a_document_error() -> None:
+    deep = b'{"compute": {"vmId": "x", "tags": ' + DEEP_JSON + b"}}"
+    with pytest.raises(DocumentError, match="^IMDS instance: .*nested deeper"):
+        parse_instance_metadata(deep)
+
+
+def test_hostplugin_deep_json_is_a_document_error(server: Callable[[Route], Scripted]) -> None:
+    scripted = server(sequence((200, {"ETag": "1"}, b'{"extensionGoalStates": ' + DEEP_JSON
+                                + b"}"), (200, {}, DEEP_JSON)))
+    hgap = plugin(scripted.url)
+    with pytest.raises(DocumentError, match="^vmSettings: .*nested deeper"):
+        hgap.vm_settings()
+    with pytest.raises(DocumentError, match="^HostGAPlugin versions: .*nested deeper"):
+        hgap.versions()

@@ -535,3 +535,51 @@ def test_fabric_refuses_what_xml_1_0_does_not_allow_and_accepts_the_agents_repor
     assert report["description"] == "script said \ufffd[1mno\ufffd[0m \ufffd"
     properties = parse_role_properties(role_properties_xml("c", "i", {"x": "\x07"}).encode())
     assert properties["properties"] == {"x": "\ufffd"}
+
+
+# -- JSON documents: depth and size bounded -------------------------------------------------
+
+def _nested(levels: int) -> str:
+    return '{"a":' * levels + "1" + "}" * levels
+
+
+@pytest.mark.parametrize("levels", [150, 100_000])
+def test_deep_json_is_a_document_error(levels: int) -> None:
+    from wire import parse_json
+
+    with pytest.raises(DocumentError, match=r"^Thing: .*nested deeper than \d+ levels"):
+        parse_json(_nested(levels), "Thing")
+    with pytest.raises(DocumentError, match=r"^Thing: .*nested deeper"):
+        parse_json(("[" * levels + "]" * levels).encode(), "Thing")
+
+
+def test_json_within_bounds_and_errors_named() -> None:
+    from wire import MAX_JSON_DEPTH, parse_json
+
+    assert parse_json(_nested(MAX_JSON_DEPTH - 1), "Thing")
+    assert parse_json(b'\xef\xbb\xbf{"a": [1, {"b": null}]}', "Thing") == {"a": [1, {"b": None}]}
+    with pytest.raises(DocumentError, match="^Thing: not JSON"):
+        parse_json("{", "Thing")
+    with pytest.raises(DocumentError, match="^Thing: not JSON"):
+        parse_json(b"\xff\xfe\xff", "Thing")
+    with pytest.raises(DocumentError, match="^Thing: 11 bytes is larger than the 10 bytes"):
+        parse_json(b'"123456789"', "Thing", max_bytes=10)
+
+
+def test_deep_artifacts_profile_is_a_document_error() -> None:
+    with pytest.raises(DocumentError, match="^InVMArtifactsProfile: .*nested deeper"):
+        parse_artifacts_profile("[" * 100_000 + "]" * 100_000)
+
+
+@pytest.mark.parametrize("levels", [150, 100_000])
+def test_deep_handler_settings_flag_that_handler_only(levels: int) -> None:
+    """Settings are per handler: too deep, that handler is invalid, the others still run."""
+    text = read(WIRE / "ext_conf_invalid_and_valid_handlers.xml").decode()
+    valid = parse_extensions_config(text).plugins[1]
+    body = valid.settings[0].settings_json
+    assert body is not None and body in text
+    deep = '{"runtimeSettings":[{"handlerSettings":{"publicSettings":' + _nested(levels) + "}}]}"
+    plugins = parse_extensions_config(text.replace(body, deep)).plugins
+    assert plugins[1].name == valid.name and plugins[1].settings == ()
+    assert "nested deeper" in (plugins[1].invalid_reason or "")
+    assert valid.name in (plugins[1].invalid_reason or "")
