@@ -134,7 +134,7 @@ def parse_ovf_env(data: bytes | str, *, source: str = "ovf-env.xml") -> OvfEnv:
     public_keys: list[SshPublicKey] = []
     for number, node in enumerate(config.findall(f"{_WA}SSH/{_WA}PublicKeys/{_WA}PublicKey"), 1):
         where = f"SSH/PublicKeys/PublicKey[{number}]"
-        path = _required(node, "Path", where, source)
+        path = _key_path(node, where, source)
         fingerprint = _fingerprint(node)
         value = (_text(node, "Value") or "").strip() or None
         if fingerprint is None and value is None:
@@ -144,7 +144,7 @@ def parse_ovf_env(data: bytes | str, *, source: str = "ovf-env.xml") -> OvfEnv:
     key_pairs: list[SshKeyPair] = []
     for number, node in enumerate(config.findall(f"{_WA}SSH/{_WA}KeyPairs/{_WA}KeyPair"), 1):
         where = f"SSH/KeyPairs/KeyPair[{number}]"
-        path = _required(node, "Path", where, source)
+        path = _key_path(node, where, source)
         fingerprint = _fingerprint(node)
         if fingerprint is None:
             raise OvfError(f"{source}: {where}/Fingerprint is missing or empty")
@@ -265,6 +265,19 @@ def _required(parent: Element, name: str, where: str, source: str) -> str:
     if not value:
         raise OvfError(f"{source}: {where}/{name} is missing or empty")
     return value
+
+
+def _key_path(node: Element, where: str, source: str) -> str:
+    """A key's Path, refused when it could lead elsewhere than it names (`..`, NUL)."""
+    path = _required(node, "Path", where, source)
+    # Writing through `..` would leave the directory the path seems to name, and with
+    # root= the image; the kernel would cut a path at a NUL.
+    if ".." in path.split("/"):
+        raise OvfError(f"{source}: {where}/Path {path!r} has a '..' component, refused: "
+                       "give the key file's full path without '..' in the VM's SSH settings")
+    if "\0" in path:
+        raise OvfError(f"{source}: {where}/Path {path!r} holds a NUL character, refused")
+    return path
 
 
 def _fingerprint(node: Element) -> str | None:

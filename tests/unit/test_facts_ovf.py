@@ -295,3 +295,52 @@ def test_utf16_without_password_element_is_still_converted() -> None:
     data = _utf16(_doc("<wa:UserName>u</wa:UserName>"), "utf-16-le", b"\xff\xfe")
     copy = without_password(data)
     assert copy == _doc("<wa:UserName>u</wa:UserName>")
+
+
+_KEY = ("<wa:UserName>u</wa:UserName><wa:SSH><wa:PublicKeys><wa:PublicKey>"
+        "<wa:Value>ssh-ed25519 AAAA</wa:Value><wa:Path>{path}</wa:Path>"
+        "</wa:PublicKey></wa:PublicKeys></wa:SSH>")
+_PAIR = ("<wa:UserName>u</wa:UserName><wa:SSH><wa:KeyPairs><wa:KeyPair>"
+         "<wa:Fingerprint>AB</wa:Fingerprint><wa:Path>{path}</wa:Path>"
+         "</wa:KeyPair></wa:KeyPairs></wa:SSH>")
+
+
+@pytest.mark.parametrize("path", [
+    "/home/u/../../etc/sudoers.d/x", "../../etc/shadow", "/home/u/.ssh/..", "..",
+    "/home/u/.ssh/../authorized_keys",
+])
+@pytest.mark.parametrize(("template", "where"), [
+    (_KEY, "SSH/PublicKeys/PublicKey[1]/Path"), (_PAIR, "SSH/KeyPairs/KeyPair[1]/Path"),
+])
+def test_key_path_with_dot_dot_is_refused(template: str, where: str, path: str) -> None:
+    with pytest.raises(OvfError) as caught:
+        parse_ovf_env(_doc(template.format(path=path)))
+    message = str(caught.value)
+    assert message.startswith(f"ovf-env.xml: {where} {path!r}")
+    assert "'..'" in message
+
+
+@pytest.mark.parametrize("path", ["/home/u/..ssh/keys", "/home/u/.ssh/authorized_keys..",
+                                  "/home/u/./.ssh/authorized_keys"])
+def test_key_path_with_dots_in_names_is_fine(path: str) -> None:
+    assert parse_ovf_env(_doc(_KEY.format(path=path))).public_keys[0].path == path
+
+
+@pytest.mark.parametrize("nul", ["\x00", "&#0;"])
+def test_key_path_with_nul_is_refused(nul: str) -> None:
+    # XML 1.0 has no NUL at all, so the parser refuses it before the path is looked at.
+    with pytest.raises(OvfError):
+        parse_ovf_env(_doc(_KEY.format(path=f"/home/u/.ssh/a{nul}b")))
+
+
+def test_key_path_check_itself_refuses_nul() -> None:
+    """Defence in depth: the check holds even for a tree not read by expat."""
+    from facts.ovf import WA_NS, _key_path
+    from wire.xmldoc import Element
+
+    node = Element("{" + WA_NS + "}PublicKey", {})
+    path = Element("{" + WA_NS + "}Path", {})
+    path.text = "/home/u/.ssh/a\x00b"
+    node.children.append(path)
+    with pytest.raises(OvfError, match=r"PublicKey\[1\]/Path '/home/u/.ssh/a\\x00b' holds a NUL"):
+        _key_path(node, "SSH/PublicKeys/PublicKey[1]", "ovf-env.xml")
