@@ -99,7 +99,9 @@ def test_plan_lists_every_secret_without_asking_and_changes_nothing(
         sandbox: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     root = provisioned_root(sandbox)
-    (root / "etc/waagent.conf").write_text("Provisioning.DeleteRootPassword=y\n")
+    # Both options set: the list must not depend on their defaults.
+    (root / "etc/waagent.conf").write_text("Provisioning.DeleteRootPassword=y\n"
+                                           "Provisioning.RegenerateSshHostKeyPair=y\n")
     before = snapshot(root)
     ctx = plan_context(root, user="y")
     steps = deprovision.deprovision_steps(ctx)
