@@ -200,14 +200,19 @@ class PlanResult:
 
     tasks: list[PlannedTask] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
+    # Why an up-to-date task is, where a check says (e.g. done once for this VM).
+    kept: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"tasks": [asdict(t) | {"changes": [c._asdict() for c in t.changes]}
                           for t in self.tasks], "up_to_date": self.up_to_date,
+                "kept": self.kept,
                 "ignored": self.ignored}
 
-    def write_text(self, out: TextIO, show_all: bool = False) -> None:
+    def write_text(self, out: TextIO, show_all: bool = False, named: bool = False) -> None:
+        """The plan for people; up-to-date tasks with `show_all`, or those with a reason
+        when tasks were `named` on the command line."""
         marks = {"run": "RUN ", "maybe": "MAY ", "fail": "FAIL", "blocked": "SKIP"}
         for task in self.tasks:
             out.write(f"{marks[task.outcome]} {task.name}" + (f"  {task.doc}\n" if task.doc
@@ -219,9 +224,11 @@ class PlanResult:
             if task.error:
                 label = "error" if task.outcome in ("fail", "blocked") else "note"
                 out.write(f"     {label}: {task.error}\n")
-        if show_all:
-            for name in self.up_to_date:
+        for name in self.up_to_date:
+            if show_all or (named and name in self.kept):
                 out.write(f"ok   {name}\n")
+                if name in self.kept:
+                    out.write(f"     because {self.kept[name]}\n")
         counts = {o: sum(1 for t in self.tasks if t.outcome == o) for o in marks}
         if not self.tasks:
             out.write(f"Nothing to do: {len(self.up_to_date)} tasks up to date.\n")
@@ -316,6 +323,10 @@ class PlanReporter:
     def skip_uptodate(self, task: Any) -> None:
         if not self._is_group(task):
             self.plan.up_to_date.append(task.name)
+            kept = "; ".join(check.kept for check, _args, _kwargs in task.uptodate
+                             if isinstance(check, Check) and check.kept)
+            if kept:
+                self.plan.kept[task.name] = kept
 
     def skip_ignore(self, task: Any) -> None:
         self.plan.ignored.append(task.name)
@@ -426,7 +437,7 @@ class Plan(ScratchStateCommand, DoitRun):
         if json_output:
             out.write(json.dumps(reporter.plan.to_json(), indent=1, default=str) + "\n")
         else:
-            reporter.plan.write_text(out, show_all)
+            reporter.plan.write_text(out, show_all, named=bool(pos_args))
         # Like a run: 1 when a task would fail (the plan says which and why).
         return 1 if any(t.outcome in ("fail", "blocked") for t in reporter.plan.tasks) else 0
 

@@ -34,6 +34,8 @@ class Check:
 
     name: str = ""
     reason: str = ""
+    # Why the last check said "up to date", when that needs saying (plans show it).
+    kept: str = ""
     # doit reads each uptodate callable's signature at every check to pass `task` and
     # `values`; computing it from __call__ is ~0.1 ms a check, ~40 checks a boot.
     __signature__ = inspect.Signature([
@@ -75,12 +77,7 @@ class Inputs(Check):
         if previous == current:
             self.reason = ""
             return True
-        changes = []
-        for k in sorted(set(previous) | set(current)):
-            old, new = previous.get(k, "<unset>"), current.get(k, "<unset>")
-            if old != new:
-                changes.append(f"{k}: {_short(old)} -> {_short(new)}")
-        self.reason = "changed " + "; ".join(changes)
+        self.reason = "changed " + describe_changes(previous, current)
         return False
 
     def __repr__(self) -> str:
@@ -108,6 +105,16 @@ class Probe(Check):
 
     def __repr__(self) -> str:
         return f"Probe({self.name})"
+
+
+def describe_changes(previous: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """`key: old -> new; ...` for the inputs that differ."""
+    changes = []
+    for k in sorted(set(previous) | set(current)):
+        old, new = previous.get(k, "<unset>"), current.get(k, "<unset>")
+        if old != new:
+            changes.append(f"{k}: {_short(old)} -> {_short(new)}")
+    return "; ".join(changes)
 
 
 def _short(value: Any) -> str:

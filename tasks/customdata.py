@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from graph.context import Context
-from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed
 from system.log import get_logger
+from system.redact import register_secret
 from tasks import inputs
+from tasks.once import once
 
 log = get_logger("waagent.customdata")
 
@@ -30,34 +31,25 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
     if inputs.mode(ctx) != "waagent":
         return
     conf = ctx.conf
-    yield {
+    # Once per VM (tasks/once.py): the saved copy is not restored after someone removes it,
+    # and the script runs at most once, even if the agent dies while it runs.
+    yield once(ctx, "customdata", {
         "name": "save",
         "doc": "save custom data to <Lib.Dir>/CustomData (0600)",
         "actions": [(save_custom_data, [ctx])],
         "task_dep": ["gather:ovf"],
-        "uptodate": [Inputs("customdata", lambda: {
-            "vm_id": inputs.vm_id(ctx),
-            "sha256": inputs.ovf_facts(ctx).get("custom_data_sha256"),
-            **conf.subset(["Provisioning.DecodeCustomData", "Lib.Dir"])}),
-            Probe("customdata", lambda: custom_data_missing(ctx))],
-    }
+    }, lambda: {"vm_id": inputs.vm_id(ctx),
+                "sha256": inputs.ovf_facts(ctx).get("custom_data_sha256"),
+                **conf.subset(["Provisioning.DecodeCustomData", "Lib.Dir"])})
     if conf.flag("Provisioning.ExecuteCustomData"):
-        yield {
+        yield once(ctx, "customdata", {
             "name": "run",
             "doc": "run custom data as a script (Provisioning.ExecuteCustomData=y)",
             "actions": [(run_custom_data, [ctx])],
             "task_dep": ["customdata:save", "user:*", "ssh:config", "hostname:set"],
-            "uptodate": [Inputs("customdata-run", lambda: {
-                "vm_id": inputs.vm_id(ctx),
-                "sha256": inputs.ovf_facts(ctx).get("custom_data_sha256")})],
-        }
-
-
-def custom_data_missing(ctx: Context) -> str | None:
-    if not inputs.ovf_facts(ctx).get("custom_data_sha256"):
-        return None
-    path = ctx.lib_dir / CUSTOM_DATA_FILE
-    return None if path.exists() else f"{ctx.root.system_path(path)} is missing"
+        }, lambda: {"vm_id": inputs.vm_id(ctx),
+                    "sha256": inputs.ovf_facts(ctx).get("custom_data_sha256")},
+            record_first=True)
 
 
 def save_custom_data(ctx: Context) -> None:
@@ -76,6 +68,8 @@ def save_custom_data(ctx: Context) -> None:
         except (binascii.Error, ValueError) as err:
             raise CustomDataError(f"CustomData in ovf-env.xml is not base64 "
                                   f"(Provisioning.DecodeCustomData=y): {err}") from None
+    # Decoded, it is a script or cloud-config that may hold secrets of its own.
+    register_secret(content.decode("utf-8", "replace").strip())
     ctx.fs.write(ctx.lib_dir / CUSTOM_DATA_FILE, content, mode=0o600, secret=True,
                  why="custom data")
 
@@ -97,8 +91,10 @@ def run_custom_data(ctx: Context) -> None:
                                 timeout=RUN_TIMEOUT, check=False)
     except CommandFailed as err:
         raise CustomDataError(f"custom data script did not finish: {err}") from None
+    # The output may echo secrets (`set -x`): DEBUG only, the exit status at INFO.
+    log.info("custom data script exited with status %s", result.returncode)
     for line in (result.stdout + result.stderr).splitlines()[-50:]:
-        log.info("custom data: %s", line)
+        log.debug("custom data: %s", line)
     if not result.ok:
-        raise CustomDataError(f"custom data script exited with status {result.returncode}: "
-                              f"{(result.stderr or result.stdout).strip()[-500:]}")
+        raise CustomDataError(f"custom data script exited with status {result.returncode}; "
+                              "its output is in the agent's log at DEBUG (Logs.Verbose=y)")

@@ -17,6 +17,7 @@ from graph.uptodate import Inputs, Probe
 from system.errors import AgentError
 from system.log import get_logger
 from tasks import inputs
+from tasks.once import once
 
 log = get_logger("waagent.hostname")
 
@@ -33,30 +34,34 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
     """Hostname tasks, only when this agent provisions."""
     if inputs.mode(ctx) != "waagent":
         return
-    yield {
+    # Once per VM (tasks/once.py): the hostname is the admin's afterwards, never reverted.
+    yield once(ctx, "hostname", {
         "name": "set",
         "doc": "set the hostname from the OVF (/etc/hostname, /etc/hosts, running)",
         "actions": [(set_hostname, [ctx])],
         "task_dep": ["gather:ovf"],
-        "uptodate": [Inputs("hostname", lambda: {"vm_id": inputs.vm_id(ctx),
-                                                 "hostname": wanted_hostname(ctx)}),
-                     Probe("hostname", lambda: hostname_differs(ctx))],
-    }
+    }, lambda: {"vm_id": inputs.vm_id(ctx), "hostname": wanted_hostname(ctx)})
 
 
 def generate_publish(ctx: Context) -> Iterator[dict[str, Any]]:
     """The publish task, only when this agent provisions."""
     if inputs.mode(ctx) != "waagent":
         return
-    yield {
+    publish = {
         "name": "hostname",
         "doc": "publish the hostname to DNS through the DHCP client",
         "actions": [(publish_hostname, [ctx])],
         "task_dep": ["hostname:set"],
-        "uptodate": [Inputs("publish", lambda: {"hostname": wanted_hostname(ctx),
-                                                "dhcp_client": inputs.distro(ctx).dhcp_client}),
-                     Probe("publish", lambda: not_published(ctx))],
     }
+    if ctx.conf.flag("Provisioning.MonitorHostName"):
+        # The hostname follows the admin: a rename is published, never reverted.
+        yield {**publish, "uptodate": [
+            Inputs("publish", lambda: {"dhcp_client": inputs.distro(ctx).dhcp_client}),
+            Probe("publish", lambda: not_published(ctx))]}
+    else:
+        yield once(ctx, "publish", publish, lambda: {
+            "vm_id": inputs.vm_id(ctx), "hostname": wanted_hostname(ctx),
+            "dhcp_client": inputs.distro(ctx).dhcp_client})
 
 
 def _valid_label(label: str) -> bool:
@@ -76,13 +81,20 @@ def wanted_hostname(ctx: Context) -> str:
     return name
 
 
-def hostname_differs(ctx: Context) -> str | None:
+def current_hostname(ctx: Context) -> str:
+    """The static hostname in /etc/hostname: the OVF's until the admin renames the host."""
     try:
-        have = (ctx.root / "etc/hostname").read_text().strip()
+        return (ctx.root / "etc/hostname").read_text().strip()
     except FileNotFoundError:
-        have = ""
-    want = wanted_hostname(ctx)
-    return None if have == want else f"/etc/hostname is {have or 'empty'!r}, want {want!r}"
+        return ""
+
+
+def hostname_to_publish(ctx: Context) -> str:
+    """What DNS should know: the OVF's hostname while the VM is being provisioned, the
+    static hostname (the admin's, after a rename) once it is."""
+    if not inputs.is_provisioned(ctx):
+        return wanted_hostname(ctx)
+    return current_hostname(ctx) or wanted_hostname(ctx)
 
 
 def hosts_text(text: str, hostname: str) -> str:
@@ -133,15 +145,15 @@ def not_published(ctx: Context) -> str | None:
         have = (ctx.lib_dir / PUBLISHED_FILE).read_text().strip()
     except FileNotFoundError:
         return "hostname never published"
-    want = wanted_hostname(ctx)
-    return None if have == want else f"published {have!r}, want {want!r}"
+    want = hostname_to_publish(ctx)
+    return None if have == want else f"published {have!r}, the hostname is now {want!r}"
 
 
 def publish_hostname(ctx: Context) -> None:
     """Make the DHCP client send the hostname and renew the lease (not ifdown/ifup)."""
     from system import osutil
 
-    name = wanted_hostname(ctx)
+    name = hostname_to_publish(ctx)
     client = inputs.distro(ctx).dhcp_client
     if client == "dhclient":
         conf = ctx.root / DHCLIENT_CONF
@@ -150,7 +162,8 @@ def publish_hostname(ctx: Context) -> None:
         except FileNotFoundError:
             text = ""
         if not re.search(r"^\s*send\s+host-name\b", text, re.M):
-            ctx.fs.write(conf, text + f'send host-name "{name}";\n',
+            # gethostname() rather than the name: a later rename is sent as it is.
+            ctx.fs.write(conf, text + "send host-name = gethostname();\n",
                          why="the DHCP client sends the hostname")
     interface = primary_interface(ctx)
     renewed = interface is not None and osutil.renew_dhcp(

@@ -18,10 +18,11 @@ from typing import Any
 
 from facts import users
 from graph.context import Context
-from graph.uptodate import Inputs, Probe
+from graph.uptodate import Inputs
 from system.errors import AgentError, CommandFailed
 from system.log import get_logger
 from tasks import certificates, inputs
+from tasks.once import once
 
 log = get_logger("waagent.ssh")
 
@@ -53,26 +54,25 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
     if inputs.mode(ctx) != "waagent":
         return
     conf = ctx.conf
+    # The host keys, sshd settings, authorized keys and key pairs are done once per VM
+    # (tasks/once.py): after that they are the admin's, and only a change of a task's
+    # inputs (a conf option, new platform data, a new VM id) makes it run again.
     if conf.flag("Provisioning.RegenerateSshHostKeyPair"):
-        yield {
+        yield once(ctx, "ssh", {
             "name": "hostkeys",
             "doc": f"new SSH host keys ({', '.join(host_key_types(ctx))}) for this VM",
             "actions": [(regenerate_host_keys, [ctx])],
             "task_dep": ["gather:vm"],
-            "uptodate": [Inputs("hostkeys", lambda: {
-                "vm_id": inputs.vm_id(ctx),
-                **conf.subset(["Provisioning.SshHostKeyPairType", "OS.SshDir"])}),
-                Probe("hostkeys", lambda: host_keys_missing(ctx))],
-        }
-    yield {
+        }, lambda: {"vm_id": inputs.vm_id(ctx),
+                    **conf.subset(["Provisioning.SshHostKeyPairType", "OS.SshDir"])})
+    yield once(ctx, "ssh", {
         "name": "config",
         "doc": "sshd_config: password logins per the OVF, ClientAliveInterval; sshd -t",
         "actions": [(configure_sshd, [ctx])],
         "task_dep": ["gather:ovf", *(["ssh:hostkeys"] if conf.flag(
             "Provisioning.RegenerateSshHostKeyPair") else [])],
-        "uptodate": [Inputs("config", lambda: sshd_settings(ctx)),
-                     Probe("config", lambda: sshd_config_differs(ctx))],
-    }
+    }, lambda: {"vm_id": inputs.vm_id(ctx), **sshd_settings(ctx),
+                **conf.subset(["OS.SshDir"])})
     yield {
         "name": "reload",
         "doc": "reload sshd when its configuration or host keys changed",
@@ -90,22 +90,18 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
             "vm_id": inputs.vm_id(ctx), "thumbprint": host_key_thumbprint(ctx)})],
     }
     # Last: they wait for the certificates (see the provision group in tasks/__init__.py).
-    yield {
+    yield once(ctx, "ssh", {
         "name": "authorized_keys",
         "doc": "authorized_keys of the user from the OVF keys and certificates",
         "actions": [(install_authorized_keys, [ctx])],
         "task_dep": ["user:account", "certificates:install"],
-        "uptodate": [Inputs("keys", lambda: key_inputs(ctx)),
-                     Probe("keys", lambda: authorized_keys_missing(ctx))],
-    }
-    yield {
+    }, lambda: key_inputs(ctx))
+    yield once(ctx, "ssh", {
         "name": "keypairs",
         "doc": "install the key pairs the platform delivered (private key 0600)",
         "actions": [(install_key_pairs, [ctx])],
         "task_dep": ["user:account", "certificates:install"],
-        "uptodate": [Inputs("keypairs", lambda: keypair_inputs(ctx)),
-                     Probe("keypairs", lambda: key_pairs_missing(ctx))],
-    }
+    }, lambda: keypair_inputs(ctx))
 
 
 # -- authorized keys --------------------------------------------------------------------------
@@ -203,18 +199,6 @@ def _key_body(line: str) -> str | None:
     return f"{fields[0]} {fields[1]}" if fields else None
 
 
-def authorized_keys_missing(ctx: Context) -> str | None:
-    for path, lines in wanted_keys(ctx).items():
-        real = ctx.root / path
-        try:
-            have = {_key_body(x) for x in real.read_text().splitlines()}
-        except FileNotFoundError:
-            return f"{path} is missing"
-        if any(_key_body(x) not in have for x in lines):
-            return f"{path} lacks a key from the OVF"
-    return None
-
-
 def install_authorized_keys(ctx: Context) -> None:
     """Add the OVF keys to each authorized_keys file, keeping keys already there."""
     _name, owner = _user_and_owner(ctx)
@@ -253,13 +237,6 @@ def _key_pair_targets(ctx: Context) -> list[tuple[str, Path]]:
             for k in ovf["key_pairs"]]
 
 
-def key_pairs_missing(ctx: Context) -> str | None:
-    for _thumb, target in _key_pair_targets(ctx):
-        if not target.exists() or not target.with_name(target.name + ".pub").exists():
-            return f"{ctx.root.system_path(target)} is missing"
-    return None
-
-
 def install_key_pairs(ctx: Context) -> None:
     """Copy `<THUMB>.prv` to the OVF path (0600, the user's) and write its `.pub`."""
     from wire.certs import private_key_openssh
@@ -289,13 +266,6 @@ def install_key_pairs(ctx: Context) -> None:
 
 def host_key_path(ctx: Context, key_type: str) -> Path:
     return ssh_dir(ctx) / f"ssh_host_{key_type}_key"
-
-
-def host_keys_missing(ctx: Context) -> str | None:
-    for key_type in host_key_types(ctx):
-        if not host_key_path(ctx, key_type).with_suffix(".pub").exists():
-            return f"no {key_type} host key"
-    return None
 
 
 def regenerate_host_keys(ctx: Context) -> None:
@@ -434,16 +404,6 @@ def desired_files(ctx: Context) -> dict[Path, str]:
                           *(f"{k} {v}" for k, v in settings.items())]) + "\n"
         return {dropin: body}
     return {sshd_config_path(ctx): edit_sshd_config(text, settings)}
-
-
-def sshd_config_differs(ctx: Context) -> str | None:
-    for path, want in desired_files(ctx).items():
-        try:
-            if path.read_text() != want:
-                return f"{ctx.root.system_path(path)} differs"
-        except FileNotFoundError:
-            return f"{ctx.root.system_path(path)} is missing"
-    return None
 
 
 def configure_sshd(ctx: Context) -> None:

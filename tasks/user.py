@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from facts import users
 from graph.context import Context
-from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed
 from system.log import get_logger
 from tasks import inputs
+from tasks.once import once
 
 if TYPE_CHECKING:
     from system.runner import Runner
@@ -44,42 +44,37 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
     if inputs.mode(ctx) != "waagent":
         return
     conf = ctx.conf
-    yield {
+    # Once per VM (tasks/once.py): after that the admin owns the account, its password and
+    # its sudo rights; only a change of these inputs makes a task run again.
+    yield once(ctx, "user", {
         "name": "account",
         "doc": "create the provisioned user with a home directory",
         "actions": [(ensure_account, [ctx])],
         "task_dep": ["gather:ovf"],
-        "uptodate": [Inputs("account", lambda: account_inputs(ctx)),
-                     Probe("account", lambda: account_missing(ctx))],
-    }
-    yield {
+    }, lambda: account_inputs(ctx))
+    yield once(ctx, "user", {
         "name": "password",
         "doc": "set the user's password hash (Provisioning.PasswordCryptId)",
         "actions": [(ensure_password, [ctx])],
         "task_dep": ["user:account"],
-        "uptodate": [Inputs("password", lambda: {
-            **account_inputs(ctx), "password_set": inputs.ovf_facts(ctx)["password_set"],
-            **conf.subset(["Provisioning.PasswordCryptId",
-                           "Provisioning.PasswordCryptSaltLength"])})],
-    }
-    yield {
+    }, lambda: {**account_inputs(ctx), "password_set": inputs.ovf_facts(ctx)["password_set"],
+                **conf.subset(["Provisioning.PasswordCryptId",
+                               "Provisioning.PasswordCryptSaltLength"])})
+    yield once(ctx, "user", {
         "name": "sudoers",
         "doc": "sudo for the user in /etc/sudoers.d/waagent",
         "actions": [(ensure_sudoers, [ctx])],
         "task_dep": ["user:account"],
-        "uptodate": [Inputs("sudoers", lambda: {
-            **account_inputs(ctx), "password_set": inputs.ovf_facts(ctx)["password_set"],
-            **conf.subset(["OS.SudoersDir"])}),
-            Probe("sudoers", lambda: sudoers_differs(ctx))],
-    }
+    }, lambda: {**account_inputs(ctx), "password_set": inputs.ovf_facts(ctx)["password_set"],
+                **conf.subset(["OS.SudoersDir"])})
     if conf.flag("Provisioning.DeleteRootPassword"):
-        yield {
+        yield once(ctx, "user", {
             "name": "rootpw",
             "doc": "lock root's password (Provisioning.DeleteRootPassword=y)",
             "actions": [(lock_root_password, [ctx])],
             "task_dep": ["gather:vm"],
-            "uptodate": [Probe("rootpw", lambda: root_password_unlocked(ctx))],
-        }
+        }, lambda: {"vm_id": inputs.vm_id(ctx),
+                    **conf.subset(["Provisioning.DeleteRootPassword"])})
 
 
 def valid_user_name(name: str) -> bool:
@@ -102,11 +97,6 @@ def username(ctx: Context) -> str:
 def account_inputs(ctx: Context) -> dict[str, Any]:
     return {"vm_id": inputs.vm_id(ctx), "username": str(inputs.ovf_facts(ctx)["username"]),
             **ctx.conf.subset(["OS.HomeDir"])}
-
-
-def account_missing(ctx: Context) -> str | None:
-    name = str(inputs.ovf_facts(ctx)["username"])
-    return None if users.user(ctx.root, name) else f"user {name} does not exist"
 
 
 def ensure_account(ctx: Context) -> None:
@@ -233,17 +223,6 @@ def sudoers_path(ctx: Context) -> Path:
     return ctx.root / ctx.conf.required_path("OS.SudoersDir") / SUDOERS_FILE
 
 
-def sudoers_differs(ctx: Context) -> str | None:
-    want = sudoers_text(str(inputs.ovf_facts(ctx)["username"]),
-                        bool(inputs.ovf_facts(ctx)["password_set"]))
-    path = sudoers_path(ctx)
-    try:
-        have = path.read_text()
-    except FileNotFoundError:
-        return f"{ctx.root.system_path(path)} is missing"
-    return None if have == want else f"{ctx.root.system_path(path)} differs"
-
-
 def ensure_sudoers(ctx: Context) -> None:
     """Write the sudoers drop-in after visudo accepts it (0440; a bad file locks sudo out)."""
     name = username(ctx)
@@ -270,15 +249,6 @@ def check_sudoers_syntax(ctx: Context, path: Path, text: str) -> None:
     if not result.ok:
         raise UserError(f"visudo rejects the sudoers rule for {ctx.root.system_path(path)}: "
                         f"{(result.stderr or result.stdout).strip()}")
-
-
-def root_password_unlocked(ctx: Context) -> str | None:
-    fields = shadow_fields(ctx, "root")
-    if fields is None or len(fields) < 2:
-        return None
-    hashed = fields[1]
-    return None if hashed.startswith(("!", "*")) and "$" not in hashed else \
-        "root has a usable password"
 
 
 def lock_root_password(ctx: Context) -> None:

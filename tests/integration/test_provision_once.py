@@ -1,0 +1,111 @@
+"""Provision once, never fight the admin (DESIGN rule 5), on a sandbox root.
+
+After the first boot the admin owns the user, keys, sudoers, sshd settings and hostname:
+later boots, with or without doit's state DB, revert none of their changes and repeat no
+one-shot work. Only a change of a task's inputs (here a waagent.conf option) reruns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fabric import Fabric, default_scenario
+from tests.conftest import need_root, need_tools
+from tests.integration.provisioning import BASE_CONF, Harness
+
+pytestmark = pytest.mark.root
+
+ONCE_TASKS = {"hostname:set", "user:account", "user:password", "user:sudoers", "user:rootpw",
+              "ssh:hostkeys", "ssh:config", "ssh:authorized_keys", "ssh:keypairs",
+              "customdata:save", "publish:hostname"}
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    need_root()
+    need_tools("useradd", "chpasswd", "ssh-keygen", "visudo", "sshd", "unshare")
+    with Fabric(default_scenario()) as fabric:
+        yield Harness(tmp_path, fabric, BASE_CONF + "Provisioning.DeleteRootPassword=y\n")
+
+
+def shadow_hash(root: Path, user: str) -> str:
+    for line in (root / "etc/shadow").read_text().splitlines():
+        if line.split(":")[0] == user:
+            return line.split(":")[1]
+    raise AssertionError(f"{user} not in shadow")
+
+
+def admin_changes(root: Path, user: str) -> dict[Path, str]:
+    """What an admin does after provisioning: files and the text they leave in them."""
+    home = root / "home" / user
+    keys = (home / ".ssh/authorized_keys").read_text().splitlines()
+    edits = {
+        home / ".ssh/authorized_keys": keys[-1] + "\n",  # one key removed
+        root / "etc/sudoers.d/waagent": f"{user} ALL=(ALL) /usr/bin/true\n",  # narrowed
+        root / "etc/hostname": "renamed-by-admin\n",
+        root / "etc/ssh/sshd_config.d/00-waagent.conf": "PasswordAuthentication no\n",
+    }
+    for path, text in edits.items():
+        path.write_text(text)
+    (home / ".ssh/id_rsa.pub").unlink()  # a key pair's public half removed
+    (root / "var/lib/waagent/CustomData").unlink()
+    shadow = root / "etc/shadow"
+    lines = [("root:$6$adminsalt$adminhash:" + ":".join(line.split(":")[2:]))
+             if line.startswith("root:") else line
+             for line in shadow.read_text().splitlines()]
+    shadow.write_text("\n".join(lines) + "\n")  # root given a password by the admin
+    return edits
+
+
+def test_later_boots_revert_no_admin_change_even_without_the_state_db(harness: Harness) -> None:
+    harness.run(check=True)
+    root, user = harness.root, harness.scenario.username
+    host_key = (root / "etc/ssh/ssh_host_rsa_key.pub").read_text()
+    password = shadow_hash(root, user)
+    edits = admin_changes(root, user)
+
+    def unchanged_since_the_admin() -> None:
+        for path, text in edits.items():
+            assert path.read_text() == text, f"{path} was reverted"
+        assert not (root / "home" / user / ".ssh/id_rsa.pub").exists()
+        assert not (root / "var/lib/waagent/CustomData").exists()
+        assert shadow_hash(root, "root") == "$6$adminsalt$adminhash"
+        assert (root / "etc/ssh/ssh_host_rsa_key.pub").read_text() == host_key
+        assert shadow_hash(root, user) == password
+
+    harness.run(check=True)
+    assert not harness.ran() & ONCE_TASKS, harness.ran()
+    unchanged_since_the_admin()
+
+    # doit's state is a cache: without it, only idempotent work is redone.
+    (root / "var/lib/waagent/graph-state.sqlite3").unlink()
+    harness.run(check=True)
+    assert not harness.ran() & ONCE_TASKS, harness.ran()
+    unchanged_since_the_admin()
+    # The rename is the admin's: it is what gets published, never reverted.
+    assert (root / "var/lib/waagent/published_hostname").read_text().strip() == \
+        "renamed-by-admin"
+
+
+def test_the_plan_says_why_a_provisioned_task_is_up_to_date(harness: Harness) -> None:
+    harness.run(check=True)
+    (harness.root / "etc/sudoers.d/waagent").unlink()
+    out = harness.run("user:sudoers", command="plan", check=True).stdout
+    assert "ok   user:sudoers" in out
+    assert (f"because provisioned for VM id {harness.scenario.vm_id}; inputs unchanged"
+            in out)
+
+
+def test_a_changed_input_reruns_its_task(harness: Harness) -> None:
+    harness.run(check=True)
+    dropin = harness.root / "etc/ssh/sshd_config.d/00-waagent.conf"
+    assert "ClientAliveInterval 180" in dropin.read_text()
+    harness.set_conf(harness.conf.read_text() + "OS.SshClientAliveInterval=120\n")
+    plan = harness.run("ssh:config", command="plan", check=True).stdout
+    assert "ssh:config: changed ClientAliveInterval: 180 -> 120" in plan
+    harness.run(check=True)
+    assert harness.ran() & ONCE_TASKS == {"ssh:config"}
+    assert "ClientAliveInterval 120" in dropin.read_text()
