@@ -7,8 +7,10 @@ A VM root here is a directory the agent runs against (`root=`), shaped like a VM
 - a small "udev" thread mirrors the kernel's partition nodes of that loop device
   (and the agent's dm-crypt swap devices) into dev/ as they come and go, so the agent
   waits for partition nodes just as it does for udev on a VM;
-- sys/block -> /sys/block and proc -> /proc: symlinks, since mounts and swaps are
-  kernel-global anyway (the agent compares them as real paths below the root).
+- sys/block, sys/devices and proc: bind mounts of the host's (the agent resolves every
+  path inside the root as a chroot would, so symlinks out of it would not do), since
+  mounts and swaps are kernel-global anyway (the agent compares them as real paths below
+  the root); no sys/bus, so the host's own VMBus disks are never seen.
 Cleanup undoes only what is below the root or on the test's loop device.
 """
 
@@ -218,20 +220,22 @@ def vm_root(directory: Path, device: str) -> Iterator[VM]:
     dev = root / "dev"
     (dev / "disk/azure").mkdir(parents=True)
     (dev / "mapper").mkdir()
-    (root / "sys").mkdir()
-    (root / "sys/block").symlink_to("/sys/block")
-    (root / "proc").symlink_to("/proc")
     (root / "etc").mkdir()
     for name in ("null", "zero", "urandom"):
         os.mknod(dev / name, stat.S_IFCHR | 0o666, os.stat(f"/dev/{name}").st_rdev)
     os.mknod(dev / Path(device).name, stat.S_IFBLK | 0o600, os.stat(device).st_rdev)
     (dev / "disk/azure/resource").symlink_to(f"../../{Path(device).name}")
     udev = Udev(root, device)
-    udev.start()
     try:
+        # /sys/block's entries link to ../devices/...: both are needed.
+        for host in ("/proc", "/sys/block", "/sys/devices"):
+            (root / host.lstrip("/")).mkdir(parents=True)
+            sh("mount", "--bind", host, str(root / host.lstrip("/")))
+        udev.start()
         yield VM(root, device, directory / "waagent.conf")
     finally:
-        udev.stop()
+        if udev.is_alive():
+            udev.stop()
         cleanup(root, device)
 
 
@@ -248,6 +252,60 @@ def make_fresh_ntfs(vm: VM, extra_files: dict[str, bytes] | None = None) -> None
         source = vm.root.parent / name
         source.write_bytes(data)
         sh("ntfscp", vm.partition, str(source), name)
+
+
+MSR_TYPE = "E3C9E316-0B5C-4DB8-817D-F92DF00215AE"
+BASIC_DATA_TYPE = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
+
+
+def make_fresh_ntfs_over_2_tib(vm: VM) -> None:
+    """The platform's disk over 2 TiB: GPT, partition 1 Microsoft reserved (no file
+    system), partition 2 NTFS with only the README (kept small: mkntfs -Q is quick)."""
+    sh("sfdisk", "-q", vm.device, input=f"label: gpt\nsize=16MiB, type={MSR_TYPE}\n"
+       f"size=256MiB, type={BASIC_DATA_TYPE}\n")
+    vm.settle_partition()
+    second = f"{vm.device}p2"
+    for _ in range(200):
+        if Path(second).exists():
+            break
+        time.sleep(0.05)
+    sh("mkntfs", "-Q", "-q", "-F", second)
+    source = vm.root.parent / "DATALOSS_WARNING_README.txt"
+    source.write_bytes(b"WARNING: THIS IS A TEMPORARY DISK.\r\n")
+    sh("ntfscp", second, str(source), source.name)
+
+
+def add_ntfs_files(vm: VM, files: dict[str, bytes]) -> None:
+    """Files (paths with folders) on partition 1's NTFS, through an ntfs-3g mount that is
+    gone afterwards (ntfscp cannot make folders)."""
+    scratch = vm.root.parent / "ntfs-mount"
+    scratch.mkdir(exist_ok=True)
+    sh("ntfs-3g", vm.partition, str(scratch))
+    try:
+        for name, data in files.items():
+            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+            (scratch / name).write_bytes(data)
+    finally:
+        sh("umount", str(scratch))
+
+
+def zero(device: str, offset: int, length: int) -> None:
+    """Overwrite bytes of the test's own device with zeros (a damaged partition table)."""
+    with open(device, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(bytes(length))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def forget_partitions(vm: VM) -> None:
+    """Make the kernel drop the partitions of a table the test damaged."""
+    sh("partx", "--delete", vm.device, check=False)
+    for _ in range(200):
+        if not Path(vm.partition).exists():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{vm.partition} did not go away")
 
 
 def make_user_filesystem(vm: VM, fstype: str = "ext4", table: str = "dos") -> str:

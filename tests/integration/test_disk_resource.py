@@ -16,12 +16,16 @@ import pytest
 from tests.conftest import need_root, need_tools
 from tests.integration.diskutil import (
     VM,
+    add_ntfs_files,
+    forget_partitions,
     loop_device,
     make_fresh_ntfs,
+    make_fresh_ntfs_over_2_tib,
     make_user_filesystem,
     read_user_file,
     sh,
     vm_root,
+    zero,
 )
 
 pytestmark = pytest.mark.root
@@ -178,6 +182,76 @@ def test_ntfs_with_user_files_is_refused(vm: VM) -> None:
     assert out.returncode != 0
     assert "holds 1 entries besides DATALOSS_WARNING_README.txt: photos.zip" in out.stdout
     assert vm.uuid() == uuid and vm.fstype() == "ntfs"
+
+
+def test_zeroed_mbr_over_a_filesystem_is_not_blank(vm: VM) -> None:
+    """Issue 15 §4: the table is gone, the file system at 1 MiB is not: never wiped."""
+    uuid = make_user_filesystem(vm, "ext4")
+    zero(vm.device, 0, 512)
+    forget_partitions(vm)
+    assert sh("blkid", "-p", vm.device, check=False).returncode == 2, "blkid sees nothing"
+    vm.configure()
+    out = vm.agent()
+    assert out.returncode != 0
+    assert f"refusing to partition or format the resource disk: /dev/{vm.name} has no " \
+        "partition table" in out.stdout
+    assert "ext4 at offset 1048576 (1 MiB)" in out.stdout and "ResourceDisk.Format=n" in out.stdout
+    assert vm.last_report()["disk:partition"]["result"] == "failed"
+    found = sh("blkid", "-p", "-O", "1048576", "-s", "UUID", "-o", "value", vm.device)
+    assert found.stdout.strip() == uuid, "the file system is still there"
+
+
+def test_zeroed_start_of_a_gpt_disk_is_not_blank(vm: VM) -> None:
+    """The first 4 MiB zeroed (protective MBR, GPT header, the file system's start): the
+    backup GPT header at the end still says the disk was partitioned."""
+    make_user_filesystem(vm, "ext4", table="gpt")
+    zero(vm.device, 0, 4 * 1024**2)
+    forget_partitions(vm)
+    vm.configure()
+    out = vm.agent()
+    assert out.returncode != 0
+    assert "a backup GPT header at offset" in out.stdout
+    assert sh("sfdisk", "--dump", vm.device, check=False).returncode != 0, "no table written"
+
+
+def test_ntfs_with_files_in_system_volume_information_is_refused(vm: VM) -> None:
+    need_tools("mkntfs", "ntfscp", "ntfsls", "ntfs-3g")
+    make_fresh_ntfs(vm)
+    add_ntfs_files(vm, {"System Volume Information/IndexerVolumeGuid": b"{guid}",
+                        "System Volume Information/backup.vhdx": b"a user's backup"})
+    uuid = vm.uuid()
+    vm.configure()
+    out = vm.agent()
+    assert out.returncode != 0
+    assert "System Volume Information/backup.vhdx" in out.stdout
+    assert vm.uuid() == uuid and vm.fstype() == "ntfs"
+
+
+def test_ntfs_with_the_platforms_system_volume_information_is_reformatted(vm: VM) -> None:
+    need_tools("mkntfs", "ntfscp", "ntfsls", "ntfs-3g")
+    make_fresh_ntfs(vm)
+    add_ntfs_files(vm, {"System Volume Information/IndexerVolumeGuid": b"{guid}",
+                        "System Volume Information/WPSettings.dat": b"\0" * 12})
+    vm.configure()
+    out = vm.agent()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert_converged(vm)
+
+
+def test_fresh_ntfs_over_2_tib_with_the_reserved_partition_is_reformatted(
+        tmp_path: Path) -> None:
+    need_root()
+    need_tools(*BASE_TOOLS, "mkntfs", "ntfscp", "ntfsls")
+    with loop_device(tmp_path, 3 * 1024**4) as device, vm_root(tmp_path, device) as vm:
+        make_fresh_ntfs_over_2_tib(vm)
+        vm.configure()
+        out = vm.agent()
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "fresh NTFS disk" in out.stderr
+        dump = sh("sfdisk", "--dump", device).stdout
+        assert "label: gpt" in dump and 'name="waagent-resource"' in dump
+        assert not Path(f"{device}p2").exists()
+        assert_converged(vm)
 
 
 def test_new_filesystem_refused_when_files_allowed_when_empty(vm: VM) -> None:
