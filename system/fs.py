@@ -2,6 +2,14 @@
 
 Writes go to a temporary file in the same directory, are fsynced and renamed over
 the target (DESIGN rule 6), so a crash leaves either the old or the new file.
+
+Every path is checked again against the root (rule 8: callers join names below root
+paths, and pathlib does not ask the Root), and each operation says whether it follows a
+final link, always inside the root:
+- write compares with what the link names, and then replaces the link itself with the
+  file (the rename acts on the directory entry): it never writes through a link;
+- mkdir, chmod and truncate act on what a final link names (as they would in a chroot);
+- remove, move and chown act on a final link itself, never on its target.
 """
 
 from __future__ import annotations
@@ -32,6 +40,14 @@ class FileSystem:
     def plan(self) -> bool:
         return self.runner.plan
 
+    def _entry(self, path: Path) -> Path:
+        """The path inside the root, its last component not followed."""
+        return self.runner.root.contain(path)
+
+    def _followed(self, path: Path) -> Path:
+        """The path inside the root, a final link followed inside it."""
+        return self.runner.root.contain(path, follow=True)
+
     def _shown(self, path: Path) -> str:
         try:
             return self.runner.root.system_path(path)
@@ -58,9 +74,10 @@ class FileSystem:
         nothing (run reports): still atomic, but possibly absent after a crash.
         """
         content = data.encode() if isinstance(data, str) else data
+        target, seen = self._entry(path), self._followed(path)
         try:
-            current = path.read_bytes()
-            st: os.stat_result | None = path.stat()
+            current = seen.read_bytes()
+            st: os.stat_result | None = seen.stat()
         except FileNotFoundError:
             current, st = None, None
         want_mode = mode if mode is not None else (stat.S_IMODE(st.st_mode) if st else 0o644)
@@ -72,8 +89,8 @@ class FileSystem:
         self.runner.record("write", self._shown(path), why)
         if self.plan:
             return True
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         try:
             # Mode before content, so a secret is never readable by others, even briefly.
             os.fchmod(fd, want_mode)
@@ -84,13 +101,13 @@ class FileSystem:
                 if durable:
                     out.flush()
                     os.fsync(out.fileno())
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         if durable:
-            self._fsync_dir(path.parent)
+            self._fsync_dir(target.parent)
         log.log(DEBUG if quiet else INFO, "changed: %s%s", self._shown(path),
                 "" if secret else f" ({why})")
         return True
@@ -98,8 +115,9 @@ class FileSystem:
     def mkdir(self, path: Path, *, why: str, mode: int = 0o755,
               owner: tuple[int, int] | None = None, quiet: bool = False) -> bool:
         """Create a directory (and parents) or fix its mode/owner; False when already right."""
+        real = self._followed(path)
         try:
-            st = path.stat()
+            st = real.stat()
         except FileNotFoundError:
             st = None
         if st is not None and not stat.S_ISDIR(st.st_mode):
@@ -110,17 +128,18 @@ class FileSystem:
         self.runner.record("mkdir", self._shown(path), why)
         if self.plan:
             return True
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, mode)
+        real.mkdir(parents=True, exist_ok=True)
+        os.chmod(real, mode)
         if owner is not None:
-            os.chown(path, *owner)
+            os.chown(real, *owner, follow_symlinks=False)
         log.log(DEBUG if quiet else INFO, "changed: %s/ (%s)",
                 self._shown(path), why)
         return True
 
     def remove(self, path: Path, *, why: str, quiet: bool = False) -> bool:
         """Remove a file, link or directory tree; False when it was not there."""
-        if not path.exists() and not path.is_symlink():
+        path = self._entry(path)
+        if not os.path.lexists(path):
             return False
         self.runner.record("remove", self._shown(path), why)
         if self.plan:
@@ -135,6 +154,7 @@ class FileSystem:
 
     def chmod(self, path: Path, mode: int, *, why: str) -> bool:
         """Set a mode; False when already set."""
+        path = self._followed(path)
         if stat.S_IMODE(path.stat().st_mode) == mode:
             return False
         self.runner.record("chmod", f"{oct(mode)} {self._shown(path)}", why)
@@ -143,7 +163,8 @@ class FileSystem:
         return True
 
     def chown(self, path: Path, owner: tuple[int, int], *, why: str) -> bool:
-        """Set owner and group; False when already set."""
+        """Set owner and group (of a link itself, not its target); False when already set."""
+        path = self._entry(path)
         st = path.lstat()
         if (st.st_uid, st.st_gid) == owner:
             return False
@@ -153,8 +174,9 @@ class FileSystem:
         return True
 
     def move(self, source: Path, target: Path, *, why: str) -> bool:
-        """Rename a file (used to move rules aside); False when the source is absent."""
-        if not source.exists():
+        """Rename a file or link (used to move rules aside); False when the source is absent."""
+        source, target = self._entry(source), self._entry(target)
+        if not os.path.lexists(source):
             return False
         self.runner.record("move", f"{self._shown(source)} -> {self._shown(target)}", why)
         if not self.plan:
@@ -165,6 +187,7 @@ class FileSystem:
 
     def truncate(self, path: Path, *, why: str) -> bool:
         """Empty a file, keeping it (e.g. /etc/machine-id); False when already empty or absent."""
+        path = self._followed(path)
         if not path.exists() or path.stat().st_size == 0:
             return False
         self.runner.record("truncate", self._shown(path), why)
@@ -179,6 +202,8 @@ class FileSystem:
                      directory: Path | None = None) -> Iterator[Path]:
         """A private temporary file (0600) holding `data`, removed afterwards: a candidate
         to validate (visudo -c, sshd -t) before the real file is replaced."""
+        if directory is not None:
+            directory = self._followed(directory)
         with tempfile.TemporaryDirectory(prefix="waagent-", dir=directory) as tmp:
             path = Path(tmp) / name
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -129,22 +129,27 @@ def renew_dhcp(runner: Runner, dhcp_client: str | None, interface: str, why: str
     return True
 
 
-def sshd_test_argv(runner: Runner, config: str) -> list[str] | None:
-    """`sshd -t -f CONFIG` where sshd sees the root's files, or None when it cannot.
+def sshd_test_argv(runner: Runner, ssh_dir: str) -> list[str] | None:
+    """`sshd -t` over the root's `SSH_DIR/sshd_config` as its sshd would read it, or None
+    when it cannot be checked here.
 
-    In a sandbox root the host's sshd would read the host's includes and host keys:
-    the root's own sshd is run in a chroot of it, or, when the root has none, the
-    host's sshd in a private mount namespace where the root's ssh directory is bound
-    over /etc/ssh and /run is private (a read-only check that leaves the host alone).
+    On the running system, and with chroot=y (the Runner enters the image), that
+    system's own sshd. Otherwise no program of the image may run (rule 8): the host's
+    sshd runs in a private mount namespace where the root's ssh directory is bound over
+    SSH_DIR (its Include lines then read the image's drop-ins, not the host's) and /run
+    is a private tmpfs holding the privilege separation directory and a throwaway host
+    key (sshd -t wants one; the image's own keys may not exist yet). Nothing of the host
+    or of the image changes. Needs root, unshare and sshd on the host.
     """
+    config = ssh_dir.rstrip("/") + "/sshd_config"
     if runner.root.is_host or runner.chroot:
         return ["sshd", "-t", "-f", config]
-    for candidate in ("usr/sbin/sshd", "sbin/sshd"):
-        if (runner.root / candidate).exists():
-            return ["chroot", str(runner.root.base), "/" + candidate, "-t", "-f", config]
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("sshd"):
+    if (os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("sshd")
+            or not shutil.which("ssh-keygen") or not os.path.isdir(ssh_dir)):
         return None
-    script = ('mount --bind "$1/etc/ssh" /etc/ssh && mount -t tmpfs tmpfs /run '
-              '&& mkdir /run/sshd && exec sshd -t -f "$2"')
+    key = "/run/sshd/check_host_key"
+    script = ('mount --bind "$1" "$2" && mount -t tmpfs tmpfs /run && mkdir /run/sshd '
+              f'&& ssh-keygen -q -t ed25519 -N "" -f {key} '
+              f'&& exec sshd -t -f "$3" -h {key}')
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-            str(runner.root.base), config]
+            str(runner.root.follow(ssh_dir)), ssh_dir, config]

@@ -2,7 +2,9 @@
 
 `probe` runs read-only commands (also in plan mode); `change` runs commands that
 change the machine, and in plan mode only records what it would have run.
-In chroot mode (an offline image root) commands run inside the root.
+In chroot mode (an offline image root) commands run inside the root; without it,
+against a root that is not the running system, they are the host's tools, and a
+command naming a program of the image (or chroot) is refused (DESIGN rule 8).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 
-from system.errors import CommandFailed
+from system.errors import CommandFailed, UnsafeOperation
 from system.log import get_logger
 from system.record import Record
 from system.redact import redact
@@ -144,9 +146,26 @@ class Runner:
         return redact(shlex.join(self._argv(argv)))
 
     def _argv(self, argv: Sequence[str]) -> list[str]:
-        if self.chroot and not self.root.is_host:
+        if self.root.is_host:
+            return list(argv)
+        if self.chroot:
             return ["chroot", str(self.root.base), *argv]
+        self._refuse_image_program(argv)
         return list(argv)
+
+    def _refuse_image_program(self, argv: Sequence[str]) -> None:
+        """Without chroot=y no program of the image runs (rule 8): the image is untrusted
+        and the agent runs as root on the build host. Its commands are the host's tools,
+        given the root's files as arguments."""
+        program = argv[0] if argv else ""
+        base = str(self.root.base)
+        inside = os.path.abspath(program) == base or os.path.abspath(program).startswith(
+            base + "/") if "/" in program else False
+        if inside or os.path.basename(program) == "chroot":
+            raise UnsafeOperation(
+                f"refusing to run {program!r}: it runs a program of the image {base}, and "
+                "without chroot=y no program of the image runs (it would run as root on "
+                "this host); use the host's tool, or run with chroot=y to use the image's")
 
     def start(
         self,

@@ -244,3 +244,203 @@ def test_a_record_names_the_line_that_logged_it(caplog: pytest.LogCaptureFixture
     assert [(r.getMessage(), r.funcName, r.filename) for r in caplog.records] == [
         ("via info", "test_a_record_names_the_line_that_logged_it", "test_system.py"),
         ("via log", "test_a_record_names_the_line_that_logged_it", "test_system.py")]
+
+
+# -- root= is a jail (DESIGN rule 8) ----------------------------------------------------------
+
+def _image(tmp_path: Path) -> tuple[Root, Path, Path]:
+    """An image root at tmp/img and a directory beside it, outside the root."""
+    base, outside = tmp_path / "img", tmp_path / "outside"
+    for directory in ("etc", "var", "run/systemd/resolve", "srv"):
+        (base / directory).mkdir(parents=True, exist_ok=True)
+    outside.mkdir()
+    (outside / "hosts").write_text("outside\n")
+    return Root(base), base, outside
+
+
+def test_root_reroots_absolute_links_as_a_chroot_would(tmp_path: Path) -> None:
+    from system.errors import PathEscapesRoot
+
+    root, base, outside = _image(tmp_path)
+    (base / "etc/resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")
+    # An absolute link naming a host directory that exists means that path in the image.
+    (base / "var/log").symlink_to(str(outside))
+    assert root / "var/log/waagent.log" == base / str(outside).lstrip("/") / "waagent.log"
+    # The final component is the entry itself (lstat, readlink, unlink act on the link)...
+    assert root / "etc/resolv.conf" == base / "etc/resolv.conf"
+    assert (root / "etc/resolv.conf").is_symlink()
+    # ...and follow() is what open() in a chroot reads.
+    assert root.follow("/etc/resolv.conf") == base / "run/systemd/resolve/stub-resolv.conf"
+    assert root.follow("/etc") == base / "etc"
+    assert root.contain(base / "var/log/x") == base / str(outside).lstrip("/") / "x"
+    with pytest.raises(PathEscapesRoot):
+        root.contain(outside / "hosts")
+
+
+def test_root_resolves_relative_links_from_their_directory(tmp_path: Path) -> None:
+    root, base, _ = _image(tmp_path)
+    (base / "srv/alt").mkdir()
+    (base / "etc/alt").symlink_to("../srv/alt")
+    (base / "srv/alt/inner").symlink_to("./../alt/.")
+    assert root / "etc/alt/x" == base / "srv/alt/x"
+    assert root / "/etc/alt/inner/y" == base / "srv/alt/y"
+    # `..` after a link goes up from where the link led, as in a chroot.
+    assert root / "etc/./alt/../hostname" == base / "srv/hostname"
+    assert root / "etc/./missing/../hostname" == base / "etc/hostname"
+    assert root.follow("etc/alt") == base / "srv/alt"
+
+
+def test_root_refuses_dotdot_and_links_above_it(tmp_path: Path) -> None:
+    from system.errors import AgentError, PathEscapesRoot
+
+    root, base, outside = _image(tmp_path)
+    with pytest.raises(PathEscapesRoot, match=r"/\.\./etc/passwd"):
+        root / "../etc/passwd"
+    with pytest.raises(PathEscapesRoot):
+        root / "etc/../../etc"
+    (base / "etc/sudoers.d").symlink_to("../../outside")
+    with pytest.raises(PathEscapesRoot) as err:
+        root / "/etc/sudoers.d/waagent"
+    assert isinstance(err.value, AgentError)
+    assert err.value.system_path == "/etc/sudoers.d/waagent"
+    assert err.value.link == "/etc/sudoers.d"
+    assert str(base) in str(err.value) and "/etc/sudoers.d" in str(err.value)
+    # An absolute target climbing above / is refused too (a chroot would clamp it).
+    (base / "etc/up").symlink_to("/../..")
+    with pytest.raises(PathEscapesRoot, match="/etc/up"):
+        root.follow("etc/up")
+    # A final link out of the root: the entry is fine, following it is not.
+    (base / "etc/hosts").symlink_to("../../outside/hosts")
+    assert root / "etc/hosts" == base / "etc/hosts"
+    with pytest.raises(PathEscapesRoot, match="/etc/hosts"):
+        root.follow("etc/hosts")
+
+
+def test_root_refuses_link_loops(tmp_path: Path) -> None:
+    from system.errors import SymlinkLoop
+
+    root, base, _ = _image(tmp_path)
+    (base / "etc/a").symlink_to("b")
+    (base / "etc/b").symlink_to("/etc/a")
+    with pytest.raises(SymlinkLoop, match="/etc/a"):
+        root / "etc/a/x"
+    with pytest.raises(SymlinkLoop):
+        root.follow("etc/b")
+    (base / "etc/self").symlink_to("self")
+    with pytest.raises(SymlinkLoop):
+        root.follow("etc/self")
+
+
+def test_root_resolves_dangling_links_inside_it(tmp_path: Path) -> None:
+    root, base, _ = _image(tmp_path)
+    (base / "var/log").symlink_to("/nowhere/log")
+    (base / "etc/hostname").symlink_to("/nonexistent/hostname")
+    assert root / "var/log/waagent.log" == base / "nowhere/log/waagent.log"
+    assert root.follow("etc/hostname") == base / "nonexistent/hostname"
+    assert root / "missing/dir/../file" == base / "missing/file"
+
+
+def test_host_root_stays_a_plain_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = Root("/")
+
+    def no_lstat(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the host root must not look at the file system")
+
+    monkeypatch.setattr(os, "lstat", no_lstat)
+    monkeypatch.setattr(os, "readlink", no_lstat)
+    assert host / "/proc/self/mounts" == Path("/proc/self/mounts")
+    assert host.follow("etc/hostname") == Path("/etc/hostname")
+    assert host.contain(Path("/var/log/x")) == Path("/var/log/x")
+
+
+def test_fs_never_acts_outside_the_root(tmp_path: Path) -> None:
+    from system.errors import PathEscapesRoot
+
+    root, base, outside = _image(tmp_path)
+    fs = FileSystem(Runner(root))
+    (base / "etc/sudoers.d").symlink_to("../../outside")
+    before = sorted(p.name for p in outside.iterdir())
+    # A path joined below a linked directory (pathlib does not ask the Root) is caught too.
+    joined = (root / "etc") / "sudoers.d" / "waagent"
+    for act in (lambda: fs.write(joined, "x\n", why="t", mode=0o440, owner=(0, 0)),
+                lambda: fs.mkdir(joined.parent, why="t", mode=0o700),
+                lambda: fs.chmod(joined.parent, 0o777, why="t"),
+                lambda: fs.chown(joined.parent / "hosts", (1, 1), why="t"),
+                lambda: fs.remove(joined.parent / "hosts", why="t"),
+                lambda: fs.truncate(joined.parent / "hosts", why="t")):
+        with pytest.raises(PathEscapesRoot):
+            act()
+    assert sorted(p.name for p in outside.iterdir()) == before
+    assert (outside / "hosts").read_text() == "outside\n"
+    assert stat.S_IMODE(outside.stat().st_mode) != 0o777
+
+
+def test_fs_follows_absolute_links_inside_the_root(tmp_path: Path) -> None:
+    root, base, outside = _image(tmp_path)
+    fs = FileSystem(Runner(root))
+    (base / "home/u").mkdir(parents=True)
+    (base / "home/u/.ssh").symlink_to(str(outside))
+    inside = base / str(outside).lstrip("/")
+    assert fs.mkdir(root / "home/u/.ssh", why="t", mode=0o700, owner=(0, 0))
+    assert inside.is_dir() and stat.S_IMODE(inside.stat().st_mode) == 0o700
+    assert (base / "home/u/.ssh").is_symlink(), "mkdir follows the link inside the root"
+    fs.write(root / "home/u/.ssh" / "authorized_keys", "key\n", why="t", mode=0o600)
+    assert (inside / "authorized_keys").read_text() == "key\n"
+    (base / "etc/keys").symlink_to(str(outside / "hosts"))
+    (inside / "hosts").write_text("in the image\n")
+    (outside / "hosts").chmod(0o644)
+    assert fs.chmod(root / "etc/keys", 0o600, why="t")
+    assert stat.S_IMODE((inside / "hosts").stat().st_mode) == 0o600
+    assert fs.truncate(root / "etc/keys", why="t")
+    assert (inside / "hosts").read_text() == ""
+    assert (outside / "hosts").read_text() == "outside\n"
+    assert stat.S_IMODE((outside / "hosts").stat().st_mode) == 0o644
+
+
+def test_fs_write_replaces_a_final_link_and_remove_removes_the_link(tmp_path: Path) -> None:
+    from system.errors import PathEscapesRoot
+
+    root, base, outside = _image(tmp_path)
+    fs = FileSystem(Runner(root))
+    (base / "etc/machine-id").write_text("abc\n")
+    (base / "var/lib/dbus").mkdir(parents=True)
+    (base / "var/lib/dbus/machine-id").symlink_to("/etc/machine-id")
+    assert fs.remove(root / "var/lib/dbus/machine-id", why="t")
+    assert not (base / "var/lib/dbus/machine-id").is_symlink()
+    assert (base / "etc/machine-id").read_text() == "abc\n", "the link went, not its target"
+    # A write never goes through a final link: the file replaces the link (as rename does).
+    (base / "etc/hostname").symlink_to("/srv/hostname")
+    assert fs.write(root / "etc/hostname", "vm\n", why="t")
+    assert not (base / "etc/hostname").is_symlink()
+    assert (base / "etc/hostname").read_text() == "vm\n"
+    # ...but a final link out of the root is refused: its content decided nothing.
+    (base / "etc/hosts").symlink_to("../../outside/hosts")
+    with pytest.raises(PathEscapesRoot):
+        fs.write(root / "etc/hosts", "x\n", why="t")
+    assert (base / "etc/hosts").is_symlink() and (outside / "hosts").read_text() == "outside\n"
+    # A rename moves the link itself.
+    (base / "etc/link").symlink_to(str(outside / "hosts"))
+    assert fs.move(root / "etc/link", root / "etc/link.aside", why="t")
+    assert (base / "etc/link.aside").is_symlink() and not (base / "etc/link").is_symlink()
+
+
+def test_no_image_binary_runs_without_chroot(tmp_path: Path) -> None:
+    from system import osutil
+    from system.errors import UnsafeOperation
+
+    root, base, _ = _image(tmp_path)
+    (base / "usr/sbin").mkdir(parents=True)
+    (base / "usr/sbin/sshd").write_text("#!/bin/sh\nexit 0\n")
+    (base / "usr/sbin/sshd").chmod(0o755)
+    runner = Runner(root)
+    with pytest.raises(UnsafeOperation, match="chroot=y"):
+        runner.probe([str(base / "usr/sbin/sshd"), "-t"])
+    with pytest.raises(UnsafeOperation, match="chroot=y"):
+        runner.probe(["chroot", str(base), "/usr/sbin/sshd", "-t"])
+    argv = osutil.sshd_test_argv(runner, "/etc/ssh")
+    assert argv is None or ("chroot" not in argv and not any(str(base) + "/usr" in a for a in argv))
+    # With chroot=y the image's own sshd runs, inside the image.
+    chrooted = Runner(root, chroot=True)
+    argv = osutil.sshd_test_argv(chrooted, "/etc/ssh")
+    assert argv is not None and argv[0] == "sshd"
+    assert chrooted.show(argv).startswith(f"chroot {base} sshd -t")
