@@ -34,7 +34,11 @@ ResourceDisk.Filesystem=ext4
 ResourceDisk.MountPoint=/mnt/resource
 ResourceDisk.EnableSwap=y
 ResourceDisk.SwapSizeMB={swap_mb}
+Provisioning.DecodeCustomData=y
+Provisioning.ExecuteCustomData=y
 """
+# What the agent logs each time it runs the custom data script.
+CUSTOM_DATA_RAN = "custom data script exited with status 0"
 NO_PASSWORD_SCENARIO = """\
 hostname: e2e-nopass
 username: operator1
@@ -176,6 +180,39 @@ def test_config_edit_reruns_only_its_task(vm_lab: harness.Lab) -> None:
     assert active_swaps(vm_lab) == {"/mnt/resource/swapfile": EDITED_SWAP_MB * 1024 - 4}
     vm_lab.vm.run(["waagent", "provision"])
     assert vm_lab.ran() == {"gather:goalstate"}
+
+
+def shadow_hash(root: Path, user: str) -> str:
+    lines = (root / "etc/shadow").read_text().splitlines()
+    return next(line.split(":")[1] for line in lines if line.split(":")[0] == user)
+
+
+def test_admin_changes_and_a_lost_state_db_repeat_nothing(vm_lab: harness.Lab) -> None:
+    """Provision once (DESIGN rule 5): after the first boot the admin owns the VM, and
+    doit's state DB is a cache whose loss repeats no one-shot work."""
+    root, user = vm_lab.root, vm_lab.scenario.username
+    log = root / "var/log/waagent.log"
+    assert log.read_text().count(CUSTOM_DATA_RAN) == 1
+    host_key = (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text()
+    password = shadow_hash(root, user)
+    narrowed = f"{user} ALL=(ALL) /usr/bin/true\n"
+    (root / "etc/sudoers.d/waagent").write_text(narrowed)
+    vm_lab.vm.run(["hostnamectl", "hostname", "admin-renamed"], check=False)
+    (root / "etc/hostname").write_text("admin-renamed\n")
+    vm_lab.vm.run(["hostname", "admin-renamed"])
+
+    (root / "var/lib/waagent/graph-state.sqlite3").unlink()
+    boot = vm_lab.vm.run(["waagent", "provision"], check=False)
+    assert boot.returncode == 0, boot.output[-4000:]
+    assert not vm_lab.ran() & {"hostname:set", "user:account", "user:password", "user:sudoers",
+                               "ssh:hostkeys", "ssh:config", "ssh:authorized_keys",
+                               "customdata:save", "customdata:run"}
+    assert (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text() == host_key
+    assert shadow_hash(root, user) == password
+    assert (root / "etc/sudoers.d/waagent").read_text() == narrowed
+    assert vm_lab.vm.run(["hostname"]).stdout.strip() == "admin-renamed"
+    assert (root / "var/lib/waagent/published_hostname").read_text().strip() == "admin-renamed"
+    assert log.read_text().count(CUSTOM_DATA_RAN) == 1
 
 
 def test_deprovision_user_leaves_no_secret(vm_lab: harness.Lab) -> None:
