@@ -30,9 +30,12 @@ class Setting(Record):
 
 
 def _convert(opt: Option, raw: str, where: str) -> Value:
-    text = raw.strip()
-    if text == "None" or (text == "" and opt.kind not in ("bool",)):
-        return None
+    # As waagent reads a value: surrounding double quotes and spaces go.
+    text = raw.strip().strip('" ').strip()
+    # waagent reads "None" as unset, so the option keeps its default (Lib.Dir=None is
+    # /var/lib/waagent); an empty value too, except for y/n options, which must say which.
+    if text == "None" or (text == "" and opt.kind != "bool"):
+        return opt.default
     kind = opt.kind
     if kind == "bool":
         low = text.lower()
@@ -52,7 +55,8 @@ def _convert(opt: Option, raw: str, where: str) -> Value:
             if text.lower() == choice.lower():
                 return choice
     elif kind == "path":
-        if text.startswith("/"):
+        # No `..`: with root=DIR it would lead the agent's writes out of the image.
+        if text.startswith("/") and ".." not in text.split("/"):
             return text.rstrip("/") or "/"
     else:
         return text

@@ -1,7 +1,10 @@
 """Every waagent.conf option the agent knows: name, kind, default and what it allows.
 
 One table, so the parser, `-show-configuration`, the docs and fingerprints agree.
-Defaults follow the published agent (PLATFORM.md section 11).
+Defaults are waagent 2.7.3's code defaults (azurelinuxagent/common/conf.py), what it
+uses and shows for an option its conf leaves out: `waagent -show-configuration` prints
+the same values for the same file (tests/integration/test_waagent_parity.py).
+Distribution confs set several options to other values (PLATFORM.md section 11).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class Option(Record):
         if self.kind == "choice":
             return "one of " + ", ".join(self.choices)
         if self.kind == "path":
-            return "an absolute path or None"
+            return "an absolute path without '..' components, or None"
         return "a string or None"
 
 
@@ -65,10 +68,12 @@ _TABLE: tuple[Option, ...] = (
     _c("Provisioning.Agent", "auto", ("auto", "waagent", "cloud-init", "disabled"),
        "who provisions: auto stands aside when cloud-init does"),
     _b("Provisioning.DeleteRootPassword", False, "lock root's password"),
+    # waagent 2.7.3's code default is n; y stays until the test harnesses' confs, which
+    # provision roots without host keys, set it (tests/support/waagent_parity.py).
     _b("Provisioning.RegenerateSshHostKeyPair", True, "new SSH host keys for each VM"),
     _c("Provisioning.SshHostKeyPairType", "rsa", ("rsa", "dsa", "ecdsa", "ed25519", "auto"),
        "host key type to generate (auto: all)"),
-    _b("Provisioning.MonitorHostName", True, "publish a changed hostname"),
+    _b("Provisioning.MonitorHostName", False, "publish a changed hostname"),
     _i("Provisioning.MonitorHostNamePeriod", 30, 1),
     _b("Provisioning.DecodeCustomData", False, "base64-decode custom data"),
     _b("Provisioning.ExecuteCustomData", False, "run custom data as a script"),
@@ -78,8 +83,8 @@ _TABLE: tuple[Option, ...] = (
     _i("Provisioning.PasswordCryptSaltLength", 10, 1),
     _b("Provisioning.UseCloudInit", False),
     # Resource disk
-    _b("ResourceDisk.Format", True, "partition, format and mount the resource disk"),
-    _c("ResourceDisk.Filesystem", "ext4", ("ext4", "ext3", "ext2", "xfs", "btrfs"),
+    _b("ResourceDisk.Format", False, "partition, format and mount the resource disk"),
+    _c("ResourceDisk.Filesystem", "ext3", ("ext4", "ext3", "ext2", "xfs", "btrfs"),
        "filesystem for the resource disk"),
     _p("ResourceDisk.MountPoint", "/mnt/resource"),
     _s("ResourceDisk.MountOptions", None, "mount -o options"),
@@ -93,9 +98,9 @@ _TABLE: tuple[Option, ...] = (
     _i("Logs.CollectPeriod", 3600, 1),
     # OS
     _b("OS.EnableRDMA", False),
-    _i("OS.RootDeviceScsiTimeout", 300, 1),
+    _i("OS.RootDeviceScsiTimeout", None, 1, "seconds; unset: the kernel's own timeout"),
     _i("OS.RootDeviceScsiTimeoutPeriod", 30, 1),
-    _p("OS.OpensslPath", None),
+    _p("OS.OpensslPath", "/usr/bin/openssl"),
     _p("OS.SshDir", "/etc/ssh"),
     _p("OS.HomeDir", "/home"),
     _p("OS.PasswordPath", "/etc/shadow"),
@@ -126,10 +131,27 @@ _TABLE: tuple[Option, ...] = (
     _i("Autoupdate.Frequency", 3600, 1),
     _b("Extensions.Enabled", True),
     _i("Extensions.GoalStatePeriod", 6, 1),
+    # waagent 2.7.3 uses GoalStatePeriod when this is unset, but shows (and we keep) 6.
+    _i("Extensions.InitialGoalStatePeriod", 6, 1),
+    _i("Extensions.GoalStateHistoryCleanupPeriod", 1800, 1),
     _b("Extensions.WaitForCloudInit", False),
     _i("Extensions.WaitForCloudInitTimeout", 3600, 0),
     _b("DetectScvmmEnv", False),
     _b("EnableOverProvisioning", True),
+    # Debug: waagent's experimental knobs (cgroups, FastTrack, update cadence), kept so
+    # that a conf written for it reads the same here.
+    _b("Debug.CgroupLogMetrics", False),
+    _b("Debug.CgroupDisableOnProcessCheckFailure", True),
+    _b("Debug.CgroupDisableOnQuotaCheckFailure", True),
+    _b("Debug.EnableFastTrack", True),
+    _b("Debug.EnableGAVersioning", False),
+    _s("Debug.CgroupMonitorExpiryTime", "2022-03-31"),
+    _s("Debug.CgroupMonitorExtensionName", "Microsoft.Azure.Monitor.AzureMonitorLinuxAgent"),
+    _i("Debug.CgroupCheckPeriod", 300, 1),
+    _i("Debug.AgentCpuQuota", 75, 1),
+    _i("Debug.EtpCollectionPeriod", 300, 1),
+    _i("Debug.AutoUpdateHotfixFrequency", 14400, 1),
+    _i("Debug.AutoUpdateNormalFrequency", 86400, 1),
     _b("Debug.EnableExtensionPolicy", False),
     _b("Debug.EnableSignatureValidation", False),
 )

@@ -104,16 +104,28 @@ def parse(argv: Sequence[str]) -> Invocation:
     return inv
 
 
-def print_version() -> None:
+def print_version(root_dir: str = "/") -> None:
+    """Three lines laid out as waagent 2.7.3's, which scripts parse:
+    `WALinuxAgent-2.7.3.0 running on debian 12`, `Python: 3.11.2`, `Goal state agent: 2.7.3.0`."""
     import platform
 
-    print(f"{AGENT_NAME} {AGENT_VERSION} (WALinuxAgent {COMPATIBLE_WAAGENT} compatible)")
+    from facts.distro import os_release
+    from system import Root
+    from system.errors import ProbeFailed
+
+    try:
+        release = os_release(Root(root_dir))
+    except ProbeFailed:
+        release = {}
+    distro_id = release.get("ID", "unknown").strip('" ').lower()
+    print(f"{AGENT_NAME}-{AGENT_VERSION} running on {distro_id} {release.get('VERSION_ID', '')}")
     print(f"Python: {platform.python_version()}")
+    # No extension handler runs apart from this agent yet: it handles the goal state.
     print(f"Goal state agent: {AGENT_VERSION}")
 
 
 def show_configuration(inv: Invocation, root_dir: str) -> int:
-    """Every option as `Key = value`, as waagent prints them."""
+    """Every option as `Key = value`, sorted by name, as waagent prints them."""
     from conf import ConfigError, load_config
     from conf.config import default_config
     from system import Root
@@ -124,7 +136,7 @@ def show_configuration(inv: Invocation, root_dir: str) -> int:
     except ConfigError as err:
         print(f"waagent: {err}", file=sys.stderr)
         return 1
-    for name, value in conf.items():
+    for name, value in sorted(conf.items()):
         print(f"{name} = {value}")
     return 0
 
@@ -181,7 +193,7 @@ def _main(argv: Sequence[str] | None, run_doit: Callable[[list[str]], int] | Non
         print(USAGE)
         return 0
     if inv.verb == "version":
-        print_version()
+        print_version(root_dir)
         return 0
     if inv.verb == "show-configuration":
         return show_configuration(inv, root_dir)

@@ -20,7 +20,9 @@ def test_defaults_match_platform_reference() -> None:
     assert conf.text("ResourceDisk.MountPoint") == "/mnt/resource"
     assert conf.text("ResourceDisk.MountOptions") is None
     assert conf.number("ResourceDisk.SwapSizeMB") == 0
-    assert conf.number("OS.RootDeviceScsiTimeout") == 300
+    # waagent 2.7.3's code defaults (its shipped conf sets 300 and leaves openssl to it).
+    assert conf.number("OS.RootDeviceScsiTimeout") is None
+    assert conf.text("OS.OpensslPath") == "/usr/bin/openssl"
     assert conf.text("Lib.Dir") == "/var/lib/waagent"
     assert conf.text("Protocol.EndpointDiscovery") == "dhcp"
     assert conf.number("Extensions.GoalStatePeriod") == 6
@@ -35,9 +37,18 @@ def test_values_comments_and_spaces() -> None:
     assert conf.number("ResourceDisk.SwapSizeMB") == 2048
     assert conf.flag("ResourceDisk.EnableSwap") is True
     assert conf.text("ResourceDisk.MountOptions") == "nodev,nosuid"
-    assert conf.text("OS.OpensslPath") is None
+    assert conf.text("OS.OpensslPath") == "/usr/bin/openssl"  # None: the default, as in waagent
     assert conf.text("Provisioning.SshHostKeyPairType") == "ed25519"
     assert conf.source("ResourceDisk.SwapSizeMB") == "/etc/waagent.conf:3"
+
+
+def test_none_and_quotes_read_as_waagent_reads_them() -> None:
+    conf = parse_config('Lib.Dir=None\nResourceDisk.MountOptions="nodev,nosuid" # c\n'
+                        'HttpProxy.Port=None\nOS.RootDeviceScsiTimeout=None\n')
+    assert conf.text("Lib.Dir") == "/var/lib/waagent"
+    assert conf.text("ResourceDisk.MountOptions") == "nodev,nosuid"
+    assert conf.number("HttpProxy.Port") is None
+    assert conf.number("OS.RootDeviceScsiTimeout") is None
 
 
 @pytest.mark.parametrize(("line", "words"), [
@@ -55,6 +66,33 @@ def test_wrong_value_names_file_line_option(line: str, words: list[str]) -> None
     assert message.startswith("/etc/waagent.conf:2: ")
     for word in words:
         assert word in message
+
+
+PATH_OPTIONS = ("Lib.Dir", "DVD.MountPoint", "Pid.File", "Extension.LogDir", "OS.OpensslPath",
+                "OS.SshDir", "OS.HomeDir", "OS.PasswordPath", "OS.SudoersDir",
+                "ResourceDisk.MountPoint")
+
+
+def test_every_path_valued_option_is_typed_as_a_path() -> None:
+    assert {o.name for o in OPTIONS.values() if o.kind == "path"} == set(PATH_OPTIONS)
+
+
+@pytest.mark.parametrize("name", PATH_OPTIONS)
+@pytest.mark.parametrize("value", ["/var/lib/../../etc", "/mnt/..", "/../etc/sudoers.d",
+                                   "/home/../root/", "/srv/a/../b"])
+def test_dotdot_in_a_path_option_is_refused(name: str, value: str) -> None:
+    # With root=DIR a `..` would lead the agent's writes out of the image (issue 15).
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"# first\n{name}={value}\n", "/etc/waagent.conf")
+    message = str(err.value)
+    assert message.startswith(f"/etc/waagent.conf:2: {name}=")
+    assert "'..'" in message and "absolute path" in message
+
+
+def test_dots_inside_a_path_component_are_fine() -> None:
+    conf = parse_config("Lib.Dir=/srv/..agent\nOS.HomeDir=/srv/home..old/./x\n")
+    assert conf.text("Lib.Dir") == "/srv/..agent"
+    assert conf.text("OS.HomeDir") == "/srv/home..old/./x"
 
 
 def test_numeric_option_is_never_read_as_boolean() -> None:
