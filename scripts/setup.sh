@@ -10,6 +10,7 @@ APT_PACKAGES=(
   fdisk parted e2fsprogs xfsprogs btrfs-progs ntfs-3g dosfstools util-linux cryptsetup-bin
   iproute2 iptables nftables dnsmasq-base isc-dhcp-client
   mmdebstrap xorriso graphviz chromium chromium-driver
+  waagent  # the published agent, as the parity tests' reference; never started here
 )
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -18,6 +19,14 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
       missing+=("$pkg")
   done
+  # waagent conflicts with network-manager: apt would remove it to install waagent.
+  if [[ " ${missing[*]} " == *" waagent "* ]] &&
+     dpkg-query -W -f='${Status}' network-manager 2>/dev/null | grep -q "install ok installed"; then
+    echo "setup: not installing waagent (it would remove network-manager): parity tests skip"
+    kept=()
+    for pkg in "${missing[@]}"; do [ "$pkg" = waagent ] || kept+=("$pkg"); done
+    missing=("${kept[@]}")
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     # Packages install their files only: no service of the host is started.
@@ -29,6 +38,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # waagent's postinst enables walinuxagent.service (and its SysV links) for the next
+    # boot; on this host it is only a reference, so it stays disabled.
+    if [[ " ${missing[*]} " == *" waagent "* ]]; then
+      systemctl disable --quiet walinuxagent.service ||
+        echo "setup: could not disable walinuxagent.service: run systemctl disable walinuxagent" >&2
+    fi
     [ "$made_policy" = yes ] && rm -f "$policy"
   fi
 elif [ "$(id -u)" != 0 ]; then
