@@ -4,7 +4,8 @@
 change the machine, and in plan mode only records what it would have run.
 In chroot mode (an offline image root) commands run inside the root; without it,
 against a root that is not the running system, they are the host's tools, and a
-command naming a program of the image (or chroot) is refused (DESIGN rule 8).
+command naming a program of the image (or chroot) is refused, and arguments naming
+paths in the root are resolved inside it (DESIGN rule 8).
 """
 
 from __future__ import annotations
@@ -151,7 +152,17 @@ class Runner:
         if self.chroot:
             return ["chroot", str(self.root.base), *argv]
         self._refuse_image_program(argv)
-        return list(argv)
+        return [self._inside_root(arg) for arg in argv]
+
+    def _inside_root(self, arg: str) -> str:
+        """An argument naming a path in the root, as a chroot would see it: the host's tool
+        would follow the image's links as the host sees them (an absolute link to the
+        host's /etc), so they are resolved inside the root first; one that leads out of
+        the root is refused (PathEscapesRoot)."""
+        base = str(self.root.base)
+        if arg == base or arg.startswith(base + "/"):
+            return str(self.root.contain(arg, follow=True))
+        return arg
 
     def _refuse_image_program(self, argv: Sequence[str]) -> None:
         """Without chroot=y no program of the image runs (rule 8): the image is untrusted

@@ -426,7 +426,7 @@ def test_fs_write_replaces_a_final_link_and_remove_removes_the_link(tmp_path: Pa
 
 def test_no_image_binary_runs_without_chroot(tmp_path: Path) -> None:
     from system import osutil
-    from system.errors import UnsafeOperation
+    from system.errors import PathEscapesRoot, UnsafeOperation
 
     root, base, _ = _image(tmp_path)
     (base / "usr/sbin").mkdir(parents=True)
@@ -437,6 +437,14 @@ def test_no_image_binary_runs_without_chroot(tmp_path: Path) -> None:
         runner.probe([str(base / "usr/sbin/sshd"), "-t"])
     with pytest.raises(UnsafeOperation, match="chroot=y"):
         runner.probe(["chroot", str(base), "/usr/sbin/sshd", "-t"])
+    # A host tool's arguments naming paths in the image are resolved inside it first.
+    (base / "etc/passwd-link").symlink_to("/etc/passwd")
+    shown = runner.probe(["echo", str(base / "etc/passwd-link"), "plain"]).stdout.split()
+    assert shown == [str(base / "etc/passwd"), "plain"]
+    (base / "etc/out").symlink_to("../../outside")
+    with pytest.raises(PathEscapesRoot):
+        runner.change(["touch", str(base / "etc/out/x")], why="t")
+    assert not (tmp_path / "outside/x").exists()
     argv = osutil.sshd_test_argv(runner, "/etc/ssh")
     assert argv is None or ("chroot" not in argv and not any(str(base) + "/usr" in a for a in argv))
     # With chroot=y the image's own sshd runs, inside the image.
