@@ -38,7 +38,8 @@ from fabric.scenario import default_scenario_path
 from tests.e2e import harness
 
 OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
-             "Provisioning.SshHostKeyPairType": "ed25519"}
+             "Provisioning.SshHostKeyPairType": "ed25519",
+             "Provisioning.RegenerateSshHostKeyPair": "y"}
 MOUNT = """\
 #!/bin/sh
 # bench: the kernel cannot mount ISO 9660/UDF here: extract the DVD to the mount point.

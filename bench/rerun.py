@@ -29,6 +29,7 @@ CONF = """\
 Provisioning.Agent=waagent
 Provisioning.SshHostKeyPairType=ed25519
 ResourceDisk.Format=y
+ResourceDisk.Filesystem=ext4
 ResourceDisk.EnableSwap=y
 ResourceDisk.SwapSizeMB={swap_mb}
 """

@@ -70,7 +70,7 @@ _TABLE: tuple[Option, ...] = (
     _b("Provisioning.DeleteRootPassword", False, "lock root's password"),
     # waagent 2.7.3's code default is n; y stays until the test harnesses' confs, which
     # provision roots without host keys, set it (tests/support/waagent_parity.py).
-    _b("Provisioning.RegenerateSshHostKeyPair", True, "new SSH host keys for each VM"),
+    _b("Provisioning.RegenerateSshHostKeyPair", False, "new SSH host keys for each VM"),
     _c("Provisioning.SshHostKeyPairType", "rsa", ("rsa", "dsa", "ecdsa", "ed25519", "auto"),
        "host key type to generate (auto: all)"),
     _b("Provisioning.MonitorHostName", False, "publish a changed hostname"),

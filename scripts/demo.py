@@ -57,7 +57,7 @@ def main() -> int:
     media = build_media(scenario, work / "ovf-env.iso")
     conf = root / "etc/waagent.conf"
     conf.write_text("# demo: the sandbox has no resource disk\nResourceDisk.Format=n\n"
-                    "Provisioning.Agent=waagent\n")
+                    "Provisioning.Agent=waagent\nProvisioning.RegenerateSshHostKeyPair=y\n")
     with Fabric(scenario, record_path=work / "fabric-record.json") as fabric:
         common = [f"root={root}", f"wireserver={fabric.wire_url}", f"media={media}"]
         step(f"fabric on {fabric.wire_url} serving VM {scenario.hostname} "

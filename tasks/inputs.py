@@ -188,7 +188,8 @@ def start_transport_pair(ctx: Context) -> None:
 
 
 def openssl(ctx: Context) -> str:
-    """The openssl binary to run: `OS.OpensslPath` when set, else `openssl` from PATH."""
+    """The openssl binary to run: `OS.OpensslPath` (waagent's default /usr/bin/openssl);
+    without the binary the in-process fallback does the work."""
     return ctx.conf.text("OS.OpensslPath") or "openssl"
 
 

@@ -29,6 +29,7 @@ EDITED_SWAP_MB = 96
 CONF = """\
 Provisioning.Agent=waagent
 Provisioning.SshHostKeyPairType=ed25519
+Provisioning.RegenerateSshHostKeyPair=y
 ResourceDisk.Format=y
 ResourceDisk.Filesystem=ext4
 ResourceDisk.MountPoint=/mnt/resource

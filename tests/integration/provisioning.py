@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 WAAGENT = str(Path(sys.executable).parent / "waagent")
 
 # Provisioning tests leave the resource disk to its own tests.
-BASE_CONF = "ResourceDisk.Format=n\nProvisioning.Agent=waagent\n"
+# waagent's shipped conf makes new host keys; its code default (and ours) does not.
+BASE_CONF = ("ResourceDisk.Format=n\nProvisioning.Agent=waagent\n"
+             "Provisioning.RegenerateSshHostKeyPair=y\n")
 
 
 class Harness:

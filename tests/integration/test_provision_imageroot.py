@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fabric import Fabric, build_media, default_scenario
-from tests.integration.provisioning import WAAGENT
+from tests.integration.provisioning import BASE_CONF, WAAGENT
 from tests.sandbox import product_uuid_for
 from tests.support.debian_root import debian_root  # noqa: F401 - pytest fixture
 
@@ -50,7 +50,7 @@ def test_image_root_provisions_in_chroot_and_host_is_untouched(image: tuple[Path
     root, media = image
     before = host_state()
     with Fabric(default_scenario()) as fabric:
-        out = provision(root, media, fabric, "ResourceDisk.Format=n\nProvisioning.Agent=waagent\n"
+        out = provision(root, media, fabric, BASE_CONF +
                         "Provisioning.ExecuteCustomData=y\nProvisioning.DecodeCustomData=y\n")
         assert out.returncode == 0, out.stdout + out.stderr
         assert fabric.record.health_reports()[-1]["state"] == "Ready"
@@ -72,7 +72,7 @@ def test_failing_custom_data_fails_provisioning_with_its_status(
                             "echo 'custom data broke' >&2\nexit 3\n")
     with Fabric(scenario) as fabric:
         out = provision(root, build_media(scenario, media.with_name("bad.iso")), fabric,
-                        "ResourceDisk.Format=n\nProvisioning.Agent=waagent\n"
+                        BASE_CONF +
                         "Provisioning.ExecuteCustomData=y\nProvisioning.DecodeCustomData=y\n")
         assert out.returncode != 0
         last = fabric.record.health_reports()[-1]
@@ -95,7 +95,7 @@ def test_image_without_dmi_is_provisioned_as_an_image(debian_root: Path,  # noqa
     media = build_media(scenario, tmp_path / "ovf.iso")
     with Fabric(scenario) as fabric:
         out = provision(debian_root, media, fabric,
-                        "ResourceDisk.Format=n\nProvisioning.Agent=waagent\n")
+                        BASE_CONF)
     assert out.returncode == 0, out.stdout + out.stderr
     marker = debian_root / "var/lib/waagent/provisioned"
     assert marker.read_text().strip() == "offline-image"

@@ -18,7 +18,7 @@ from passlib.hash import sha512_crypt
 
 from fabric import Fabric, default_scenario
 from tests.conftest import need_root, need_tools
-from tests.integration.provisioning import Harness
+from tests.integration.provisioning import BASE_CONF, Harness
 
 pytestmark = pytest.mark.root
 
@@ -37,7 +37,7 @@ reporter.WaagentReporter.add_success = add_success
 sys.exit(main())
 """
 
-CONF = "ResourceDisk.Format=n\nProvisioning.Agent=waagent\nProvisioning.DeleteRootPassword=y\n"
+CONF = BASE_CONF + "Provisioning.DeleteRootPassword=y\n"
 
 
 class KillableHarness(Harness):

@@ -30,9 +30,7 @@ NOT_IN_2_7_3 = frozenset({
 # Values that still differ when a conf leaves the option out, and why. waagent 2.7.3's
 # code default is n; this agent's stays y until the test harnesses' confs (which rely on
 # it for sandbox roots without host keys) say y themselves.
-KNOWN_DIFFERENCES = {
-    "Provisioning.RegenerateSshHostKeyPair": ("False", "True"),
-}
+KNOWN_DIFFERENCES: dict[str, tuple[str, str]] = {}
 
 
 def key(line: str) -> str:

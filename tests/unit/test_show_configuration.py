@@ -55,8 +55,10 @@ def test_shipped_conf_differences_called_out_in_issue_16(
 
 def test_the_comparison_catches_each_kind_of_difference() -> None:
     theirs = ["A.X = 1", "B.Y = None", "Provisioning.RegenerateSshHostKeyPair = False"]
-    assert differences([*theirs[:2], "Provisioning.RegenerateSshHostKeyPair = True",
-                        "LBProbeResponder = True"], theirs) == []
+    assert differences([*theirs, "LBProbeResponder = True"], theirs) == []
+    assert differences([*theirs[:2], "Provisioning.RegenerateSshHostKeyPair = True"],
+                       theirs) == ["differs: waagent 'Provisioning.RegenerateSshHostKeyPair = "
+                                   "False', ours 'Provisioning.RegenerateSshHostKeyPair = True'"]
     assert differences(["A.X = 2", "B.Y = None", "C.Z = 3"], theirs) == [
         "differs: waagent 'A.X = 1', ours 'A.X = 2'",
         "missing: Provisioning.RegenerateSshHostKeyPair = False",
