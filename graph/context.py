@@ -65,7 +65,7 @@ def make_context(variables: dict[str, str], *, plan: bool = False) -> Context:
     if conf_arg:
         conf = load_config(conf_arg)
     else:
-        conf_file = root / DEFAULT_CONF
+        conf_file = root.follow(DEFAULT_CONF)  # an absolute link is read inside the root
         conf = load_config(conf_file) if conf_file.exists() else default_config()
     chroot = variables.get("chroot", "n").lower() in ("y", "yes", "1", "true")
     runner = Runner(root=root, plan=plan, chroot=chroot)

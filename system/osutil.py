@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Sequence
 
+from system.errors import CommandFailed
 from system.runner import Result, Runner
 
 # Groups a new administrator joins where they exist (checked against /etc/group).
@@ -44,10 +45,40 @@ def useradd_argv(runner: Runner, family: str, name: str, home: str,
     return [*argv, name]
 
 
-def set_password_hash(runner: Runner, name: str, password_hash: str, why: str) -> Result:
-    """Set a crypt(3) hash with `chpasswd -e`; the hash goes on stdin, never argv."""
-    return runner.change(["chpasswd", *_root_option(runner, "-R"), "-e"], why=why,
-                         secret_input=f"{name}:{password_hash}\n")
+def set_password_hash(runner: Runner, name: str, password_hash: str, why: str) -> None:
+    """Set a crypt(3) hash with `chpasswd -e` (the hash on stdin, never argv). On an image
+    root without chroot=y the shadow file is edited instead: `chpasswd -R` would chroot
+    into the image and could load the image's own libraries (DESIGN rule 8)."""
+    if runner.root.is_host or runner.chroot:
+        runner.change(["chpasswd", "-e"], why=why, secret_input=f"{name}:{password_hash}\n")
+        return
+    set_shadow_hash(runner, name, password_hash, why)
+
+
+def shadow_with_hash(text: str, name: str, password_hash: str, today: int) -> str:
+    """The shadow file's text with `name`'s hash replaced and the change dated `today`
+    (days since 1970, as chpasswd does)."""
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        fields = line.split(":")
+        if fields[0] == name and len(fields) >= 3:
+            fields[1], fields[2] = password_hash, str(today)
+            lines[index] = ":".join(fields)
+            return "\n".join(lines) + "\n"
+    raise CommandFailed(f"user {name} has no line in the shadow file: cannot set its password")
+
+
+def set_shadow_hash(runner: Runner, name: str, password_hash: str, why: str) -> None:
+    """Replace the hash in the root's /etc/shadow, atomically, keeping its mode and owner."""
+    import time
+
+    from system.fs import FileSystem
+
+    shadow = runner.root.follow("etc/shadow")
+    text = shadow.read_text()
+    FileSystem(runner).write(shadow, shadow_with_hash(text, name, password_hash,
+                                                      int(time.time() // 86400)),
+                             why=why, secret=True)
 
 
 def lock_password(runner: Runner, name: str, why: str) -> Result:

@@ -119,10 +119,12 @@ def set_hostname(ctx: Context) -> None:
     from system import osutil
 
     name = wanted_hostname(ctx)
-    ctx.fs.write(ctx.root / "etc/hostname", name + "\n", why=f"hostname {name}")
+    ctx.fs.write(ctx.root / "etc/hostname", name + "\n",
+                 why=f"hostname {current_hostname(ctx) or '<unset>'} -> {name}")
     hosts = ctx.root / "etc/hosts"
     try:
-        current = hosts.read_text()
+        # What the image's /etc/hosts says, through an absolute link as a chroot reads it.
+        current = ctx.root.follow("etc/hosts").read_text()
     except FileNotFoundError:
         current = "127.0.0.1\tlocalhost\n"
     ctx.fs.write(hosts, hosts_text(current, name), why=f"{name} resolves locally")

@@ -17,6 +17,9 @@ from typing import Any
 from graph.context import Context
 from graph.uptodate import Probe
 from system.errors import AgentError
+from system.log import get_logger
+
+log = get_logger("waagent.serialconsole")
 
 CONSOLE_ARGS = ("console=ttyS0", "earlyprintk=ttyS0")
 DEFAULT_GRUB = "/etc/default/grub"
@@ -112,6 +115,8 @@ def grub_problem(ctx: Context) -> str | None:
 
 def grubby_problem(ctx: Context) -> str | None:
     """Probe: kernels whose grubby arguments lack the console, or None."""
+    if not runs_in_root(ctx):
+        return "grubby can only be asked inside the image (chroot=y)"
     result = ctx.run.probe(["grubby", "--info=ALL"], check=True)
     args_lines = [line for line in result.stdout.splitlines() if line.startswith("args=")]
     lacking = [line for line in args_lines if not _has_console(line.partition("=")[2].strip('"'))]
@@ -137,12 +142,30 @@ def set_grub_console(ctx: Context) -> None:
         # No grub.cfg yet (GRUB not installed in this root): it is made from the edited file.
         return
     _, command = found
+    if not runs_in_root(ctx):
+        # The host's grub-mkconfig would write the host's /boot (DESIGN rule 8).
+        ctx.run.record("skip", " ".join(command),
+                       "regenerate grub.cfg inside the image: run with chroot=y")
+        log.warning("%s edited; grub.cfg of image %s not regenerated: run again with "
+                    "chroot=y, or it is regenerated when the image next updates its kernel",
+                    DEFAULT_GRUB, ctx.root.base)
+        return
     ctx.run.change(list(command), why="regenerate grub.cfg with the serial console",
                    timeout=600)
 
 
+def runs_in_root(ctx: Context) -> bool:
+    """True when the boot loader tools act on the root's own boot files: the running
+    system, or an image entered with chroot=y. On an image without it they would change
+    the host's."""
+    return ctx.root.is_host or ctx.run.chroot
+
+
 def set_grubby_console(ctx: Context) -> None:
     """grubby adds the arguments to every installed kernel."""
+    if not runs_in_root(ctx):
+        raise BootLoaderError(f"{ctx.root.base} uses grubby, which edits the boot entries of "
+                              "the system it runs on: run again with chroot=y")
     ctx.run.change(["grubby", "--update-kernel=ALL", f"--args={' '.join(CONSOLE_ARGS)}"],
                    why="kernel console on ttyS0")
 

@@ -114,8 +114,6 @@ def test_absolute_link_is_followed_inside_the_root(harness: Harness, system_path
         assert st.st_uid != 0
 
 
-@pytest.mark.xfail(strict=True, reason="tasks/hostname.py reads /etc/hosts through the "
-                   "kernel (ctx.root / ...): it must read ctx.root.follow('/etc/hosts')")
 def test_a_final_absolute_link_is_read_inside_the_root(harness: Harness) -> None:
     """What a task reads to decide comes from the image, not from the host's file that an
     absolute link would name outside a chroot."""

@@ -124,11 +124,27 @@ def fake_grubby(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
 
 
+def test_grubby_never_runs_on_an_image_root_without_chroot(
+        sandbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's grubby would read and edit the host's boot entries (DESIGN rule 8)."""
+    (sandbox / "usr/sbin").mkdir(parents=True)
+    (sandbox / "usr/sbin/grubby").write_text("#!/bin/sh\n")
+    fake_grubby(tmp_path, monkeypatch, ["ro crashkernel=auto"])
+    ctx = plan(sandbox)
+    assert serialconsole.grubby_problem(ctx) == \
+        "grubby can only be asked inside the image (chroot=y)"
+    with pytest.raises(BootLoaderError, match="run again with chroot=y"):
+        serialconsole.set_grubby_console(ctx)
+    assert ctx.run.planned == []
+
+
 def test_grubby_where_it_is_the_tool(sandbox: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     (sandbox / "usr/sbin").mkdir(parents=True)
     (sandbox / "usr/sbin/grubby").write_text("#!/bin/sh\n")
     fake_grubby(tmp_path, monkeypatch, ["ro crashkernel=auto", f"ro {CONSOLE}"])
+    # As on the running system (or in the image's chroot), where grubby may run.
+    monkeypatch.setattr(serialconsole, "runs_in_root", lambda ctx: True)
     ctx = plan(sandbox)
     task = run_task(ctx)
     assert "grubby" in str(task["doc"])
@@ -141,4 +157,5 @@ def test_grubby_where_it_is_the_tool(sandbox: Path, tmp_path: Path,
 def test_grubby_probe_content_when_every_kernel_has_it(sandbox: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     fake_grubby(tmp_path, monkeypatch, [f"ro {CONSOLE}", f"{CONSOLE} quiet"])
+    monkeypatch.setattr(serialconsole, "runs_in_root", lambda ctx: True)
     assert serialconsole.grubby_problem(plan(sandbox)) is None

@@ -452,3 +452,27 @@ def test_no_image_binary_runs_without_chroot(tmp_path: Path) -> None:
     argv = osutil.sshd_test_argv(chrooted, "/etc/ssh")
     assert argv is not None and argv[0] == "sshd"
     assert chrooted.show(argv).startswith(f"chroot {base} sshd -t")
+
+
+def test_password_hash_on_an_image_root_edits_shadow_without_running_its_tools(
+        tmp_path: Path) -> None:
+    """`chpasswd -R` would chroot into the image: on an image root without chroot=y the
+    agent edits /etc/shadow itself, through an absolute link as a chroot reads it."""
+    from system import osutil
+
+    (tmp_path / "etc/real").mkdir(parents=True)
+    shadow = tmp_path / "etc/real/shadow"
+    shadow.write_text("root:*:19000:0:99999:7:::\nbob:!:19000:0:99999:7:::\n")
+    shadow.chmod(0o640)
+    (tmp_path / "etc/shadow").symlink_to("/etc/real/shadow")
+    runner = Runner(root=Root(tmp_path))
+    ran: list[list[str]] = []
+    runner.change = lambda argv, **kw: ran.append(argv)  # type: ignore[method-assign]
+    osutil.set_password_hash(runner, "bob", "$6$salt$hash", why="test")
+    assert ran == []
+    lines = shadow.read_text().splitlines()
+    assert lines[0] == "root:*:19000:0:99999:7:::"
+    assert lines[1].startswith("bob:$6$salt$hash:") and lines[1].endswith(":0:99999:7:::")
+    assert (shadow.stat().st_mode & 0o777) == 0o640
+    with pytest.raises(CommandFailed, match="no line"):
+        osutil.set_password_hash(runner, "carol", "$6$x$y", why="test")
