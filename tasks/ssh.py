@@ -109,6 +109,8 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
 def _user_and_owner(ctx: Context) -> tuple[str, tuple[int, int]]:
     name = str(inputs.ovf_facts(ctx)["username"])
     entry = users.user(ctx.root, name)
+    if entry is None and ctx.run.plan:
+        return name, (-1, -1)  # user:account would create it first: its ids are not known
     if entry is None:
         raise SshError(f"user {name} does not exist: SSH keys cannot be installed")
     return name, (entry.uid, entry.gid)
@@ -155,6 +157,8 @@ def key_from_certificate(ctx: Context, thumb: str) -> str:
     try:
         data = cert.read_bytes()
     except FileNotFoundError:
+        if ctx.run.plan:  # certificates:install would deliver it; a plan fetches none
+            return f"certificate {thumb}"
         raise SshError(f"SSH key by certificate {thumb}: {ctx.root.system_path(cert)} "
                        "was not delivered in the goal state's certificates") from None
     import hashlib
@@ -163,7 +167,7 @@ def key_from_certificate(ctx: Context, thumb: str) -> str:
     known = store.load(ctx.root, ctx.conf, "certificate_keys") or {}
     if known.get(thumb, {}).get("sha256") == digest:
         return str(known[thumb]["key"])
-    from wire.certs import ssh_public_key
+    from wire.x509 import ssh_public_key
 
     line = ssh_public_key(data)
     if not ctx.run.plan:
@@ -212,7 +216,20 @@ def install_authorized_keys(ctx: Context) -> None:
         present = {_key_body(x) for x in existing}
         merged = existing + [x for x in lines if _key_body(x) not in present]
         ctx.fs.write(real, "\n".join(merged) + "\n", mode=0o600, owner=owner,
-                     why="authorized SSH keys from the OVF")
+                     why="authorized SSH keys from the OVF: "
+                         + ", ".join(key_label(line) for line in lines))
+
+
+def key_label(line: str) -> str:
+    """A key as people compare it: its type and `ssh-keygen -l` fingerprint."""
+    import base64
+    import hashlib
+
+    fields = key_fields(line)
+    if fields is None:
+        return line
+    digest = hashlib.sha256(base64.b64decode(fields[1] + "==")).digest()
+    return f"{fields[0]} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
 
 
 def ensure_private_dir(ctx: Context, directory: Path, owner: tuple[int, int]) -> None:
@@ -239,8 +256,8 @@ def _key_pair_targets(ctx: Context) -> list[tuple[str, Path]]:
 
 def install_key_pairs(ctx: Context) -> None:
     """Copy `<THUMB>.prv` to the OVF path (0600, the user's) and write its `.pub`."""
-    from wire.certs import private_key_openssh
     from wire.errors import CertificateError
+    from wire.x509 import private_key_openssh
 
     _name, owner = _user_and_owner(ctx)
     for thumb, target in _key_pair_targets(ctx):
@@ -248,6 +265,11 @@ def install_key_pairs(ctx: Context) -> None:
         try:
             pem = source.read_bytes()
         except FileNotFoundError:
+            if ctx.run.plan:  # certificates:install would deliver it; a plan fetches none
+                ensure_private_dir(ctx, target.parent, owner)
+                ctx.run.record("write", ctx.root.system_path(target), f"private key of key "
+                               f"pair {thumb}, from the goal state's certificates")
+                continue
             raise SshError(f"key pair {thumb}: {ctx.root.system_path(source)} was not "
                            "delivered in the goal state's certificates") from None
         try:
@@ -418,8 +440,9 @@ def configure_sshd(ctx: Context) -> None:
             before: bytes | None = path.read_bytes()
         except FileNotFoundError:
             before = None
+        settings = ", ".join(f"{k} {v}" for k, v in sshd_settings(ctx).items())
         if not ctx.fs.write(path, want, mode=0o644 if before is None else None,
-                            why="sshd settings from the OVF and waagent.conf"):
+                            why=f"sshd settings from the OVF and waagent.conf: {settings}"):
             continue
         if ctx.run.plan:
             continue

@@ -12,7 +12,7 @@ from typing import Any
 from wire.errors import DocumentError, HttpStatusError, WireError
 
 # The transport pair's files in Lib.Dir (named here so that checking for them does not
-# import wire.certs on every boot).
+# import wire.transport on every boot).
 TRANSPORT_CERT = "TransportCert.pem"
 TRANSPORT_KEY = "TransportPrivate.pem"
 

@@ -15,12 +15,12 @@ from wire.errors import HttpStatusError, WireError
 from wire.http import HttpClient, Response, RetryPolicy, base_url, rebase_url
 
 if TYPE_CHECKING:
-    from wire.certs import TransportPair
     from wire.documents import GoalState, Versions
     from wire.extensions_config import ExtensionsConfig
     from wire.http1 import Sent
     from wire.reports import HealthReport
     from wire.subdocuments import CertificateFile, HostingEnvironmentConfig, SharedConfig
+    from wire.transport import TransportPair
 
 log = get_logger("waagent.wire.wireserver")
 

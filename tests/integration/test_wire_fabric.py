@@ -21,7 +21,7 @@ from system.fs import FileSystem
 from system.root import Root
 from system.runner import Runner
 from wire.blob import put_status_blob
-from wire.certs import ensure_transport_pair, install_certificates, ssh_public_key
+from wire.certs import install_certificates
 from wire.endpoint import discover_endpoint, remember_endpoint
 from wire.errors import HttpStatusError, WireError
 from wire.extensions_config import parse_manifest
@@ -29,7 +29,9 @@ from wire.hostplugin import HostPluginClient
 from wire.http import HttpClient, RetryPolicy
 from wire.imds import ImdsClient
 from wire.reports import HealthReport
+from wire.transport import ensure_transport_pair
 from wire.wireserver import WireServerClient
+from wire.x509 import ssh_public_key
 
 
 class Sleeps(list[float]):

@@ -14,7 +14,7 @@ from system.fs import FileSystem
 from system.root import Root
 from system.runner import Runner
 from tasks import inputs
-from wire.certs import load_transport_pair, start_transport_keygen
+from wire.transport import load_transport_pair, start_transport_keygen
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 

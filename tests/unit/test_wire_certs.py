@@ -18,23 +18,24 @@ from system.fs import FileSystem
 from system.root import Root
 from system.runner import Runner
 from tests.support.fixtures import FIXTURES
-from wire.certs import (
+from wire.certs import decrypt_certificate_file, install_certificates
+from wire.cms import decrypt_cms
+from wire.errors import CertificateError
+from wire.subdocuments import CertificateFile, parse_certificate_file
+from wire.transport import (
     TransportPair,
-    certificate_thumbprint,
-    decrypt_certificate_file,
-    decrypt_cms,
     ensure_transport_pair,
     generate_transport_pair,
-    install_certificates,
     load_transport_pair,
-    parse_pem_bundle,
-    private_key_openssh,
-    ssh_public_key,
     start_transport_keygen,
     transport_header_value,
 )
-from wire.errors import CertificateError
-from wire.subdocuments import CertificateFile, parse_certificate_file
+from wire.x509 import (
+    certificate_thumbprint,
+    parse_pem_bundle,
+    private_key_openssh,
+    ssh_public_key,
+)
 
 WIRE = FIXTURES / "walinuxagent" / "wire"
 AZURE = FIXTURES / "cloudinit" / "azure"
@@ -419,7 +420,7 @@ def test_every_private_key_of_a_pkcs12_is_read() -> None:
 
     from fabric import default_scenario
     from fabric.certs import build_pkcs12
-    from wire.certs import read_pkcs12
+    from wire.cms import read_pkcs12
 
     delivered = default_scenario().delivered()
     with_keys = sorted(d.cert.fingerprint(hashes.SHA1()).hex().upper()

@@ -19,7 +19,6 @@ import pytest
 
 from tests.support.fixtures import FIXTURES
 from wire.blob import MAX_PAGE_WRITE, put_status_blob, status_blob_requests
-from wire.certs import TransportPair
 from wire.errors import DocumentError, HttpStatusError, WireError
 from wire.hostplugin import HostPluginClient
 from wire.http import (
@@ -32,6 +31,7 @@ from wire.http import (
 )
 from wire.imds import ImdsClient, parse_instance_metadata
 from wire.reports import HealthReport
+from wire.transport import TransportPair
 from wire.wireserver import AgentIdentity, WireServerClient
 
 WIRE = FIXTURES / "walinuxagent" / "wire"
