@@ -26,7 +26,7 @@ from doit.dependency import Dependency, DependencyStatus
 from doit.exceptions import DependencyError, UnmetDependency
 
 from graph import loader
-from graph.uptodate import Check, Probe, describe
+from graph.uptodate import Check, Inputs, Probe, describe
 from system.runner import PlannedChange
 
 NEVER_RUN = "never run"
@@ -47,18 +47,23 @@ def shown_path(path: str | Path) -> str:
 
 def explain(task: Any, result: DependencyStatus, never_run: bool) -> list[str]:
     """Why doit wants to run a task, in words, from `get_status(..., get_log=True)`."""
-    probes, checks = [], []
+    probes, checks, durable = [], [], []
     for utd, _args, _kwargs in result.reasons.get("uptodate_false", []):
         if isinstance(utd, Probe):
             probes.append(describe(utd))
         elif isinstance(utd, Check):
             checks.append(describe(utd))
+            if not isinstance(utd, Inputs):  # e.g. the per-VM record of tasks/once.py
+                durable.append(describe(utd))
         else:
             checks.append(f"up-to-date check {describe(utd)} says run")
     reasons = []
     if never_run:
-        # Every other reason of a first run ("changed: <unset> -> x") is noise.
+        # Every other reason of a first run ("changed: <unset> -> x") is noise, but for
+        # checks that read a durable record rather than doit's DB ("not done yet for VM
+        # id X", or what changed since the VM's task was done).
         reasons.append(NEVER_RUN)
+        reasons.extend(durable)
     else:
         reasons.extend(checks)
         reasons.extend(f"target missing: {shown_path(t)}"

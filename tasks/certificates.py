@@ -46,6 +46,17 @@ def thumbprints(ctx: Context) -> list[str]:
     return list(found["thumbprints"]) if found else []
 
 
+def planned_thumbprints(ctx: Context) -> str:
+    """The certificates the OVF's keys and key pairs name, for a plan to show."""
+    if inputs.mode(ctx) != "waagent":
+        return "none (this agent does not provision)"
+    ovf = inputs.ovf_facts(ctx)
+    named = [f"{str(k['fingerprint']).upper()} (SSH key)" for k in ovf["public_keys"]
+             if not k.get("value") and k.get("fingerprint")]
+    named += [f"{str(k['fingerprint']).upper()} (key pair)" for k in ovf["key_pairs"]]
+    return ", ".join(named) or "none"
+
+
 def stored_missing(ctx: Context) -> str | None:
     for thumb in thumbprints(ctx):
         if not (ctx.lib_dir / f"{thumb}.crt").exists():
@@ -59,7 +70,8 @@ def install(ctx: Context) -> None:
     found: list[str] = []
     if state.certificates_url:
         if ctx.run.plan:  # a plan keeps no transport key: it could not decrypt them
-            ctx.run.record("fetch", "certificates", f"incarnation {state.incarnation}")
+            ctx.run.record("fetch", "certificates", f"incarnation {state.incarnation}; "
+                           f"the OVF names {planned_thumbprints(ctx)}")
             return
         from wire.certs import install_certificates
         from wire.errors import HttpStatusError

@@ -59,7 +59,9 @@ def save_custom_data(ctx: Context) -> None:
     if raw is None:
         return
     content: bytes = raw.encode()
+    how = "saved as given"
     if ctx.conf.flag("Provisioning.DecodeCustomData"):
+        how = f"base64-decoded from {len(content)} bytes"
         import base64  # only here: the boot's up-to-date checks should not pay for it
         import binascii
 
@@ -71,13 +73,20 @@ def save_custom_data(ctx: Context) -> None:
     # Decoded, it is a script or cloud-config that may hold secrets of its own.
     register_secret(content.decode("utf-8", "replace").strip())
     ctx.fs.write(ctx.lib_dir / CUSTOM_DATA_FILE, content, mode=0o600, secret=True,
-                 why="custom data")
+                 why=f"custom data, {len(content)} bytes, {how}")
 
 
 def run_custom_data(ctx: Context) -> None:
     """Run the custom data inside the VM (never on the host of a sandbox root)."""
     path = ctx.lib_dir / CUSTOM_DATA_FILE
-    if not path.exists():
+    # A plan saved nothing: it goes by the OVF, which says whether there is custom data.
+    planned = ctx.run.plan and not path.exists() and bool(
+        inputs.ovf_facts(ctx).get("custom_data_sha256"))
+    if not path.exists() and not planned:
+        return
+    if planned and (ctx.root.is_host or ctx.run.chroot):
+        ctx.run.record("run", ctx.root.system_path(path), "run custom data as a script, "
+                       "once for this VM")
         return
     if not (ctx.root.is_host or ctx.run.chroot):
         ctx.run.record("skip", ctx.root.system_path(path),

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from facts import store
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.log import get_logger
@@ -70,7 +69,7 @@ def gather_vm(ctx: Context) -> None:
         clear_per_vm_state(ctx, previous, current)
     inputs.start_transport_pair(ctx)
     found = inputs.distro(ctx)
-    store.save(ctx.fs, ctx.conf, "vm", {
+    inputs.keep_facts(ctx, "vm", {
         "vm_id": current, "family": found.family, "distro": found.id, "version": found.version,
         "init_system": found.init_system, "dhcp_client": found.dhcp_client,
         "sshd_service": found.sshd_service, "cloud_init_enabled": found.cloud_init_enabled,
@@ -90,11 +89,13 @@ def clear_per_vm_state(ctx: Context, previous: str, current: str) -> None:
     ctx.memo.clear()
     if keygen is not None:
         ctx.memo["transport_pair"] = keygen
+    if ctx.run.plan:  # the removals were only recorded: the plan must not read those files
+        ctx.memo[inputs.PLANNED_CLEAR] = True
 
 
 def ovf_missing(ctx: Context) -> str | None:
     """Up to date when this VM is provisioned and its OVF facts are stored."""
-    if store.load(ctx.root, ctx.conf, "ovf") is None:
+    if inputs.stored_facts(ctx, "ovf") is None:
         return "no OVF facts stored"
     if not inputs.is_provisioned(ctx):
         return "this VM is not provisioned yet"
@@ -109,12 +110,12 @@ def gather_ovf(ctx: Context) -> None:
             "no provisioning data: no DVD with ovf-env.xml (looked for /dev/sr0, hd[c-z], "
             "cdrom*, cd[0-9], vd[b-z]) and no kept copy in Lib.Dir; attach the provisioning "
             "media or set Provisioning.Enabled=n")
-    if data.from_cache and store.load(ctx.root, ctx.conf, "ovf") is not None:
+    if data.from_cache and inputs.stored_facts(ctx, "ovf") is not None:
         # The copy has no password: keep the facts of the boot that read the DVD.
         return
     facts = data.env.public_facts()
     facts["source"] = data.source
-    store.save(ctx.fs, ctx.conf, "ovf", facts)
+    inputs.keep_facts(ctx, "ovf", facts)
     ctx.memo.pop(inputs.OVF_FACTS, None)
 
 
@@ -135,7 +136,7 @@ def gather_goal_state(ctx: Context) -> None:
 
 def store_goal_facts(ctx: Context, state: GoalState) -> None:
     """The goal state's facts the other tasks fingerprint."""
-    store.save(ctx.fs, ctx.conf, "goalstate", {
+    inputs.keep_facts(ctx, "goalstate", {
         "incarnation": state.incarnation,
         "container_id": state.container_id,
         "role_instance_id": state.role_instance_id,

@@ -84,7 +84,7 @@ def wanted_hostname(ctx: Context) -> str:
 def current_hostname(ctx: Context) -> str:
     """The static hostname in /etc/hostname: the OVF's until the admin renames the host."""
     try:
-        return (ctx.root / "etc/hostname").read_text().strip()
+        return ctx.root.follow("etc/hostname").read_text().strip()
     except FileNotFoundError:
         return ""
 
@@ -160,7 +160,7 @@ def publish_hostname(ctx: Context) -> None:
     if client == "dhclient":
         conf = ctx.root / DHCLIENT_CONF
         try:
-            text = conf.read_text()
+            text = ctx.root.follow(DHCLIENT_CONF).read_text()
         except FileNotFoundError:
             text = ""
         if not re.search(r"^\s*send\s+host-name\b", text, re.M):

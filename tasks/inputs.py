@@ -27,6 +27,10 @@ PROVISIONED_FILE = "provisioned"
 OVF_FACTS = "ovf_facts"  # ctx.memo key of the stored OVF facts
 GOAL_STATE_DOCUMENT = "goal_state_document"  # ctx.memo key of a fetched, unparsed goal state
 GOAL_STATE_ASKED = "goal_state_asked"  # ctx.memo key of the goal state request sent ahead
+# ctx.memo key of the facts a plan gathered: kept in memory, since a plan stores nothing.
+PLANNED_FACTS = "planned_facts"
+# ctx.memo key set when a plan would clear the previous VM's state (stored facts included).
+PLANNED_CLEAR = "planned_clear"
 
 
 class NotProvisionable(AgentError):
@@ -72,6 +76,28 @@ def provisioning_data(ctx: Context) -> ProvisioningData | None:
         ctx.fs, ctx.conf, image=Path(image) if image else None))
 
 
+def keep_facts(ctx: Context, name: str, facts: dict[str, Any]) -> None:
+    """Store a facts document; in a plan, where the store write is only recorded, keep it
+    in this run's memory instead, so that the tasks after it see what a run would store."""
+    store.save(ctx.fs, ctx.conf, name, facts)
+    if ctx.run.plan:
+        import json
+
+        # As the store would give it back: JSON values (lists, not tuples).
+        ctx.memo.setdefault(PLANNED_FACTS, {})[name] = json.loads(store.dumps(facts))
+
+
+def stored_facts(ctx: Context, name: str) -> dict[str, Any] | None:
+    """A facts document as this run stored it (in a plan: gathered into memory)."""
+    if ctx.run.plan:
+        planned = ctx.memo.get(PLANNED_FACTS, {})
+        if name in planned:
+            return planned[name]  # type: ignore[no-any-return]
+        if ctx.memo.get(PLANNED_CLEAR):
+            return None  # the previous VM's facts would be gone by now
+    return store.load(ctx.root, ctx.conf, name)
+
+
 def ovf_facts(ctx: Context) -> dict[str, Any]:
     """The stored, secret-free OVF facts of the boot that read the media.
 
@@ -80,7 +106,7 @@ def ovf_facts(ctx: Context) -> dict[str, Any]:
     """
     found = ctx.memo.get(OVF_FACTS)
     if found is None:
-        found = store.load(ctx.root, ctx.conf, "ovf")
+        found = stored_facts(ctx, "ovf")
         if found is None:
             raise NotProvisionable("no provisioning data: no ovf-env.xml was found on a DVD, "
                                    "in the media= image or in the kept copy")
@@ -90,7 +116,7 @@ def ovf_facts(ctx: Context) -> dict[str, Any]:
 
 def goal_facts(ctx: Context) -> dict[str, Any]:
     """The stored facts of the last goal state (incarnation, ids, certificates)."""
-    found = store.load(ctx.root, ctx.conf, "goalstate")
+    found = stored_facts(ctx, "goalstate")
     if found is None:
         raise NotProvisionable("no goal state has been fetched yet")
     return found
@@ -123,7 +149,7 @@ def goal_state(ctx: Context) -> GoalState:
     first contact (no goal state stored yet), as the platform's agent does at start."""
     def fetch() -> GoalState:
         client = wireserver(ctx)
-        if store.load(ctx.root, ctx.conf, "goalstate") is None:
+        if stored_facts(ctx, "goalstate") is None:  # a GET: a plan asks too
             client.check_protocol_version()
         return client.goal_state(fetched=ctx.memo.pop(GOAL_STATE_DOCUMENT, None))
 
@@ -138,7 +164,7 @@ def goal_state_digest(text: str) -> str:
 def _handled_goal_state(ctx: Context) -> str | None:
     """The digest of the goal state document whose facts are stored (None before the
     first one, and for facts stored by an agent that kept no digest)."""
-    stored = store.load(ctx.root, ctx.conf, "goalstate")
+    stored = stored_facts(ctx, "goalstate")
     return str(stored["sha256"]) if stored and stored.get("sha256") else None
 
 

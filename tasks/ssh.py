@@ -399,7 +399,8 @@ def overriding_dropins(ctx: Context, text: str, settings: Mapping[str, str]) -> 
             if real.endswith("/" + DROPIN_NAME):
                 continue
             try:
-                words = [line.split() for line in Path(real).read_text().splitlines()]
+                words = [line.split() for line in
+                         ctx.root.contain(real, follow=True).read_text().splitlines()]
             except OSError:
                 continue
             if any(w and w[0].lower() in keys for w in words):
@@ -410,7 +411,7 @@ def overriding_dropins(ctx: Context, text: str, settings: Mapping[str, str]) -> 
 def _read_main(ctx: Context) -> str:
     path = sshd_config_path(ctx)
     try:
-        return path.read_text()
+        return ctx.root.contain(path, follow=True).read_text()
     except FileNotFoundError:
         raise SshError(f"{ctx.root.system_path(path)} not found: is openssh-server "
                        "installed in this image?") from None
@@ -491,7 +492,8 @@ def sshd_file_digests(ctx: Context) -> dict[str, str]:
     found = {}
     for path in dict.fromkeys(files):
         try:
-            found[ctx.root.system_path(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[ctx.root.system_path(path)] = hashlib.sha256(
+                ctx.root.contain(path, follow=True).read_bytes()).hexdigest()
         except FileNotFoundError:
             found[ctx.root.system_path(path)] = "absent"
     return found

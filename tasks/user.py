@@ -116,8 +116,10 @@ def ensure_account(ctx: Context) -> None:
     family = inputs.distro(ctx).family
     argv = osutil.useradd_argv(ctx.run, family, name, inputs.home_dir(ctx, name),
                                list(users.groups(ctx.root)))
+    groups = argv[argv.index("-G") + 1] if "-G" in argv else "its own only"
     try:
-        ctx.run.change(argv, why=f"create user {name}")
+        ctx.run.change(argv, why=f"create user {name}, home {inputs.home_dir(ctx, name)}, "
+                                 f"groups: {groups}")
     except CommandFailed as err:
         raise UserError(f"cannot create user {name}: {err}") from None
 
@@ -177,7 +179,7 @@ def _openssl_password_hash(run: Runner, openssl: str, password: str, crypt_id: s
 
 def shadow_fields(ctx: Context, name: str) -> list[str] | None:
     """The user's line of the shadow file, split; None when absent."""
-    path = ctx.root / ctx.conf.required_path("OS.PasswordPath")
+    path = ctx.root.follow(ctx.conf.required_path("OS.PasswordPath"))
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -196,6 +198,8 @@ def ensure_password(ctx: Context) -> None:
     name = username(ctx)
     if not inputs.ovf_facts(ctx)["password_set"]:
         log.info("no password in the OVF data: %s logs in with SSH keys only", name)
+        if ctx.run.plan:
+            ctx.run.record("keep", f"no password for {name}", "none in the OVF: SSH keys only")
         return
     data = inputs.provisioning_data(ctx)
     password = data.env.password if data is not None else None
@@ -209,6 +213,10 @@ def ensure_password(ctx: Context) -> None:
                         "and no hash is set; attach the DVD again or set a password by hand")
     crypt_id = ctx.conf.text("Provisioning.PasswordCryptId") or "6"
     salt_length = ctx.conf.number("Provisioning.PasswordCryptSaltLength") or 10
+    if ctx.run.plan:  # a plan makes no hash: it says what would be set, never the password
+        ctx.run.record("set", f"password of {name}", f"from the OVF, as a ${crypt_id}$ hash "
+                       f"with a {salt_length}-character salt")
+        return
     hashed = password_hash(password, crypt_id, salt_length, run=ctx.run,
                            openssl=inputs.openssl(ctx))
     osutil.set_password_hash(ctx.run, name, hashed, why=f"password of {name}")
@@ -231,7 +239,8 @@ def ensure_sudoers(ctx: Context) -> None:
     if not ctx.run.plan:
         check_sudoers_syntax(ctx, path, text)
     ctx.fs.mkdir(path.parent, why="sudoers drop-ins", mode=0o750)
-    ctx.fs.write(path, text, mode=0o440, owner=(0, 0), why=f"sudo for {name}")
+    rule = text.splitlines()[-1]
+    ctx.fs.write(path, text, mode=0o440, owner=(0, 0), why=f"sudo for {name}: {rule}")
 
 
 def check_sudoers_syntax(ctx: Context, path: Path, text: str) -> None:
