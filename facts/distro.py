@@ -111,7 +111,7 @@ def os_release(root: Root) -> dict[str, str]:
     """The os-release keys of the root (or ID/VERSION_ID synthesised from legacy files)."""
     for system_path in _OS_RELEASE:
         try:
-            return parse_os_release((root / system_path).read_text(errors="replace"))
+            return parse_os_release(root.follow(system_path).read_text(errors="replace"))
         except FileNotFoundError:
             continue
         except OSError as err:
@@ -119,7 +119,7 @@ def os_release(root: Root) -> dict[str, str]:
                 from None
     for system_path, distro_id in _LEGACY_RELEASE:
         try:
-            text = (root / system_path).read_text(errors="replace")
+            text = root.follow(system_path).read_text(errors="replace")
         except FileNotFoundError:
             continue
         except OSError as err:

@@ -20,8 +20,9 @@ _ARPHRD_LOOPBACK = 772
 
 
 def read_text(root: Root, system_path: str, what: str) -> str:
-    """A file's text through the Root; ProbeFailed (naming `what`) when it cannot be read."""
-    path = root / system_path
+    """A file's text through the Root (a final link followed inside it, as a chroot reads
+    it); ProbeFailed (naming `what`) when it cannot be read."""
+    path = root.follow(system_path)
     try:
         return path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:

@@ -49,7 +49,7 @@ def parse_login_defs_uid_min(text: str) -> int:
 def uid_min(root: Root) -> int:
     """The lowest uid of a regular user; below it are system users."""
     try:
-        text = (root / "etc/login.defs").read_text(errors="replace")
+        text = root.follow("etc/login.defs").read_text(errors="replace")
     except FileNotFoundError:
         return DEFAULT_UID_MIN
     except OSError as err:

@@ -182,5 +182,7 @@ def sshd_test_argv(runner: Runner, ssh_dir: str) -> list[str] | None:
     script = ('mount --bind "$1" "$2" && mount -t tmpfs tmpfs /run && mkdir /run/sshd '
               f'&& ssh-keygen -q -t ed25519 -N "" -f {key} '
               f'&& exec sshd -t -f "$3" -h {key}')
+    # The main file by its real path: an absolute link in the image names a path that
+    # only exists inside the image.
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-            str(runner.root.follow(ssh_dir)), ssh_dir, config]
+            str(runner.root.follow(ssh_dir)), ssh_dir, str(runner.root.follow(config))]

@@ -96,9 +96,8 @@ def _has_console(text: str) -> bool:
 
 def grub_problem(ctx: Context) -> str | None:
     """Probe: what keeps the GRUB setup from a serial console, or None."""
-    default = ctx.root / DEFAULT_GRUB
     try:
-        text = default.read_text()
+        text = ctx.root.follow(DEFAULT_GRUB).read_text()
     except FileNotFoundError:
         return f"{DEFAULT_GRUB} is missing"
     if with_console(text, DEFAULT_GRUB) != text:
@@ -106,7 +105,7 @@ def grub_problem(ctx: Context) -> str | None:
     found = grub_config(ctx)
     if found is not None:
         config, _ = found
-        linux_lines = [line for line in (ctx.root / config).read_text(errors="replace")
+        linux_lines = [line for line in ctx.root.follow(config).read_text(errors="replace")
                        .splitlines() if line.strip().startswith("linux")]
         if linux_lines and not all(_has_console(line) for line in linux_lines):
             return f"{config} is older than {DEFAULT_GRUB}: not regenerated"
@@ -129,7 +128,7 @@ def set_grub_console(ctx: Context) -> None:
     """Edit /etc/default/grub, then regenerate grub.cfg with the distribution's command."""
     default = ctx.root / DEFAULT_GRUB
     try:
-        text = default.read_text()
+        text = ctx.root.follow(DEFAULT_GRUB).read_text()
     except FileNotFoundError:
         raise BootLoaderError(
             f"no boot loader configuration in {ctx.root.base}: neither grubby nor "

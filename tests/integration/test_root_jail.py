@@ -123,3 +123,32 @@ def test_a_final_absolute_link_is_read_inside_the_root(harness: Harness) -> None
     harness.run()
 
     assert "the-build-host" not in (harness.root / "etc/hosts").read_text()
+
+
+# Files the agent reads to decide, made absolute links into a directory that exists only
+# inside the image: read as the host sees them they would be missing (or be the host's).
+READ_THROUGH_LINKS = ("/etc/os-release", "/etc/login.defs", "/etc/hostname", "/etc/hosts",
+                      "/etc/ssh/sshd_config")
+
+
+def test_files_read_to_decide_are_read_inside_the_root(harness: Harness) -> None:
+    real = "/image-only-" + hashlib.sha256(str(harness.root).encode()).hexdigest()[:12]
+    assert not os.path.lexists(real), "the directory must exist only inside the image"
+    (harness.root / "etc/hostname").write_text("image-hostname\n")
+    (harness.root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n::1\tip6-localhost\n")
+    for system_path in READ_THROUGH_LINKS:
+        inside = harness.root / real.lstrip("/") / system_path.lstrip("/")
+        inside.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(harness.root / system_path.lstrip("/"), inside)
+        make_link(harness, system_path, f"{real}{system_path}")
+
+    result = harness.run("verbose=y")
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    image = harness.root / real.lstrip("/")
+    hosts = (harness.root / "etc/hosts").read_text()
+    assert "ip6-localhost" in hosts, "the image's /etc/hosts was read through its link"
+    assert harness.scenario.hostname in hosts
+    assert "Include /etc/ssh/sshd_config.d/*.conf" in (image / "etc/ssh/sshd_config").read_text()
+    assert (harness.root / "etc/ssh/sshd_config.d/00-waagent.conf").exists(), \
+        "the image's sshd_config (read through its link) includes the drop-in directory"
