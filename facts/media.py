@@ -34,6 +34,7 @@ log = get_logger("waagent.facts.media")
 
 OVF_FILE = "ovf-env.xml"
 # PLATFORM.md section 1: sr0, hd[c-z], cdrom*, cd[0-9], vd[b-z].
+DVD_NAMES = "sr0, hd[c-z], cdrom*, cd[0-9], vd[b-z]"
 _DVD_NAME = re.compile(r"^(sr0|hd[c-z]|cdrom.*|cd[0-9]|vd[b-z])$")
 _VRS_OFFSET = 16 * 2048
 # Errors that mean "no disc in the drive", not "cannot tell".
@@ -129,6 +130,24 @@ def kernel_mounts_media(root: Root) -> bool:
         return False
     modules = root / "lib/modules" / release / "kernel/fs"
     return (modules / "udf").is_dir() or (modules / "isofs").is_dir()
+
+
+def media_ovf_env(root: Root, image: Path | None = None,
+                  ) -> tuple[OvfEnv | None, str | None, tuple[str, ...]]:
+    """The OVF on the provisioning media, read without mounting or writing anything:
+    (the OVF or None, where it was read, the devices or image looked at)."""
+    if image is not None:
+        looked: tuple[str, ...] = (f"image:{image}",)
+        data = read_media_file(image)
+        if data is None:
+            raise OvfError(f"{image}: the image holds no {OVF_FILE}")
+        return parse_ovf_env(data, source=f"{image}:{OVF_FILE}"), looked[0], looked
+    looked = dvd_candidates(root)
+    for device in dvd_devices(root):
+        data = read_media_file(root / device, shown=device)
+        if data is not None:
+            return parse_ovf_env(data, source=f"{device}:{OVF_FILE}"), device, looked
+    return None, None, looked
 
 
 def read_ovf_from_device(device: str, fs: FileSystem, conf: Config) -> bytes | None:

@@ -192,13 +192,33 @@ def mount_facts(root: Root, conf: Config) -> dict[str, Any]:
             "swaps": to_jsonable(mounts.active_swaps(root))}
 
 
-def ovf_facts(root: Root, conf: Config) -> dict[str, Any]:
-    """The kept OVF (no secrets) and the DVD devices present now."""
+def ovf_facts(root: Root, conf: Config, image: Path | None = None) -> dict[str, Any]:
+    """The OVF on the provisioning media (the DVD, or the `image` file) with its secrets
+    masked, where it was looked for, and the kept copy (no secrets)."""
     from facts import media
 
-    env = media.cached_ovf_env(root, conf)
-    return {"dvd_devices": list(media.dvd_devices(root)),
-            "cached": env.public_facts() if env is not None else None}
+    found, source, looked = media.media_ovf_env(root, image)
+    kept = media.cached_ovf_env(root, conf)
+    facts: dict[str, Any] = {"looked_at": list(looked), "source": source,
+                             "media": ovf_view(found) if found is not None else None,
+                             "cached": kept.public_facts() if kept is not None else None}
+    if found is None:
+        facts["note"] = (f"no provisioning media: looked for {media.DVD_NAMES} under "
+                         f"{root.system_path(root / 'dev')} and found "
+                         f"{'no disc in ' + ', '.join(looked) if looked else 'no such device'}"
+                         "; media=IMAGE reads an image file")
+    return facts
+
+
+def ovf_view(env: Any) -> dict[str, Any]:
+    """An OvfEnv for people: its public facts, the password and custom data masked (the
+    custom data's size shown)."""
+    view: dict[str, Any] = env.public_facts()
+    view["password"] = MASK if env.password is not None else None
+    view["custom_data"] = MASK if env.custom_data is not None else None
+    view["custom_data_bytes"] = (len(env.custom_data.encode())
+                                 if env.custom_data is not None else None)
+    return view
 
 
 SECTIONS: dict[str, Callable[[Root, Config], dict[str, Any]]] = {
@@ -211,12 +231,15 @@ SECTIONS: dict[str, Callable[[Root, Config], dict[str, Any]]] = {
 }
 
 
-def gather(root: Root, conf: Config, names: Iterable[str] | None = None) -> dict[str, Any]:
-    """Facts sections by name; a section whose probe failed is {"error": message}."""
+def gather(root: Root, conf: Config, names: Iterable[str] | None = None, *,
+           image: Path | None = None) -> dict[str, Any]:
+    """Facts sections by name; a section whose probe failed is {"error": message}.
+    `image`: the provisioning media as an image file (media=), for the ovf section."""
     gathered: dict[str, Any] = {}
     for name in names if names is not None else SECTIONS:
         try:
-            gathered[name] = SECTIONS[name](root, conf)
+            gathered[name] = (ovf_facts(root, conf, image) if name == "ovf"
+                              else SECTIONS[name](root, conf))
         except (AgentError, OSError, ValueError) as err:
             log.debug("facts %s: %s", name, err)
             gathered[name] = {"error": redact(str(err))}
@@ -232,6 +255,6 @@ def save_all(fs: FileSystem, conf: Config, gathered: Mapping[str, Any]) -> list[
     return changed
 
 
-def describe_all(root: Root, conf: Config) -> dict[str, Any]:
+def describe_all(root: Root, conf: Config, image: Path | None = None) -> dict[str, Any]:
     """Every facts section gathered now, redacted, for `waagent facts` to print."""
-    return dict(redacted(gather(root, conf)))
+    return dict(redacted(gather(root, conf, image=image)))

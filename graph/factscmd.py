@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from doit.cmd_base import Command
@@ -24,7 +25,8 @@ class Facts(Command):
         from facts.store import describe_all
 
         ctx = make_context(command_line_vars(), plan=True)
-        found = describe_all(ctx.root, ctx.conf)
+        image = ctx.var("media")
+        found = describe_all(ctx.root, ctx.conf, Path(image) if image else None)
         if pos_args:
             unknown = [s for s in pos_args if s not in found]
             if unknown:

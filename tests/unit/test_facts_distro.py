@@ -253,7 +253,8 @@ def test_describe_all_in_a_sandbox_root(tmp_path: Path, conf: Config) -> None:
     assert set(described) == set(store.SECTIONS)
     assert described["vm"] == {"vm_id": "12345678-9abc-def0-1234-56789abcdef0"}
     assert described["distro"]["family"] == "debian"
-    assert described["ovf"] == {"dvd_devices": [], "cached": None}
+    assert described["ovf"]["media"] is None and described["ovf"]["looked_at"] == []
+    assert "no provisioning media" in described["ovf"]["note"]
     assert "does not exist" in described["mounts"]["error"]  # no /proc: unknown, said so
     assert "sysfs is not readable" in described["resource_disk"]["error"]
     json.dumps(described)
