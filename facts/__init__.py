@@ -6,7 +6,9 @@ Modules (import the one you need; this package imports nothing heavy):
   udf       a minimal read-only UDF reader for media without an ISO 9660 bridge
   hardware  VM id (DMI), kernel version, NICs
   disks     the resource disk, block devices, partition tables, filesystem signatures
-  mounts    mounts and active swaps
+  resource_disk  what is on the resource disk, for the disk tasks' verdict: our table mark,
+            blkid, file listings (ntfsls, a read-only mount)
+  mounts    mounts and active swaps, where a block device is mounted
   distro    distribution, family, init system, DHCP client, sshd unit, cloud-init
   users     UID_MIN, /etc/passwd, /etc/group of the root
   store     the facts store (JSON under <Lib.Dir>/facts), fingerprints, redacted views

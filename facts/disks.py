@@ -10,7 +10,9 @@ never the host's.
 
 from __future__ import annotations
 
+import os
 import posixpath
+import stat
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -178,6 +180,34 @@ def block_device(root: Root, device: str) -> BlockDevice:
     return BlockDevice("/dev/" + name, size, partition_table_type(head), tuple(partitions))
 
 
+
+def first_partition(root: Root, device: str) -> Partition | None:
+    """The kernel's partition 1 of a disk, or None."""
+    for part in block_device(root, device).partitions:
+        if part.number == 1:
+            return part
+    return None
+
+
+def device_number(root: Root, device: str) -> int | None:
+    """st_rdev of a block device node in the root, None when the node is missing."""
+    try:
+        st = os.stat(root / device)
+    except FileNotFoundError:
+        return None
+    return st.st_rdev if stat.S_ISBLK(st.st_mode) else st.st_ino
+
+
+def node_readable(root: Root, device: str) -> bool:
+    """True when the node opens and reads: right after a re-read the kernel may still be
+    removing the old partition 1 and adding the new one (ENXIO in between)."""
+    try:
+        with open(root / device, "rb") as handle:
+            handle.read(512)
+    except OSError:
+        return False
+    return True
+
 def device_contents(root: Root, device: str, size_bytes: int) -> DeviceContents:
     """Read a disk's first 4 MiB and last MiB (bounded by its size) and say what they hold.
 
@@ -332,6 +362,12 @@ def filesystem_signature(root: Root, device: str) -> FilesystemSignature | None:
     """The filesystem on a device or partition, from its superblock; None when none is known."""
     return parse_superblock(read_device_head(root, device, SIGNATURE_BYTES))
 
+
+
+def filesystem_type(root: Root, device: str) -> str | None:
+    """The filesystem type from the superblock (fast; blkid is used for verdicts)."""
+    signature = filesystem_signature(root, device)
+    return signature.type if signature else None
 
 def parse_superblock(data: bytes) -> FilesystemSignature | None:
     """Recognise ext2/3/4, xfs, btrfs, ntfs, vfat, swap, iso9660/udf from a device's first bytes."""

@@ -1,9 +1,14 @@
-"""Mounts (/proc/self/mountinfo) and active swaps (/proc/swaps), read through the Root."""
+"""Mounts (/proc/self/mountinfo) and active swaps (/proc/swaps), read through the Root;
+where a block device is mounted."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+from pathlib import Path
 
+from facts import disks
 from facts.hardware import read_text
 from system.errors import ProbeFailed
 from system.record import Record
@@ -91,6 +96,43 @@ def mounts_of(root: Root, source: str) -> tuple[Mount, ...]:
     """Every mount whose source is `source` (e.g. "/dev/sdb1")."""
     return tuple(m for m in mounts(root) if m.source == source)
 
+
+
+def mounts_of_device(root: Root, device: str) -> list[str]:
+    """Real paths where a block device is mounted, by device number (mount(8) may have
+    been given any name of the node)."""
+    wanted = disks.device_number(root, device)
+    if wanted is None:
+        return []
+    fstype = disks.filesystem_type(root, device)
+    found = []
+    for mount in mounts(root):
+        # stat only candidates: a stat of a dead network mount would hang
+        if mount.fstype != fstype if fstype else not mount.source.startswith("/"):
+            continue
+        with contextlib.suppress(OSError):
+            # The source node, or the target's st_dev (btrfs shows an anonymous one).
+            if (mount.source.startswith("/") and os.stat(mount.source).st_rdev == wanted) \
+                    or os.stat(mount.target).st_dev == wanted:
+                found.append(mount.target)
+    return list(dict.fromkeys(found))
+
+
+def mount_state(root: Root, partition: str, target: Path) -> str:
+    """Where `partition` is mounted, seen from `target` (a real path). One of: "mounted"
+    (at target), "not mounted", "no device", "elsewhere: <path>", "occupied: <what>"
+    (another filesystem is mounted at target)."""
+    if disks.device_number(root, partition) is None:
+        return "no device"
+    places = mounts_of_device(root, partition)
+    if str(target) in places:
+        return "mounted"
+    if os.path.ismount(target):
+        other = mount_at(root, str(target))
+        return f"occupied: {other.source if other else 'another filesystem'}"
+    if places:
+        return f"elsewhere: {places[0]}"
+    return "not mounted"
 
 class Swap(Record):
     """An active swap area."""

@@ -23,7 +23,8 @@ Anything else is refused with the reason (UnsafeOperation); a probe that fails
 raises ProbeFailed and nothing is touched (blkid's "nothing found" counts only for a
 device just read). A plan never mounts: where the run would look at a Linux file system
 through a read-only mount, the plan shows that look instead. The area is not critical:
-a refusal is reported in the run report and the rest of provisioning goes on.
+a refusal is reported in the run report and the rest of provisioning goes on. The facts
+the verdict decides from are read by facts/resource_disk.py.
 
 Paths: device and mount paths are system paths, opened as `root / path`. Mounts and
 swaps are kernel-global, so /proc reports real paths (`<root>/mnt/resource`); they are
@@ -38,15 +39,21 @@ import contextlib
 import hashlib
 import os
 import shutil
-import stat
-import struct
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from facts import disks, mounts
+from facts.resource_disk import (
+    OUR_GPT_NAME,
+    OUR_MBR_DISK_ID,
+    PLAN_DOES_NOT_MOUNT,
+    SYSTEM_VOLUME_INFORMATION,
+    DiskFacts,
+    command_path,
+    gather_disk_facts,
+)
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed, ProbeFailed, UnsafeOperation
@@ -76,16 +83,12 @@ For additional details please refer to the documentation at:
 https://learn.microsoft.com/azure/virtual-machines/managed-disks-overview#temporary-disk
 """
 
-# Marks of a partition table this agent wrote ("WAGD"; GPT has partition names, MBR has not).
-OUR_MBR_DISK_ID = 0x57414744
-OUR_GPT_NAME = "waagent-resource"
 LINUX_PARTITION_GPT = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 # MBR addresses 2^32 sectors of 512 bytes; larger disks get GPT.
 MBR_LIMIT_BYTES = 2 * 1024**4
 
 # Entries of the platform's fresh NTFS disk (lower case): the README and NTFS's own
 # metadata files, which `ntfsls -s` shows. Not $RECYCLE.BIN: it holds what a user deleted.
-SYSTEM_VOLUME_INFORMATION = "System Volume Information"
 NTFS_FRESH_ENTRIES = frozenset(name.lower() for name in (
     README_NAME, SYSTEM_VOLUME_INFORMATION, "$AttrDef", "$BadClus", "$Bitmap", "$Boot",
     "$Extend", "$LogFile", "$MFT", "$MFTMirr", "$Secure", "$UpCase", "$Volume", ".", ".."))
@@ -97,9 +100,6 @@ SYSTEM_VOLUME_FRESH_ENTRIES = frozenset(name.lower() for name in (
 # Entries this agent (or mkfs) puts on the disk's own filesystem.
 OUR_ENTRIES = frozenset((README_NAME, SWAPFILE_NAME, "lost+found"))
 LINUX_FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "btrfs")
-# Read-only mount options that also skip journal replay, for looking at a filesystem.
-INSPECT_OPTIONS = {"ext4": "ro,noload", "ext3": "ro,noload", "ext2": "ro",
-                   "xfs": "ro,norecovery", "btrfs": "ro"}
 
 # Bounds for waiting on the kernel and udev (seconds).
 DISK_APPEAR_SECONDS = 10.0
@@ -107,36 +107,7 @@ PARTITION_NODE_SECONDS = 15.0
 POLL_SECONDS = 0.1
 
 
-# ---------------------------------------------------------------- facts for the verdict
-
-class PartitionFacts(Record):
-    """One partition: what blkid finds on it and its top-level entries (None: not listed)."""
-
-    device: str
-    fstype: str | None
-    entries: tuple[str, ...] | None = None
-    # Entries of NTFS's System Volume Information (None: not listed, or no such folder).
-    system_entries: tuple[str, ...] | None = None
-    type_guid: str | None = None  # GPT partition type, upper case
-    unlisted: str | None = None  # why `entries` is None, when that is known
-
-
-class DiskFacts(Record):
-    """What the verdict needs to know about the resource disk."""
-
-    device: str
-    size_bytes: int
-    table: str | None  # "mbr", "gpt" or None
-    ours: bool  # the table carries this agent's mark
-    signature: str | None  # what blkid finds on the whole disk when there is no table
-    partitions: tuple[PartitionFacts, ...]
-    # Our own read of the disk's start and end when there is no table (None: not read).
-    contents: disks.DeviceContents | None = None
-
-
-# Why a plan has no listing of a Linux file system: it would need a mount.
-PLAN_DOES_NOT_MOUNT = "a plan never mounts; the run looks at them through a read-only mount"
-
+# ---------------------------------------------------------------- the verdict
 
 def disk_verdict(disk: DiskFacts, filesystem: str) -> tuple[bool, str]:
     """May the resource disk be partitioned/formatted for `filesystem`? (safe, reason).
@@ -224,31 +195,21 @@ def is_reserved_plus_ntfs(disk: DiskFacts) -> bool:
             and disk.partitions[0].type_guid == disks.MSR_PARTITION_GPT)
 
 
-def our_table_mark(head: bytes, table: str | None) -> bool:
-    """True when the partition table in a disk's first 16 KiB carries this agent's mark."""
-    if table == "mbr":
-        return len(head) >= 446 and struct.unpack_from("<I", head, 440)[0] == OUR_MBR_DISK_ID
-    if table != "gpt":
-        return False
-    for sector in (512, 4096):
-        header = head[sector:sector + 92]
-        if header[:8] != b"EFI PART":
-            continue
-        entries_lba, _count, entry_size = struct.unpack_from("<QII", header, 72)
-        entry = head[entries_lba * sector:entries_lba * sector + entry_size]
-        if len(entry) < 128:
-            return False
-        name = entry[56:128].decode("utf-16-le", errors="replace").split("\0", 1)[0]
-        return name == OUR_GPT_NAME
-    return False
+def require_safe(ctx: Context, device: str, filesystem: str) -> tuple[DiskFacts, str]:
+    """Facts of a disk the verdict allows changing, and why; UnsafeOperation with the reason
+    otherwise. A plan, which never mounts, plans what the run decides after its look."""
+    facts = gather_disk_facts(ctx.run, device)
+    safe, reason = disk_verdict(facts, filesystem)
+    if not safe and ctx.run.plan and any(p.unlisted == PLAN_DOES_NOT_MOUNT
+                                         for p in facts.partitions):
+        return facts, "if it holds nothing but this agent's files: the run looks first"
+    if not safe:
+        raise UnsafeOperation(f"refusing to partition or format the resource disk: {reason}")
+    log.debug("resource disk verdict: %s", reason)
+    return facts, reason
 
 
-# ---------------------------------------------------------------- reading the real state
-
-def tool_path(ctx: Context, system_path: str) -> str:
-    """A system path as a command sees it: inside the root, unless commands run chrooted."""
-    return system_path if ctx.run.chroot else str(ctx.root / system_path)
-
+# ---------------------------------------------------------------- finding the disk
 
 def resource_disk(ctx: Context) -> str | None:
     """The resource disk (system path), waiting up to DISK_APPEAR_SECONDS when the VM's
@@ -292,161 +253,6 @@ def wait_for_resource_disk(ctx: Context, seconds: float,
         sleep(POLL_SECONDS)
 
 
-def first_partition(ctx: Context, device: str) -> disks.Partition | None:
-    """The kernel's partition 1 of a disk, or None."""
-    for part in disks.block_device(ctx.root, device).partitions:
-        if part.number == 1:
-            return part
-    return None
-
-
-def device_number(ctx: Context, device: str) -> int | None:
-    """st_rdev of a block device node in the root, None when the node is missing."""
-    try:
-        st = os.stat(ctx.root / device)
-    except FileNotFoundError:
-        return None
-    return st.st_rdev if stat.S_ISBLK(st.st_mode) else st.st_ino
-
-
-def node_readable(ctx: Context, device: str) -> bool:
-    """True when the node opens and reads: right after a re-read the kernel may still be
-    removing the old partition 1 and adding the new one (ENXIO in between)."""
-    try:
-        with open(ctx.root / device, "rb") as handle:
-            handle.read(512)
-    except OSError:
-        return False
-    return True
-
-
-def mounts_of_device(ctx: Context, device: str) -> list[str]:
-    """Real paths where a block device is mounted, by device number (mount(8) may have
-    been given any name of the node)."""
-    wanted = device_number(ctx, device)
-    if wanted is None:
-        return []
-    fstype = signature_type(ctx, device)
-    found = []
-    for mount in mounts.mounts(ctx.root):
-        # stat only candidates: a stat of a dead network mount would hang
-        if mount.fstype != fstype if fstype else not mount.source.startswith("/"):
-            continue
-        with contextlib.suppress(OSError):
-            # The source node, or the target's st_dev (btrfs shows an anonymous one).
-            if (mount.source.startswith("/") and os.stat(mount.source).st_rdev == wanted) \
-                    or os.stat(mount.target).st_dev == wanted:
-                found.append(mount.target)
-    return list(dict.fromkeys(found))
-
-
-def signature_type(ctx: Context, device: str) -> str | None:
-    """The filesystem type from the superblock (fast; blkid is used for verdicts)."""
-    signature = disks.filesystem_signature(ctx.root, device)
-    return signature.type if signature else None
-
-
-def list_entries(ctx: Context, device: str, fstype: str) -> tuple[str, ...] | None:
-    """Top-level names in the filesystem on `device`, read without changing it.
-
-    NTFS: `ntfsls -a -s` (all entries, system ones too). Linux filesystems: the mount
-    where it is already mounted, or a read-only mount (no journal replay) in a private
-    temporary directory, unmounted at once. None when it cannot be read.
-    """
-    if fstype == "ntfs":
-        return ntfs_entries(ctx, device)
-    if fstype not in INSPECT_OPTIONS:
-        return None
-    for target in mounts_of_device(ctx, device):
-        return tuple(sorted(os.listdir(target)))
-    if ctx.run.chroot:
-        return None
-    if ctx.run.plan:
-        # A mount is a change of the machine, even read-only: the plan shows the look.
-        ctx.run.record("run", f"mount -t {fstype} -o {INSPECT_OPTIONS[fstype]} "
-                       f"{tool_path(ctx, device)} <private directory>",
-                       f"a read-only look at the files on {device} before formatting it")
-        return None
-    scratch = tempfile.mkdtemp(prefix="waagent-inspect-")
-    try:
-        mounted = ctx.run.probe(["mount", "-t", fstype, "-o", INSPECT_OPTIONS[fstype],
-                                 tool_path(ctx, device), scratch])
-        if not mounted.ok:
-            log.warning("read-only mount of %s failed: %s", device, mounted.stderr.strip())
-            return None
-        try:
-            return tuple(sorted(os.listdir(scratch)))
-        finally:
-            ctx.run.probe(["umount", scratch], check=True)
-    finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(scratch)
-
-
-def ntfs_entries(ctx: Context, device: str, path: str = "/") -> tuple[str, ...] | None:
-    """Names in a folder of the NTFS on `device` (`ntfsls -a -s`: system files too), read
-    without mounting; None when they cannot be read."""
-    if shutil.which("ntfsls") is None and not ctx.run.chroot:
-        return None
-    where = ["-p", path] if path != "/" else []
-    result = ctx.run.probe(["ntfsls", "-a", "-s", *where, tool_path(ctx, device)])
-    if not result.ok:
-        log.warning("ntfsls %s %s failed: %s", device, path, result.stderr.strip())
-        return None
-    return tuple(line.strip() for line in result.stdout.splitlines() if line.strip())
-
-
-def gather_disk_facts(ctx: Context, device: str, *, list_files: bool = True) -> DiskFacts:
-    """The verdict's facts, read now: table, our mark, blkid of the disk and partitions,
-    and without a table our own read of the disk's start and end."""
-    block = disks.block_device(ctx.root, device)
-    head = disks.read_device_head(ctx.root, device, 32 * 1024)
-    signature = None
-    contents = None
-    if block.partition_table is None:
-        contents = disks.device_contents(ctx.root, device, block.size_bytes)
-        found = disks.blkid(ctx.run, device)
-        signature = found.get("TYPE") or (f"a {found['PTTYPE']} partition table"
-                                          if "PTTYPE" in found else None)
-    types = disks.gpt_partition_types(head) if block.partition_table == "gpt" else {}
-    # The partition whose files decide: the only one, or partition 2 of the platform's
-    # layout over 2 TiB (after the Microsoft reserved partition 1).
-    count = len(block.partitions)
-    reserved_first = count == 2 and \
-        types.get(block.partitions[0].number) == disks.MSR_PARTITION_GPT
-    decisive = 1 if count == 1 else 2 if reserved_first else 0
-    partitions = []
-    for position, part in enumerate(block.partitions, start=1):
-        fstype = disks.blkid(ctx.run, part.device).get("TYPE") or None
-        entries = system_entries = unlisted = None
-        if list_files and fstype is not None and position == decisive:
-            entries = list_entries(ctx, part.device, fstype)
-            if entries is None and ctx.run.plan and fstype in INSPECT_OPTIONS:
-                unlisted = PLAN_DOES_NOT_MOUNT
-            if fstype == "ntfs" and entries is not None and SYSTEM_VOLUME_INFORMATION.lower() \
-                    in (e.lower() for e in entries):
-                system_entries = ntfs_entries(ctx, part.device, "/" + SYSTEM_VOLUME_INFORMATION)
-        partitions.append(PartitionFacts(part.device, fstype, entries, system_entries,
-                                         types.get(part.number), unlisted))
-    return DiskFacts(device, block.size_bytes, block.partition_table,
-                     our_table_mark(head, block.partition_table), signature, tuple(partitions),
-                     contents)
-
-
-def require_safe(ctx: Context, device: str, filesystem: str) -> tuple[DiskFacts, str]:
-    """Facts of a disk the verdict allows changing, and why; UnsafeOperation with the reason
-    otherwise. A plan, which never mounts, plans what the run decides after its look."""
-    facts = gather_disk_facts(ctx, device)
-    safe, reason = disk_verdict(facts, filesystem)
-    if not safe and ctx.run.plan and any(p.unlisted == PLAN_DOES_NOT_MOUNT
-                                         for p in facts.partitions):
-        return facts, "if it holds nothing but this agent's files: the run looks first"
-    if not safe:
-        raise UnsafeOperation(f"refusing to partition or format the resource disk: {reason}")
-    log.debug("resource disk verdict: %s", reason)
-    return facts, reason
-
-
 # ---------------------------------------------------------------- options
 
 class DiskOptions(Record):
@@ -481,7 +287,7 @@ def partition_problem(ctx: Context) -> str | None:
     block = disks.block_device(ctx.root, device)
     if block.partition_table is None or len(block.partitions) != 1:
         return f"{device}: {len(block.partitions)} partitions, want one"
-    if signature_type(ctx, block.partitions[0].device) == "ntfs":
+    if disks.filesystem_type(ctx.root, block.partitions[0].device) == "ntfs":
         return f"{device} is still NTFS-partitioned"
     return None
 
@@ -515,13 +321,13 @@ def ensure_partitioned(ctx: Context) -> None:
     fresh_ntfs = any(part.fstype == "ntfs" for part in facts.partitions)
     if facts.table is not None and not fresh_ntfs:
         return  # already one partition of ours
-    busy = [m for p in facts.partitions for m in mounts_of_device(ctx, p.device)]
+    busy = [m for p in facts.partitions for m in mounts.mounts_of_device(ctx.root, p.device)]
     if busy:
         raise UnsafeOperation(f"refusing to partition {device}: it is mounted at "
                               f"{', '.join(busy)}; unmount it first")
     script = partition_script(facts.size_bytes)
     ctx.run.change(["sfdisk", "--quiet", "--wipe", "always", "--wipe-partitions", "always",
-                    tool_path(ctx, device)], input=script,
+                    command_path(ctx.run, device)], input=script,
                    why=f"one {'MBR' if 'dos' in script else 'GPT'} partition on the resource "
                        f"disk: {reason}")
     reread_partition_table(ctx, device)
@@ -537,21 +343,21 @@ def reread_partition_table(ctx: Context, device: str) -> None:
     """
     if ctx.run.plan:
         return
-    real = tool_path(ctx, device)
+    real = command_path(ctx.run, device)
     # Both, always: a partition 1 of the old table (the platform's NTFS) would otherwise
     # look like the new one; partx updates what BLKRRPART ignored (loop devices).
     ctx.run.change(["blockdev", "--rereadpt", real], check=False,
                    why="re-read the partition table")
     ctx.run.change(["partx", "--update", real], check=False, why="re-read the partition table")
-    if first_partition(ctx, device) is None and shutil.which("partprobe"):
+    if disks.first_partition(ctx.root, device) is None and shutil.which("partprobe"):
         ctx.run.change(["partprobe", real], check=False, why="re-read the partition table")
     if shutil.which("udevadm"):
         ctx.run.probe(["udevadm", "settle", "--timeout", str(int(PARTITION_NODE_SECONDS))])
     deadline = time.monotonic() + PARTITION_NODE_SECONDS
     while True:
-        part = first_partition(ctx, device)
-        if part is not None and device_number(ctx, part.device) is not None \
-                and node_readable(ctx, part.device):
+        part = disks.first_partition(ctx.root, device)
+        if part is not None and disks.device_number(ctx.root, part.device) is not None \
+                and disks.node_readable(ctx.root, part.device):
             return
         if time.monotonic() >= deadline:
             raise CommandFailed(f"{device}: partition 1 did not appear "
@@ -576,7 +382,7 @@ def partition_to_check(ctx: Context) -> tuple[disks.Partition | None, str | None
     device = present_resource_disk(ctx)
     if device is None:
         return None, None  # nothing to do without a disk
-    part = first_partition(ctx, device)
+    part = disks.first_partition(ctx.root, device)
     return (part, None) if part is not None else (None, f"{device} has no partition 1")
 
 
@@ -586,7 +392,7 @@ def mkfs_problem(ctx: Context) -> str | None:
     part, problem = partition_to_check(ctx)
     if part is None:
         return problem
-    found = signature_type(ctx, part.device)
+    found = disks.filesystem_type(ctx.root, part.device)
     if found != opts.filesystem:
         return f"{part.device} holds {found or 'no filesystem'}, want {opts.filesystem}"
     return None
@@ -610,10 +416,10 @@ def ensure_filesystem(ctx: Context) -> None:
     if part.fstype == opts.filesystem:
         return
     # An empty filesystem of ours in another type: free it (only our swap, our mount) first.
-    for target in mounts_of_device(ctx, part.device):
+    for target in mounts.mounts_of_device(ctx.root, part.device):
         swapoff_ours(ctx, Path(target) / SWAPFILE_NAME)
         ctx.run.change(["umount", target], why=f"reformat {part.device} as {opts.filesystem}")
-    ctx.run.change(mkfs_command(opts.filesystem, tool_path(ctx, part.device)),
+    ctx.run.change(mkfs_command(opts.filesystem, command_path(ctx.run, part.device)),
                    why=f"format the resource disk ({reason})")
     log.info("changed: %s formatted %s (%s)", part.device, opts.filesystem, reason)
 
@@ -625,30 +431,13 @@ def mount_target(ctx: Context) -> Path:
     return ctx.root / DiskOptions.of(ctx).mount_point
 
 
-def mount_state(ctx: Context, partition: str) -> str:
-    """One of: "mounted", "not mounted", "no device", "elsewhere: <path>",
-    "occupied: <what>" (another filesystem is mounted at the mount point)."""
-    if device_number(ctx, partition) is None:
-        return "no device"
-    target = mount_target(ctx)
-    places = mounts_of_device(ctx, partition)
-    if str(target) in places:
-        return "mounted"
-    if os.path.ismount(target):
-        other = mounts.mount_at(ctx.root, str(target))
-        return f"occupied: {other.source if other else 'another filesystem'}"
-    if places:
-        return f"elsewhere: {places[0]}"
-    return "not mounted"
-
-
 def mount_problem(ctx: Context) -> str | None:
     """Why the resource disk is not mounted at the mount point, or None."""
     opts = DiskOptions.of(ctx)
     part, problem = partition_to_check(ctx)
     if part is None:
         return problem
-    state = mount_state(ctx, part.device)
+    state = mounts.mount_state(ctx.root, part.device, mount_target(ctx))
     return None if state == "mounted" else f"{part.device} at {opts.mount_point}: {state}"
 
 
@@ -659,7 +448,7 @@ def ensure_mounted(ctx: Context) -> None:
     device = disk_to_work_on(ctx, "mounting")
     if device is None:
         return
-    part = first_partition(ctx, device)
+    part = disks.first_partition(ctx.root, device)
     if part is None:
         if ctx.run.plan:
             ctx.run.record("run", f"mount {device} partition 1 {opts.mount_point}",
@@ -667,7 +456,7 @@ def ensure_mounted(ctx: Context) -> None:
             return
         raise ProbeFailed(f"{device} has no partition 1 to mount")
     target = mount_target(ctx)
-    state = mount_state(ctx, part.device)
+    state = mounts.mount_state(ctx.root, part.device, mount_target(ctx))
     options = opts.mount_options or "defaults"
     if state == "no device":
         raise ProbeFailed(f"cannot mount {part.device}: no such device node")
@@ -685,9 +474,9 @@ def ensure_mounted(ctx: Context) -> None:
         swapoff_ours(ctx, Path(old) / SWAPFILE_NAME)
         ctx.run.change(["umount", old], why=f"move the resource disk to {opts.mount_point}")
     ctx.fs.mkdir(target, why="resource disk mount point")
-    fstype = signature_type(ctx, part.device)
+    fstype = disks.filesystem_type(ctx.root, part.device)
     argv = ["mount", *(["-t", fstype] if fstype else []), "-o", options,
-            tool_path(ctx, part.device), str(target)]
+            command_path(ctx.run, part.device), str(target)]
     ctx.run.change(argv, why=f"mount the resource disk at {opts.mount_point}")
     log.info("changed: %s mounted at %s (%s)", part.device, opts.mount_point, options)
 
@@ -743,7 +532,7 @@ def active_swap_mb(ctx: Context, swapfile: Path) -> int | None:
     size = mounts.active_swap_size_mb(ctx.root, str(swapfile))
     if size is not None:
         return size
-    mapper = device_number(ctx, f"/dev/mapper/{crypt_name(swapfile)}")
+    mapper = disks.device_number(ctx.root, f"/dev/mapper/{crypt_name(swapfile)}")
     if mapper is None:
         return None
     for swap in mounts.active_swaps(ctx.root):
@@ -777,9 +566,10 @@ def swapoff_ours(ctx: Context, swapfile: Path) -> None:
         ctx.run.change(["swapoff", str(swapfile)], why="turn off our swap file")
     name = crypt_name(swapfile)
     mapper = f"/dev/mapper/{name}"
-    if device_number(ctx, mapper) is not None:
+    if disks.device_number(ctx.root, mapper) is not None:
         if active_swap_mb(ctx, swapfile) is not None:
-            ctx.run.change(["swapoff", tool_path(ctx, mapper)], why="turn off our encrypted swap")
+            ctx.run.change(["swapoff", command_path(ctx.run, mapper)],
+                           why="turn off our encrypted swap")
         ctx.run.change(["cryptsetup", "close", name], why="close our encrypted swap")
 
 
@@ -810,7 +600,7 @@ def ensure_swap(ctx: Context) -> None:
     swapoff_ours(ctx, swapfile)
     # A file left by an interrupted run may have holes or a stale size: start over.
     ctx.fs.remove(swapfile, why=f"re-create the swap file at {opts.swap_mb} MB")
-    fstype = signature_type(ctx, resource_partition(ctx))
+    fstype = disks.filesystem_type(ctx.root, resource_partition(ctx))
     allocate_swapfile(ctx, swapfile, opts.swap_mb, fstype)
     if opts.encrypt_swap:
         import secrets  # ~1 ms with base64 and hmac: only encrypted swap needs it
@@ -821,7 +611,7 @@ def ensure_swap(ctx: Context) -> None:
         ctx.run.change(["cryptsetup", "open", "--type", "plain", "--cipher", "aes-xts-plain64",
                         "--key-size", "512", "--key-file", "-", str(swapfile), name],
                        secret_input=secrets.token_hex(64), why="encrypt the swap file")
-        target = tool_path(ctx, f"/dev/mapper/{name}")
+        target = command_path(ctx.run, f"/dev/mapper/{name}")
     else:
         target = str(swapfile)
     ctx.run.change(["mkswap", target], why="format the swap file")
@@ -846,7 +636,7 @@ def encryption_missing(ctx: Context) -> str | None:
 def resource_partition(ctx: Context) -> str:
     """Partition 1 of the resource disk (the disk is known to be mounted by now)."""
     device = resource_disk(ctx)
-    part = first_partition(ctx, device) if device else None
+    part = disks.first_partition(ctx.root, device) if device else None
     if part is None:
         raise ProbeFailed("resource disk partition 1 went away")
     return part.device
@@ -862,7 +652,7 @@ def allocate_swapfile(ctx: Context, swapfile: Path, size_mb: int, fstype: str | 
                                check=False, why=f"allocate {size_mb} MB swap file")
     if not allocated.ok:
         # ext2/ext3 have no fallocate: write the zeros instead.
-        ctx.run.change(["dd", "if=" + tool_path(ctx, "/dev/zero"), f"of={swapfile}", "bs=1M",
+        ctx.run.change(["dd", "if=" + command_path(ctx.run, "/dev/zero"), f"of={swapfile}", "bs=1M",
                         f"count={size_mb}", "conv=fsync", "status=none"],
                        why=f"write {size_mb} MB swap file")
 

@@ -12,11 +12,12 @@ import pytest
 
 from conf.config import default_config
 from facts.disks import DeviceContents
+from facts.resource_disk import DiskFacts, PartitionFacts, our_table_mark
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system import FileSystem, Root, Runner, UnsafeOperation
 from tasks import disk
-from tasks.disk import DiskFacts, PartitionFacts, disk_verdict
+from tasks.disk import disk_verdict
 
 README = disk.README_NAME
 NTFS_SYSTEM = (".", "..", "$MFT", "$MFTMirr", "$LogFile", "$Volume", "$AttrDef", "$Bitmap",
@@ -132,14 +133,14 @@ def _sfdisk_image(path: Path, size: int, script: str) -> bytes:
 
 def test_our_table_marks_read_back_from_sfdisk(tmp_path: Path) -> None:
     mbr = _sfdisk_image(tmp_path / "mbr.img", 64 * 1024**2, disk.partition_script(1024**3))
-    assert disk.our_table_mark(mbr, "mbr")
+    assert our_table_mark(mbr, "mbr")
     gpt = _sfdisk_image(tmp_path / "gpt.img", 64 * 1024**2, disk.partition_script(3 * 1024**4))
-    assert disk.our_table_mark(gpt, "gpt")
+    assert our_table_mark(gpt, "gpt")
     theirs = _sfdisk_image(tmp_path / "theirs.img", 64 * 1024**2, "label: dos\ntype=7\n")
-    assert not disk.our_table_mark(theirs, "mbr")
+    assert not our_table_mark(theirs, "mbr")
     theirs_gpt = _sfdisk_image(tmp_path / "tg.img", 64 * 1024**2, "label: gpt\ntype=linux\n")
-    assert not disk.our_table_mark(theirs_gpt, "gpt")
-    assert not disk.our_table_mark(bytes(16 * 1024), None)
+    assert not our_table_mark(theirs_gpt, "gpt")
+    assert not our_table_mark(bytes(16 * 1024), None)
 
 
 # ---------------------------------------------------------------- plans on image files
