@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 
 from tests.e2e import harness
+from tests.support import debian_root
 
 
-def need_lab(packages: tuple[str, ...] = harness.OUR_PACKAGES) -> None:
+def need_lab(packages: tuple[str, ...] = harness.OUR_PACKAGES,
+             suite: str = debian_root.SUITE) -> None:
     """Skip (outside CI) when the lab cannot run here, with the reason."""
-    reason = harness.skip_reason(packages)
+    reason = harness.skip_reason(packages, suite)
     if reason:
         pytest.skip(reason)
 

@@ -13,7 +13,8 @@ What a lab is made of, each undone in reverse order on leaving, also on failure:
   HostGAPlugin on 32526 as the agents expect; its record file is read by the tests;
 - two loop devices: the scenario's provisioning ISO (the VM's /dev/sr0) and a sparse
   resource disk (behind /dev/disk/azure/resource);
-- the VM: a fresh copy of the cached Debian root, entered in new mount, UTS and PID
+- the VM: a fresh copy of the cached Debian root (Debian 12 by default, or `suite=` another
+  release: see debian_root.SUITES), entered in new mount, UTS and PID
   namespaces inside the VM network namespace, with its own /proc, /sys (the scenario's
   DMI product_uuid added), a minimal /dev and /run, chrooted; PID 1 is a small reaper.
   Commands run in it with nsenter, as if typed on its console.
@@ -51,8 +52,19 @@ REPO = Path(__file__).resolve().parents[2]
 FABRIC_ADDRESS = "192.0.2.1"
 VM_ADDRESS = "192.0.2.10"
 # What the agent needs in the VM besides the default root: python3 to run, sfdisk (fdisk)
-# to partition the resource disk, openssl for the transport pair and certificates.
-OUR_PACKAGES: tuple[str, ...] = (*debian_root.DEFAULT_PACKAGES, "python3", "fdisk", "openssl")
+# to partition the resource disk, mkfs.ext4 (e2fsprogs: in minbase up to Debian 12, not
+# in 13) to format it, openssl for the transport pair and certificates.
+OUR_PACKAGES: tuple[str, ...] = (*debian_root.DEFAULT_PACKAGES, "python3", "fdisk",
+                                 "e2fsprogs", "openssl")
+# The agent's Python dependencies are copied from this interpreter's environment. Those of
+# them with modules compiled for this Python only (cpython-3XX, not the stable ABI) come
+# from the VM's Debian release when its python3 is another: distribution name -> package.
+DEBIAN_BUILDS: dict[str, str] = {
+    "cffi": "python3-cffi",  # _cffi_backend, which cryptography's bindings load
+    "pyyaml": "python3-yaml",
+    "charset-normalizer": "python3-charset-normalizer",
+}
+HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 # The published agent for the benchmarks, and xorriso to read its DVD (see bench/ready.py).
 WAAGENT_PACKAGES: tuple[str, ...] = (*OUR_PACKAGES, "waagent", "xorriso")
 HOST_TOOLS = ("ip", "unshare", "nsenter", "chroot", "losetup", "mount", "mknod", "dnsmasq",
@@ -74,14 +86,24 @@ COMMAND_TIMEOUT = 300
 _tags = itertools.count()
 
 
-def skip_reason(packages: Sequence[str] = OUR_PACKAGES) -> str | None:
+def root_packages(packages: Sequence[str] = OUR_PACKAGES, suite: str = debian_root.SUITE,
+                  install_ours: bool = True) -> tuple[str, ...]:
+    """The Debian packages of a lab's root: `packages`, and when our agent goes into a root
+    whose python3 is not this one, the Debian builds of its compiled dependencies."""
+    if not install_ours or debian_root.SUITES[suite].python == HOST_PYTHON:
+        return tuple(packages)
+    return (*packages, *sorted(DEBIAN_BUILDS.values()))
+
+
+def skip_reason(packages: Sequence[str] = OUR_PACKAGES,
+                suite: str = debian_root.SUITE) -> str | None:
     """Why a lab cannot be had here (None when it can)."""
     if os.geteuid() != 0:
         return "the e2e lab needs root (namespaces, loop devices, chroot)"
     missing = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
     if missing:
         return "missing tools: " + ", ".join(missing)
-    return debian_root.skip_reason(packages)
+    return debian_root.skip_reason(root_packages(packages, suite), suite)
 
 
 @dataclass
@@ -544,15 +566,22 @@ def dependency_closure(name: str) -> list[importlib.metadata.Distribution]:
     return [dist for key, dist in seen.items() if key != name]
 
 
-_agent_tree: Path | None = None
+def built_for_this_python(file: importlib.metadata.PackagePath) -> bool:
+    """An extension module only this interpreter's version loads (not the stable ABI)."""
+    return file.suffix == ".so" and f".cpython-{sys.version_info.major}{sys.version_info.minor}-" \
+        in file.name
 
 
-def agent_tree() -> Path:
-    """The agent as installed in a VM (its packages and their dependencies, compiled),
-    built once per process in a temporary directory and copied into each root."""
-    global _agent_tree
-    if _agent_tree is not None:
-        return _agent_tree
+_agent_trees: dict[str, Path] = {}
+
+
+def agent_tree(python: str = HOST_PYTHON) -> Path:
+    """The agent as installed in a VM whose python3 is `python` (its packages and their
+    dependencies), built once per process in a temporary directory and copied into each
+    root. For this Python it is compiled here; for another, the VM's python3 compiles it
+    (install_agent) and the dependencies in DEBIAN_BUILDS are left to the VM's release."""
+    if python in _agent_trees:
+        return _agent_trees[python]
     scratch = tempfile.mkdtemp(prefix="waagent-e2e-agent-")
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     tree = Path(scratch) / "tree"
@@ -561,22 +590,48 @@ def agent_tree() -> Path:
         shutil.copytree(REPO / package, tree / package, ignore=ignore)
     shutil.copy2(REPO / "dodo.py", tree / "dodo.py")
     for dist in dependency_closure("waagent-graph"):
-        for file in dist.files or []:
-            if ".." in file.parts or file.suffix == ".pyc":
-                continue  # console scripts in bin/, stale bytecode
+        files = [file for file in dist.files or []
+                 # console scripts in bin/, stale bytecode
+                 if ".." not in file.parts and file.suffix != ".pyc"]
+        if python != HOST_PYTHON:
+            name = dist.metadata["Name"].lower().replace("_", "-")
+            if name in DEBIAN_BUILDS:
+                continue
+            compiled = [str(file) for file in files if built_for_this_python(file)]
+            if compiled:
+                raise AssertionError(
+                    f"{name} has modules built for Python {HOST_PYTHON} only ({compiled[0]}): "
+                    f"a VM with Python {python} cannot load them; add its Debian package "
+                    "to DEBIAN_BUILDS in tests/e2e/harness.py")
+        for file in files:
             target = tree / file
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(Path(str(dist.locate_file(file))), target)
-    # Compiled now, as a distribution's package is at install: the VM's python3 is 3.11
-    # like this one, so the bytecode is valid there.
-    run([sys.executable, "-m", "compileall", "-q", "-j0", str(tree)])
-    _agent_tree = tree
+    if python == HOST_PYTHON:
+        # Compiled now, as a distribution's package is at install.
+        run([sys.executable, "-m", "compileall", "-q", "-j0", str(tree)])
+    _agent_trees[python] = tree
     return tree
 
 
-def install_agent(root: Path) -> None:
+def root_python(root: Path) -> str:
+    """major.minor of the root's /usr/bin/python3."""
+    name = Path(os.readlink(root / "usr/bin/python3")).name
+    return name.removeprefix("python")
+
+
+def install_agent(root: Path, suite: str = debian_root.SUITE) -> None:
     """waagent-graph into the VM root: /opt/waagent-graph and /usr/local/sbin/waagent."""
-    shutil.copytree(agent_tree(), root / AGENT_DIR, symlinks=True)
+    python = debian_root.SUITES[suite].python
+    if root_python(root) != python:
+        raise AssertionError(f"the {suite} root's python3 is {root_python(root)}, not "
+                             f"{python}: correct debian_root.SUITES")
+    shutil.copytree(agent_tree(python), root / AGENT_DIR, symlinks=True)
+    if python != HOST_PYTHON:
+        # Its bytecode made by its python3 at install, as a distribution's package is; the
+        # root's own binary runs, chrooted, before the VM exists.
+        run(["chroot", str(root), "/usr/bin/python3", "-m", "compileall", "-q",
+             f"/{AGENT_DIR}"], env=VM_ENV)
     launcher = root / AGENT_LAUNCHER
     launcher.write_text(LAUNCHER.format(dir=AGENT_DIR))
     launcher.chmod(0o755)
@@ -642,8 +697,12 @@ def unique_tag() -> str:
 @contextlib.contextmanager
 def lab(work: Path, scenario_file: Path, *, conf: str | None,
         packages: Sequence[str] = OUR_PACKAGES, install_ours: bool = True,
-        prepare: Callable[[Path], None] | None = None, tag: str | None = None) -> Iterator[Lab]:
+        prepare: Callable[[Path], None] | None = None, tag: str | None = None,
+        suite: str = debian_root.SUITE) -> Iterator[Lab]:
     """A booted VM for `scenario_file` with `conf` as /etc/waagent.conf; all undone after.
+
+    `suite` is the Debian release of its root (debian_root.SUITES); `packages` are the
+    Debian packages in it (root_packages adds what our agent needs from that release).
 
     `prepare(root)` changes the root before boot (the benchmarks install waagent's helpers).
     The root directory is deleted afterwards; logs and the fabric's record stay in `work`.
@@ -654,10 +713,10 @@ def lab(work: Path, scenario_file: Path, *, conf: str | None,
     with contextlib.ExitStack() as stack:
         root = work / "vm"
         stack.callback(shutil.rmtree, root, ignore_errors=True)
-        debian_root.fresh_debian_root(root, packages)
+        debian_root.fresh_debian_root(root, root_packages(packages, suite, install_ours), suite)
         prepare_root(root, conf)
         if install_ours:
-            install_agent(root)
+            install_agent(root, suite)
         if prepare is not None:
             prepare(root)
         key_file = work / "id_scenario"

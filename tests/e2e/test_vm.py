@@ -3,14 +3,20 @@
 The life of one VM, in order (the tests of this module share it and run in file order):
 boot-time provisioning, a login with the scenario's key, a second boot that changes
 nothing, a waagent.conf edit that reruns only its task, and deprovision+user that leaves
-no secret. Then a VM whose scenario has no password (sudo without one), and a lab that
-fails half-way and still leaves nothing behind. See tests/e2e/harness.py for the lab.
+no secret. It is lived once per Debian release in SUITES: Debian 12 (Python 3.11) and
+Debian 13 (Python 3.13, no `crypt` module), so the agent is known to run on both.
+
+Then, on Debian 12 only, a VM whose scenario has no password (sudo without one) and a lab
+that fails half-way and still leaves nothing behind: the first tests the agent's logic,
+which the Python version does not change, and the second the harness; each costs a VM.
+See tests/e2e/harness.py for the lab.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.metadata
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +26,13 @@ import pytest
 from fabric.scenario import default_scenario_path
 from tests.e2e import harness
 from tests.e2e.conftest import checked_lab, leftovers, need_lab
+from tests.support.debian_root import SUITES as RELEASES
 from tests.support.noop_boot import WATCHED_BOOT, check_watched_boot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+# The Debian releases the VM's life is lived on (tests/support/debian_root.SUITES).
+SUITES = ("bookworm", "trixie")
 
 SWAP_MB = 64
 EDITED_SWAP_MB = 96
@@ -49,6 +59,38 @@ ssh_keys:
   - name: operator-key
 resource_disk_size_mb: 1024
 """
+
+
+# What the agent does in-process on the VM's python3, with its dependencies as installed
+# there: cryptography's compiled bindings (the transport pair without openssl) and the
+# crypt(3) hashes passlib makes without the `crypt` module (gone in Python 3.13), bcrypt's
+# included. argv: the top-level modules of the agent's dependencies, each imported.
+IN_PROCESS = """\
+import importlib, importlib.util, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from passlib.hash import bcrypt, sha512_crypt
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "LinuxTransport")])
+x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(
+    key.public_key()).serial_number(1).not_valid_before(
+    __import__("datetime").datetime(2020, 1, 1)).not_valid_after(
+    __import__("datetime").datetime(2040, 1, 1)).sign(key, hashes.SHA256())
+assert sha512_crypt.using(salt="salt", rounds=5000).hash("x").startswith("$6$salt$")
+assert bcrypt.using(ident="2a", rounds=4).hash("x").startswith("$2a$04$")
+print("%d.%d" % sys.version_info[:2], importlib.util.find_spec("crypt") is not None)
+"""
+
+
+def dependency_modules() -> list[str]:
+    """Top-level modules of the agent's dependencies, as this environment has them."""
+    dists = {dist.metadata["Name"] for dist in harness.dependency_closure("waagent-graph")}
+    return sorted(module for module, owners in importlib.metadata.packages_distributions().items()
+                  if dists & set(owners))
 
 
 def boot_and_provision(vm_lab: harness.Lab) -> harness.Captured:
@@ -95,12 +137,20 @@ def files_holding(top: Path, secrets: list[str], skip: tuple[str, ...]) -> dict[
     return found
 
 
+@pytest.fixture(scope="module", params=SUITES)
+def suite(request: pytest.FixtureRequest) -> str:
+    """The Debian release of the VM (pytest runs the whole life on one, then the next)."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="module")
-def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Lab]:
-    """The default scenario's VM, booted once for the tests of this module."""
-    need_lab()
-    work = tmp_path_factory.mktemp("e2e-vm")
-    with checked_lab(work, default_scenario_path(), conf=CONF.format(swap_mb=SWAP_MB)) as lab:
+def booted(suite: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Lab]:
+    """The default scenario's VM on `suite`, booted once for the tests of this module."""
+    need_lab(suite=suite)
+    work = tmp_path_factory.mktemp(f"e2e-vm-{suite}")
+    with checked_lab(work, default_scenario_path(), conf=CONF.format(swap_mb=SWAP_MB),
+                     suite=suite) as lab:
         yield lab
 
 
@@ -150,6 +200,16 @@ def test_ssh_logs_in_as_the_scenario_user(vm_lab: harness.Lab) -> None:
     # The host key is the one asked for in waagent.conf, freshly made.
     host_keys = sorted(p.name for p in (vm_lab.root / "etc/ssh").glob("ssh_host_*_key"))
     assert host_keys == ["ssh_host_ed25519_key"]
+
+
+def test_the_agent_runs_on_the_release_python(vm_lab: harness.Lab, suite: str) -> None:
+    """The VM's python3 is its release's, and every dependency works there."""
+    done = vm_lab.vm.run(["env", f"PYTHONPATH=/{harness.AGENT_DIR}", "python3", "-c",
+                          IN_PROCESS, *dependency_modules()], check=False)
+    assert done.returncode == 0, done.output[-4000:]
+    python = RELEASES[suite].python
+    has_crypt = tuple(map(int, python.split("."))) < (3, 13)
+    assert done.stdout.split() == [python, str(has_crypt)]
 
 
 def test_resource_disk_is_mounted_with_swap(vm_lab: harness.Lab) -> None:
