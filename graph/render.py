@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import html
 import json
+import string
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -279,62 +281,15 @@ def to_html(graph: TaskGraph) -> str:
         f"last run: {html.escape(w)}</li>" for k, w in LAST_WORDS.items())
     index = "".join(f'<li><a href="#" data-node="{ids[n]}">{html.escape(n)}</a></li>'
                     for n in sorted(graph.nodes))
-    return HTML_PAGE.format(svg=svg, data=data, legend=legend, index=index,
-                            report=html.escape(graph.last_run_file or "no run yet"))
+    return html_page().substitute(svg=svg, data=data, legend=legend, index=index,
+                                  report=html.escape(graph.last_run_file or "no run yet"))
 
 
-HTML_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
-<title>waagent task graph</title>
-<style>
-body {{ font-family: sans-serif; margin: 0; display: flex; height: 100vh; }}
-#graph {{ flex: 1; overflow: auto; padding: 8px; }}
-#side {{ width: 360px; overflow: auto; border-left: 1px solid #ccc; padding: 8px 12px;
-        font-size: 13px; }}
-#details h2 {{ font-size: 15px; word-break: break-all; }}
-.swatch {{ display: inline-block; width: 14px; height: 14px; margin-right: 6px;
-          vertical-align: middle; box-sizing: border-box; }}
-ul {{ padding-left: 18px; }} #legend, #index {{ list-style: none; padding-left: 0; }}
-g.node {{ cursor: pointer; }} g.node.selected path, g.node.selected polygon {{ stroke-width: 5; }}
-</style></head><body>
-<div id="graph">{svg}</div>
-<div id="side">
-<div id="details"><h2>Click a task</h2><p>Hover for a summary, click for details.</p></div>
-<h3>Legend</h3><ul id="legend">{legend}</ul>
-<p>Last run report: {report}</p>
-<h3>Tasks</h3><ul id="index">{index}</ul>
-</div>
-<script>
-const TASKS = {data};
-function esc(s) {{ const d = document.createElement("div"); d.textContent = String(s); return d.innerHTML; }}
-function list(title, items) {{
-  return "<h4>" + title + "</h4>" + (items.length ? "<ul>" + items.map(i => "<li>" + esc(i) + "</li>").join("") + "</ul>" : "<p>none</p>");
-}}
-function show(id) {{
-  const t = TASKS[id]; if (!t) return;
-  document.querySelectorAll("g.node.selected").forEach(n => n.classList.remove("selected"));
-  const g = document.getElementById(id);
-  if (g) {{ g.classList.add("selected"); g.scrollIntoView({{block: "center", inline: "center"}}); }}
-  let h = "<h2>" + esc(t.name) + "</h2><p class='doc'>" + esc(t.doc || "(no doc)") + "</p>";
-  h += "<p><b>Now:</b> " + esc(t.plan_words) + (t.delayed ? " (delayed task)" : "") + "</p>";
-  h += "<p><b>Last run:</b> " + esc(t.last_words || t.last || "") +
-       (t.last_duration != null ? " in " + esc(t.last_duration) + " s" : "") + "</p>";
-  if (t.last_error) h += "<p><b>Error:</b> " + esc(t.last_error) + "</p>";
-  h += list("Why it would run", t.plan_reasons) + list("Last run's reasons", t.last_reason);
-  h += list("Task dependencies", t.task_dep) + list("File dependencies", t.file_dep);
-  h += list("Targets", t.targets);
-  document.getElementById("details").innerHTML = h;
-}}
-document.querySelectorAll("g.node").forEach(g => {{
-  g.addEventListener("click", e => {{ e.preventDefault(); show(g.id); }});
-}});
-document.querySelectorAll("#index a").forEach(a => {{
-  a.addEventListener("click", e => {{ e.preventDefault(); show(a.dataset.node); }});
-}});
-</script>
-</body></html>
-"""
+def html_page() -> string.Template:
+    """The page around the picture: graph/templates/graph.html, $-placeholders."""
+    page = resources.files("graph").joinpath("templates/graph.html")
+    return string.Template(page.read_text(encoding="utf-8"))
+
 
 def to_json(graph: TaskGraph) -> str:
     return json.dumps(graph.to_json(), indent=1, default=str) + "\n"
