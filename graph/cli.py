@@ -197,6 +197,10 @@ def _main(argv: Sequence[str] | None, run_doit: Callable[[list[str]], int] | Non
         return 0
     if inv.verb == "show-configuration":
         return show_configuration(inv, root_dir)
+    if inv.verb == "daemon":
+        from graph.daemon import run_daemon
+
+        return run_daemon(dict(a.split("=", 1) for a in _engine_vars(inv)))
     route = VERBS.get(inv.verb)
     if route is None:
         print(f"waagent: -{inv.verb} is not implemented yet in {AGENT_NAME} {AGENT_VERSION}",

@@ -87,3 +87,29 @@ GROUPS: tuple[Group, ...] = (
            "ssh:report", "certificates", "ssh", "customdata", "report", "publish", "disk",
            "network", "kernel")),
 )
+
+
+class Monitor(Record):
+    """Periodic work of the daemon (graph/daemon.py): `targets` (areas, or `AREA:TASK`)
+    run every `period_option` seconds while `enabled_option` (if any) is on. A target
+    whose area yields no such task with this configuration is skipped."""
+
+    name: str
+    doc: str
+    targets: tuple[str, ...]
+    period_option: str
+    enabled_option: str | None = None
+
+
+MONITORS: tuple[Monitor, ...] = (
+    Monitor("hostname", "publish a hostname the admin changed", ("publish:hostname",),
+            "Provisioning.MonitorHostNamePeriod", "Provisioning.MonitorHostName"),
+    Monitor("dhcp", "routes back after a DHCP client restart", ("network:routes",),
+            "OS.MonitorDhcpClientRestartPeriod"),
+    Monitor("scsi-timeout", "root device SCSI timeout", ("kernel:scsi-timeout",),
+            "OS.RootDeviceScsiTimeoutPeriod"),
+    Monitor("net-rules", "persistent network rules moved aside", ("network:persistent-rules",),
+            "OS.RemovePersistentNetRulesPeriod"),
+    Monitor("firewall", "the firewall towards the WireServer kept in place",
+            ("network:firewall",), "OS.EnableFirewallPeriod", "OS.EnableFirewall"),
+)

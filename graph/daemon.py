@@ -1,0 +1,383 @@
+"""`waagent -daemon`: provision, then watch the platform and the VM, in one process.
+
+Start: the provision group, as `waagent provision` runs it. Then the loop, every
+`Extensions.GoalStatePeriod` seconds (the first after `Extensions.InitialGoalStatePeriod`):
+- the cheap facts: the goal state document (its digest) and, where the HostGAPlugin
+  has FastTrack, `vmSettings` asked with the ETag already seen;
+- nothing changed: no graph work. Something changed (a new goal state or vmSettings,
+  an edited waagent.conf, SIGHUP): doit runs the provision group again in this process,
+  over a regenerated graph, and only the tasks whose inputs changed run;
+- the status blob goes up every loop (tasks/status.py), as waagent sends it;
+- monitors (tasks.MONITORS) run on their own periods, all that are due in one doit run.
+
+SIGTERM or SIGINT: the running task finishes, doit saves its state, the daemon exits 0.
+A SIGKILL at any point is safe: one-shot work is recorded with the work itself
+(tasks/once.py) and every other task checks the real state. A second daemon refuses to
+start and names the PID that runs. `waagent status` shows `<Lib.Dir>/daemon.json`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from graph.context import DEFAULT_CONF, Context, make_context
+from system.errors import AgentError
+from system.log import get_logger
+from tasks import MONITORS, Monitor, inputs
+
+log = get_logger("waagent.daemon")
+
+STATE_FILE = "daemon.json"
+# waagent asks again this long after the HostGAPlugin said it has no FastTrack.
+FAST_TRACK_RECHECK = 6 * 3600.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class DaemonRunning(AgentError):
+    """Another daemon holds Pid.File."""
+
+
+class PidLock:
+    """Pid.File, locked (flock) for as long as the daemon runs, holding its PID."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DaemonRunning(f"another waagent daemon is running as PID {holder} "
+                                f"(it holds {self.path}); stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = None
+
+
+class Wakeup:
+    """Signals end the daemon's sleep at once: their handlers only set flags, and Python
+    writes each signal's number to this pipe (signal.set_wakeup_fd)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.previous = signal.set_wakeup_fd(self.write_fd)
+
+    def wait(self, seconds: float) -> None:
+        if seconds > 0:
+            ready, _, _ = select.select([self.read_fd], [], [], seconds)
+            if ready:
+                self.drain()
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self.previous)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+def doit_args(variables: dict[str, str], *targets: str) -> list[str]:
+    return [*targets, *(f"{key}={value}" for key, value in variables.items())]
+
+
+class Daemon:
+    """The agent's long-lived process (see the module's docstring)."""
+
+    def __init__(self, variables: dict[str, str],
+                 run_doit: Callable[[list[str]], int] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.variables = dict(variables)
+        self._run_doit = run_doit
+        self.clock = clock
+        self.ctx: Context = make_context(self.variables)
+        self.stopping = False
+        self.reload_asked = False
+        self.conf_stamp = self._conf_stamp()
+        self.goal_state_digest: str | None = None
+        self.goal_state: Any = None  # wire.documents.GoalState of that digest
+        self.target: Any = None  # tasks.status.StatusTarget of that goal state
+        self.vm_settings_etag: str | None = None
+        self.fast_track_next = 0.0
+        self.status_key: str | None = None
+        self.monitors: dict[str, Monitor] = {}
+        self.monitor_due: dict[str, float] = {}
+        self.state: dict[str, Any] = {
+            "pid": os.getpid(), "since": time.time(), "loops": 0, "graph_runs": 0,
+            "conf_reloads": 0, "goal_state": {}, "status": {}, "monitors": {},
+            "last_run": {}}
+
+    # -- process ------------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; 0 then, 1 when the daemon cannot start."""
+        lock = PidLock(self.ctx.root / self.ctx.conf.required_path("Pid.File"))
+        try:
+            lock.acquire()
+        except DaemonRunning as err:
+            log.error("%s", err)
+            return 1
+        handlers = self._install_signals()
+        wakeup = Wakeup()
+        try:
+            log.info("daemon started (PID %s): provisioning, then the goal-state loop",
+                     os.getpid())
+            self.run_graph("provision", why="start")
+            self.loop(wakeup)
+        finally:
+            wakeup.close()
+            for signum, previous in handlers.items():
+                signal.signal(signum, previous)
+            self.save_state(stopped=True)
+            lock.release()
+        log.info("daemon stopped after %s loops", self.state["loops"])
+        return 0
+
+    def _install_signals(self) -> dict[int, Any]:
+        def stop(signum: int, frame: Any) -> None:
+            self.stopping = True
+
+        def reload(signum: int, frame: Any) -> None:
+            self.reload_asked = True
+
+        previous: dict[int, Any] = {}
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, stop)
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
+        return previous
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def loop(self, wakeup: Wakeup) -> None:
+        conf = self.ctx.conf
+        next_pass = self.clock() + (conf.number("Extensions.InitialGoalStatePeriod") or 6)
+        self._schedule_monitors()
+        while not self.stopping:
+            now = self.clock()
+            wake_at = min([next_pass, *self.monitor_due.values()])
+            wakeup.wait(wake_at - now)
+            if self.stopping:
+                break
+            if self.reload_asked or self._conf_stamp() != self.conf_stamp:
+                self.reload_conf()
+            now = self.clock()
+            if now >= next_pass:
+                self.goal_state_pass()
+                next_pass = now + (self.ctx.conf.number("Extensions.GoalStatePeriod") or 6)
+            self.run_due_monitors()
+
+    def goal_state_pass(self) -> None:
+        """One loop: cheap facts, the graph when they changed, the status."""
+        self.state["loops"] += 1
+        try:
+            changed = self.platform_changed()
+        except Exception as err:  # noqa: BLE001 - the platform may be away: say so, go on
+            log.warning("goal state check failed: %s", err)
+            self.state["goal_state"]["error"] = str(err)
+            changed = []
+        if changed:
+            self.run_graph("provision", why=", ".join(changed))
+        self.report_status()
+        self.save_state()
+
+    def platform_changed(self) -> list[str]:
+        """What is new on the platform since the last pass: the goal state document, or
+        the FastTrack vmSettings (ETag)."""
+        from wire import decode_text
+        from wire.documents import parse_goal_state
+
+        changed = []
+        document = inputs.wireserver(self.ctx).goal_state_document()
+        digest = inputs.goal_state_digest(decode_text(document))
+        if digest != self.goal_state_digest:
+            state = parse_goal_state(document)
+            if self.goal_state_digest is not None:
+                changed.append(f"goal state incarnation {state.incarnation}")
+            self.take_goal_state(digest, state)
+        if self.vm_settings_changed():
+            changed.append(f"vmSettings {self.vm_settings_etag}")
+        return changed
+
+    def take_goal_state(self, digest: str, state: Any) -> None:
+        from tasks.status import fetch_status_target
+
+        self.goal_state_digest, self.goal_state = digest, state
+        self.target = fetch_status_target(self.ctx, state)
+        self.state["goal_state"] = {"incarnation": state.incarnation, "seen_at": time.time()}
+
+    def vm_settings_changed(self) -> bool:
+        """FastTrack: True when vmSettings carries a new ETag. A host without it is asked
+        again after FAST_TRACK_RECHECK."""
+        from tasks.status import hostplugin
+        from wire.errors import WireError
+
+        if self.target is None or self.clock() < self.fast_track_next:
+            return False
+        try:
+            answer = hostplugin(self.ctx, self.target).vm_settings(self.vm_settings_etag)
+        except WireError as err:
+            log.debug("vmSettings: %s", err)
+            return False
+        if answer.status == "unsupported":
+            self.fast_track_next = self.clock() + FAST_TRACK_RECHECK
+            return False
+        if answer.status == "unchanged" or answer.etag == self.vm_settings_etag:
+            return False
+        first = self.vm_settings_etag is None
+        self.vm_settings_etag = answer.etag
+        self.state["goal_state"]["vm_settings_etag"] = answer.etag
+        return not first
+
+    def report_status(self) -> None:
+        """Build and upload this loop's status blob; keep a copy when it says something new."""
+        from tasks.status import build_status, keep_status_copy, status_is_new, upload_status
+        from wire.status import encode
+
+        if self.target is None:
+            return
+        try:
+            blob = build_status(self.ctx, self.target)
+            content = encode(blob)
+            via = upload_status(self.ctx, self.target, content)
+            new, self.status_key = status_is_new(self.status_key, blob)
+            if new:
+                keep_status_copy(self.ctx, self.target, content)
+        except Exception as err:  # noqa: BLE001 - the next loop tries again
+            log.warning("status not reported: %s", err)
+            self.state["status"] = {"at": time.time(), "error": str(err)}
+            return
+        self.state["status"] = {"at": time.time(), "via": via,
+                                "incarnation": self.target.incarnation}
+
+    # -- the graph ----------------------------------------------------------------------------
+
+    def run_graph(self, *targets: str, why: str) -> int:
+        """doit over a regenerated graph, in this process; a stop signal during it ends
+        the run after the running task (doit saves what finished)."""
+        run = self._run_doit or _engine()
+        log.info("running %s (%s)", " ".join(targets), why)
+        started = time.time()
+        try:
+            result = run(doit_args(self.variables, *targets))
+        except KeyboardInterrupt:
+            self.stopping = True
+            result = 2
+        self.state["graph_runs"] += 1
+        self.state["last_run"] = {"targets": list(targets), "why": why, "at": started,
+                                  "seconds": round(time.time() - started, 3),
+                                  "result": "ok" if result == 0 else f"exit {result}"}
+        return result
+
+    def reload_conf(self) -> None:
+        """A new Context from the edited waagent.conf; the graph then reruns what it touches."""
+        self.reload_asked = False
+        self.conf_stamp = self._conf_stamp()
+        try:
+            self.ctx = make_context(self.variables)
+        except AgentError as err:
+            log.error("waagent.conf not reloaded: %s", err)
+            return
+        self.state["conf_reloads"] += 1
+        self.target = self.goal_state = self.goal_state_digest = None
+        self._schedule_monitors()
+        self.run_graph("provision", why="waagent.conf changed")
+
+    def _conf_path(self) -> Path:
+        given = self.variables.get("conf")
+        return Path(given) if given else self.ctx.root.follow(DEFAULT_CONF)
+
+    def _conf_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self._conf_path().stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    # -- monitors -----------------------------------------------------------------------------
+
+    def _schedule_monitors(self) -> None:
+        """Each enabled monitor that has tasks with this configuration, due one period
+        from now."""
+        now = self.clock()
+        self.monitors = {m.name: m for m in MONITORS if self.monitor_targets(m)}
+        self.monitor_due = {name: now + self.period(m) for name, m in self.monitors.items()}
+
+    def period(self, monitor: Monitor) -> float:
+        return float(self.ctx.conf.number(monitor.period_option) or 30)
+
+    def monitor_targets(self, monitor: Monitor) -> list[str]:
+        """The monitor's tasks in this configuration's graph (none while its area is not
+        built, or when its option turns it off)."""
+        import importlib
+
+        from tasks import AREAS
+
+        if monitor.enabled_option and not self.ctx.conf.flag(monitor.enabled_option):
+            return []
+        areas = {area.name: area for area in AREAS}
+        found = []
+        for target in monitor.targets:
+            area_name, _, task_name = target.partition(":")
+            area = areas[area_name]
+            generate = getattr(importlib.import_module(area.module), area.function)
+            names = [f"{area_name}:{task['name']}" for task in generate(self.ctx)]
+            found += [name for name in names if not task_name or name == target]
+        return found
+
+    def run_due_monitors(self) -> None:
+        now = self.clock()
+        due = [name for name, at in self.monitor_due.items() if at <= now]
+        if not due:
+            return
+        targets = [t for name in due for t in self.monitor_targets(self.monitors[name])]
+        if targets:
+            self.run_graph(*targets, why="monitor " + ", ".join(due))
+        for name in due:
+            self.monitor_due[name] = now + self.period(self.monitors[name])
+            self.state["monitors"][name] = time.time()
+
+    # -- what `waagent status` shows ----------------------------------------------------------
+
+    def save_state(self, stopped: bool = False) -> None:
+        """`<Lib.Dir>/daemon.json`, for `waagent status` (not durable: it is rewritten
+        every loop and only informs)."""
+        state = {**self.state, "updated": time.time(), "running": not stopped}
+        try:
+            self.ctx.fs.write(self.ctx.lib_dir / STATE_FILE, json.dumps(state) + "\n",
+                              mode=0o644, quiet=True, durable=False, why="daemon state")
+        except OSError as err:
+            log.warning("daemon state not saved: %s", err)
+
+
+def _engine() -> Callable[[list[str]], int]:
+    from graph.main import run_doit
+
+    return run_doit
+
+
+def run_daemon(variables: dict[str, str]) -> int:
+    """`waagent -daemon`."""
+    return Daemon(variables).serve()

@@ -1,0 +1,159 @@
+"""The status the daemon reports every loop (PLATFORM.md section 8).
+
+The aggregate status blob says the agent is Ready, with its version, this VM's name and
+system, and each extension handler's status. Without it the platform shows "VM agent
+not ready" and no extension operation succeeds. It goes to the StatusUploadBlob that
+ExtensionsConfig names: through the HostGAPlugin (`PUT /status`), else straight to the
+blob. A copy of each new status is kept in `<Lib.Dir>/history/<goal state>/`.
+
+Not a doit task: it is sent every loop, changed or not, as waagent does; the platform
+takes a blob that stops arriving as an agent that stopped.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from graph.context import Context
+from system.errors import AgentError
+from system.log import get_logger
+from system.record import Record
+from tasks import inputs
+
+if TYPE_CHECKING:
+    from wire.documents import GoalState
+    from wire.extensions_config import ExtensionsConfig
+    from wire.status import HandlerStatus
+
+log = get_logger("waagent.status")
+
+AGENT_VERSION = "0.1.0"
+HISTORY_DIR = "history"
+STATUS_FILE = "waagent_status.json"
+HISTORY_KEEP = 50  # goal states whose status copies are kept
+
+
+class StatusTarget(Record):
+    """Where this goal state's status goes, and what it acknowledges."""
+
+    incarnation: str
+    container_id: str
+    role_config_name: str | None
+    blob_url: str | None
+    blob_type: str
+    in_svd_seq_no: str
+
+
+class StatusUploadFailed(AgentError):
+    """Neither the HostGAPlugin nor the blob took the status."""
+
+
+def status_target(state: GoalState, extensions: ExtensionsConfig | None) -> StatusTarget:
+    """The upload target of a goal state and its ExtensionsConfig (no blob: nothing to
+    upload to, as on a platform that asks for no status)."""
+    return StatusTarget(
+        incarnation=state.incarnation, container_id=state.container_id,
+        role_config_name=state.role_config_name,
+        blob_url=extensions.status_upload_blob if extensions else None,
+        blob_type=extensions.status_blob_type if extensions else "BlockBlob",
+        in_svd_seq_no=(extensions.in_svd_seq_no if extensions and extensions.in_svd_seq_no
+                       else state.incarnation))
+
+
+def fetch_status_target(ctx: Context, state: GoalState) -> StatusTarget:
+    """The goal state's target, fetching its ExtensionsConfig."""
+    return status_target(state, inputs.wireserver(ctx).extensions_config(state))
+
+
+def os_info(ctx: Context) -> Any:
+    """`guestOSInfo`: the running hostname, the distribution and this agent's version."""
+    from wire.status import GuestOSInfo
+
+    found = inputs.distro(ctx)
+    name = socket.gethostname() if ctx.root.is_host else _static_hostname(ctx)
+    return GuestOSInfo(computer_name=name, os_name=found.id, os_version=found.version,
+                       agent_version=AGENT_VERSION)
+
+
+def _static_hostname(ctx: Context) -> str:
+    try:
+        return ctx.root.follow("etc/hostname").read_text().strip()
+    except OSError:
+        return ""
+
+
+def build_status(ctx: Context, target: StatusTarget,
+                 handlers: Sequence[HandlerStatus] = ()) -> dict[str, Any]:
+    """The status blob document for this loop."""
+    from wire.status import GoalStateStatus, status_blob
+
+    return status_blob(os_info=os_info(ctx), handlers=handlers,
+                       goal_state=GoalStateStatus(in_svd_seq_no=target.in_svd_seq_no))
+
+
+def hostplugin(ctx: Context, target: StatusTarget) -> Any:
+    """The HostGAPlugin client for this goal state: `hostplugin=URL`, or the WireServer's
+    address on the HostGAPlugin's port."""
+    from urllib.parse import urlsplit
+
+    from wire.hostplugin import HOSTPLUGIN_PORT, HostPluginClient
+
+    given = ctx.var("hostplugin")
+    endpoint = given or f"{urlsplit(inputs.wireserver(ctx).base).hostname}:{HOSTPLUGIN_PORT}"
+    return HostPluginClient(endpoint, container_id=target.container_id,
+                            role_config_name=target.role_config_name,
+                            http=inputs.wireserver(ctx).http)
+
+
+def upload_status(ctx: Context, target: StatusTarget, content: bytes) -> str:
+    """Upload through the HostGAPlugin, else straight to the blob; say which took it."""
+    from wire.blob import put_status_blob
+    from wire.errors import WireError
+
+    if target.blob_url is None:
+        return "nowhere: the goal state names no StatusUploadBlob"
+    blob_type: Any = target.blob_type
+    try:
+        hostplugin(ctx, target).put_status(target.blob_url, content, blob_type)
+        return "HostGAPlugin"
+    except WireError as err:
+        log.info("status through the HostGAPlugin failed (%s): uploading to the blob", err)
+    try:
+        put_status_blob(inputs.wireserver(ctx).http, target.blob_url, content, blob_type,
+                        proxy=proxy(ctx))
+    except WireError as err:
+        raise StatusUploadFailed(f"status upload failed through the HostGAPlugin and to "
+                                 f"the blob: {err}") from None
+    return "blob"
+
+
+def proxy(ctx: Context) -> str | None:
+    """HttpProxy.Host/Port (direct storage requests only, never the platform's)."""
+    host = ctx.conf.text("HttpProxy.Host")
+    port = ctx.conf.number("HttpProxy.Port")
+    return f"http://{host}:{port}" if host and port else None
+
+
+def keep_status_copy(ctx: Context, target: StatusTarget, content: bytes) -> None:
+    """`<Lib.Dir>/history/<incarnation>/waagent_status.json`; old goal states pruned."""
+    history = ctx.lib_dir / HISTORY_DIR
+    directory = history / f"incarnation_{target.incarnation}"
+    ctx.fs.mkdir(history, why="goal state history", mode=0o700, quiet=True)
+    ctx.fs.mkdir(directory, why="goal state history", mode=0o700, quiet=True)
+    ctx.fs.write(directory / STATUS_FILE, content, mode=0o600, quiet=True, durable=False,
+                 why="status copy")
+    kept = sorted(history.iterdir(), key=lambda p: p.stat().st_mtime)
+    for old in kept[:-HISTORY_KEEP]:
+        if old != directory:
+            ctx.fs.remove(old, why="old goal state history", quiet=True)
+
+
+def status_is_new(previous: str | None, blob: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the blob says something new (its times aside), and its key for next time."""
+    from wire.status import without_timestamps
+
+    key = without_timestamps(blob)
+    return key != previous, key
+
