@@ -19,7 +19,7 @@ from defusedxml import ElementTree
 
 from fabric.certs import wrap64
 from fabric.keys import thumbprint
-from fabric.scenario import Extension, Scenario
+from fabric.scenario import Extension, ExtensionConfig, Scenario
 
 PROTOCOL_VERSION = "2012-11-30"
 HOSTGAPLUGIN_VERSION = "1.0.8.159"
@@ -295,7 +295,7 @@ def status_blob_url(urls: Urls, scenario: Scenario) -> str:
     return f"{urls.storage}/status/{scenario.vm_id}.status?sr=b&sp=rw&se=9999-01-01&sk=key1&sv=2014-02-14&sig=fabric"
 
 
-def handler_settings(ext: Extension, protected: tuple[str, str] | None) -> dict[str, Any]:
+def handler_settings(ext: Extension | ExtensionConfig, protected: tuple[str, str] | None) -> dict[str, Any]:
     """The handlerSettings of one extension: public as an object, protected as CMS base64."""
     settings: dict[str, Any] = {}
     if protected is not None:
@@ -306,13 +306,48 @@ def handler_settings(ext: Extension, protected: tuple[str, str] | None) -> dict[
     return settings
 
 
+def protected_key(ext: Extension, config: ExtensionConfig | None = None) -> str:
+    """The key of an extension's (or a multi-config extension's) encrypted settings in `protected`."""
+    return ext.name if config is None else f"{ext.name}/{config.name}"
+
+
+def _depends_on_xml(level: int | None, depends_on: list[str], name: str | None) -> str:
+    if level is None:
+        return ""
+    named = f" name={quoteattr(name)}" if name is not None else ""
+    lines = [f'    <DependsOn dependencyLevel="{level}"{named}>']
+    for target in depends_on:
+        handler, _, extension = target.partition("/")
+        ext_attr = f" extension={quoteattr(extension)}" if extension else ""
+        lines.append(f"      <DependsOnExtension{ext_attr} handler={quoteattr(handler)} />")
+    lines.append("    </DependsOn>\n")
+    return "\n".join(lines)
+
+
+def _depends_on_json(level: int, depends_on: list[str], name: str | None) -> dict[str, Any]:
+    targets = []
+    for target in depends_on:
+        handler, _, extension = target.partition("/")
+        targets.append({"extension": extension, "handler": handler} if extension else {"handler": handler})
+    entry: dict[str, Any] = {"dependsOnExtension": targets, "dependencyLevel": level}
+    if name is not None:
+        entry["name"] = name
+    return entry
+
+
 def extensions_config_xml(
     scenario: Scenario,
     incarnation: int,
     urls: Urls,
     protected: dict[str, tuple[str, str]],
+    created_ticks: int | None = None,
 ) -> str:
-    """ExtensionsConfig (fixture wire/ext_conf.xml); protected maps name -> (thumbprint, CMS base64)."""
+    """ExtensionsConfig (fixture wire/ext_conf.xml); protected maps protected_key -> (thumbprint, CMS base64).
+
+    Multi-config handlers (fixture wire/multi-config/) carry one ExtensionRuntimeSettings per
+    extension and make the document require MultipleExtensionsPerHandler. created_ticks is
+    InVMGoalStateMetaData@createdOnTicks (default: from the incarnation).
+    """
     s = scenario
     plugins = []
     settings = []
@@ -323,14 +358,31 @@ def extensions_config_xml(
             f' location={quoteattr(location)} config="" state="{ext.state}" autoUpgrade="false"'
             f' failoverlocation={quoteattr(location)} runAsStartupTask="false" isJson="true" useExactVersion="true" />'
         )
-        runtime = {"runtimeSettings": [{"handlerSettings": handler_settings(ext, protected.get(ext.name))}]}
+        body = ""
+        if ext.multi_config:
+            for config in ext.multi_config:
+                body += _depends_on_xml(config.dependency_level, config.depends_on, config.name)
+            for config in ext.multi_config:
+                runtime = {"runtimeSettings": [{"handlerSettings": handler_settings(
+                    config, protected.get(protected_key(ext, config)))}]}
+                body += (f'    <ExtensionRuntimeSettings seqNo="{config.seq_no}" name={quoteattr(config.name)}'
+                         f' state="{config.state}">{_text(json.dumps(runtime))}</ExtensionRuntimeSettings>\n')
+        else:
+            body += _depends_on_xml(ext.dependency_level, ext.depends_on, None)
+            runtime = {"runtimeSettings": [{"handlerSettings": handler_settings(ext, protected.get(ext.name))}]}
+            body += f'    <RuntimeSettings seqNo="{ext.seq_no}">{_text(json.dumps(runtime))}</RuntimeSettings>\n'
         settings.append(
             f"  <Plugin name={quoteattr(ext.name)} version={quoteattr(ext.version)}>\n"
-            f'    <RuntimeSettings seqNo="{ext.seq_no}">{_text(json.dumps(runtime))}</RuntimeSettings>\n'
+            f"{body}"
             "  </Plugin>"
         )
     plugin_text = "\n".join(plugins)
     settings_text = "\n".join(settings)
+    required = ""
+    if any(ext.multi_config for ext in s.extensions):
+        required = ("<RequiredFeatures>\n  <RequiredFeature>\n    <Name>MultipleExtensionsPerHandler</Name>\n"
+                    "  </RequiredFeature>\n</RequiredFeatures>\n")
+    created = ticks(incarnation) if created_ticks is None else created_ticks
     return (
         f'<Extensions version="1.0.0.0" goalStateIncarnation="{incarnation}">'
         '<GuestAgentExtension xmlns:i="http://www.w3.org/2001/XMLSchema-instance">\n'
@@ -343,6 +395,7 @@ def extensions_config_xml(
         "    </GAFamily>\n"
         "  </GAFamilies>\n"
         "</GuestAgentExtension>\n"
+        f"{required}"
         "<Plugins>\n"
         f"{plugin_text}\n"
         "</Plugins>\n"
@@ -350,15 +403,17 @@ def extensions_config_xml(
         f"{settings_text}\n"
         "</PluginSettings>\n"
         f'<StatusUploadBlob statusBlobType="BlockBlob">{_text(status_blob_url(urls, s))}</StatusUploadBlob>\n'
-        f'<InVMGoalStateMetaData inSvdSeqNo="{incarnation}" createdOnTicks="{_ticks(incarnation)}"'
-        f' activityId="{_uuid(s, f"activity-{incarnation}")}" correlationId="{_uuid(s, f"correlation-{incarnation}")}" />\n'
+        f'<InVMGoalStateMetaData inSvdSeqNo="{incarnation}" createdOnTicks="{created}"'
+        f' activityId="{_uuid(s, f"activity-{created}")}" correlationId="{_uuid(s, f"correlation-{created}")}" />\n'
         "</Extensions>\n"
     )
 
 
-def _ticks(incarnation: int) -> int:
-    # .NET ticks of 2024-01-01 plus the incarnation: increases with each goal state.
-    return 638396640000000000 + incarnation * 10_000_000
+def ticks(generation: int) -> int:
+    """A goal state's creation time in .NET ticks: 2024-01-01 plus one second a goal state."""
+    return 638396640000000000 + generation * 10_000_000
+
+
 
 
 def _uuid(scenario: Scenario, what: str) -> str:
@@ -420,39 +475,58 @@ def hostplugin_versions_xml() -> str:
 
 
 def vm_settings(
-    scenario: Scenario, incarnation: int, urls: Urls, protected: dict[str, tuple[str, str]]
+    scenario: Scenario, incarnation: int, urls: Urls, protected: dict[str, tuple[str, str]],
+    created_ticks: int | None = None,
 ) -> dict[str, Any]:
-    """FastTrack vmSettings (fixture hostgaplugin/vm_settings.json) for the same extensions."""
+    """FastTrack vmSettings (fixture hostgaplugin/vm_settings.json) for the same extensions.
+
+    created_ticks is extensionsLastModifiedTickCount (default: from the incarnation): the
+    agent takes the newer of vmSettings and ExtensionsConfig by this creation time.
+    """
     s = scenario
     goal_states = []
     for ext in s.extensions:
-        handler = handler_settings(ext, protected.get(ext.name))
-        if "publicSettings" in handler:
-            # vmSettings carries publicSettings as a JSON string, unlike ExtensionsConfig.
-            handler["publicSettings"] = json.dumps(handler["publicSettings"])
-        goal_states.append(
-            {
-                "name": ext.name,
-                "version": ext.version,
-                "location": manifest_url(urls, ext),
-                "failoverlocation": manifest_url(urls, ext),
-                "additionalLocations": [],
-                "state": ext.state,
-                "autoUpgrade": False,
-                "runAsStartupTask": False,
-                "isJson": True,
-                "useExactVersion": True,
-                "settingsSeqNo": ext.seq_no,
-                "settings": [handler] if handler else [],
-            }
-        )
+        entry: dict[str, Any] = {
+            "name": ext.name,
+            "version": ext.version,
+            "location": manifest_url(urls, ext),
+            "failoverlocation": manifest_url(urls, ext),
+            "additionalLocations": [],
+            "state": ext.state,
+            "autoUpgrade": False,
+            "runAsStartupTask": False,
+            "isJson": True,
+            "useExactVersion": True,
+            "settingsSeqNo": ext.seq_no,
+            "isMultiConfig": bool(ext.multi_config),
+        }
+        depends: list[dict[str, Any]] = []
+        if ext.multi_config:
+            entry["settings"] = []
+            for config in ext.multi_config:
+                handler = _json_public(handler_settings(config, protected.get(protected_key(ext, config))))
+                handler.update({"seqNo": config.seq_no, "extensionName": config.name,
+                                "extensionState": config.state})
+                entry["settings"].append(handler)
+                if config.dependency_level is not None:
+                    depends.append(_depends_on_json(config.dependency_level, config.depends_on, config.name))
+        else:
+            handler = _json_public(handler_settings(ext, protected.get(ext.name)))
+            entry["settings"] = [handler] if handler or ext.dependency_level is not None else []
+            if ext.dependency_level is not None:
+                depends.append(_depends_on_json(ext.dependency_level, ext.depends_on, None))
+        if depends:
+            entry["dependsOn"] = depends
+        goal_states.append(entry)
+    created = ticks(incarnation) if created_ticks is None else created_ticks
+    required = [{"name": "MultipleExtensionsPerHandler"}] if any(e.multi_config for e in s.extensions) else []
     return {
         "hostGAPluginVersion": HOSTGAPLUGIN_VERSION,
         "vmSettingsSchemaVersion": "0.0",
-        "activityId": _uuid(s, f"activity-{incarnation}"),
-        "correlationId": _uuid(s, f"correlation-{incarnation}"),
+        "activityId": _uuid(s, f"activity-{created}"),
+        "correlationId": _uuid(s, f"correlation-{created}"),
         "inSvdSeqNo": incarnation,
-        "extensionsLastModifiedTickCount": _ticks(incarnation),
+        "extensionsLastModifiedTickCount": created,
         "extensionGoalStatesSource": "FastTrack",
         "onHold": False,
         "statusUploadBlob": {"statusBlobType": "BlockBlob", "value": status_blob_url(urls, s)},
@@ -465,10 +539,17 @@ def vm_settings(
             "vmSize": s.vm_size,
             "osType": "Linux",
         },
-        "requiredFeatures": [],
+        "requiredFeatures": required,
         "gaFamilies": [{"name": "Prod", "uris": [ga_manifest_url(urls)]}],
         "extensionGoalStates": goal_states,
     }
+
+
+def _json_public(handler: dict[str, Any]) -> dict[str, Any]:
+    # vmSettings carries publicSettings as a JSON string, unlike ExtensionsConfig.
+    if "publicSettings" in handler:
+        handler["publicSettings"] = json.dumps(handler["publicSettings"])
+    return handler
 
 
 # --- IMDS ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class Record:
         self._max_body = max_body
         self._data: dict[str, list[dict[str, Any]]] = {
             "requests": [], "health": [], "role_properties": [], "status_blobs": [],
-            "logs": [], "telemetry": [], "certificates": [], "observations": [],
+            "logs": [], "telemetry": [], "certificates": [], "observations": [], "published": [],
         }
 
     def _add(self, kind: str, entry: dict[str, Any]) -> None:
@@ -68,6 +68,10 @@ class Record:
     def add_status_blob(self, entry: dict[str, Any]) -> None:
         """A status blob as uploaded (via, blob_type, url, status JSON or raw text)."""
         self._add("status_blobs", entry)
+
+    def add_published(self, entry: dict[str, Any]) -> None:
+        """A goal state (or a change of what is served) the fabric published: what, incarnation, etag."""
+        self._add("published", entry)
 
     def add_log(self, body: bytes, headers: dict[str, str]) -> None:
         """An uploaded log archive (PUT /vmAgentLog)."""
@@ -104,8 +108,29 @@ class Record:
         return self._get("role_properties")
 
     def status_blobs(self) -> list[dict[str, Any]]:
-        """Status blob uploads, oldest first; "status" holds the decoded JSON when it parsed."""
+        """Status blob uploads, oldest first: "time" it arrived, "via", "blob_type", "path",
+        "status" (the decoded JSON, or None with "raw") and "problems" (fabric.status_blob:
+        what is wrong with its shape; empty when it is right)."""
         return self._get("status_blobs")
+
+    def status_blob_count(self) -> int:
+        """How many status blobs arrived."""
+        with self._lock:
+            return len(self._data["status_blobs"])
+
+    def status_blob_problems(self) -> list[str]:
+        """Every shape problem of every status blob, "#index: problem"."""
+        with self._lock:
+            return [f"#{i}: {p}" for i, b in enumerate(self._data["status_blobs"]) for p in b.get("problems", [])]
+
+    def wait_for_status_blobs(self, count: int = 1, timeout: float = 30.0) -> bool:
+        """Block until `count` status blobs arrived in all."""
+        return self.wait_for(lambda r: r.status_blob_count() >= count, timeout)
+
+    def published(self) -> list[dict[str, Any]]:
+        """What the fabric published, oldest first: {"what": start | incarnation | fast-track |
+        vm-settings | hostplugin, "incarnation", "etag", "created_ticks", "time", ...}."""
+        return self._get("published")
 
     def logs(self) -> list[dict[str, Any]]:
         """Uploaded log archives."""

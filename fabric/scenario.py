@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.resources
+import json
 import types
 import typing
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from cryptography import x509
@@ -28,6 +29,7 @@ from fabric.certs import Delivered
 
 ExtensionState = Literal["enabled", "disabled", "uninstall"]
 KeyType = Literal["ed25519", "rsa"]
+T = TypeVar("T")
 
 
 class ScenarioError(Exception):
@@ -81,6 +83,31 @@ class Extension:
     public_settings: Any = None
     protected_settings: Any = None
     certificate: str | None = None  # certificate encrypting protected settings; default "extensions"
+    dependency_level: int | None = None  # DependsOn@dependencyLevel: only the level orders handlers
+    depends_on: list[str] = field(default_factory=list)  # handlers it waits for ("Handler" or "Handler/ext")
+    multi_config: list[ExtensionConfig] = field(default_factory=list)  # non-empty: a multi-config handler
+
+
+@dataclass
+class ExtensionConfig:
+    """One extension of a multi-config handler (ExtensionRuntimeSettings@name)."""
+
+    name: str
+    seq_no: int = 0
+    state: ExtensionState = "enabled"
+    public_settings: Any = None
+    protected_settings: Any = None
+    dependency_level: int | None = None
+    depends_on: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TimelineStep:
+    """A control operation the fabric performs by itself, after a time or a number of status uploads."""
+
+    do: dict[str, Any]  # a control request: {"action": ..., ...} (fabric/README.md, "Control channel")
+    after_seconds: float | None = None  # seconds after the fabric started
+    after_status_uploads: int | None = None  # status blobs received since the fabric started
 
 
 @dataclass
@@ -121,6 +148,7 @@ class Scenario:
     imds: dict[str, Any] = field(default_factory=dict)  # merged over the generated compute document
     vm_settings: bool = True  # HostGAPlugin serves FastTrack vmSettings; false = 404 unsupported
     faults: list[Fault] = field(default_factory=list)
+    timeline: list[TimelineStep] = field(default_factory=list)
     seed: str = ""  # derives every generated key; default: the hostname and user
     source: str = ""  # the file it came from (not a YAML key)
     base_dir: str = ""  # relative extension packages resolve here (not a YAML key)
@@ -219,7 +247,7 @@ class Scenario:
         """Certificates used for protected settings (delivered with the others)."""
         names: list[str] = []
         for ext in self.extensions:
-            if ext.protected_settings is not None:
+            if ext.protected_settings is not None or any(c.protected_settings is not None for c in ext.multi_config):
                 name = ext.certificate or "extensions"
                 if name not in names:
                     names.append(name)
@@ -423,6 +451,12 @@ def _check(scenario: Scenario, root: yaml.Node, source: str) -> None:
     for i, fault in enumerate(scenario.faults):
         if fault.route not in ROUTES:
             raise fail(f"unknown route {fault.route!r} (routes: {', '.join(ROUTES)})", f"faults[{i}].route")
+    for i, step in enumerate(scenario.timeline):
+        if (step.after_seconds is None) == (step.after_status_uploads is None):
+            raise fail("give exactly one of after_seconds and after_status_uploads", f"timeline[{i}]")
+        action = step.do.get("action")
+        if action not in ACTIONS:
+            raise fail(f"unknown action {action!r} (actions: {', '.join(ACTIONS)})", f"timeline[{i}].do")
 
 
 def _find_line(root: yaml.Node, key: str) -> int | None:
@@ -437,6 +471,30 @@ def _find_line(root: yaml.Node, key: str) -> int | None:
         elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
             node = node.value[int(part)]
     return _line(node)
+
+
+def _json_node(value: Any) -> yaml.Node:
+    node = yaml.compose(json.dumps(value), Loader=yaml.SafeLoader)
+    assert node is not None  # json.dumps never gives an empty document
+    return node
+
+
+def parse_entry(cls: type[T], value: Any, source: str = "<control>") -> T:
+    """A scenario dataclass (Extension, Certificate, Fault, ...) from plain JSON-like data,
+    checked as the scenario file's entries are (JSON is YAML); ScenarioError names the key."""
+    node = _json_node(value)
+    entry: T = _Loader(source).dataclass(cls, node, "")
+    return entry
+
+
+def parse_field(cls: type, name: str, value: Any, source: str = "<control>") -> Any:
+    """One field of a scenario dataclass from plain data, typed and checked; ScenarioError otherwise."""
+    fields = {f.name for f in dataclasses.fields(cls) if f.name not in _NOT_YAML_KEYS}
+    if name not in fields:
+        raise ScenarioError(f"key {name!r}: unknown key (known keys: {', '.join(sorted(fields))})",
+                            key=name, source=source)
+    node = _json_node(value)
+    return _Loader(source).build(typing.get_type_hints(cls)[name], node, name)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -465,4 +523,10 @@ ROUTES = (
     "certificates", "remoteaccess", "health", "roleproperties", "telemetry", "healthservice",
     "hgap.versions", "hgap.health", "artifact", "status", "vmagentlog", "vmsettings",
     "imds", "storage",
+)
+
+# Control operations (fabric.control): the HTTP control channel, Fabric.control() and timelines.
+ACTIONS = (
+    "new-incarnation", "add-certificate", "remove-certificate", "set-extension", "remove-extension",
+    "set-hostname", "vm-settings", "fast-track", "hostplugin", "fault", "state",
 )

@@ -10,6 +10,8 @@ incarnation agree, and sub-documents of an older one answer 410 Gone.
 from __future__ import annotations
 
 import base64
+import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,7 +25,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from fabric import documents
+from fabric import documents, status_blob
 from fabric.certs import (
     CertificateError,
     Delivered,
@@ -31,11 +33,22 @@ from fabric.certs import (
     envelope_certificates,
     transport_cert_from_header,
 )
+from fabric.control import ControlServer, Timeline, parse_address, perform
 from fabric.faults import Faults
 from fabric.keys import thumbprint
 from fabric.packages import package_bytes
 from fabric.record import Record
-from fabric.scenario import Certificate, Extension, Fault, Scenario, default_scenario, load_scenario
+from fabric.scenario import (
+    Certificate,
+    Extension,
+    ExtensionConfig,
+    Fault,
+    Scenario,
+    ScenarioError,
+    default_scenario,
+    load_scenario,
+    parse_field,
+)
 
 log = logging.getLogger("fabric")
 
@@ -99,6 +112,25 @@ class GoalState:
     vm_settings: bytes | None = None
     etag: str = ""
     scenario: Scenario | None = None
+    created_ticks: int = 0  # extensions goal state creation time (.NET ticks) of the newest one served
+
+
+def _typed_field(name: str, value: Any) -> Any:
+    if isinstance(value, list) and value and all(isinstance(v, ExtensionConfig) for v in value):
+        return value
+    try:
+        return parse_field(Extension, name, value)
+    except ScenarioError as error:
+        raise ValueError(f"extension field {error}".replace("<control>:1: ", "")) from error
+
+
+def _delivered_or_error(entry: Certificate, scenario: Scenario) -> None:
+    probe = scenario.copy()
+    probe.certificates.append(entry)
+    try:
+        probe.certificate(entry.name)
+    except (ScenarioError, ValueError) as error:
+        raise ValueError(f"certificate {entry.name!r}: {error}") from error
 
 
 class _Server(ThreadingHTTPServer):
@@ -178,6 +210,8 @@ class Fabric:
         record_path: str | Path | None = None,
         replay_dir: str | Path | None = None,
         replay_files: dict[str, str] | None = None,
+        control: str | None = None,
+        control_remote: bool = False,
     ) -> None:
         if scenario is None and replay_dir is None:
             scenario = default_scenario()
@@ -190,6 +224,9 @@ class Fabric:
         self.record = Record()
         self.record_path = Path(record_path) if record_path is not None else None
         self.faults = Faults()
+        # The control channel: "ADDR:PORT" or "PORT"; loopback only unless control_remote.
+        self._control_address = parse_address(control, control_remote) if control is not None else None
+        self._control: ControlServer | None = None
         self._replay_dir = Path(replay_dir) if replay_dir is not None else None
         self._replay_files = {**REPLAY_FILES, **(replay_files or {})}
         self._lock = threading.RLock()
@@ -199,6 +236,12 @@ class Fabric:
         self._extensions: dict[tuple[str, str], Extension] = {}
         self._goal_state: GoalState | None = None
         self.incarnation = self.scenario.incarnation if self.scenario else 1
+        # Counts published extensions goal states (incarnations and FastTrack changes):
+        # their creation time, so that the newest always has the latest time.
+        self._generation = self.incarnation
+        self.vm_settings_enabled = self.scenario.vm_settings if self.scenario else True
+        self._hostplugin_down: tuple[int | None] | None = None  # (status or None = drop) while gone
+        self._timeline = Timeline(self)
         for fault in self.scenario.faults if self.scenario else []:
             self.faults.add(fault)
 
@@ -214,11 +257,14 @@ class Fabric:
                 server = _Server((address, self._ports[name]), name, self)
                 self._servers[name] = server
                 self._ports[name] = server.server_address[1]
+            if self._control_address is not None:
+                self._control = ControlServer(self._control_address, self)
         except OSError:
             self._close_servers()
             raise
         with self._lock:
             self._goal_state = self._build_goal_state()
+            self._record_published("start")
         for server in self._servers.values():
             thread = threading.Thread(
                 target=server.serve_forever, kwargs={"poll_interval": 0.1},
@@ -226,10 +272,17 @@ class Fabric:
             )
             thread.start()
             self._threads.append(thread)
+        if self._control is not None:
+            self._control.start()
+        self._timeline.start(self.scenario.timeline if self.scenario else [])
         return self
 
     def stop(self) -> None:
         """Stop serving and write the record (when a record path was given)."""
+        self._timeline.stop()
+        if self._control is not None:
+            self._control.stop()
+            self._control = None
         for server in self._servers.values():
             server.shutdown()
         for thread in self._threads:
@@ -280,6 +333,11 @@ class Fabric:
         return self._url("imds")
 
     @property
+    def control_url(self) -> str | None:
+        """http://address:port of the control channel (POST /control), when one was asked for."""
+        return self._control.url if self._control is not None else None
+
+    @property
     def ports(self) -> dict[str, int]:
         """The bound ports by server name: wire, hostplugin, imds."""
         return dict(self._ports)
@@ -304,27 +362,46 @@ class Fabric:
             return self._replay_goal_state()
         assert self.scenario is not None
         scenario, urls, incarnation = self.scenario, self.urls, self.incarnation
-        for ext in scenario.extensions:
-            self._extensions[(ext.name, ext.version)] = ext
-        protected: dict[str, tuple[str, str]] = {}
-        for ext in scenario.extensions:
-            if ext.protected_settings is not None:
-                cert = scenario.certificate(ext.certificate or "extensions").cert
-                plaintext = json.dumps(ext.protected_settings).encode()
-                protected[ext.name] = (thumbprint(cert), encrypt_settings(plaintext, cert))
+        self._register_packages(scenario)
+        protected = self._protected(scenario)
+        created = documents.ticks(self._generation)
         delivered = scenario.delivered()
         docs = {
             "versions": documents.versions_xml(),
             "goalstate": documents.goal_state_xml(scenario, incarnation, urls, bool(delivered)),
             "hostingenv": documents.hosting_env_xml(scenario, incarnation),
             "sharedconfig": documents.shared_config_xml(scenario, incarnation),
-            "extensionsconfig": documents.extensions_config_xml(scenario, incarnation, urls, protected),
+            "extensionsconfig": documents.extensions_config_xml(scenario, incarnation, urls, protected, created),
             "fullconfig": f'<FullConfig goalStateIncarnation="{incarnation}" />\n',
         }
-        settings = json.dumps(documents.vm_settings(scenario, incarnation, urls, protected), indent=2).encode()
-        etag = str(int.from_bytes(hashlib.sha256(settings).digest()[:8], "big"))
-        return GoalState(incarnation, docs, delivered, settings if scenario.vm_settings else None,
-                         etag, scenario.copy())
+        settings, etag = self._render_vm_settings(scenario, protected, created)
+        return GoalState(incarnation, docs, delivered, settings, etag, scenario.copy(), created)
+
+    def _render_vm_settings(
+        self, scenario: Scenario, protected: dict[str, tuple[str, str]], created: int
+    ) -> tuple[bytes, str]:
+        document = documents.vm_settings(scenario, self.incarnation, self.urls, protected, created)
+        settings = json.dumps(document, indent=2).encode()
+        return settings, str(int.from_bytes(hashlib.sha256(settings).digest()[:8], "big"))
+
+    def _register_packages(self, scenario: Scenario) -> None:
+        # Every version ever published stays in the manifests and storage, as on the platform.
+        for ext in scenario.extensions:
+            self._extensions[(ext.name, ext.version)] = copy.deepcopy(ext)
+
+    @staticmethod
+    def _protected(scenario: Scenario) -> dict[str, tuple[str, str]]:
+        """Encrypted protected settings by documents.protected_key: (thumbprint, CMS base64)."""
+        protected: dict[str, tuple[str, str]] = {}
+        for ext in scenario.extensions:
+            cert = None
+            entries = [(ext.name, ext.protected_settings)] if not ext.multi_config else [
+                (documents.protected_key(ext, config), config.protected_settings) for config in ext.multi_config]
+            for key, value in entries:
+                if value is not None:
+                    cert = cert or scenario.certificate(ext.certificate or "extensions").cert
+                    protected[key] = (thumbprint(cert), encrypt_settings(json.dumps(value).encode(), cert))
+        return protected
 
     def _replay_goal_state(self) -> GoalState:
         assert self._replay_dir is not None
@@ -340,7 +417,8 @@ class Fabric:
             self.incarnation = incarnation
         vm_settings = docs.pop("vmsettings", None)
         etag = hashlib.sha256((vm_settings or "").encode()).hexdigest()[:16]
-        return GoalState(incarnation, docs, [], vm_settings.encode() if vm_settings else None, etag)
+        return GoalState(incarnation, docs, [], vm_settings.encode() if vm_settings else None, etag,
+                         created_ticks=documents.ticks(self._generation))
 
     def goal_state_thumbprints(self) -> list[str]:
         """Thumbprints the current certificates document delivers."""
@@ -387,10 +465,12 @@ class Fabric:
                 if change is not None:
                     change(scenario)
             self.incarnation += 1
+            self._generation += 1
             self._goal_state = self._build_goal_state()
             if self._replay_dir is not None:
                 # A replayed goal state keeps its fixture text; only the number moves.
                 self._goal_state.incarnation = self.incarnation
+            self._record_published("incarnation")
             return self.incarnation
 
     def inject(
@@ -409,6 +489,170 @@ class Fabric:
         return self.faults.add(Fault(route=route, status=status, count=count, skip=skip, delay=delay,
                                      drop=drop, bump_incarnation=bump_incarnation, body=body))
 
+    # --- control: what the platform publishes while the agent runs ------------------------
+
+    def new_incarnation(self) -> int:
+        """Publish a new goal state with the same content; returns its incarnation."""
+        return self.bump_incarnation()
+
+    def add_certificate(self, name: str, cert_pem: str | None = None, key_pem: str | None = None) -> int:
+        """Deliver one more certificate (generated from the seed unless given) in a new incarnation."""
+        entry = Certificate(name=name, cert_pem=cert_pem, key_pem=key_pem)
+        with self._lock:
+            scenario = self._editable()
+            if any(c.name == name for c in scenario.certificates):
+                raise ValueError(f"certificate {name!r} is already delivered")
+            _delivered_or_error(entry, scenario)
+            return self.bump_incarnation(add_certificates=[entry])
+
+    def remove_certificate(self, name: str) -> int:
+        """Stop delivering a certificate of `certificates`, in a new incarnation."""
+        with self._lock:
+            scenario = self._editable()
+            if not any(c.name == name for c in scenario.certificates):
+                known = ", ".join(c.name for c in scenario.certificates) or "none"
+                raise ValueError(f"no certificate named {name!r} (delivered: {known})")
+            users = [e.name for e in scenario.extensions if e.certificate == name]
+            if users:
+                raise ValueError(f"certificate {name!r} encrypts the protected settings of {', '.join(users)}")
+            scenario.certificates = [c for c in scenario.certificates if c.name != name]
+            return self.bump_incarnation()
+
+    def set_extension(self, name: str, *, fast_track: bool = False, **fields: Any) -> int | str:
+        """Add an extension handler or change its fields, then publish it.
+
+        fields are Extension's (version, state, seq_no, public_settings, protected_settings,
+        dependency_level, depends_on, multi_config, package, certificate), as plain data or typed.
+        When settings change without seq_no, seq_no goes up by one. Published in a new
+        incarnation (returns it), or with fast_track=True only through vmSettings, with a new
+        ETag and a newer creation time (returns the ETag).
+        """
+        typed = {key: _typed_field(key, value) for key, value in fields.items()}
+        with self._lock:
+            scenario = self._editable()
+            existing = [e for e in scenario.extensions if e.name == name]
+            if existing:
+                ext = existing[0]
+                before = copy.deepcopy(ext)
+                for key, value in typed.items():
+                    setattr(ext, key, value)
+                touched = {"public_settings", "protected_settings"} & set(typed)
+                if touched and "seq_no" not in typed:
+                    ext.seq_no += 1
+            else:
+                before = None
+                ext = Extension(name=name, **typed)
+                scenario.extensions.append(ext)
+            try:
+                self._check_certificates(scenario, fast_track)
+            except ValueError:
+                if before is None:
+                    scenario.extensions.remove(ext)
+                else:
+                    scenario.extensions[scenario.extensions.index(ext)] = before
+                raise
+            return self.publish_vm_settings() if fast_track else self.bump_incarnation()
+
+    def remove_extension(self, name: str, *, fast_track: bool = False) -> int | str:
+        """Remove a handler from the goal state (the agent uninstalls it); see set_extension."""
+        with self._lock:
+            scenario = self._editable()
+            if not any(e.name == name for e in scenario.extensions):
+                raise ValueError(f"no extension named {name!r}")
+            scenario.extensions = [e for e in scenario.extensions if e.name != name]
+            return self.publish_vm_settings() if fast_track else self.bump_incarnation()
+
+    def set_hostname(self, hostname: str) -> int:
+        """Rename the VM in the platform's documents (hosting environment, IMDS, vmSettings)."""
+        if not hostname or any(c.isspace() for c in hostname):
+            raise ValueError(f"not a hostname: {hostname!r}")
+        with self._lock:
+            self._editable().hostname = hostname
+            return self.bump_incarnation()
+
+    def set_vm_settings(self, enabled: bool) -> None:
+        """FastTrack on (GET /vmSettings answers) or off (404: this HostGAPlugin does not support it)."""
+        with self._lock:
+            self.vm_settings_enabled = enabled
+            self.record.add_published({"what": "vm-settings", "enabled": enabled, **self._published_ids()})
+
+    def publish_vm_settings(self) -> str:
+        """A new FastTrack extensions goal state from the current extensions: vmSettings gets a new
+        ETag and a newer creation time; the WireServer's documents stay as they are. Returns the ETag."""
+        with self._lock:
+            scenario = self._editable()
+            self._check_certificates(scenario, fast_track=True)
+            self._register_packages(scenario)
+            self._generation += 1
+            created = documents.ticks(self._generation)
+            settings, etag = self._render_vm_settings(scenario, self._protected(scenario), created)
+            self._goal_state = dataclasses.replace(self.goal_state, vm_settings=settings, etag=etag,
+                                                   created_ticks=created)
+            self._record_published("fast-track")
+            return etag
+
+    def set_hostplugin(self, available: bool, *, status: int | None = None) -> None:
+        """Make the HostGAPlugin disappear (its calls get no answer, or `status`) or come back.
+        The fabric's storage on the same port keeps answering: the direct status upload works."""
+        with self._lock:
+            self._hostplugin_down = None if available else (status,)
+            self.record.add_published({"what": "hostplugin", "available": available, "status": status,
+                                       **self._published_ids()})
+
+    @property
+    def hostplugin_available(self) -> bool:
+        """Whether the HostGAPlugin answers (see set_hostplugin)."""
+        return self._hostplugin_down is None
+
+    def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Perform one control request ({"action": ..., ...}, fabric/README.md); returns the state."""
+        return perform(self, request)
+
+    def state(self) -> dict[str, Any]:
+        """What the fabric serves now: incarnation, vmSettings ETag, extensions, certificates, ..."""
+        with self._lock:
+            goal_state = self.goal_state
+            scenario = self.scenario
+            return {
+                "incarnation": self.incarnation,
+                "etag": goal_state.etag if goal_state.vm_settings is not None else None,
+                "created_ticks": goal_state.created_ticks,
+                "vm_settings": self.vm_settings_enabled,
+                "hostplugin": self.hostplugin_available,
+                "hostname": scenario.hostname if scenario else None,
+                "extensions": [dataclasses.asdict(e) for e in scenario.extensions] if scenario else [],
+                "certificates": [c.name for c in scenario.certificates] if scenario else [],
+                "thumbprints": [thumbprint(d.cert) for d in goal_state.delivered],
+                "status_blobs": self.record.status_blob_count(),
+                "urls": {"wire": self.wire_url, "hostplugin": self.hostplugin_url, "imds": self.imds_url},
+            }
+
+    def _editable(self) -> Scenario:
+        if self.scenario is None:
+            raise ValueError("a replayed goal state cannot be edited; only new-incarnation works in replay mode")
+        return self.scenario
+
+    def _check_certificates(self, scenario: Scenario, fast_track: bool) -> None:
+        for ext in scenario.extensions:
+            if ext.certificate is not None and ext.certificate != "extensions" and \
+                    not any(c.name == ext.certificate for c in scenario.certificates):
+                raise ValueError(f"extension {ext.name}: no certificate named {ext.certificate!r}")
+        if fast_track:
+            # FastTrack cannot deliver certificates: those it encrypts to must be out already.
+            delivered = {thumbprint(d.cert) for d in self.goal_state.delivered}
+            for name in scenario.extension_certificate_names():
+                if thumbprint(scenario.certificate(name).cert) not in delivered:
+                    raise ValueError(f"certificate {name!r} is not delivered yet: publish it in a new "
+                                     "incarnation first (FastTrack carries no certificates)")
+
+    def _published_ids(self) -> dict[str, Any]:
+        goal_state = self._goal_state
+        return {"incarnation": self.incarnation, "etag": goal_state.etag if goal_state else None,
+                "created_ticks": goal_state.created_ticks if goal_state else None}
+
+    def _record_published(self, what: str) -> None:
+        self.record.add_published({"what": what, **self._published_ids()})
+
     # --- request path ------------------------------------------------------------------------
 
     def handle(self, request: Request, raw_headers: list[tuple[str, str]]) -> Response | None:
@@ -416,6 +660,13 @@ class Fabric:
         route = self._route_of(request)
         fault = self.faults.take(route) if route != "unknown" else None
         response: Response | None
+        gone = self._hostplugin_down
+        if gone is not None and request.server == "hostplugin" and route != "storage":
+            # The HostGAPlugin is away; the storage on its port is not the HostGAPlugin.
+            response = None if gone[0] is None else _error(gone[0], "the HostGAPlugin is unavailable")
+            self.record.add_request(request.server, route, request.method, request.raw_path, raw_headers,
+                                    request.body, response.status if response is not None else None)
+            return response
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)
@@ -438,6 +689,9 @@ class Fabric:
         return response
 
     def _route_of(self, request: Request) -> str:
+        if request.path.startswith("/metadata/") and request.server in ("wire", "imds"):
+            # IMDS answers on the WireServer address too: agents fall back to it there.
+            return "imds"
         if request.server == "wire":
             if request.path.rstrip("/").lower() == "/healthservice":
                 return "healthservice"
@@ -457,13 +711,13 @@ class Fabric:
                      "/extensionartifact": "artifact", "/status": "status",
                      "/vmagentlog": "vmagentlog", "/vmsettings": "vmsettings"}
             return paths.get(request.path.rstrip("/").lower(), "unknown")
-        if request.path.startswith("/metadata/"):
-            return "imds"
         return "unknown"
 
     def _answer(self, route: str, request: Request) -> Response:
         if route == "unknown":
             return _error(404, f"no such resource on the {request.server}: {request.raw_path}")
+        if route == "imds":
+            return self._imds(request)
         if request.server == "wire":
             return self._wire(route, request)
         if request.server == "hostplugin":
@@ -578,7 +832,7 @@ class Fabric:
 
     def _vm_settings(self, request: Request) -> Response:
         goal_state = self.goal_state
-        if goal_state.vm_settings is None:
+        if goal_state.vm_settings is None or not self.vm_settings_enabled:
             return _error(404, "vmSettings is not supported by this HostGAPlugin")
         headers = {"ETag": goal_state.etag, "x-ms-server-version": documents.HOSTGAPLUGIN_VERSION}
         if request.header("if-none-match") == goal_state.etag:
@@ -668,6 +922,12 @@ class Fabric:
         entry: dict[str, Any] = {"via": via, "blob_type": kind, "path": path, "status": status}
         if status is None:
             entry["raw"] = text
+            entry["problems"] = ["the status blob is not JSON"]
+        else:
+            entry["problems"] = status_blob.problems(status)
+        for problem in entry["problems"]:
+            # Logged and recorded, never refused: the platform takes what it gets.
+            log.warning("fabric: status blob %s: %s", path, problem)
         self.record.add_status_blob(entry)
         self._record_changed()
 
