@@ -18,9 +18,8 @@ from doit.cmd_run import Run as DoitRun
 from doit.plugin import PluginDict
 
 from graph import loader
+from graph.lock import LOCK_FILE
 from graph.statedb import AgentStateDB
-
-LOCK_FILE = "waagent-graph.lock"
 
 
 class AgentBusy(RuntimeError):

@@ -365,8 +365,8 @@ def agent_logs(ctx: Context) -> list[Change]:
 
 def _engine_files() -> tuple[str, ...]:
     """Files of this run in Lib.Dir: doit's open state DB and the held lock."""
-    from graph.commands import LOCK_FILE
     from graph.loader import STATE_DB
+    from graph.lock import LOCK_FILE
 
     return (STATE_DB, f"{STATE_DB}-journal", LOCK_FILE)
 
