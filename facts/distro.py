@@ -30,10 +30,12 @@ class FamilyFacts(Record):
     sshd_service: str  # the unit that runs sshd
     admin_group: str  # the group that has sudo rights by default
     network_config: str  # where the distribution keeps interface configuration
+    # The agent's unit: images and docs restart it by this name.
+    agent_service: str = "waagent"
 
 
 FAMILIES: dict[str, FamilyFacts] = {
-    "debian": FamilyFacts("ssh", "sudo", "/etc/network/interfaces"),
+    "debian": FamilyFacts("ssh", "sudo", "/etc/network/interfaces", "walinuxagent"),
     "rhel": FamilyFacts("sshd", "wheel", "/etc/sysconfig/network-scripts"),
     "suse": FamilyFacts("sshd", "wheel", "/etc/sysconfig/network"),
     "coreos": FamilyFacts("sshd", "wheel", "/etc/systemd/network"),

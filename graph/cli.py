@@ -197,10 +197,26 @@ def _main(argv: Sequence[str] | None, run_doit: Callable[[list[str]], int] | Non
         return 0
     if inv.verb == "show-configuration":
         return show_configuration(inv, root_dir)
+    engine_vars = dict(a.split("=", 1) for a in _engine_vars(inv))
     if inv.verb == "daemon":
         from graph.daemon import run_daemon
 
-        return run_daemon(dict(a.split("=", 1) for a in _engine_vars(inv)))
+        return run_daemon(engine_vars)
+    if inv.verb == "run-exthandlers":
+        from graph.daemon import run_goal_state_pass
+
+        return run_goal_state_pass(engine_vars)
+    if inv.verb == "register-service":
+        from graph.service import register_service
+
+        return register_service(engine_vars)
+    if inv.verb == "start":
+        from graph.service import start_daemon
+
+        argv = [os.path.realpath(sys.argv[0]), "-daemon", *_engine_vars(inv)]
+        if sys.argv[0].endswith(".py") or sys.argv[0] == "-c":
+            argv = [sys.executable, "-m", "graph.cli", "-daemon", *_engine_vars(inv)]
+        return start_daemon(argv, engine_vars)
     route = VERBS.get(inv.verb)
     if route is None:
         print(f"waagent: -{inv.verb} is not implemented yet in {AGENT_NAME} {AGENT_VERSION}",
@@ -212,3 +228,7 @@ def _main(argv: Sequence[str] | None, run_doit: Callable[[list[str]], int] | Non
 def _doit_commands() -> set[str]:
     return {"run", "list", "info", "help", "forget", "clean", "ignore", "plan", "graph",
             "facts", "status", "reset-dep", "strace", "dumpdb", "tabcompletion"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

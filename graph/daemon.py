@@ -372,6 +372,23 @@ class Daemon:
             log.warning("daemon state not saved: %s", err)
 
 
+def run_goal_state_pass(variables: dict[str, str]) -> int:
+    """`waagent -run-exthandlers`: what one loop of the daemon does for a goal state (the
+    goalstate group, then the status), once, without provisioning. In waagent this is
+    the extension handler process the daemon starts; here the daemon does it in-process,
+    so the command serves to do one pass by hand."""
+    daemon = Daemon(variables)
+    result = daemon.run_graph("goalstate", why="-run-exthandlers")
+    daemon.platform_changed()
+    daemon.report_status()
+    status = daemon.state["status"]
+    if "error" in status:
+        return 1
+    print(f"goal state {daemon.goal_state.incarnation} handled; status sent via "
+          f"{status.get('via')}")
+    return result
+
+
 def _engine() -> Callable[[list[str]], int]:
     from graph.main import run_doit
 

@@ -185,6 +185,23 @@ class FileSystem:
             log.info("moved: %s -> %s (%s)", self._shown(source), self._shown(target), why)
         return True
 
+    def symlink(self, path: Path, target: str, *, why: str) -> bool:
+        """Make `path` a link to `target` (as the VM reads it), replacing a different link;
+        False when it already is that link."""
+        path = self._entry(path)
+        if path.is_symlink() and os.readlink(path) == target:
+            return False
+        self.runner.record("symlink", f"{self._shown(path)} -> {target}", why)
+        if not self.plan:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            os.symlink(target, temporary)
+            os.replace(temporary, path)
+            log.info("linked: %s -> %s (%s)", self._shown(path), target, why)
+        return True
+
     def truncate(self, path: Path, *, why: str) -> bool:
         """Empty a file, keeping it (e.g. /etc/machine-id); False when already empty or absent."""
         path = self._followed(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Sequence
 
 from system.errors import CommandFailed
@@ -186,3 +187,10 @@ def sshd_test_argv(runner: Runner, ssh_dir: str) -> list[str] | None:
     # only exists inside the image.
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
             str(runner.root.follow(ssh_dir)), ssh_dir, str(runner.root.follow(config))]
+
+
+def start_detached(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start a long-lived process in its own session, detached from this terminal
+    (`waagent -start` runs the daemon so)."""
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)

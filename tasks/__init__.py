@@ -86,6 +86,9 @@ GROUPS: tuple[Group, ...] = (
           ("gather", "hostname", "user", "ssh:hostkeys", "ssh:config", "ssh:reload",
            "ssh:report", "certificates", "ssh", "customdata", "report", "publish", "disk",
            "network", "kernel")),
+    # `waagent -run-exthandlers`: one goal-state pass of the daemon, without provisioning.
+    Group("goalstate", "one goal-state pass: fetch the goal state, install its certificates",
+          ("gather:vm", "gather:goalstate", "certificates")),
 )
 
 

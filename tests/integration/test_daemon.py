@@ -162,3 +162,46 @@ def test_an_admin_rename_is_published_never_reverted(harness: DaemonHarness) -> 
     assert "hostname" in harness.state()["monitors"]
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
+
+
+def waagent(harness: DaemonHarness, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-c", DAEMON, *args, f"root={harness.root}", f"conf={harness.conf}",
+            f"wireserver={harness.fabric.wire_url}",
+            f"hostplugin={harness.fabric.hostplugin_url}", f"media={harness.media}"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_register_service_installs_the_distro_named_unit_and_logrotate(
+        harness: DaemonHarness) -> None:
+    done = waagent(harness, "-register-service")
+    assert done.returncode == 0, done.stdout + done.stderr
+    unit = harness.root / "etc/systemd/system/walinuxagent.service"  # the sandbox is Debian
+    text = unit.read_text()
+    assert "-daemon" in text and "CPUQuota=75%" in text and "MemoryHigh=" in text
+    wants = harness.root / "etc/systemd/system/multi-user.target.wants/walinuxagent.service"
+    assert os.readlink(wants) == "/etc/systemd/system/walinuxagent.service"
+    assert "/var/log/waagent.log" in (harness.root / "etc/logrotate.d/waagent").read_text()
+    again = waagent(harness, "-register-service")
+    assert again.returncode == 0 and "changed:" not in again.stderr, "a second run changes nothing"
+
+
+def test_start_runs_the_daemon_in_the_background(harness: DaemonHarness) -> None:
+    started = waagent(harness, "-start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int((harness.root / "var/run/waagent.pid").read_text())
+    assert f"PID {pid}" in started.stdout
+    try:
+        harness.wait("a loop", lambda: harness.state().get("loops", 0) >= 1)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    harness.wait("the daemon's end", lambda: not (harness.root / "var/run/waagent.pid").exists())
+
+
+def test_run_exthandlers_does_one_goal_state_pass(harness: DaemonHarness) -> None:
+    harness.run(check=True)
+    before = len(blobs(harness))
+    done = waagent(harness, "-run-exthandlers")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "status sent via HostGAPlugin" in done.stdout
+    assert len(blobs(harness)) == before + 1
+    assert not harness.ran() & {"user:account", "ssh:config"}, "no provisioning"
