@@ -132,7 +132,7 @@ def _handler(handler: Any, where: str, check: _Checker) -> None:
             check.key(status, "operation", where_s, (str, type(None)))
             check.choice(status, "status", where_s, EXTENSION_STATUSES)
             check.key(status, "code", where_s, (int, str))
-            check.message(status, "formattedMessage", where_s)
+            check.message(status, "formattedMessage", where_s, nullable=True)
             if "substatus" in status and check.key(status, "substatus", where_s, list):
                 for i, sub in enumerate(status["substatus"]):
                     where_sub = f"{where_s}.substatus[{i}]"
@@ -140,7 +140,7 @@ def _handler(handler: Any, where: str, check: _Checker) -> None:
                         check.key(sub, "name", where_sub, (str, type(None)))
                         check.choice(sub, "status", where_sub, EXTENSION_STATUSES)
                         check.key(sub, "code", where_sub, (int, str))
-                        check.message(sub, "formattedMessage", where_sub)
+                        check.message(sub, "formattedMessage", where_sub, nullable=True)
 
 
 def _kind(value: Any) -> str:
@@ -190,11 +190,12 @@ class _Checker:
             return False
         return True
 
-    def message(self, parent: dict[str, Any], name: str, where: str) -> None:
+    def message(self, parent: dict[str, Any], name: str, where: str, nullable: bool = False) -> None:
+        """{"lang", "message"}; nullable: the message may be null (waagent's extension statuses)."""
         if self.key(parent, name, where, dict):
             path = _path(where, name)
             self.key(parent[name], "lang", path, str)
-            self.key(parent[name], "message", path, str)
+            self.key(parent[name], "message", path, (str, type(None)) if nullable else str)
 
     def timestamp(self, parent: dict[str, Any], name: str, where: str) -> None:
         if self.key(parent, name, where, str) and not _TIMESTAMP.match(parent[name]):

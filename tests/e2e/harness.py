@@ -10,7 +10,9 @@ What a lab is made of, each undone in reverse order on leaving, also on failure:
   route, so nothing an agent tries (IMDS, 168.63.129.16) can leave it;
 - dnsmasq in the fabric namespace: DHCP with option 245 = the fabric, as on Azure;
 - the fabric (`waagent-fabric serve`) on 192.0.2.1, WireServer on port 80 and
-  HostGAPlugin on 32526 as the agents expect; its record file is read by the tests;
+  HostGAPlugin on 32526 as the agents expect, IMDS on 169.254.169.254:80 (an address
+  of the fabric's namespace, routed over the VM's link; also on the WireServer port);
+  its record file is read by the tests;
 - two loop devices: the scenario's provisioning ISO (the VM's /dev/sr0) and a sparse
   resource disk (behind /dev/disk/azure/resource);
 - the VM: a fresh copy of the cached Debian root (Debian 12 by default, or `suite=` another
@@ -51,6 +53,7 @@ from tests.support import debian_root
 REPO = Path(__file__).resolve().parents[2]
 FABRIC_ADDRESS = "192.0.2.1"
 VM_ADDRESS = "192.0.2.10"
+IMDS_ADDRESS = "169.254.169.254"  # held by the fabric's namespace only (Network.__enter__)
 # What the agent needs in the VM besides the default root: python3 to run, sfdisk (fdisk)
 # to partition the resource disk, mkfs.ext4 (e2fsprogs: in minbase up to Debian 12, not
 # in 13) to format it, openssl for the transport pair and certificates.
@@ -178,6 +181,12 @@ class Network:
             for ns, nic in ((self.fabric_ns, "veth0"), (self.fabric_ns, "lo"),
                             (self.vm_ns, "lo"), (self.vm_ns, "eth0")):
                 run(["ip", "-n", ns, "link", "set", nic, "up"])
+            # IMDS where agents look for it: the fabric also holds 169.254.169.254, and the VM
+            # reaches it over its link. Only once both namespaces are shown to have no way out.
+            for ns in (self.fabric_ns, self.vm_ns):
+                assert_no_route_out(ns)
+            run(["ip", "-n", self.fabric_ns, "addr", "add", f"{IMDS_ADDRESS}/32", "dev", "veth0"])
+            run(["ip", "-n", self.vm_ns, "route", "add", f"{IMDS_ADDRESS}/32", "dev", "eth0"])
         except BaseException:
             self.__exit__()
             raise
@@ -191,6 +200,20 @@ class Network:
 
     def exec_argv(self, ns: str, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", ns, *argv]
+
+
+def assert_no_route_out(ns: str) -> None:
+    """Refuse to go on unless a namespace of ours has only the lab's links (lo, the veth pair)
+    and no default route: then an address it holds or routes (169.254.169.254) stays inside."""
+    links = json.loads(run(["ip", "-n", ns, "-j", "link", "show"]).stdout or "[]")
+    foreign = [link["ifname"] for link in links if link["ifname"] not in ("lo", "veth0", "eth0")]
+    routes = json.loads(run(["ip", "-n", ns, "-j", "route", "show", "table", "all"]).stdout or "[]")
+    routes += json.loads(run(["ip", "-n", ns, "-6", "-j", "route", "show", "table", "all"]).stdout or "[]")
+    out = [route for route in routes if route.get("dst") == "default" or "gateway" in route
+           or route.get("dev") not in (None, "lo", "veth0", "eth0")]
+    if foreign or out:
+        raise AssertionError(f"namespace {ns} is not closed: links {foreign}, routes {out}; "
+                             f"refusing to give it {IMDS_ADDRESS}")
 
 
 def namespace_pids(ns: str) -> list[int]:
@@ -263,6 +286,7 @@ class FabricServer:
             self.process = subprocess.Popen(self.net.exec_argv(self.net.fabric_ns, [
                 str(fabric_cli), "serve", str(self.scenario_file), "--bind", FABRIC_ADDRESS,
                 "--wire-port", "80", "--hostplugin-port", "32526",
+                "--imds-bind", IMDS_ADDRESS, "--imds-port", "80",
                 "--record", str(self.record_path)]),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
