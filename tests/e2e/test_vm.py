@@ -40,6 +40,7 @@ CONF = """\
 Provisioning.Agent=waagent
 Provisioning.SshHostKeyPairType=ed25519
 Provisioning.RegenerateSshHostKeyPair=y
+Provisioning.MonitorHostName=y
 ResourceDisk.Format=y
 ResourceDisk.Filesystem=ext4
 ResourceDisk.MountPoint=/mnt/resource
