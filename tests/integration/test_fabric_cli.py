@@ -77,3 +77,29 @@ def test_serve_bad_scenario_exits_2(tmp_path: Path) -> None:
                           timeout=60)
     assert done.returncode == 2
     assert f"{bad}:2:" in done.stderr and "'incarnation'" in done.stderr
+
+
+def test_serve_with_a_control_channel(tmp_path: Path) -> None:
+    """--control prints a fourth line; `waagent-fabric control` publishes through it."""
+    process, urls = start("default", "--control", "127.0.0.1:0")
+    try:
+        assert process.stdout is not None
+        name, control_url = process.stdout.readline().split()
+        assert name == "control" and control_url.startswith("http://127.0.0.1:")
+        done = subprocess.run([sys.executable, "-m", "fabric.cli", "control", control_url, "new-incarnation"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["result"] == 2
+        goal_state = requests.get(f"{urls['wire']}/machine/?comp=goalstate",
+                                  headers={"x-ms-version": "2012-11-30"}, timeout=10).text
+        assert "<Incarnation>2</Incarnation>" in goal_state
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def test_serve_refuses_a_control_channel_off_loopback() -> None:
+    done = subprocess.run([sys.executable, "-m", "fabric.cli", "serve", "default", "--control", "192.0.2.1:8081"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "not a loopback address" in done.stderr
