@@ -14,12 +14,20 @@ import sys
 from typing import Any
 
 from doit.cmd_base import DoitCmdBase
+from doit.cmd_info import Info as DoitInfo
 from doit.cmd_run import Run as DoitRun
 from doit.plugin import PluginDict
 
 from graph import loader
+from graph.context import Context
 from graph.lock import LOCK_FILE
 from graph.statedb import AgentStateDB
+
+# Every command opens doit's state through the agent's backend (it creates no DB file to
+# look at one); pyproject.toml says the same for plain `doit`.
+PLUGINS = {"BACKEND": {"sqlite3": "graph.statedb:AgentStateDB"}}
+# Exit status of a command naming a task the graph does not hold (doit's for a bad command).
+NOT_IN_GRAPH = 3
 
 
 class AgentBusy(RuntimeError):
@@ -72,6 +80,8 @@ class Run(DoitRun):
     def _execute(self, **params: Any) -> Any:
         ctx = loader.CURRENT
         lock_fd = None
+        if ctx is not None and not ctx.lib_dir.exists() and not self._deprovision_only():
+            ctx.fs.mkdir(ctx.lib_dir, why="agent state directory", mode=0o700)
         if ctx is not None and ctx.lib_dir.is_dir():
             lock_fd = os.open(ctx.lib_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -90,6 +100,95 @@ class Run(DoitRun):
 
     # doit passes options by the names in _execute's signature: show it doit's own.
     _execute.__wrapped__ = DoitRun._execute  # type: ignore[attr-defined]
+
+    def _deprovision_only(self) -> bool:
+        """True for a run of deprovision tasks only: it empties the agent's state, and a
+        cancelled one must leave the root as it was, so it creates no state directory."""
+        selected = list(getattr(self, "sel_tasks", None) or [])
+        return bool(selected) and all(name.split(":")[0] == "deprovision" for name in selected)
+
+
+# Provisioning areas that only exist when this agent provisions (tasks.inputs.mode), and
+# what cloud-init (or nobody) then does in their place.
+PROVISIONING_WORK = {"gather": "reads the OVF", "hostname": "sets the hostname",
+                     "publish": "publishes the hostname", "user": "provisions the user",
+                     "ssh": "sets up SSH", "customdata": "handles custom data"}
+# Tasks generated only when a waagent.conf flag is set.
+FLAG_TASKS = {"user:rootpw": "Provisioning.DeleteRootPassword",
+              "ssh:hostkeys": "Provisioning.RegenerateSshHostKeyPair",
+              "customdata:run": "Provisioning.ExecuteCustomData"}
+# Tasks generated only in one provisioning mode (gather:vm and gather:goalstate always are).
+MODE_TASKS = {"gather:ovf": "waagent", "report:standdown": "waagent",
+              "report:cloudinit": "cloud-init"}
+ALWAYS = ("gather:vm", "gather:goalstate")
+
+
+def absent_task_reason(ctx: Context, name: str) -> str:
+    """Why the graph of this configuration holds no task `name`, from the decisions the
+    generators make (tasks.inputs.mode, conf flags)."""
+    from tasks import AREAS, GROUPS
+    from tasks.inputs import mode
+
+    area_name = name.split(":")[0]
+    area = next((a for a in AREAS if a.name == area_name), None)
+    if area is None:
+        return (f"{name} is not in this graph: there is no area {area_name!r} (areas: "
+                f"{', '.join(a.name for a in AREAS)}; groups: "
+                f"{', '.join(g.name for g in GROUPS)})")
+    head = f"{name} is not in this graph: "
+    who = mode(ctx)
+    needed = MODE_TASKS.get(name)
+    if who != "waagent" and name not in ALWAYS and (
+            area_name in PROVISIONING_WORK or needed == "waagent"):
+        work = PROVISIONING_WORK.get(area_name, "provisions")
+        return head + f"{_mode_setting(ctx, who)}, so " + (
+            f"cloud-init {work}" if who == "cloud-init" else f"nothing {work}")
+    if needed is not None and who != needed:
+        return head + f"it runs only when {needed} provisions, and {_mode_setting(ctx, who)}"
+    if name in FLAG_TASKS and not ctx.conf.flag(FLAG_TASKS[name]):
+        return head + f"{FLAG_TASKS[name]}=n"
+    return (head + f"not generated with this configuration (area {area_name}: {area.doc}); "
+            f"`waagent list {area_name}` shows the tasks it has")
+
+
+def _mode_setting(ctx: Context, who: str) -> str:
+    """The waagent.conf setting (or fact) that made `who` the provisioning agent."""
+    conf = ctx.conf
+    agent = conf.text("Provisioning.Agent") or "auto"
+    if who == "disabled":
+        return ("Provisioning.Enabled=n" if not conf.flag("Provisioning.Enabled")
+                else "Provisioning.Agent=disabled")
+    if who == "cloud-init" and agent != "cloud-init" and conf.flag("Provisioning.UseCloudInit"):
+        return "Provisioning.UseCloudInit=y"
+    if who == "cloud-init" and agent == "auto":
+        return "Provisioning.Agent=auto and cloud-init is enabled in this root"
+    return f"Provisioning.Agent={agent}"
+
+
+def missing_tasks(task_list: Any, names: Any) -> list[str]:
+    """The names (not wildcards) that name no task of the loaded graph."""
+    known = {task.name for task in task_list}
+    return [name for name in names or [] if "*" not in name and name not in known]
+
+
+def explain_missing(names: list[str]) -> int:
+    """Say on stderr why each task is absent; the exit status of such a command."""
+    ctx = loader.CURRENT
+    for name in names:
+        reason = (absent_task_reason(ctx, name) if ctx is not None
+                  else f"{name} is not in this graph")
+        sys.stderr.write(f"ERROR: {reason}\n")
+    return NOT_IN_GRAPH
+
+
+class Info(DoitInfo):
+    """doit's `info`; a task this configuration does not generate is explained."""
+
+    def _execute(self, pos_args: Any, hide_status: bool = False) -> Any:
+        missing = missing_tasks(self.task_list, pos_args[:1])
+        if missing:
+            return explain_missing(missing)
+        return super()._execute(pos_args, hide_status)
 
 
 class _Refused(DoitCmdBase):

@@ -73,10 +73,11 @@ def state_db_path(ctx: Context) -> Path:
 
 
 def doit_config(ctx: Context) -> dict[str, Any]:
-    """DOIT_CONFIG for this run: sqlite3 state under Lib.Dir, provision by default."""
-    lib = ctx.lib_dir
-    if not lib.exists() and not PLAN_MODE:
-        ctx.fs.mkdir(lib, why="agent state directory", mode=0o700)
+    """DOIT_CONFIG for this run: sqlite3 state under Lib.Dir, provision by default.
+
+    Nothing is created here: every command loads this, and most only look (list, info,
+    graph). A run makes Lib.Dir (graph.commands.Run); the state DB is created by its
+    first write (graph.statedb)."""
     return {
         "backend": "sqlite3",
         "dep_file": str(state_db_path(ctx)),
@@ -113,7 +114,9 @@ def configure_logging(ctx: Context) -> None:
             console.addFilter(RedactingFilter())
             logger.addHandler(console)
         if log_file is not None and log_file.parent.is_dir():
-            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+            # delay: the file is opened by the first record, so a command that logs
+            # nothing (list, info) creates no log file.
+            file_handler = logging.FileHandler(log_file, encoding="utf-8", delay=True)
             file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             file_handler.addFilter(RedactingFilter())
             logger.addHandler(file_handler)

@@ -10,7 +10,6 @@ from doit.cmd_clean import Clean
 from doit.cmd_forget import Forget
 from doit.cmd_help import Help
 from doit.cmd_ignore import Ignore
-from doit.cmd_info import Info
 from doit.cmd_list import List
 from doit.doit_cmd import DoitMain
 from doit.plugin import PluginEntry
@@ -30,12 +29,13 @@ class WaagentDoitMain(DoitMain):
     """doit with the agent's commands; reads no doit.cfg or pyproject.toml from the cwd."""
 
     BIN_NAME = "waagent"
-    DOIT_CMDS = (Help, commands.Run, List, Info, Clean, Forget, Ignore,
+    DOIT_CMDS = (Help, commands.Run, List, commands.Info, Clean, Forget, Ignore,
                  commands.ResetDep, commands.Strace)
 
     def __init__(self) -> None:
         commands.disable_entry_point_plugins()
-        super().__init__(task_loader=WaagentLoader(), config_filenames=())
+        super().__init__(task_loader=WaagentLoader(), config_filenames=(),
+                         extra_config=commands.PLUGINS)
 
     def get_cmds(self) -> Any:
         cmds = super().get_cmds()
@@ -47,4 +47,5 @@ class WaagentDoitMain(DoitMain):
 
 def run_doit(args: list[str]) -> int:
     """Run a doit command line (`list`, `provision root=...`) with the agent's engine."""
-    return int(WaagentDoitMain().run(args))
+    # Some of doit's commands (forget, ignore) return None for success.
+    return int(WaagentDoitMain().run(args) or 0)

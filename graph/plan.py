@@ -434,6 +434,11 @@ class Plan(ScratchStateCommand, DoitRun):
 
     def _execute(self, json_output: bool = False, show_all: bool = False,
                  pos_args: Any = None) -> int:
+        from graph.commands import explain_missing, missing_tasks
+
+        missing = missing_tasks(self.task_list, pos_args)
+        if missing:
+            return explain_missing(missing)
         reporter = PlanReporter(self.dep_manager)
         out = self.outstream  # doit's run replaces it with its outfile
         # doit's run, every task, silently: one failure must not hide the rest of the plan.

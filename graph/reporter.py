@@ -61,7 +61,10 @@ class WaagentReporter:
         self.started = time.time()
         self.results: dict[str, dict[str, Any]] = {}
         self._begin: dict[str, float] = {}
+        self._changes_before: dict[str, int] = {}
         self.failures = 0
+        # The operator said no (a deprovision's question): nothing ran, nothing to report.
+        self.cancelled = False
 
     # -- helpers
     def _line(self, mark: str, name: str, text: str, colour: str = "") -> None:
@@ -82,7 +85,14 @@ class WaagentReporter:
     def get_status(self, task: Any) -> None:
         pass
 
+    @staticmethod
+    def _changes() -> int:
+        """Changes the Runner has recorded so far in this run (system.runner)."""
+        ctx = loader.CURRENT
+        return ctx.run.changes if ctx is not None else 0
+
     def execute_task(self, task: Any) -> None:
+        self._changes_before[task.name] = self._changes()
         self._begin[task.name] = time.time()
         if not self._is_group(task):
             self.results[task.name] = {"result": "running", "reason": run_reasons(task),
@@ -92,12 +102,29 @@ class WaagentReporter:
         if self._is_group(task):
             return
         entry = self.results.setdefault(task.name, {"reason": [], "start": time.time()})
-        entry.update(result="changed", duration=round(time.time() - entry["start"], 4))
-        self._line("ran", task.name, "; ".join(entry["reason"]), "32")
+        made = self._changes() - self._changes_before.get(task.name, self._changes())
+        entry.update(result="changed" if made else "no-change", changes=made,
+                     duration=round(time.time() - entry["start"], 4))
+        self._line("ran", task.name, "; ".join(([] if made else ["no change"])
+                                              + entry["reason"]), "32" if made else "")
+
+    def _cancelled(self) -> str | None:
+        """The operator's refusal (a deprovision answered no), or None."""
+        ctx = loader.CURRENT
+        found = ctx.memo.get("deprovision_cancelled") if ctx is not None else None
+        return str(found) if found else None
 
     def add_failure(self, task: Any, fail: Any) -> None:
         from doit.exceptions import UnmetDependency
 
+        cancelled = self._cancelled()
+        if cancelled is not None:
+            # One line says it all: the steps it would have done are not failures.
+            if not self.cancelled:
+                self.out.write(cancelled + "\n")
+            self.cancelled = True
+            self.failures = max(self.failures, 1)
+            return
         entry = self.results.setdefault(task.name, {"reason": [], "start": time.time()})
         if isinstance(fail, UnmetDependency):
             # Not a failure of its own: it did not run because something it needs failed.
@@ -136,13 +163,17 @@ class WaagentReporter:
         pass
 
     def complete_run(self) -> None:
-        ran = sum(1 for r in self.results.values() if r.get("result") == "changed")
-        blocked = sum(1 for r in self.results.values() if r.get("result") == "not run")
-        fresh = sum(1 for r in self.results.values() if r.get("result") == "up-to-date")
+        if self.cancelled:
+            return
+        counts = {result: sum(1 for r in self.results.values() if r.get("result") == result)
+                  for result in ("changed", "no-change", "not run", "up-to-date")}
         took = time.time() - self.started
-        not_run = f", {blocked} not run" if blocked else ""
-        self.out.write(f"{ran} ran, {self.failures} failed, {fresh} up to date{not_run} "
-                       f"in {took:.2f} s\n")
+        not_run = f", {counts['not run']} not run" if counts["not run"] else ""
+        unchanged = (f"; {counts['no-change']} ran without a change" if counts["no-change"]
+                     else "")
+        self.out.write(f"{counts['changed'] + counts['no-change']} ran, {self.failures} failed, "
+                       f"{counts['up-to-date']} up to date{not_run} in {took:.2f} s"
+                       f"{unchanged}\n")
         self._report_provisioning_failure()
         self._write_report(took)
 

@@ -15,7 +15,9 @@ from graph.loader import command_line_vars
 from graph.reporter import last_run
 
 # Failures first: they are what the operator came for.
-RESULT_ORDER = {"failed": 0, "running": 1, "changed": 2, "ignored": 3, "up-to-date": 4}
+# "no-change": the task ran and changed nothing (graph/reporter.py).
+RESULT_ORDER = {"failed": 0, "running": 1, "changed": 2, "no-change": 3, "ignored": 4,
+                "up-to-date": 5}
 
 
 def write_table(report: dict[str, Any], out: TextIO, show_all: bool = True) -> None:

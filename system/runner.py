@@ -14,10 +14,10 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from system.errors import CommandFailed, UnsafeOperation
 from system.log import get_logger
-from system.record import Record
 from system.redact import redact
 from system.root import Root
 
@@ -28,7 +28,7 @@ DEFAULT_TIMEOUT = 120.0
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class Result(Record):
+class Result(NamedTuple):
     """What a command did."""
 
     argv: tuple[str, ...]
@@ -43,7 +43,7 @@ class Result(Record):
         return self.returncode == 0
 
 
-class PlannedChange(Record):
+class PlannedChange(NamedTuple):
     """A change the agent would make, recorded in plan mode."""
 
     kind: str  # "run", "write", "remove", "mkdir", "chmod", "chown", "move", "symlink"
@@ -73,10 +73,15 @@ class Runner:
         self.planned: list[PlannedChange] = planned if planned is not None else []
         # Seconds spent inside child processes, for benchmarks that separate our own time.
         self.child_seconds = child_seconds
+        # Changes made (or planned) so far, skips not counted: the run report tells a task
+        # that changed something from one that ran and changed nothing.
+        self.changes = 0
 
     def record(self, kind: str, target: str, why: str) -> None:
         """Note a change made (or, in plan mode, one that would be made)."""
         self.planned.append(PlannedChange(kind, redact(target), why))
+        if kind != "skip":
+            self.changes += 1
 
     def probe(
         self,

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from facts.users import is_system_user, uid_min, users
 from graph.context import Context
@@ -31,7 +31,6 @@ from graph.uptodate import Probe
 from system import osutil
 from system.errors import AgentError, UnsafeOperation
 from system.fs import MARKER
-from system.record import Record
 
 LOCALHOST = "localhost.localdomain"
 # WALinuxAgent's lock value for root's password field: no hash, no login by password.
@@ -67,7 +66,7 @@ NFT_TABLE = ("ip", "walinuxagent")
 DEFAULT_ENDPOINT = "168.63.129.16"
 
 
-class Change(Record):
+class Change(NamedTuple):
     """One thing deprovisioning will do: shown before acting, then applied."""
 
     kind: Literal["remove", "empty", "write", "run", "live"]
@@ -85,7 +84,7 @@ class Change(Record):
         return f"{self.kind} {ctx.root.system_path(self.path)}  ({self.why})"
 
 
-class Step(Record):
+class Step(NamedTuple):
     """A deprovision task: what it is about and how to find what it has to do now."""
 
     name: str
@@ -476,6 +475,10 @@ def pending(ctx: Context, step: Step) -> str | None:
     return f"{found[0].describe(ctx)}{more}"
 
 
+# ctx.memo key: the operator said no; the message says so (graph/reporter.py reads it).
+CANCELLED = "deprovision_cancelled"
+
+
 def confirm(ctx: Context, steps: list[Step]) -> None:
     """List what will be removed, warn, and ask y/n on stdin unless force=y or plan mode."""
     lines = []
@@ -496,8 +499,11 @@ def confirm(ctx: Context, steps: list[Step]) -> None:
     answer = sys.stdin.readline() if sys.stdin is not None else ""
     if answer.strip().lower() not in ("y", "yes"):
         got = repr(answer.strip()) if answer.strip() else "no answer"
-        raise AgentError(f"deprovision cancelled ({got} on stdin): nothing was removed; "
-                         "answer y, or pass -force (force=y) to skip the question")
+        message = (f"deprovision cancelled ({got} on stdin): nothing was removed; "
+                   "answer y, or pass -force (force=y) to skip the question")
+        # The run's reporter prints this one line and nothing about the steps not run.
+        ctx.memo[CANCELLED] = message
+        raise AgentError(message)
 
 
 def remove_state_db(ctx: Context) -> None:

@@ -89,8 +89,9 @@ def _post(ctx: Context, report: Any, *, patient: bool = False) -> None:
 
     state = inputs.goal_state(ctx)
     label = report.state + (f"/{report.substatus}" if report.substatus else "")
+    # Recorded in a run too: a report is a change (the run report counts changes).
+    ctx.run.record("report", f"health {label}", "to the platform")
     if ctx.run.plan:
-        ctx.run.record("report", f"health {label}", "to the platform")
         return
     inputs.wireserver(ctx).report_health(state, report,
                                          retry=READY_REPORT_RETRY if patient else None)

@@ -321,8 +321,9 @@ def host_key_thumbprint(ctx: Context) -> str:
 def report_host_key(ctx: Context) -> None:
     """Tell the platform the host key fingerprint (shown to the VM's owner)."""
     state = inputs.goal_state(ctx)
+    # Recorded in a run too: a report is a change (the run report counts changes).
+    ctx.run.record("report", "role property CertificateThumbprint", "host key fingerprint")
     if ctx.run.plan:
-        ctx.run.record("report", "role property CertificateThumbprint", "host key fingerprint")
         return
     inputs.wireserver(ctx).report_role_properties(
         state, {"CertificateThumbprint": host_key_thumbprint(ctx)})

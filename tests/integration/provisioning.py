@@ -55,7 +55,7 @@ class Harness:
     def ran(self) -> set[str]:
         """Tasks that executed in the last run (doit's own record, via the run report)."""
         return {name for name, entry in self.last_report()["tasks"].items()
-                if entry.get("result") in ("changed", "failed")}
+                if entry.get("result") in ("changed", "no-change", "failed")}
 
     def health(self) -> list[tuple[str, str | None, str | None]]:
         return [(h["state"], h.get("substatus"), h.get("description"))

@@ -127,7 +127,7 @@ def run_command(args: list[str], build: Callable[[], Namespace] | None = None,
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
         status = main.run(args)
-    return int(status), out.getvalue(), err.getvalue()
+    return int(status or 0), out.getvalue(), err.getvalue()
 
 
 def tree_digest(path: Path) -> str:
