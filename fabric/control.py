@@ -256,8 +256,7 @@ class Timeline:
                 pending.remove(step)
                 try:
                     answer: dict[str, Any] | str = perform(self.fabric, step.do)
-                    log.info("fabric: timeline step done: %s", step.do)
                 except Exception as error:  # one bad step must not stop the others
                     answer = str(error)
-                    log.error("fabric: timeline step %s failed: %s", step.do, error)
+                    log.error("fabric: timeline step %s failed: %s", step.do.get("action"), error)
                 self.done.append((step, answer))
