@@ -709,9 +709,9 @@ class Lab:
         return [json.loads(path.read_text()) for path in runs]
 
     def ran(self) -> set[str]:
-        """Tasks that executed in the agent's last run (changed or failed)."""
+        """Tasks that executed in the agent's last run (changed something, or not, or failed)."""
         return {name for name, entry in self.run_reports()[-1]["tasks"].items()
-                if entry.get("result") in ("changed", "failed")}
+                if entry.get("result") in ("changed", "no-change", "failed")}
 
 
 def unique_tag() -> str:

@@ -28,7 +28,8 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     need_root()
     need_tools("useradd", "chpasswd", "ssh-keygen", "visudo", "sshd", "unshare")
     with Fabric(default_scenario()) as fabric:
-        yield Harness(tmp_path, fabric, BASE_CONF + "Provisioning.DeleteRootPassword=y\n")
+        yield Harness(tmp_path, fabric, BASE_CONF + "Provisioning.DeleteRootPassword=y\n"
+                      "Provisioning.MonitorHostName=y\n")
 
 
 def shadow_hash(root: Path, user: str) -> str:
