@@ -1,7 +1,8 @@
 """doit commands as the agent uses them.
 
-`run` takes the agent's lock and turns SIGTERM into KeyboardInterrupt so doit saves
-the state of finished tasks; `reset-dep` and `strace` are refused: the first marks
+`run` takes the agent's lock; SIGTERM lets the running task finish, then stops the run
+(the reporter raises KeyboardInterrupt before the next task) so doit saves the state of
+finished tasks; `reset-dep` and `strace` are refused: the first marks
 tasks done without doing them, the second runs actions outside the agent's rules.
 """
 
@@ -34,8 +35,17 @@ class AgentBusy(RuntimeError):
     """Another agent run holds the lock."""
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def _stop_after_running_task(previous: Any) -> Any:
+    """A SIGTERM handler for a run: the reporter stops the run before its next task; a
+    handler installed before (the daemon's) hears of it too."""
+    def on_sigterm(signum: int, frame: Any) -> None:
+        from graph.reporter import request_stop
+
+        request_stop(f"signal {signum}")
+        if callable(previous):
+            previous(signum, frame)
+
+    return on_sigterm
 
 
 def disable_entry_point_plugins() -> None:
@@ -89,7 +99,8 @@ class Run(DoitRun):
             except BlockingIOError:
                 sys.stderr.write(f"waiting for another agent run ({ctx.lib_dir / LOCK_FILE})\n")
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _stop_after_running_task(previous))
         try:
             return super()._execute(**params)
         finally:

@@ -49,6 +49,15 @@ def run_reasons(task: Any) -> list[str]:
     return reasons
 
 
+# Why the run must stop before its next task (SIGTERM during a run), or None.
+_STOP_ASKED: list[str] = []
+
+
+def request_stop(why: str) -> None:
+    """Stop the run before its next task: the running one finishes first."""
+    _STOP_ASKED.append(why)
+
+
 class WaagentReporter:
     """doit reporter: terse lines for journald, colour only on a terminal, JSON run report."""
 
@@ -92,6 +101,9 @@ class WaagentReporter:
         return ctx.run.changes if ctx is not None else 0
 
     def execute_task(self, task: Any) -> None:
+        if _STOP_ASKED:
+            # doit then saves the state of the tasks that finished and ends the run.
+            raise KeyboardInterrupt(_STOP_ASKED[-1])
         self._changes_before[task.name] = self._changes()
         self._begin[task.name] = time.time()
         if not self._is_group(task):

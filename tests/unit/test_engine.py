@@ -202,9 +202,11 @@ def test_probe_check_reason() -> None:
 
 
 def test_sigterm_saves_finished_tasks(sandbox: Path, tmp_path: Path) -> None:
-    """SIGTERM becomes KeyboardInterrupt: doit records the tasks that finished."""
+    """SIGTERM: the running task finishes, the run stops before the next one, and doit
+    records the tasks that finished."""
     dodo = tmp_path / "dodo.py"
     flag = tmp_path / "first-done"
+    third = tmp_path / "third-done"
     dodo.write_text(f'''
 import time
 from pathlib import Path
@@ -214,8 +216,10 @@ globals().update(dodo_namespace({{"root": "{sandbox}"}}))
 def task_slow():
     yield {{"name": "first", "actions": [lambda: Path("{flag}").write_text("x") and None],
             "uptodate": [config_changed("v1")]}}
-    yield {{"name": "second", "actions": [lambda: time.sleep(30)], "task_dep": ["slow:first"],
+    yield {{"name": "second", "actions": [lambda: time.sleep(2)], "task_dep": ["slow:first"],
             "uptodate": [config_changed("v1")]}}
+    yield {{"name": "third", "actions": [lambda: Path("{third}").write_text("x") and None],
+            "task_dep": ["slow:second"], "uptodate": [config_changed("v1")]}}
 ''')
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([str(BIN / "python"), "-m", "doit", "-f", str(dodo), "-d",
@@ -233,7 +237,8 @@ def task_slow():
     status = {line.split()[1]: line.split()[0] for line in out.stdout.splitlines()
               if len(line.split()) > 1}
     assert status.get("slow:first") == "U", out.stdout + out.stderr
-    assert status.get("slow:second") == "R", "the interrupted task is not recorded as done"
+    assert status.get("slow:second") == "U", "the running task finished and was recorded"
+    assert status.get("slow:third") == "R" and not third.exists(), "nothing ran after it"
 
 
 @pytest.mark.parametrize("pattern", ["ssh:*", "ssh:host*", "ssh*", "*", "user:account",
