@@ -7,10 +7,10 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import NamedTuple
 
 from conf.options import OPTIONS, OPTIONS_BY_LOWER, Option, Value
 from system.log import get_logger
-from system.record import Record
 
 log = get_logger(__name__)
 
@@ -22,7 +22,7 @@ class ConfigError(ValueError):
     """A waagent.conf value the agent cannot use; the message names file, line and option."""
 
 
-class Setting(Record):
+class Setting(NamedTuple):
     """Where a value came from: the file and line, or the built-in default."""
 
     value: Value

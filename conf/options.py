@@ -9,15 +9,13 @@ Distribution confs set several options to other values (PLATFORM.md section 11).
 
 from __future__ import annotations
 
-from typing import Literal
-
-from system.record import Record
+from typing import Literal, NamedTuple
 
 Kind = Literal["bool", "int", "str", "choice", "path"]
 Value = bool | int | str | None
 
 
-class Option(Record):
+class Option(NamedTuple):
     """One option: its canonical name, type, default, and allowed values for choices."""
 
     name: str

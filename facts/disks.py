@@ -15,10 +15,9 @@ import posixpath
 import stat
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from system.errors import CommandFailed, ProbeFailed
-from system.record import Record
 from system.root import Root
 
 if TYPE_CHECKING:
@@ -120,7 +119,7 @@ def _scsi_block_devices(vmbus_device: Path, lun: int | None) -> list[str]:
     return found
 
 
-class Partition(Record):
+class Partition(NamedTuple):
     """A partition of a block device, from sysfs."""
 
     device: str  # /dev/sdb1
@@ -129,7 +128,7 @@ class Partition(Record):
     size_bytes: int
 
 
-class BlockDevice(Record):
+class BlockDevice(NamedTuple):
     """A whole disk: size, partition table kind and partitions."""
 
     device: str  # /dev/sdb
@@ -138,7 +137,7 @@ class BlockDevice(Record):
     partitions: tuple[Partition, ...]
 
 
-class DeviceContents(Record):
+class DeviceContents(NamedTuple):
     """What a whole disk holds where partition tables and signatures sit: the evidence
     for "blank". `found` is empty only when every byte read was zero."""
 
@@ -147,7 +146,7 @@ class DeviceContents(Record):
     found: tuple[str, ...]  # each with where it is: "ext4 at offset 1048576 (1 MiB)"
 
 
-class FilesystemSignature(Record):
+class FilesystemSignature(NamedTuple):
     """What a device (or partition) holds: the filesystem type, label and UUID."""
 
     type: str

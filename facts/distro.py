@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from system.errors import ProbeFailed
-from system.record import Record
 from system.root import Root
 
 # Search order of os-release(5), then the files older releases used instead.
@@ -24,7 +24,7 @@ _LEGACY_RELEASE = (
 )
 
 
-class FamilyFacts(Record):
+class FamilyFacts(NamedTuple):
     """What differs between distribution families, as facts tasks read."""
 
     sshd_service: str  # the unit that runs sshd
@@ -53,7 +53,7 @@ _FAMILY_IDS: tuple[tuple[str, frozenset[str]], ...] = (
 )
 
 
-class Distro(Record):
+class Distro(NamedTuple):
     """The distribution of the root and the facts the tasks need from it."""
 
     id: str

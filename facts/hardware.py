@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
+from typing import NamedTuple
 
 from system.errors import ProbeFailed
-from system.record import Record
 from system.root import Root
 
 _UUID_GROUPS = (8, 4, 4, 4, 12)
@@ -83,7 +83,7 @@ def kernel_older_than(release: str, version: tuple[int, ...]) -> bool:
     return have + (0,) * (width - len(have)) < version + (0,) * (width - len(version))
 
 
-class Nic(Record):
+class Nic(NamedTuple):
     """A network interface from /sys/class/net."""
 
     name: str

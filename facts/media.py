@@ -17,12 +17,11 @@ import errno
 import io
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from facts.ovf import MAX_OVF_BYTES, OvfEnv, OvfError, parse_ovf_env, without_password
 from system.errors import CommandFailed, ProbeFailed
 from system.log import get_logger
-from system.record import Record
 from system.root import Root
 
 if TYPE_CHECKING:
@@ -41,7 +40,7 @@ _VRS_OFFSET = 16 * 2048
 _NO_MEDIUM = {errno.ENOMEDIUM, errno.ENXIO, errno.ENODEV, errno.EIO, errno.ENOENT}
 
 
-class ProvisioningData(Record):
+class ProvisioningData(NamedTuple):
     """The parsed OVF and where it came from ("/dev/sr0", "image:...", "cache:...")."""
 
     env: OvfEnv

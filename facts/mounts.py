@@ -7,11 +7,11 @@ import contextlib
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from facts import disks
 from facts.hardware import read_text
 from system.errors import ProbeFailed
-from system.record import Record
 from system.root import Root
 
 
@@ -22,7 +22,7 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-class Mount(Record):
+class Mount(NamedTuple):
     """A mounted filesystem. `options` merges the per-mount and superblock options."""
 
     source: str
@@ -134,7 +134,7 @@ def mount_state(root: Root, partition: str, target: Path) -> str:
         return f"elsewhere: {places[0]}"
     return "not mounted"
 
-class Swap(Record):
+class Swap(NamedTuple):
     """An active swap area."""
 
     path: str

@@ -12,10 +12,9 @@ from __future__ import annotations
 import codecs
 import hashlib
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from system.errors import AgentError
-from system.record import Record
 from system.redact import register_secret
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ class OvfError(AgentError):
     """ovf-env.xml cannot be used; the message names the field or the problem."""
 
 
-class SshPublicKey(Record):
+class SshPublicKey(NamedTuple):
     """An authorized key: its Value (OpenSSH text), or a certificate named by Fingerprint."""
 
     path: str
@@ -47,14 +46,14 @@ class SshPublicKey(Record):
     value: str | None = None
 
 
-class SshKeyPair(Record):
+class SshKeyPair(NamedTuple):
     """A key pair whose private half is `<Lib.Dir>/<fingerprint>.prv`, installed at path."""
 
     fingerprint: str
     path: str
 
 
-class OvfEnv(Record):
+class OvfEnv(NamedTuple):
     """The provisioning environment (LinuxProvisioningConfigurationSet + PlatformSettings).
 
     `password` and `custom_data` never appear in repr(); custom_data is the text as

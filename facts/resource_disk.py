@@ -15,12 +15,11 @@ import os
 import shutil
 import struct
 import tempfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from facts import disks
 from facts.mounts import mounts_of_device
 from system.log import get_logger
-from system.record import Record
 
 if TYPE_CHECKING:
     from system.runner import Runner
@@ -39,7 +38,7 @@ INSPECT_OPTIONS = {"ext4": "ro,noload", "ext3": "ro,noload", "ext2": "ro",
 PLAN_DOES_NOT_MOUNT = "a plan never mounts; the run looks at them through a read-only mount"
 
 
-class PartitionFacts(Record):
+class PartitionFacts(NamedTuple):
     """One partition: what blkid finds on it and its top-level entries (None: not listed)."""
 
     device: str
@@ -51,7 +50,7 @@ class PartitionFacts(Record):
     unlisted: str | None = None  # why `entries` is None, when that is known
 
 
-class DiskFacts(Record):
+class DiskFacts(NamedTuple):
     """What the verdict needs to know about the resource disk."""
 
     device: str

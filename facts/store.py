@@ -45,9 +45,9 @@ def facts_path(root: Root, conf: Config, name: str) -> Path:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Records (system.record), tuples, sets and paths as plain JSON values (dict keys as strings).
+    """NamedTuples, tuples, sets and paths as plain JSON values (dict keys as strings).
 
-    A Record becomes an object; one with public_facts() is stored as that view.
+    A NamedTuple becomes an object; one with public_facts() is stored as that view.
     """
     if isinstance(value, tuple) and hasattr(value, "_asdict"):
         public = getattr(value, "public_facts", None)

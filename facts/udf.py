@@ -12,9 +12,7 @@ is bounds-checked against the medium; malformed media raise UdfError.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO
-
-from system.record import Record
+from typing import BinaryIO, NamedTuple
 
 SECTOR = 2048
 _ANCHOR_SECTOR = 256
@@ -37,7 +35,7 @@ class UdfError(ValueError):
     """The medium is not UDF, or its structures are damaged."""
 
 
-class _Extent(Record):
+class _Extent(NamedTuple):
     length: int
     block: int
     partition_ref: int

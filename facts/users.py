@@ -6,15 +6,16 @@ users are not the host's.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from facts.hardware import read_text
 from system.errors import ProbeFailed
-from system.record import Record
 from system.root import Root
 
 DEFAULT_UID_MIN = 1000
 
 
-class User(Record):
+class User(NamedTuple):
     """A line of /etc/passwd."""
 
     name: str
@@ -25,7 +26,7 @@ class User(Record):
     shell: str
 
 
-class Group(Record):
+class Group(NamedTuple):
     """A line of /etc/group."""
 
     name: str

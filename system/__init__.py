@@ -1,5 +1,5 @@
 """The only code that changes the machine: Root, Runner, FileSystem; with them the agent's
-base helpers: errors, loggers, secrets redaction, Record (system/record.py)."""
+base helpers: errors, loggers, secrets redaction."""
 
 from system.errors import (
     AgentError,

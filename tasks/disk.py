@@ -42,7 +42,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from facts import disks, mounts
 from facts.resource_disk import (
@@ -58,7 +58,6 @@ from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed, ProbeFailed, UnsafeOperation
 from system.log import get_logger
-from system.record import Record
 
 log = get_logger("waagent.disk")
 
@@ -255,7 +254,7 @@ def wait_for_resource_disk(ctx: Context, seconds: float,
 
 # ---------------------------------------------------------------- options
 
-class DiskOptions(Record):
+class DiskOptions(NamedTuple):
     """The ResourceDisk.* options as the tasks use them."""
 
     format: bool

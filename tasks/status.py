@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from graph.context import Context
 from system.errors import AgentError
 from system.log import get_logger
-from system.record import Record
 from tasks import inputs
 
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ STATUS_FILE = "waagent_status.json"
 HISTORY_KEEP = 50  # goal states whose status copies are kept
 
 
-class StatusTarget(Record):
+class StatusTarget(NamedTuple):
     """Where this goal state's status goes, and what it acknowledges."""
 
     incarnation: str

@@ -10,9 +10,8 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 from email.utils import format_datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from system.record import Record
 from wire.http import HttpClient
 
 BlobType = Literal["BlockBlob", "PageBlob"]
@@ -21,7 +20,7 @@ PAGE_SIZE = 512
 MAX_PAGE_WRITE = 4 * 1024 * 1024
 
 
-class BlobRequest(Record):
+class BlobRequest(NamedTuple):
     """One storage PUT: URL, headers (including Content-Length) and body."""
 
     url: str

@@ -14,8 +14,8 @@ from __future__ import annotations
 import base64
 import re
 import struct
+from typing import NamedTuple
 
-from system.record import Record
 from wire.errors import CertificateError
 
 _SEQUENCE, _INTEGER, _BIT_STRING, _OCTET_STRING, _OID = 0x30, 0x02, 0x03, 0x04, 0x06
@@ -29,7 +29,7 @@ class NotRsa(CertificateError):
     """The key is not RSA (or is structured in a way this reader does not know)."""
 
 
-class RsaPublicKey(Record):
+class RsaPublicKey(NamedTuple):
     """An RSA public key: what pairs a key with its certificate."""
 
     modulus: int
@@ -49,7 +49,7 @@ class RsaPublicKey(Record):
         return "ssh-rsa " + base64.b64encode(blob).decode()
 
 
-class _Element(Record):
+class _Element(NamedTuple):
     tag: int
     content: bytes
 

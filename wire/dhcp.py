@@ -13,8 +13,8 @@ import ipaddress
 import re
 import struct
 from collections.abc import Mapping
+from typing import NamedTuple
 
-from system.record import Record
 from wire.errors import WireError
 
 WIRESERVER_OPTION = 245
@@ -24,7 +24,7 @@ _MESSAGE_TYPES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK
                   7: "RELEASE", 8: "INFORM"}
 
 
-class DhcpMessage(Record):
+class DhcpMessage(NamedTuple):
     """A parsed DHCP message: the header fields we use and every option's raw bytes."""
 
     op: int

@@ -9,14 +9,15 @@ sends are in `wire.reports`.
 
 from __future__ import annotations
 
-from system.record import Record
+from typing import NamedTuple
+
 from wire import decode_text
 from wire.errors import DocumentError
 from wire.xmldoc import children, find, parse_xml, required_text, text_at
 
 # -- versions -------------------------------------------------------------------------------
 
-class Versions(Record):
+class Versions(NamedTuple):
     """`GET /?comp=versions`: the preferred protocol version and the others supported."""
 
     preferred: str | None
@@ -46,7 +47,7 @@ def parse_versions(text: str | bytes) -> Versions:
 
 # -- goal state -----------------------------------------------------------------------------
 
-class GoalState(Record):
+class GoalState(NamedTuple):
     """`GET /machine/?comp=goalstate`. URLs are as the platform wrote them (not rewritten).
 
     `role_instance_id` is None while the platform has not placed the role yet: the

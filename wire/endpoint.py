@@ -20,12 +20,11 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from conf.config import Config
 from system.fs import FileSystem
 from system.log import get_logger
-from system.record import Record
 from system.root import Root
 from wire.errors import WireError
 
@@ -53,7 +52,7 @@ DHCPCD_LEASES = ("/var/lib/dhcpcd/*.lease", "/var/lib/dhcpcd5/*.lease",
 DhcpSender = Callable[[str, bytes, float], bytes | None]
 
 
-class Endpoint(Record):
+class Endpoint(NamedTuple):
     """The WireServer address and where it came from (for logs and the plan)."""
 
     address: str

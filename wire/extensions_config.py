@@ -10,9 +10,8 @@ that handler as failed and still run the rest, as the published agent does.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from system.record import Record
 from wire import decode_text, parse_json
 from wire.errors import DocumentError
 from wire.xmldoc import (
@@ -32,7 +31,7 @@ BlobType = Literal["BlockBlob", "PageBlob"]
 _STATES: tuple[PluginState, ...] = ("enabled", "disabled", "uninstall")
 
 
-class GAFamily(Record):
+class GAFamily(NamedTuple):
     """An agent family (`AutoUpdate.GAFamily`) with its manifest URIs and RSM version."""
 
     name: str
@@ -42,14 +41,14 @@ class GAFamily(Record):
     is_vm_enabled_for_rsm_upgrades: bool = False
 
 
-class DependsOnExtension(Record):
+class DependsOnExtension(NamedTuple):
     """One entry of a DependsOn block: a handler, and in multi-config an extension name."""
 
     handler: str
     extension: str | None = None
 
 
-class ExtensionSettings(Record):
+class ExtensionSettings(NamedTuple):
     """The settings of one extension: the handler's own (single-config, `name` None)
     or one named extension of a multi-config handler."""
 
@@ -64,7 +63,7 @@ class ExtensionSettings(Record):
     depends_on: tuple[DependsOnExtension, ...] = ()
 
 
-class Plugin(Record):
+class Plugin(NamedTuple):
     """An extension handler to have in `state`, with where to get it and its settings."""
 
     name: str
@@ -88,7 +87,7 @@ class Plugin(Record):
         return tuple(u for u in found if u)
 
 
-class ExtensionsConfig(Record):
+class ExtensionsConfig(NamedTuple):
     """The extension goal state of one incarnation."""
 
     incarnation: str | None
@@ -323,7 +322,7 @@ def _settings(item: Element, ext_name: str | None, state: PluginState, level: in
 
 # -- manifests ------------------------------------------------------------------------------
 
-class ManifestVersion(Record):
+class ManifestVersion(NamedTuple):
     """One version a manifest offers, with the URIs of its package."""
 
     version: str
@@ -332,7 +331,7 @@ class ManifestVersion(Record):
     disallow_major_version_upgrade: bool = False
 
 
-class PluginVersionManifest(Record):
+class PluginVersionManifest(NamedTuple):
     """An extension (or agent) manifest: the versions available and where."""
 
     versions: tuple[ManifestVersion, ...]

@@ -10,10 +10,9 @@ import base64
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from system.log import get_logger
-from system.record import Record
 from wire import decode_text, parse_json
 from wire.blob import BlobType, status_blob_requests
 from wire.documents import parse_versions
@@ -28,7 +27,7 @@ HOSTPLUGIN_API_VERSION = "2015-09-01"
 MAX_ARTIFACT_BYTES = 1024 * 1024 * 1024
 
 
-class VmSettings(Record):
+class VmSettings(NamedTuple):
     """The answer to `GET /vmSettings`.
 
     `status` is "changed" (a new document and ETag), "unchanged" (304: the ETag we

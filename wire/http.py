@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping
+from typing import NamedTuple
 
 from system.log import get_logger
-from system.record import Record
 from wire import decode_text
 from wire.errors import HttpStatusError, WireError
 from wire.http1 import BadResponse, Sent, exchange, send
@@ -32,7 +32,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 Sleep = Callable[[float], None]
 
 
-class RetryPolicy(Record):
+class RetryPolicy(NamedTuple):
     """How hard to try: attempts on errors, on throttling, and a bound on total waiting.
 
     `attempts` counts tries that failed with a retryable status or a connection error;
@@ -61,7 +61,7 @@ READY_REPORT_RETRY = RetryPolicy(attempts=80, max_delay=30.0, throttle_attempts=
                                  budget=30 * 60.0)
 
 
-class Response(Record):
+class Response(NamedTuple):
     """A complete HTTP answer. Header names are lower-case."""
 
     status: int

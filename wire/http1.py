@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-
-from system.record import Record
+from typing import NamedTuple
 
 _MAX_HEAD = 64 * 1024
 _READ = 64 * 1024
@@ -23,7 +22,7 @@ class BadResponse(Exception):
     """The peer's answer is not HTTP/1.x, or it ends early."""
 
 
-class Answer(Record):
+class Answer(NamedTuple):
     """Status, reason, headers (lower-case names) and body of one response."""
 
     status: int

@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from system.record import Record
 from wire import parse_json
 from wire.errors import DocumentError
 from wire.http import RETRY_STATUSES, HttpClient, RetryPolicy
@@ -21,14 +20,14 @@ IMDS_RETRY = RetryPolicy(attempts=10, max_delay=10.0, throttle_attempts=10, thro
                          throttle_statuses=frozenset({429}))
 
 
-class PublicKey(Record):
+class PublicKey(NamedTuple):
     """An SSH public key IMDS gives for the admin user, and where it belongs."""
 
     key_data: str
     path: str | None
 
 
-class InstanceMetadata(Record):
+class InstanceMetadata(NamedTuple):
     """The compute part of `/metadata/instance` that provisioning uses."""
 
     vm_id: str

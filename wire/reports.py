@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
-
-from system.record import Record
+from typing import Literal, NamedTuple
 
 MAX_HEALTH_DESCRIPTION_BYTES = 4096
 
@@ -41,7 +39,7 @@ HealthState = Literal["Ready", "NotReady"]
 HealthSubStatus = Literal["Provisioning", "ProvisioningFailed"]
 
 
-class HealthReport(Record):
+class HealthReport(NamedTuple):
     """What `POST /machine?comp=health` says: Ready, or NotReady with a sub-status."""
 
     state: HealthState

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from system.record import Record
+from typing import Any, NamedTuple
 
 STATUS_VERSION = "1.1"
 LANG = "en-US"
@@ -32,7 +30,7 @@ def formatted(message: str) -> dict[str, str]:
     return {"lang": LANG, "message": message}
 
 
-class GuestOSInfo(Record):
+class GuestOSInfo(NamedTuple):
     """`guestOSInfo`: the VM's name and system as the agent sees them."""
 
     computer_name: str
@@ -41,7 +39,7 @@ class GuestOSInfo(Record):
     agent_version: str
 
 
-class ExtensionStatus(Record):
+class ExtensionStatus(NamedTuple):
     """One extension's status file, as the handler wrote it (the first element)."""
 
     sequence_number: int
@@ -50,7 +48,7 @@ class ExtensionStatus(Record):
     timestamp: str | None = None
 
 
-class HandlerStatus(Record):
+class HandlerStatus(NamedTuple):
     """One handler in `handlerAggregateStatus`."""
 
     name: str
@@ -62,7 +60,7 @@ class HandlerStatus(Record):
     multi_config: bool = False
 
 
-class GoalStateStatus(Record):
+class GoalStateStatus(NamedTuple):
     """`vmArtifactsAggregateStatus.goalStateAggregateStatus`: how the agent handled the
     extensions goal state it was given."""
 

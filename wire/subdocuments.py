@@ -7,7 +7,8 @@ naming the document and the field.
 
 from __future__ import annotations
 
-from system.record import Record
+from typing import NamedTuple
+
 from wire import decode_text
 from wire.errors import DocumentError
 from wire.xmldoc import (
@@ -24,7 +25,7 @@ PFX_FORMAT = "Pkcs7BlobWithPfxContents"
 
 # -- hosting environment and shared config --------------------------------------------------
 
-class HostingEnvironmentConfig(Record):
+class HostingEnvironmentConfig(NamedTuple):
     """The VM's names as the platform knows them."""
 
     vm_name: str
@@ -51,7 +52,7 @@ def parse_hosting_environment(text: str | bytes) -> HostingEnvironmentConfig:
     )
 
 
-class SharedConfigInstance(Record):
+class SharedConfigInstance(NamedTuple):
     """One `Instances/Instance` of SharedConfig."""
 
     id: str
@@ -60,7 +61,7 @@ class SharedConfigInstance(Record):
     rdma_mac_address: str | None  # colon-separated, as `ip link` shows it
 
 
-class SharedConfig(Record):
+class SharedConfig(NamedTuple):
     """SharedConfig, kept raw for the few consumers, with the fields they read."""
 
     deployment_name: str | None
@@ -106,7 +107,7 @@ def parse_shared_config(text: str | bytes) -> SharedConfig:
 
 # -- certificates document ------------------------------------------------------------------
 
-class CertificateFile(Record):
+class CertificateFile(NamedTuple):
     """The Certificates document: its format and the base64 CMS blob (None when absent)."""
 
     format: str | None

@@ -13,11 +13,11 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from system.errors import CommandFailed
 from system.fs import FileSystem
 from system.log import get_logger
-from system.record import Record
 from system.runner import Started
 from wire import TRANSPORT_CERT, TRANSPORT_KEY, der
 from wire.errors import CertificateError
@@ -31,7 +31,7 @@ TRANSPORT_VALIDITY_DAYS = 730
 _KEYGEN_SCRATCH = ".transport-pair-{pid}.partial"
 
 
-class TransportPair(Record):
+class TransportPair(NamedTuple):
     """The agent's transport certificate and key, as stored in Lib.Dir."""
 
     cert_path: Path

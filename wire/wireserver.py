@@ -7,10 +7,9 @@ state carry the platform's own address and are rebased onto that endpoint.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from system.log import get_logger
-from system.record import Record
 from wire.errors import HttpStatusError, WireError
 from wire.http import HttpClient, Response, RetryPolicy, base_url, rebase_url
 
@@ -32,7 +31,7 @@ CERTIFICATE_CIPHERS = ("AES128_CBC", "DES_EDE3_CBC")
 _XML = {"Content-Type": "text/xml;charset=utf-8"}
 
 
-class AgentIdentity(Record):
+class AgentIdentity(NamedTuple):
     """How the agent names itself to the platform (headers, status blob)."""
 
     name: str = "WALinuxAgent"
@@ -44,7 +43,7 @@ class AgentIdentity(Record):
         return f"{self.name}/{self.version}"
 
 
-class GoalStateDocuments(Record):
+class GoalStateDocuments(NamedTuple):
     """A goal state and the sub-documents it points to (None when it points to none)."""
 
     goal_state: GoalState

@@ -9,10 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import textwrap
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from system.log import get_logger
-from system.record import Record
 from wire import der
 from wire.errors import CertificateError
 
@@ -100,21 +99,21 @@ def load_certificate(pem: bytes) -> x509.Certificate:
 
 # -- decrypted bundles ----------------------------------------------------------------------
 
-class BundleCertificate(Record):
+class BundleCertificate(NamedTuple):
     """A certificate from the platform, named by thumbprint."""
 
     thumbprint: str
     pem: bytes
 
 
-class BundleKey(Record):
+class BundleKey(NamedTuple):
     """A private key, named by the thumbprint of the certificate it belongs to."""
 
     thumbprint: str
     pem: bytes
 
 
-class CertificateBundle(Record):
+class CertificateBundle(NamedTuple):
     """What the Certificates document held, decrypted, keys matched to certificates."""
 
     certificates: tuple[BundleCertificate, ...]
