@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import select
 import signal
@@ -30,10 +31,9 @@ from typing import Any
 
 from graph.context import DEFAULT_CONF, Context, make_context
 from system.errors import AgentError
-from system.log import get_logger
 from tasks import MONITORS, Monitor, inputs
 
-log = get_logger("waagent.daemon")
+log = logging.getLogger("waagent.daemon")
 
 STATE_FILE = "daemon.json"
 # waagent asks again this long after the HostGAPlugin said it has no FastTrack.
@@ -358,6 +358,7 @@ class Daemon:
         for name in due:
             self.monitor_due[name] = now + self.period(self.monitors[name])
             self.state["monitors"][name] = time.time()
+        self.save_state()
 
     # -- what `waagent status` shows ----------------------------------------------------------
 

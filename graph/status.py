@@ -1,10 +1,13 @@
-"""`status`: the last run report (`<Lib.Dir>/runs/*.json`, written by graph/reporter.py)
-as a table: task, result, duration, and why it ran or how it failed."""
+"""`status`: the daemon (`<Lib.Dir>/daemon.json`, written by graph/daemon.py) and the last
+run report (`<Lib.Dir>/runs/*.json`, written by graph/reporter.py) as a table: task,
+result, duration, and why it ran or how it failed."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -50,6 +53,60 @@ def write_table(report: dict[str, Any], out: TextIO, show_all: bool = True) -> N
                   + "  " + row[3] + "\n")
 
 
+def _clock(when: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when)) if when else "never"
+
+
+def daemon_state(lib_dir: Any) -> dict[str, Any] | None:
+    """What the daemon last wrote of itself, or None when no daemon ever ran here."""
+    from graph.daemon import STATE_FILE
+
+    try:
+        found = json.loads((lib_dir / STATE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def write_daemon(state: dict[str, Any], out: TextIO, on_this_system: bool) -> None:
+    """The daemon in a few lines: since when, loops, goal state, status upload, monitors."""
+    pid = int(state.get("pid") or 0)
+    running = bool(state.get("running")) and (not on_this_system or _alive(pid))
+    how = f"running (PID {pid})" if running else f"not running (was PID {pid})"
+    out.write(f"Daemon: {how} since {_clock(state.get('since'))}, {state.get('loops', 0)} "
+              f"loops, {state.get('graph_runs', 0)} graph runs, "
+              f"{state.get('conf_reloads', 0)} conf reloads; updated "
+              f"{_clock(state.get('updated'))}\n")
+    goal = state.get("goal_state") or {}
+    out.write(f"  goal state:    incarnation {goal.get('incarnation', '?')}, seen "
+              f"{_clock(goal.get('seen_at'))}"
+              + (f", vmSettings ETag {goal['vm_settings_etag']}"
+                 if goal.get("vm_settings_etag") else "")
+              + (f"; last check failed: {goal['error']}" if goal.get("error") else "") + "\n")
+    status = state.get("status") or {}
+    upload = (f"failed: {status['error']}" if status.get("error")
+              else f"via {status.get('via', '?')} (incarnation {status.get('incarnation')})")
+    out.write(f"  status upload: {_clock(status.get('at'))}, {upload}\n")
+    last = state.get("last_run") or {}
+    if last:
+        out.write(f"  last graph run: {' '.join(last.get('targets', []))} ({last.get('why')}) "
+                  f"{_clock(last.get('at'))}, {last.get('seconds', 0):.2f} s, "
+                  f"{last.get('result')}\n")
+    monitors = state.get("monitors") or {}
+    shown = ", ".join(f"{name} {_clock(at)}" for name, at in sorted(monitors.items()))
+    out.write(f"  monitors:      {shown or 'none ran yet'}\n")
+
+
 opt_json = {"name": "json_output", "long": "json", "type": bool, "default": False,
             "help": "print the report as JSON"}
 opt_changes = {"name": "changes_only", "long": "changes", "type": bool, "default": False,
@@ -70,11 +127,14 @@ class Status(Command):
         ctx = make_context(command_line_vars(), plan=True)
         out = sys.stdout
         report = last_run(ctx)
+        daemon = daemon_state(ctx.lib_dir)
+        if opt_values["json_output"]:
+            out.write(json.dumps({**(report or {}), "daemon": daemon}, indent=1) + "\n")
+            return 0 if report is not None else 1
+        if daemon is not None:
+            write_daemon(daemon, out, on_this_system=ctx.root.is_host)
         if report is None:
             out.write(f"no run report yet in {ctx.lib_dir / 'runs'}\n")
             return 1
-        if opt_values["json_output"]:
-            out.write(json.dumps(report, indent=1) + "\n")
-        else:
-            write_table(report, out, show_all=not opt_values["changes_only"])
+        write_table(report, out, show_all=not opt_values["changes_only"])
         return 0

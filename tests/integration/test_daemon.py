@@ -159,7 +159,7 @@ def test_an_admin_rename_is_published_never_reverted(harness: DaemonHarness) -> 
     harness.wait("the rename published",
                  lambda: published.read_text().strip() == "renamed-by-admin")
     assert (harness.root / "etc/hostname").read_text() == "renamed-by-admin\n"
-    assert "hostname" in harness.state()["monitors"]
+    harness.wait("the monitor's record", lambda: "hostname" in harness.state()["monitors"])
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
 
@@ -205,3 +205,13 @@ def test_run_exthandlers_does_one_goal_state_pass(harness: DaemonHarness) -> Non
     assert "status sent via HostGAPlugin" in done.stdout
     assert len(blobs(harness)) == before + 1
     assert not harness.ran() & {"user:account", "ssh:config"}, "no provisioning"
+
+
+def test_status_shows_the_daemon(harness: DaemonHarness,
+                                 daemon: subprocess.Popen[str]) -> None:
+    harness.wait("two loops and an upload", lambda: harness.state().get("loops", 0) >= 2
+                 and "via" in str(harness.state().get("status")))
+    shown = harness.run(command="status", check=True).stdout
+    assert f"Daemon: running (PID {daemon.pid}) since " in shown
+    assert "status upload: " in shown and "via HostGAPlugin (incarnation 1)" in shown
+    assert "goal state:    incarnation 1" in shown
