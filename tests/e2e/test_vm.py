@@ -67,7 +67,7 @@ resource_disk_size_mb: 1024
 # crypt(3) hashes passlib makes without the `crypt` module (gone in Python 3.13), bcrypt's
 # included. argv: the top-level modules of the agent's dependencies, each imported.
 IN_PROCESS = """\
-import importlib, importlib.util, sys
+import datetime, importlib, importlib.util, sys
 for name in sys.argv[1:]:
     importlib.import_module(name)
 from cryptography import x509
@@ -77,10 +77,11 @@ from cryptography.x509.oid import NameOID
 from passlib.hash import bcrypt, sha512_crypt
 key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "LinuxTransport")])
-x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(
-    key.public_key()).serial_number(1).not_valid_before(
-    __import__("datetime").datetime(2020, 1, 1)).not_valid_after(
-    __import__("datetime").datetime(2040, 1, 1)).sign(key, hashes.SHA256())
+(x509.CertificateBuilder().subject_name(name).issuer_name(name)
+ .public_key(key.public_key()).serial_number(1)
+ .not_valid_before(datetime.datetime(2020, 1, 1))
+ .not_valid_after(datetime.datetime(2040, 1, 1))
+ .sign(key, hashes.SHA256()))
 assert sha512_crypt.using(salt="salt", rounds=5000).hash("x").startswith("$6$salt$")
 assert bcrypt.using(ident="2a", rounds=4).hash("x").startswith("$2a$04$")
 print("%d.%d" % sys.version_info[:2], importlib.util.find_spec("crypt") is not None)
