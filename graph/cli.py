@@ -156,7 +156,10 @@ def main(argv: Sequence[str] | None = None, run_doit: Callable[[list[str]], int]
          ) -> int:
     """Entry point of the `waagent` console script."""
     try:
-        return _main(argv, run_doit)
+        status = _main(argv, run_doit)
+        # Output smaller than the buffer meets a closed pipe only here, not at exit.
+        sys.stdout.flush()
+        return status
     except BrokenPipeError:
         # The reader went away (`waagent -show-configuration | head`): stop quietly, as
         # other tools do, and keep Python from failing again when it flushes stdout.

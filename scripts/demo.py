@@ -5,7 +5,9 @@
 
 Steps, each printed: the fabric serves the bundled default scenario; the plan of a
 first boot; the boot itself (`waagent provision`); what the fabric received; the graph
-picture; a second boot that changes nothing. Nothing outside the sandbox changes:
+picture; a second boot that changes nothing; then the daemon (`waagent -daemon`, 2 s
+periods): its status blobs, a new goal state the fabric publishes and the daemon picks
+up, `waagent status`, and SIGTERM. Nothing outside the sandbox changes:
 services, the kernel hostname and custom data are skipped for a root that is not the
 running system. Needs root (useradd --prefix, chpasswd -R).
 """
@@ -15,8 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +44,55 @@ def waagent(*args: str) -> int:
     return status
 
 
+def wait_for(what: str, condition: object, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.2)
+    print(f"  timed out waiting for {what}")
+    return False
+
+
+def seq_no(blob: dict[str, object]) -> str:
+    status = blob.get("status") or {}
+    goal = status.get("aggregateStatus", {}).get(  # type: ignore[union-attr]
+        "vmArtifactsAggregateStatus", {}).get("goalStateAggregateStatus", {})
+    return str(goal.get("inSvdSeqNo"))
+
+
+def run_daemon(fabric: Fabric, common: list[str], work: Path) -> int:
+    """The daemon's loop: status every period, a new goal state picked up, SIGTERM."""
+    step("the daemon: waagent -daemon (what the service runs), a loop every 2 s")
+    print("$ waagent -daemon " + " ".join(common), flush=True)
+    log = open(work / "daemon.log", "w")  # noqa: SIM115 - closed below
+    daemon = subprocess.Popen([sys.executable, "-m", "graph.cli", "-daemon", *common],
+                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        blobs = fabric.record.status_blobs
+        if not wait_for("status blobs", lambda: len(blobs()) >= 2):
+            return 1
+        print(f"  the fabric received {len(blobs())} status blobs: guestAgentStatus Ready, "
+              f"incarnation {seq_no(blobs()[-1])}")
+        incarnation = fabric.new_incarnation()
+        published = time.monotonic()
+        print(f"  the fabric publishes incarnation {incarnation}")
+        if not wait_for("the new incarnation", lambda: seq_no(blobs()[-1]) == str(incarnation)):
+            return 1
+        print(f"  status with incarnation {incarnation} uploaded "
+              f"{time.monotonic() - published:.1f} s later")
+        waagent("status", "--changes", *common)
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(60)
+        print(f"  SIGTERM: the daemon finished its work and exited with status {code}")
+        return code
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", help="put the sandbox here and keep it (default: a temp dir)")
@@ -57,7 +111,9 @@ def main() -> int:
     media = build_media(scenario, work / "ovf-env.iso")
     conf = root / "etc/waagent.conf"
     conf.write_text("# demo: the sandbox has no resource disk\nResourceDisk.Format=n\n"
-                    "Provisioning.Agent=waagent\nProvisioning.RegenerateSshHostKeyPair=y\n")
+                    "Provisioning.Agent=waagent\nProvisioning.RegenerateSshHostKeyPair=y\n"
+                    "# demo: a quick loop (waagent's default is 6 s)\n"
+                    "Extensions.GoalStatePeriod=2\nExtensions.InitialGoalStatePeriod=2\n")
     with Fabric(scenario, record_path=work / "fabric-record.json") as fabric:
         common = [f"root={root}", f"wireserver={fabric.wire_url}", f"media={media}"]
         step(f"fabric on {fabric.wire_url} serving VM {scenario.hostname} "
@@ -81,6 +137,8 @@ def main() -> int:
         status = status or waagent("provision", *common)
         step("the last run")
         waagent("status", *common)
+        status = status or run_daemon(fabric, [*common, f"hostplugin={fabric.hostplugin_url}"],
+                                      work)
     print(f"\nsandbox kept in {work}" if args.keep else f"\nsandbox in {work}")
     return status
 

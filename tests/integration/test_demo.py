@@ -26,3 +26,8 @@ def test_demo_provisions_and_second_boot_changes_nothing(tmp_path: Path) -> None
     assert (tmp_path / "demo/graph.html").stat().st_size > 1000
     second = text.split("second boot")[1]
     assert "1 ran, 0 failed" in second and "ran gather:goalstate" in second
+    daemon = text.split("the daemon: waagent -daemon")[1]
+    assert "the fabric publishes incarnation 2" in daemon
+    assert "status with incarnation 2 uploaded" in daemon
+    assert "Daemon: running (PID" in daemon
+    assert "the daemon finished its work and exited with status 0" in daemon
