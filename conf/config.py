@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple
 
 from conf.options import OPTIONS, OPTIONS_BY_LOWER, Option, Value
-from system.log import get_logger
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 _TRUE = {"y", "yes", "true"}
 _FALSE = {"n", "no", "false"}

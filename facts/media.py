@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from facts.ovf import MAX_OVF_BYTES, OvfEnv, OvfError, parse_ovf_env, without_password
 from system.errors import CommandFailed, ProbeFailed
-from system.log import get_logger
 from system.root import Root
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from system.fs import FileSystem
     from system.runner import Runner
 
-log = get_logger("waagent.facts.media")
+log = logging.getLogger("waagent.facts.media")
 
 OVF_FILE = "ovf-env.xml"
 # PLATFORM.md section 1: sr0, hd[c-z], cdrom*, cd[0-9], vd[b-z].

@@ -11,6 +11,7 @@ never empty.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import struct
@@ -19,12 +20,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from facts import disks
 from facts.mounts import mounts_of_device
-from system.log import get_logger
 
 if TYPE_CHECKING:
     from system.runner import Runner
 
-log = get_logger("waagent.disk")
+log = logging.getLogger("waagent.disk")
 
 # Marks of a partition table this agent wrote ("WAGD"; GPT has partition names, MBR has not).
 OUR_MBR_DISK_ID = 0x57414744

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import string
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from system.errors import AgentError, ProbeFailed
-from system.log import get_logger
 from system.redact import MASK, redact
 from system.root import Root
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from conf.config import Config
     from system.fs import FileSystem
 
-log = get_logger("waagent.facts.store")
+log = logging.getLogger("waagent.facts.store")
 
 FACTS_DIR = "facts"
 _NAME_CHARS = frozenset(string.ascii_lowercase + string.digits + "_-")

@@ -8,6 +8,7 @@ loading the graph is on the path of every boot.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,6 @@ from typing import Any
 from conf import ConfigError
 from graph.context import Context, make_context
 from graph.reporter import WaagentReporter
-from system import log as system_log
 from system.redact import RedactingFilter
 from tasks import AREAS, GROUPS, Area, Group
 
@@ -93,35 +93,28 @@ def doit_config(ctx: Context) -> dict[str, Any]:
 def configure_logging(ctx: Context) -> None:
     """Agent log to stderr (journald reads it) and to /var/log/waagent.log in the root.
 
-    Set up at the first record (system.log): a boot with nothing to do imports logging
-    and opens the log file only if it logs."""
+    The agent's modules log to children of the "waagent" logger; a command that loads
+    the graph again in this process (the daemon) replaces the handlers."""
     verbose = bool(ctx.var("verbose")) or ctx.conf.flag("Logs.Verbose")
-    to_console = ctx.conf.flag("Logs.Console")
     log_file = None if PLAN_MODE else ctx.root / "var/log/waagent.log"
-
-    def set_up() -> None:
-        import logging
-
-        logger = logging.getLogger("waagent")
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-            handler.close()
-        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-        logger.propagate = False
-        if to_console:
-            console = logging.StreamHandler(sys.stderr)
-            console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-            console.addFilter(RedactingFilter())
-            logger.addHandler(console)
-        if log_file is not None and log_file.parent.is_dir():
-            # delay: the file is opened by the first record, so a command that logs
-            # nothing (list, info) creates no log file.
-            file_handler = logging.FileHandler(log_file, encoding="utf-8", delay=True)
-            file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            file_handler.addFilter(RedactingFilter())
-            logger.addHandler(file_handler)
-
-    system_log.configure(set_up, system_log.DEBUG if verbose else system_log.INFO)
+    logger = logging.getLogger("waagent")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    if ctx.conf.flag("Logs.Console"):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        console.addFilter(RedactingFilter())
+        logger.addHandler(console)
+    if log_file is not None and log_file.parent.is_dir():
+        # delay: the file is opened by the first record, so a command that logs
+        # nothing (list, info) creates no log file.
+        file_handler = logging.FileHandler(log_file, encoding="utf-8", delay=True)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        file_handler.addFilter(RedactingFilter())
+        logger.addHandler(file_handler)
 
 
 def _area_creator(area: Area, ctx: Context) -> Callable[[], Iterator[dict[str, Any]]]:

@@ -9,6 +9,7 @@ with the link `systemctl enable` makes on an image root.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import string
@@ -19,10 +20,9 @@ from pathlib import Path
 
 from graph.context import DEFAULT_CONF, Context, make_context
 from system.fs import MARKER
-from system.log import get_logger
 from tasks import inputs
 
-log = get_logger("waagent.service")
+log = logging.getLogger("waagent.service")
 
 UNIT_DIR = "/etc/systemd/system"
 LOGROTATE_FILE = "/etc/logrotate.d/waagent"

@@ -15,6 +15,7 @@ final link, always inside the root:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import stat
@@ -22,10 +23,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from system.log import DEBUG, INFO, get_logger
 from system.runner import Runner
 
-log = get_logger("waagent.fs")
+log = logging.getLogger("waagent.fs")
 
 MARKER = "Managed by waagent-graph"
 
@@ -108,7 +108,7 @@ class FileSystem:
             raise
         if durable:
             self._fsync_dir(target.parent)
-        log.log(DEBUG if quiet else INFO, "changed: %s%s", self._shown(path),
+        log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s%s", self._shown(path),
                 "" if secret else f" ({why})")
         return True
 
@@ -132,7 +132,7 @@ class FileSystem:
         os.chmod(real, mode)
         if owner is not None:
             os.chown(real, *owner, follow_symlinks=False)
-        log.log(DEBUG if quiet else INFO, "changed: %s/ (%s)",
+        log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s/ (%s)",
                 self._shown(path), why)
         return True
 
@@ -148,7 +148,7 @@ class FileSystem:
             shutil.rmtree(path)
         else:
             path.unlink()
-        log.log(DEBUG if quiet else INFO, "removed: %s (%s)",
+        log.log(logging.DEBUG if quiet else logging.INFO, "removed: %s (%s)",
                 self._shown(path), why)
         return True
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import logging
 
 MASK = "<redacted>"
 
@@ -31,10 +28,8 @@ def redact(text: str) -> str:
     return text
 
 
-class RedactingFilter:
-    """A logging filter that masks registered secrets in the formatted message (logging
-    takes any object with a `filter` method: importing logging here would load it on
-    every boot, system.log)."""
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks registered secrets in the formatted message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if _secrets:

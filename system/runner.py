@@ -10,6 +10,7 @@ paths in the root are resolved inside it (DESIGN rule 8).
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -17,11 +18,10 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from system.errors import CommandFailed, UnsafeOperation
-from system.log import get_logger
 from system.redact import redact
 from system.root import Root
 
-log = get_logger("waagent.run")
+log = logging.getLogger("waagent.run")
 
 DEFAULT_TIMEOUT = 120.0
 # Tools found here in any distro; the sandbox's PATH is not the host's.

@@ -6,17 +6,17 @@ customdata:run   executed once per VM with Provisioning.ExecuteCustomData
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from graph.context import Context
 from system.errors import AgentError, CommandFailed
-from system.log import get_logger
 from system.redact import register_secret
 from tasks import inputs
 from tasks.once import once
 
-log = get_logger("waagent.customdata")
+log = logging.getLogger("waagent.customdata")
 
 CUSTOM_DATA_FILE = "CustomData"
 RUN_TIMEOUT = 900.0

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -57,9 +58,8 @@ from facts.resource_disk import (
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed, ProbeFailed, UnsafeOperation
-from system.log import get_logger
 
-log = get_logger("waagent.disk")
+log = logging.getLogger("waagent.disk")
 
 FORMAT = "ResourceDisk.Format"
 FILESYSTEM = "ResourceDisk.Filesystem"

@@ -11,18 +11,18 @@ gather:goalstate the goal state: runs every time, it is how changes reach the VM
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
-from system.log import get_logger
 from tasks import inputs
 
 if TYPE_CHECKING:
     from wire.documents import GoalState
 
-log = get_logger("waagent.gather")
+log = logging.getLogger("waagent.gather")
 
 # Per-VM files in Lib.Dir that a new VM must not inherit.
 PER_VM_PATTERNS = ("*.crt", "*.prv", "ovf-env.xml", "CustomData", "published_hostname",

@@ -7,6 +7,7 @@ publish:hostname  the DHCP client sends it (renew that keeps the address); publi
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from collections.abc import Iterator
@@ -15,11 +16,10 @@ from typing import Any
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError
-from system.log import get_logger
 from tasks import inputs
 from tasks.once import once
 
-log = get_logger("waagent.hostname")
+log = logging.getLogger("waagent.hostname")
 
 PUBLISHED_FILE = "published_hostname"
 _LABEL_CHARS = frozenset(string.ascii_letters + string.digits + "-")

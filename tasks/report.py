@@ -14,6 +14,7 @@ the end of the run.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,10 +22,9 @@ from typing import Any
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError
-from system.log import get_logger
 from tasks import AREAS, inputs
 
-log = get_logger("waagent.report")
+log = logging.getLogger("waagent.report")
 
 DISABLE_AGENT_FILE = "disable_agent"
 CLOUD_INIT_WAIT = 300.0

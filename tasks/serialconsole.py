@@ -9,6 +9,7 @@ Arguments already there are kept; running it twice changes nothing.
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 from collections.abc import Iterator
@@ -17,9 +18,8 @@ from typing import Any
 from graph.context import Context
 from graph.uptodate import Probe
 from system.errors import AgentError
-from system.log import get_logger
 
-log = get_logger("waagent.serialconsole")
+log = logging.getLogger("waagent.serialconsole")
 
 CONSOLE_ARGS = ("console=ttyS0", "earlyprintk=ttyS0")
 DEFAULT_GRUB = "/etc/default/grub"

@@ -11,6 +11,7 @@ ssh:report           the host key's fingerprint to the platform (role properties
 from __future__ import annotations
 
 import glob
+import logging
 import string
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,11 +21,10 @@ from facts import users
 from graph.context import Context
 from graph.uptodate import Inputs
 from system.errors import AgentError, CommandFailed
-from system.log import get_logger
 from tasks import certificates, inputs
 from tasks.once import once
 
-log = get_logger("waagent.ssh")
+log = logging.getLogger("waagent.ssh")
 
 MARKER = "# Managed by waagent-graph"
 DROPIN_NAME = "00-waagent.conf"

@@ -12,13 +12,13 @@ takes a blob that stops arriving as an agent that stopped.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from graph.context import Context
 from system.errors import AgentError
-from system.log import get_logger
 from tasks import inputs
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from wire.extensions_config import ExtensionsConfig
     from wire.status import HandlerStatus
 
-log = get_logger("waagent.status")
+log = logging.getLogger("waagent.status")
 
 AGENT_VERSION = "0.1.0"
 HISTORY_DIR = "history"

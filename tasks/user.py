@@ -8,6 +8,7 @@ user:rootpw    lock root's password (Provisioning.DeleteRootPassword)
 
 from __future__ import annotations
 
+import logging
 import string
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +17,13 @@ from typing import TYPE_CHECKING, Any
 from facts import users
 from graph.context import Context
 from system.errors import AgentError, CommandFailed
-from system.log import get_logger
 from tasks import inputs
 from tasks.once import once
 
 if TYPE_CHECKING:
     from system.runner import Runner
 
-log = get_logger("waagent.user")
+log = logging.getLogger("waagent.user")
 
 # POSIX portable user names, as useradd accepts them by default.
 # useradd's portable names: [a-z_][a-z0-9_.-]*, a `$` allowed last, at most 32 characters.

@@ -18,10 +18,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import logging
 from pathlib import Path
 
 from system.fs import FileSystem
-from system.log import get_logger
 from wire.cms import decrypt_cms, read_pkcs12
 from wire.errors import CertificateError
 from wire.openssl import decrypt_with_openssl
@@ -34,7 +34,7 @@ from wire.transport import ensure_transport_pair as ensure_transport_pair
 from wire.transport import start_transport_keygen as start_transport_keygen
 from wire.x509 import CertificateBundle
 
-log = get_logger("waagent.wire.certs")
+log = logging.getLogger("waagent.wire.certs")
 
 
 def decode_certificate_data(data: str) -> bytes:

@@ -9,9 +9,9 @@ openssl works).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
-from system.log import get_logger
 from wire.errors import CertificateError
 from wire.x509 import CertificateBundle, load_certificate, make_bundle
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-log = get_logger("waagent.wire.certs")
+log = logging.getLogger("waagent.wire.certs")
 
 
 # -- CMS decryption -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ by default it is sent only when the Root is the running system's `/`, so a test
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 import time
@@ -24,14 +25,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from conf.config import Config
 from system.fs import FileSystem
-from system.log import get_logger
 from system.root import Root
 from wire.errors import WireError
 
 if TYPE_CHECKING:
     import datetime
 
-log = get_logger("waagent.wire.endpoint")
+log = logging.getLogger("waagent.wire.endpoint")
 
 FIXED_ENDPOINT = "168.63.129.16"
 ENDPOINT_FILE = "WireServerEndpoint"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
-from system.log import get_logger
 from wire import decode_text, parse_json
 from wire.blob import BlobType, status_blob_requests
 from wire.documents import parse_versions
@@ -20,7 +20,7 @@ from wire.errors import DocumentError, HttpStatusError, WireError
 from wire.http import NO_RETRY, HttpClient, base_url
 from wire.wireserver import AgentIdentity
 
-log = get_logger("waagent.wire.hostplugin")
+log = logging.getLogger("waagent.wire.hostplugin")
 
 HOSTPLUGIN_PORT = 32526
 HOSTPLUGIN_API_VERSION = "2015-09-01"

@@ -9,17 +9,17 @@ endpoints must never be reached through a proxy). HTTPS URLs use the standard li
 
 from __future__ import annotations
 
+import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping
 from typing import NamedTuple
 
-from system.log import get_logger
 from wire import decode_text
 from wire.errors import HttpStatusError, WireError
 from wire.http1 import BadResponse, Sent, exchange, send
 
-log = get_logger("waagent.wire.http")
+log = logging.getLogger("waagent.wire.http")
 
 # Server-side trouble worth another try (PLATFORM.md section 2, "Retries").
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 507})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -17,14 +18,13 @@ from typing import NamedTuple
 
 from system.errors import CommandFailed
 from system.fs import FileSystem
-from system.log import get_logger
 from system.runner import Started
 from wire import TRANSPORT_CERT, TRANSPORT_KEY, der
 from wire.errors import CertificateError
 from wire.openssl import command_path
 from wire.x509 import certificate_der_of, load_certificate, public_der
 
-log = get_logger("waagent.wire.certs")
+log = logging.getLogger("waagent.wire.certs")
 
 TRANSPORT_SUBJECT = "LinuxTransport"
 TRANSPORT_VALIDITY_DAYS = 730

@@ -6,10 +6,10 @@ state carry the platform's own address and are rebased onto that endpoint.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
-from system.log import get_logger
 from wire.errors import HttpStatusError, WireError
 from wire.http import HttpClient, Response, RetryPolicy, base_url, rebase_url
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from wire.subdocuments import CertificateFile, HostingEnvironmentConfig, SharedConfig
     from wire.transport import TransportPair
 
-log = get_logger("waagent.wire.wireserver")
+log = logging.getLogger("waagent.wire.wireserver")
 
 WIRESERVER_PORT = 80
 WIRE_PROTOCOL_VERSION = "2012-11-30"

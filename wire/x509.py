@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import textwrap
 from typing import TYPE_CHECKING, NamedTuple
 
-from system.log import get_logger
 from wire import der
 from wire.errors import CertificateError
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-log = get_logger("waagent.wire.certs")
+log = logging.getLogger("waagent.wire.certs")
 
 
 def to_pem(label: str, body: bytes) -> bytes:

@@ -42,7 +42,7 @@ def test_first_boot_provisions_everything(harness: Harness) -> None:
 
     result = harness.run(check=True)
     root, scenario = harness.root, harness.scenario
-    # The agent's log, set up at its first record (system/log.py), in the file and on stderr.
+    # The agent's log, in the file and on stderr.
     log = read(root / "var/log/waagent.log")
     assert " INFO reported health Ready" in log and "INFO reported health Ready" in result.stderr
     user = scenario.username

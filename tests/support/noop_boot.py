@@ -9,12 +9,11 @@ from __future__ import annotations
 # Modules a no-op boot must not import: the heavy libraries, what doit loads for features
 # the agent turns off, what only changed or failed work needs, what a cached answer
 # spares (uuid for superblocks, the DHCP code for the WireServer endpoint, the XML parser
-# for a goal state document already handled), and logging, which loads at the first
-# record (system/log.py): a boot with nothing to do writes none.
+# for a goal state document already handled).
 NOT_ON_THE_NO_OP_BOOT = (
     "networkx", "requests", "cryptography", "asn1crypto", "passlib", "yaml", "defusedxml",
     "xml.etree", "http.client", "email", "importlib.metadata", "multiprocessing", "uuid",
-    "logging", "wire.certs", "wire.transport", "wire.openssl", "wire.cms", "wire.x509",
+    "wire.certs", "wire.transport", "wire.openssl", "wire.cms", "wire.x509",
     "wire.subdocuments", "wire.reports", "wire.extensions_config",
     "wire.dhcp", "wire.documents", "wire.xmldoc", "pyexpat", "tasks.deprovision", "tasks.serialconsole", "graph.plan", "graph.render")
 

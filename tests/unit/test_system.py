@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -187,63 +185,6 @@ def test_fs_remove_move_truncate(tmp_path: Path) -> None:
     assert not fs.remove(tmp_path / "d", why="tree")
     assert fs.truncate(tmp_path / "machine-id", why="new id on boot")
     assert (tmp_path / "machine-id").read_text() == ""
-
-
-# A fresh interpreter: whether `logging` is loaded is the point of these checks.
-LAZY_LOGGING = """
-import sys
-from system import log
-
-made = []
-def set_up():
-    import logging
-    made.append(1)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
-    logging.getLogger("waagent").addHandler(handler)
-    logging.getLogger("waagent").setLevel(logging.INFO)
-
-out = log.get_logger("waagent.test")
-log.configure(set_up, log.INFO)
-out.debug("below the level")
-print("loaded after debug:", "logging" in sys.modules, len(made))
-out.info("first %s", "record")
-out.warning("second")
-print("loaded after info:", "logging" in sys.modules, len(made))
-"""
-
-
-def test_logging_loads_at_the_first_record_that_passes_the_level() -> None:
-    result = subprocess.run([sys.executable, "-c", LAZY_LOGGING], capture_output=True,
-                            text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        "loaded after debug: False 0",
-        "INFO waagent.test first record",
-        "WARNING waagent.test second",
-        "loaded after info: True 1",
-    ]
-
-
-def test_configure_applies_at_once_when_logging_is_loaded() -> None:
-    from system import log
-
-    made: list[int] = []
-    log.configure(lambda: made.append(1), log.INFO)
-    assert made == [1]
-
-
-def test_a_record_names_the_line_that_logged_it(caplog: pytest.LogCaptureFixture) -> None:
-    from system.log import get_logger
-
-    # Not under "waagent": a configured agent logger does not propagate to caplog's root.
-    caplog.set_level(logging.DEBUG, logger="lazy-test")
-    out = get_logger("lazy-test")
-    out.info("via info")
-    out.log(logging.WARNING, "via log")
-    assert [(r.getMessage(), r.funcName, r.filename) for r in caplog.records] == [
-        ("via info", "test_a_record_names_the_line_that_logged_it", "test_system.py"),
-        ("via log", "test_a_record_names_the_line_that_logged_it", "test_system.py")]
 
 
 # -- root= is a jail (DESIGN rule 8) ----------------------------------------------------------
