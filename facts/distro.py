@@ -15,6 +15,7 @@ from typing import NamedTuple
 from system.errors import ProbeFailed
 from system.root import Root
 
+_OS_RELEASE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Search order of os-release(5), then the files older releases used instead.
 _OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
 _LEGACY_RELEASE = (
@@ -81,7 +82,7 @@ def parse_os_release(text: str) -> dict[str, str]:
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, raw = line.partition("=")
-        if not (key.isascii() and key.isidentifier()):  # [A-Za-z_][A-Za-z0-9_]*
+        if not _OS_RELEASE_KEY.fullmatch(key):
             continue
         values[key] = _unquote(raw.strip())
     return values
@@ -90,11 +91,9 @@ def parse_os_release(text: str) -> dict[str, str]:
 def _unquote(raw: str) -> str:
     if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
         quote, body = raw[0], raw[1:-1]
-        if quote == "'" or "\\" not in body:
+        if quote == "'":
             return body
         return re.sub(r"\\([\\$\"`])", r"\1", body)
-    if "\\" not in raw:
-        return raw
     return re.sub(r"\\(.)", r"\1", raw)
 
 

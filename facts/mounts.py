@@ -14,12 +14,12 @@ from facts.hardware import read_text
 from system.errors import ProbeFailed
 from system.root import Root
 
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
 
 def _unescape(field: str) -> str:
     """The kernel escapes space, tab, newline and backslash in paths as \\ooo."""
-    if "\\" not in field:
-        return field  # the usual case: no regex compiled on the boot's path
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
 class Mount(NamedTuple):

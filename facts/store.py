@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import string
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("waagent.facts.store")
 
 FACTS_DIR = "facts"
-_NAME_CHARS = frozenset(string.ascii_lowercase + string.digits + "_-")
+_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 # Keys whose values are shown masked in redacted views, whatever they hold.
 SECRET_KEYS = frozenset({"password", "user_password", "custom_data", "private_key", "secret"})
 
@@ -39,7 +39,7 @@ class SecretInFacts(AgentError):
 
 def facts_path(root: Root, conf: Config, name: str) -> Path:
     """The real path of a facts file, `<Lib.Dir>/facts/<name>.json`."""
-    if not name[:1].isalpha() or not set(name) <= _NAME_CHARS:
+    if not _NAME.fullmatch(name):
         raise ValueError(f"facts name {name!r} must be lower-case letters, digits, '-' or '_'")
     return root / conf.required_path("Lib.Dir") / FACTS_DIR / f"{name}.json"
 

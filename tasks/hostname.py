@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import string
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +21,8 @@ from tasks.once import once
 log = logging.getLogger("waagent.hostname")
 
 PUBLISHED_FILE = "published_hostname"
-_LABEL_CHARS = frozenset(string.ascii_letters + string.digits + "-")
+# A DNS label (RFC 1123): 1-63 letters, digits and hyphens, no hyphen first or last.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 DHCLIENT_CONF = "/etc/dhcp/dhclient.conf"
 
 
@@ -64,19 +64,13 @@ def generate_publish(ctx: Context) -> Iterator[dict[str, Any]]:
             "dhcp_client": inputs.distro(ctx).dhcp_client})
 
 
-def _valid_label(label: str) -> bool:
-    """1-63 letters, digits and hyphens, not starting or ending with a hyphen (RFC 1123)."""
-    return (0 < len(label) <= 63 and not label.startswith("-") and not label.endswith("-")
-            and set(label) <= _LABEL_CHARS)
-
-
 def wanted_hostname(ctx: Context) -> str:
     """The OVF's HostName, checked to be a valid host name."""
     name = inputs.ovf_facts(ctx).get("hostname")
     if not name:
         raise HostnameError("ovf-env.xml has no HostName")
     name = str(name).strip()
-    if len(name) > 253 or not all(_valid_label(label) for label in name.split(".")):
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise HostnameError(f"HostName {name!r} in ovf-env.xml is not a valid host name")
     return name
 
