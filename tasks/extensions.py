@@ -1,0 +1,1074 @@
+"""Extension handlers as tasks: one chain per handler of the extensions goal state.
+
+The tasks are created after gather:extensions stored the extensions goal state (doit's
+`create_after`), from those facts and a look at Lib.Dir (which versions are installed):
+
+extensions:<Handler>:download   manifest, then the package into `<Lib.Dir>/<Name>__<Version>.zip`
+extensions:<Handler>:verify     the zip checked before anything is unpacked (size, count,
+                                paths, links, CRC): a hostile zip gets an error status
+extensions:<Handler>:unpack     `<Lib.Dir>/<Name>-<Version>/`, HandlerEnvironment.json,
+                                config/ and status/ (0700), the log folders
+extensions:<Handler>:settings   `config/<seq>.settings` (protectedSettings as delivered)
+extensions:<Handler>:install    installCommand (or :update from an installed version:
+                                disable old, update, uninstall old, install new)
+extensions:<Handler>:enable     enableCommand: on every new extensions goal state and once
+                                per agent start (handlers skip repeats through `mrseq`)
+extensions:<Handler>:wait       a handler below the highest dependsOn level: its status
+                                polled every 5 s until success or error
+extensions:<Handler>:disable    state disabled: disableCommand when Enabled
+extensions:<Handler>:uninstall  state uninstall, or a handler gone from the goal state:
+                                disable, uninstall, remove its directory and package
+
+Files are waagent's (extensions read them): config/HandlerState, config/HandlerStatus,
+`status/<seq>.status` written by the handler and read back by `handler_statuses`, which
+the daemon puts in the status blob every loop. Commands run through
+system.handler_command (own session, process group and cgroup, timeouts, output files,
+CommandExecution.log), only on the running system or with chroot=y.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from graph.context import Context
+from graph.uptodate import Inputs, Probe
+from system.errors import AgentError
+from tasks import inputs
+
+if TYPE_CHECKING:
+    from facts.extensions import HandlerManifest
+    from wire.extensions_goal_state import ExtensionsGoalState
+    from wire.status import HandlerStatus as BlobHandlerStatus
+
+log = logging.getLogger("waagent.extensions")
+
+FACTS = "extensions"
+# Handler states (config/HandlerState), as waagent writes them.
+NOT_INSTALLED, INSTALLED, ENABLED, FAILED_UPGRADE = (
+    "NotInstalled", "Installed", "Enabled", "FailedUpgrade")
+NOT_RUN = "NOT_RUN"
+# waagent's timeouts (seconds) and error codes per operation.
+TIMEOUTS = {"install": 900, "enable": 300, "disable": 900, "update": 900, "uninstall": 300}
+ERROR_CODES = {"install": 1007, "update": 1008, "enable": 1009, "disable": 1010,
+               "uninstall": 1000}
+CODE_TIMEOUT = 1011
+CODE_DOWNLOAD = 1001
+CODE_PACKAGE = 1005
+CODE_GOAL_STATE = 1000
+CODE_UNSUPPORTED_FEATURES = 2001
+# What waagent 2.7.3 tells handlers it supports (AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES).
+EXTENSION_FEATURES = [{"Key": "ExtensionTelemetryPipeline", "Value": "1.0"}]
+DEPENDENCY_TIMEOUT = 90 * 60.0
+DEPENDENCY_POLL = 5.0
+_VERSION = re.compile(r"^\d+(\.\d+)*$")
+
+# Set by the daemon (graph/daemon.py): what identifies this agent start (enable reruns once
+# per start), and the last FastTrack ETag it saw (gather:extensions looks again when it
+# changes). A plain `waagent provision` is started once per boot: the kernel's boot id.
+AGENT_START: str | None = None
+VM_SETTINGS_ETAG: str | None = None
+
+
+class ExtensionFailed(AgentError):
+    """A handler operation failed; `code` is waagent's error code for its status."""
+
+    def __init__(self, message: str, code: int = CODE_GOAL_STATE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- the goal state, as stored facts ------------------------------------------------------
+
+class Settings(NamedTuple):
+    """One extension's settings (single-config: `name` None)."""
+
+    name: str | None
+    seq_no: int
+    state: str
+    public: Any
+    protected: str | None
+    thumbprint: str | None
+    level: int
+
+
+class Handler(NamedTuple):
+    """A handler as the stored extensions goal state asks for it."""
+
+    name: str
+    version: str
+    state: str
+    uris: tuple[str, ...]
+    multi_config: bool
+    level: int
+    invalid: str | None
+    settings: tuple[Settings, ...]
+
+    @property
+    def sort_key(self) -> int:
+        """waagent's order: non-enabled handlers first, in reverse level order."""
+        return self.level if self.state == "enabled" else -self.level - 1
+
+
+def goal_state_facts(state: ExtensionsGoalState, **extra: Any) -> dict[str, Any]:
+    """The stored form of an extensions goal state."""
+    handlers = []
+    for plugin in state.plugins:
+        handlers.append({
+            "name": plugin.name, "version": plugin.version, "state": plugin.state,
+            "uris": list(plugin.manifest_uris), "multi_config": plugin.is_multi_config,
+            "level": plugin.dependency_level, "invalid": plugin.invalid_reason,
+            "settings": [{"name": s.name, "seq_no": s.seq_no, "state": s.state,
+                          "public": s.public_settings, "protected": s.protected_settings,
+                          "thumbprint": s.protected_settings_cert_thumbprint,
+                          "level": s.dependency_level} for s in plugin.settings],
+        })
+    return {"id": state.id, "source": state.source, "created_ticks": state.created_ticks,
+            "on_hold": state.on_hold, "unsupported_features": list(state.unsupported_features),
+            "in_svd_seq_no": state.in_svd_seq_no, "handlers": handlers, **extra}
+
+
+def stored_goal_state(ctx: Context) -> dict[str, Any] | None:
+    return inputs.stored_facts(ctx, FACTS)
+
+
+def handlers_of(facts: Mapping[str, Any]) -> list[Handler]:
+    found = []
+    for h in facts.get("handlers", []):
+        settings = tuple(Settings(s.get("name"), int(s.get("seq_no", 0)), s.get("state", "enabled"),
+                                  s.get("public"), s.get("protected"), s.get("thumbprint"),
+                                  int(s.get("level") or 0)) for s in h.get("settings", []))
+        found.append(Handler(h["name"], h["version"], h["state"], tuple(h.get("uris", [])),
+                             bool(h.get("multi_config")), int(h.get("level") or 0),
+                             h.get("invalid"), settings))
+    return found
+
+
+# -- gathering ----------------------------------------------------------------------------
+
+def source_inputs(ctx: Context) -> dict[str, Any]:
+    """What says the extensions goal state may have changed: the goal state document and
+    the FastTrack ETag the daemon saw."""
+    goal = inputs.stored_facts(ctx, "goalstate") or {}
+    return {"goal_state": goal.get("sha256"), "vm_settings": VM_SETTINGS_ETAG,
+            "enabled": ctx.conf.flag("Extensions.Enabled")}
+
+
+def gather_extensions(ctx: Context) -> None:
+    """Store the extensions goal state: ExtensionsConfig (with its artifacts profile's
+    onHold) or FastTrack vmSettings, the newer; never one older than the stored one."""
+    from wire.extensions_goal_state import choose, from_extensions_config, parse_vm_settings
+
+    if not ctx.conf.flag("Extensions.Enabled"):
+        return
+    goal = inputs.goal_facts(ctx)
+    stored = stored_goal_state(ctx)
+    state = inputs.goal_state(ctx)
+    client = inputs.wireserver(ctx)
+    config = client.extensions_config(state)
+    candidates: list[ExtensionsGoalState | None] = []
+    if config is not None:
+        candidates.append(from_extensions_config(
+            config, state.incarnation, on_hold=_on_hold(ctx, config.in_vm_artifacts_profile_blob)))
+    etag = None
+    answer = _vm_settings(ctx, state)
+    if answer is not None and answer.document is not None:
+        etag = answer.etag
+        try:
+            candidates.append(parse_vm_settings(answer.document, answer.etag or ""))
+        except AgentError as err:
+            log.warning("vmSettings ignored: %s", err)
+    handled = stored.get("created_ticks") if stored else None
+    chosen = choose(candidates, handled if stored and stored.get("id") else None)
+    if chosen is None:
+        if stored is not None:
+            inputs.keep_facts(ctx, FACTS, {**stored, "goal_state_sha256": goal.get("sha256"),
+                                           "vm_settings_etag": etag})
+            return
+        inputs.keep_facts(ctx, FACTS, {"id": None, "handlers": [],
+                                       "goal_state_sha256": goal.get("sha256")})
+        return
+    log.info("extensions goal state %s from %s (%d handler(s))", chosen.id, chosen.source,
+             len(chosen.plugins))
+    inputs.keep_facts(ctx, FACTS, goal_state_facts(
+        chosen, goal_state_sha256=goal.get("sha256"), vm_settings_etag=etag))
+
+
+def hostplugin_client(ctx: Context, state: Any, *, retry: bool) -> Any:
+    """A HostGAPlugin client for this goal state (`hostplugin=`, or the WireServer's
+    address); without `retry` one try only, for calls that have a fallback."""
+    from urllib.parse import urlsplit
+
+    from wire.hostplugin import HOSTPLUGIN_PORT, HostPluginClient
+    from wire.http import NO_RETRY, HttpClient
+
+    given = ctx.var("hostplugin")
+    wire = inputs.wireserver(ctx)
+    endpoint = given or f"{urlsplit(wire.base).hostname}:{HOSTPLUGIN_PORT}"
+    http = wire.http if retry else HttpClient(retry=NO_RETRY, timeout=10.0)
+    return HostPluginClient(endpoint, container_id=state.container_id,
+                            role_config_name=state.role_config_name, http=http)
+
+
+def _vm_settings(ctx: Context, state: Any) -> Any:
+    from wire.errors import WireError
+
+    try:
+        answer = hostplugin_client(ctx, state, retry=False).vm_settings(None)
+    except WireError as err:
+        log.debug("vmSettings: %s", err)
+        return None
+    return answer if answer.status == "changed" else None
+
+
+def _on_hold(ctx: Context, blob_url: str | None) -> bool:
+    """InVMArtifactsProfileBlob `onHold` (EnableOverProvisioning only, as waagent)."""
+    if not blob_url or not ctx.conf.flag("EnableOverProvisioning"):
+        return False
+    from wire.extensions_config import is_on_hold, parse_artifacts_profile
+
+    try:
+        data = artifact_client(ctx, inputs.goal_state(ctx)).fetch(
+            [blob_url], what="the InVMArtifactsProfile", max_bytes=64 * 1024)
+        return is_on_hold(parse_artifacts_profile(data))
+    except AgentError as err:
+        log.warning("InVMArtifactsProfile not read (%s): not on hold", err)
+        return False
+
+
+def artifact_client(ctx: Context, state: Any) -> Any:
+    from tasks.status import proxy
+    from wire.artifacts import ArtifactClient
+
+    found = ctx.memo.get("artifact_client")
+    if found is None:
+        found = ctx.memo["artifact_client"] = ArtifactClient(
+            hostplugin_client(ctx, state, retry=False), proxy=proxy(ctx),
+            backoff=float(ctx.var("artifact_backoff") or 2.0))
+    return found
+
+
+# -- where things are ---------------------------------------------------------------------
+
+def handler_dir(ctx: Context, name: str, version: str) -> Path:
+    return ctx.lib_dir / f"{name}-{version}"
+
+
+def package_path(ctx: Context, name: str, version: str) -> Path:
+    return ctx.lib_dir / f"{name}__{version}.zip"
+
+
+def log_dir(ctx: Context, name: str) -> Path:
+    return ctx.root / ctx.conf.required_path("Extension.LogDir") / name
+
+
+def vm_path(ctx: Context, real: Path) -> str:
+    """A path as the VM (and so the handler) sees it."""
+    return ctx.root.system_path(real)
+
+
+def read_small(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")[:4096].strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def handler_state(ctx: Context, name: str, version: str) -> str:
+    return read_small(handler_dir(ctx, name, version) / "config/HandlerState") or NOT_INSTALLED
+
+
+def installed_versions(ctx: Context, name: str) -> list[str]:
+    """Versions of `name` with a directory in Lib.Dir, lowest first."""
+    from wire.artifacts import version_key
+
+    found = []
+    try:
+        entries = list(ctx.lib_dir.iterdir())
+    except FileNotFoundError:
+        return []
+    prefix = name + "-"
+    for entry in entries:
+        rest = entry.name[len(prefix):]
+        if entry.name.startswith(prefix) and _VERSION.match(rest) and entry.is_dir():
+            found.append(rest)
+    return sorted(found, key=version_key)
+
+
+def installed_version(ctx: Context, name: str) -> str | None:
+    """The highest version whose HandlerState says it is installed (waagent's rule)."""
+    live = [v for v in installed_versions(ctx, name)
+            if handler_state(ctx, name, v) not in (NOT_INSTALLED, FAILED_UPGRADE)]
+    return live[-1] if live else None
+
+
+def handlers_on_disk(ctx: Context) -> dict[str, list[str]]:
+    """Handler name -> versions with a directory in Lib.Dir that holds a HandlerManifest."""
+    found: dict[str, list[str]] = {}
+    try:
+        entries = sorted(ctx.lib_dir.iterdir())
+    except FileNotFoundError:
+        return {}
+    for entry in entries:
+        name, sep, version = entry.name.rpartition("-")
+        if sep and _VERSION.match(version) and (entry / "HandlerManifest.json").is_file():
+            found.setdefault(name, []).append(version)
+    return found
+
+
+def can_run_commands(ctx: Context) -> bool:
+    """Handler commands run on the running system, or inside an image root with chroot=y."""
+    return ctx.root.is_host or ctx.run.chroot
+
+
+def agent_start(ctx: Context) -> str:
+    """What identifies this agent start: the daemon's, else the kernel's boot id."""
+    if AGENT_START:
+        return AGENT_START
+    found = read_small(ctx.root / "proc/sys/kernel/random/boot_id")
+    return f"boot-{found}" if found else "boot-unknown"
+
+
+def settings_digest(handler: Handler) -> str:
+    """A digest of the settings content (protected settings included, never shown)."""
+    text = json.dumps([s._asdict() for s in handler.settings], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# -- the tasks ----------------------------------------------------------------------------
+
+def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+    """One chain of tasks per handler of the stored extensions goal state."""
+    if not ctx.conf.flag("Extensions.Enabled"):
+        return
+    facts = stored_goal_state(ctx)
+    if not facts or not facts.get("id"):
+        return
+    handlers = sorted(handlers_of(facts), key=lambda h: h.sort_key)
+    goal_id = str(facts["id"])
+    if not can_run_commands(ctx):
+        yield skipped_task(ctx, handlers, goal_id)
+        return
+    if facts.get("unsupported_features"):
+        yield unsupported_task(ctx, facts)
+        return
+    if facts.get("on_hold"):
+        yield on_hold_task(goal_id)
+        return
+    wanted = {h.name for h in handlers}
+    for name, versions in handlers_on_disk(ctx).items():
+        if name not in wanted:
+            yield from removal_tasks(ctx, name, versions[-1], why="it left the goal state")
+    enabled = [h for h in handlers if h.state == "enabled"]
+    top = max((h.level for h in enabled), default=0)
+    waits: list[str] = []
+    for handler in handlers:
+        chain = list(handler_tasks(ctx, handler, goal_id))
+        if handler.state == "enabled" and waits:
+            for task in chain:
+                if task["name"].endswith((":install", ":update", ":enable")):
+                    task["task_dep"] = [*task.get("task_dep", []), *waits]
+        yield from chain
+        if handler.state == "enabled" and handler.level < top and handler.settings:
+            wait = wait_task(ctx, handler, goal_id)
+            waits.append(f"extensions:{wait['name']}")
+            yield wait
+
+
+def skipped_task(ctx: Context, handlers: Sequence[Handler], goal_id: str) -> dict[str, Any]:
+    names = ", ".join(f"{h.name} {h.version} ({h.state})" for h in handlers) or "none"
+    why = (f"root {ctx.root.base} is not the running system: handler commands run only there "
+           "or with chroot=y")
+    return {
+        "name": "skipped",
+        "doc": f"extension handlers not run here ({names})",
+        "actions": [(lambda: ctx.run.record("skip", f"extension handlers {names}", why),)],
+        "uptodate": [Inputs("extensions-skipped", lambda: {"goal_state": goal_id,
+                                                          "handlers": names})],
+    }
+
+
+def unsupported_task(ctx: Context, facts: Mapping[str, Any]) -> dict[str, Any]:
+    features = ", ".join(facts.get("unsupported_features", []))
+
+    def refuse() -> None:
+        raise ExtensionFailed(f"Failing GS {facts['id']} as Unsupported features found: "
+                              f"{features}", CODE_UNSUPPORTED_FEATURES)
+
+    return {"name": "unsupported", "doc": f"goal state requires unsupported features: {features}",
+            "actions": [(refuse,)],
+            "uptodate": [Inputs("extensions-unsupported", lambda: {"goal_state": facts["id"]})]}
+
+
+def on_hold_task(goal_id: str) -> dict[str, Any]:
+    return {"name": "on-hold", "doc": "extension handling is on hold (InVMArtifactsProfile)",
+            "actions": [(lambda: log.info("extension handling is on hold"),)],
+            "uptodate": [Inputs("extensions-on-hold", lambda: {"goal_state": goal_id})]}
+
+
+def _task(handler: str, step: str, doc: str, action: Any, *args: Any,
+          deps: Sequence[str] = (), uptodate: Sequence[Any] = ()) -> dict[str, Any]:
+    return {"name": f"{handler}:{step}", "doc": doc, "actions": [(action, list(args))],
+            "task_dep": [f"extensions:{handler}:{d}" for d in deps], "uptodate": list(uptodate)}
+
+
+def handler_tasks(ctx: Context, handler: Handler, goal_id: str) -> Iterator[dict[str, Any]]:
+    """The tasks one handler needs for the state the goal state asks."""
+    name, version = handler.name, handler.version
+    if handler.state != "enabled":
+        on_disk = installed_versions(ctx, name)
+        installed = installed_version(ctx, name) or (on_disk[-1] if on_disk else None)
+        if installed is None:
+            return
+        if handler.state == "disabled":
+            yield _task(name, "disable", f"disable {name} {installed} (the goal state asks)",
+                        disable_handler, ctx, handler, installed,
+                        uptodate=[Probe("enabled", lambda: _is_enabled(ctx, name, installed))])
+        else:
+            yield from removal_tasks(ctx, name, installed, why="the goal state asks to uninstall it")
+        return
+    current = installed_version(ctx, name)
+    inputs_of = {"version": version, "goal_state": goal_id, "state": handler.state,
+                 "settings": settings_digest(handler),
+                 "seq": [s.seq_no for s in handler.settings]}
+    yield _task(name, "download", f"download {name} {version}: manifest, then the package",
+                download_package, ctx, handler,
+                uptodate=[Probe("package", lambda: _package_missing(ctx, name, version))])
+    yield _task(name, "verify", f"check the {name} {version} zip before it is unpacked",
+                verify_package, ctx, handler, deps=["download"],
+                uptodate=[Probe("unpacked", lambda: _not_unpacked(ctx, name, version))])
+    yield _task(name, "unpack", f"unpack {name} {version} into Lib.Dir, HandlerEnvironment.json",
+                unpack_package, ctx, handler, deps=["verify"],
+                uptodate=[Probe("unpacked", lambda: _not_unpacked(ctx, name, version))])
+    yield _task(name, "settings", f"write the settings of {name} (seq {_seqs(handler)})",
+                write_settings, ctx, handler, deps=["unpack"],
+                uptodate=[Inputs(f"ext-settings-{name}", lambda: inputs_of),
+                          Probe("settings", lambda: _settings_missing(ctx, handler))])
+    if current is not None and current != version:
+        yield _task(name, "update", f"update {name} {current} -> {version}",
+                    update_handler, ctx, handler, current, deps=["settings"],
+                    uptodate=[Probe("installed", lambda: _not_installed(ctx, name, version))])
+        before = "update"
+    else:
+        yield _task(name, "install", f"install {name} {version}", install_handler, ctx, handler,
+                    deps=["settings"],
+                    uptodate=[Probe("installed", lambda: _not_installed(ctx, name, version))])
+        before = "install"
+    yield _task(name, "enable", f"enable {name} {version} (seq {_seqs(handler)})",
+                enable_handler, ctx, handler, deps=[before],
+                uptodate=[Inputs(f"ext-enable-{name}",
+                                 lambda: {**inputs_of, "agent_start": agent_start(ctx)}),
+                          Probe("enabled", lambda: _not_enabled(ctx, name, version))])
+
+
+def removal_tasks(ctx: Context, name: str, version: str, *, why: str) -> Iterator[dict[str, Any]]:
+    yield _task(name, "uninstall", f"uninstall {name} {version}: {why}", uninstall_handler,
+                ctx, name, version, why,
+                uptodate=[Probe("present", lambda: _present(ctx, name, version))])
+
+
+def wait_task(ctx: Context, handler: Handler, goal_id: str) -> dict[str, Any]:
+    return _task(handler.name, "wait",
+                 f"wait for {handler.name} (dependsOn level {handler.level}) to succeed",
+                 wait_for_handler, ctx, handler, goal_id, deps=["enable"],
+                 uptodate=[Inputs(f"ext-wait-{handler.name}", lambda: {
+                     "goal_state": goal_id, "agent_start": agent_start(ctx),
+                     "settings": settings_digest(handler)})])
+
+
+def _seqs(handler: Handler) -> str:
+    return ", ".join(str(s.seq_no) for s in handler.settings) or "none: 0.settings"
+
+
+# -- checks (read-only) -------------------------------------------------------------------
+
+def _package_missing(ctx: Context, name: str, version: str) -> str | None:
+    if (handler_dir(ctx, name, version) / "HandlerManifest.json").is_file():
+        return None
+    if package_path(ctx, name, version).is_file():
+        return None
+    return f"{package_path(ctx, name, version).name} is not in Lib.Dir"
+
+
+def _not_unpacked(ctx: Context, name: str, version: str) -> str | None:
+    directory = handler_dir(ctx, name, version)
+    for needed in ("HandlerManifest.json", "HandlerEnvironment.json"):
+        if not (directory / needed).is_file():
+            return f"{directory.name}/{needed} is missing"
+    return None
+
+
+def _settings_missing(ctx: Context, handler: Handler) -> str | None:
+    for file_name, _ in settings_files(handler):
+        path = handler_dir(ctx, handler.name, handler.version) / "config" / file_name
+        if not path.is_file():
+            return f"config/{file_name} is missing"
+    return None
+
+
+def _not_installed(ctx: Context, name: str, version: str) -> str | None:
+    state = handler_state(ctx, name, version)
+    return None if state in (INSTALLED, ENABLED) else f"{name} {version} is {state}"
+
+
+def _not_enabled(ctx: Context, name: str, version: str) -> str | None:
+    state = handler_state(ctx, name, version)
+    return None if state == ENABLED else f"{name} {version} is {state}"
+
+
+def _is_enabled(ctx: Context, name: str, version: str) -> str | None:
+    return f"{name} {version} is enabled" if handler_state(ctx, name, version) == ENABLED else None
+
+
+def _present(ctx: Context, name: str, version: str) -> str | None:
+    directory = handler_dir(ctx, name, version)
+    return f"{directory.name} is in Lib.Dir" if directory.exists() else None
+
+
+# -- actions ------------------------------------------------------------------------------
+
+Action = Callable[..., None]
+
+
+def failing(operation: str) -> Callable[[Action], Action]:
+    """Decorate an action: an error becomes the handler's NotReady status, then fails the task."""
+    def wrap(action: Action) -> Action:
+        def run(ctx: Context, handler: Handler, *args: Any) -> None:
+            try:
+                action(ctx, handler, *args)
+            except AgentError as err:
+                code = getattr(err, "code", None)
+                code = code if isinstance(code, int) and code > 0 else ERROR_CODES.get(operation, 1000)
+                if not ctx.run.plan:
+                    set_handler_status(ctx, handler, "NotReady", str(err), code)
+                    if handler.multi_config:
+                        for settings in handler.settings:
+                            placeholder_status(ctx, handler, settings, operation, str(err), code)
+                raise ExtensionFailed(f"{handler.name} {handler.version}: {err}", code) from None
+
+        run.__name__ = action.__name__
+        run.__doc__ = action.__doc__
+        return run
+    return wrap
+
+
+@failing("download")
+def download_package(ctx: Context, handler: Handler) -> None:
+    """Fetch the manifest, pick the version, keep the package in Lib.Dir."""
+    if handler.invalid:
+        raise ExtensionFailed(f"Ran into config errors: {handler.invalid}. Please retry again as "
+                              "another operation with updated settings", CODE_GOAL_STATE)
+    target = package_path(ctx, handler.name, handler.version)
+    if ctx.run.plan:
+        ctx.run.record("download", target.name, f"{handler.name} {handler.version} package")
+        return
+    from wire.artifacts import pick_version
+
+    client = artifact_client(ctx, inputs.goal_state(ctx))
+    try:
+        manifest = client.manifest(handler.uris, handler=handler.name)
+    except AgentError as err:
+        raise ExtensionFailed(f"Failed to download artifacts: {err}", CODE_DOWNLOAD) from None
+    chosen = pick_version(manifest, handler.version)
+    if chosen is None:
+        raise ExtensionFailed(f"Unable to find version {handler.version} in manifest for "
+                              f"extension {handler.name}", CODE_DOWNLOAD)
+    try:
+        data = client.package(chosen.uris, handler=handler.name, version=chosen.version)
+    except AgentError as err:
+        raise ExtensionFailed(f"Failed to download artifacts: {err}", CODE_DOWNLOAD) from None
+    check_package(data, target.name)
+    ctx.fs.write(target, data, mode=0o600, why=f"{handler.name} {handler.version} package")
+
+
+def check_package(data: bytes, name: str) -> None:
+    from system.unpack import UnsafeArchive, check_zip
+
+    try:
+        check_zip(data, name=name)
+    except UnsafeArchive as err:
+        raise ExtensionFailed(f"the package {name} is refused: {err}", CODE_PACKAGE) from None
+
+
+@failing("download")
+def verify_package(ctx: Context, handler: Handler) -> None:
+    """Check the cached zip again before unpacking (a damaged cache is fetched again)."""
+    path = package_path(ctx, handler.name, handler.version)
+    if ctx.run.plan and not path.exists():
+        return
+    try:
+        check_package(path.read_bytes(), path.name)
+    except ExtensionFailed:
+        ctx.fs.remove(path, why="a package that failed its check is fetched again")
+        raise
+
+
+@failing("download")
+def unpack_package(ctx: Context, handler: Handler) -> None:
+    """Unpack the package and set the handler up: manifest, config/, status/, logs,
+    HandlerEnvironment.json (waagent's `initialize`)."""
+    from system.unpack import UnsafeArchive, unpack_zip
+
+    directory = handler_dir(ctx, handler.name, handler.version)
+    package = package_path(ctx, handler.name, handler.version)
+    if not (directory / "HandlerManifest.json").is_file():
+        if ctx.run.plan and not package.exists():
+            ctx.run.record("unpack", vm_path(ctx, directory), f"{handler.name} {handler.version}")
+        else:
+            try:
+                # replace: a directory left by a failed try holds only its status
+                unpack_zip(ctx.fs, package.read_bytes(), directory, name=package.name,
+                           replace=True)
+            except UnsafeArchive as err:
+                raise ExtensionFailed(f"the package {package.name} is refused: {err}",
+                                      CODE_PACKAGE) from None
+            if not ctx.run.plan:
+                _make_executable(directory)
+    set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED)
+    if not ctx.run.plan:
+        manifest = load_manifest(ctx, handler.name, handler.version)
+        if handler.multi_config and not manifest.supports_multiple_extensions:
+            raise ExtensionFailed(f"Handler {handler.name} does not support MultiConfig but CRP "
+                                  "expects it, failing due to inconsistent data")
+    for sub in ("status", "config"):
+        ctx.fs.mkdir(directory / sub, mode=0o700, why=f"{handler.name} {sub} folder", quiet=True)
+    logs = log_dir(ctx, handler.name)
+    ctx.fs.mkdir(logs, mode=0o755, why=f"{handler.name} log folder", quiet=True)
+    ctx.fs.mkdir(logs / "events", mode=0o700, why=f"{handler.name} events folder", quiet=True)
+    ctx.fs.write(directory / "HandlerEnvironment.json", handler_environment(ctx, handler),
+                 mode=0o644, why=f"{handler.name} handler environment")
+
+
+def _make_executable(directory: Path) -> None:
+    """waagent adds the owner's execute bit to every file of a handler."""
+    import os
+    import stat
+
+    for path in directory.rglob("*"):
+        st = path.lstat()
+        if stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IXUSR:
+            os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IXUSR)
+
+
+def handler_environment(ctx: Context, handler: Handler) -> str:
+    """HandlerEnvironment.json, as waagent 2.7.3 writes it (paths as the VM sees them)."""
+    directory = handler_dir(ctx, handler.name, handler.version)
+    logs = vm_path(ctx, log_dir(ctx, handler.name))
+    environment = {
+        "logFolder": logs,
+        "configFolder": vm_path(ctx, directory / "config"),
+        "statusFolder": vm_path(ctx, directory / "status"),
+        "heartbeatFile": vm_path(ctx, directory / "heartbeat.log"),
+        "eventsFolder": f"{logs}/events",
+        "eventsFolder_preview": f"{logs}/events",
+    }
+    return json.dumps([{"name": handler.name, "version": 1.0,
+                        "handlerEnvironment": environment}])
+
+
+def settings_files(handler: Handler) -> list[tuple[str, str]]:
+    """(file name, content) of the handler's settings: `<seq>.settings` (multi-config
+    `<ext>.<seq>.settings`); an empty `0.settings` for a handler without settings."""
+    if not handler.settings:
+        return [("0.settings", "")]
+    files = []
+    for s in handler.settings:
+        body = {"runtimeSettings": [{"handlerSettings": {
+            "publicSettings": s.public, "protectedSettings": s.protected,
+            "protectedSettingsCertThumbprint": s.thumbprint}}]}
+        name = f"{s.name}.{s.seq_no}.settings" if handler.multi_config and s.name \
+            else f"{s.seq_no}.settings"
+        files.append((name, json.dumps(body)))
+    return files
+
+
+@failing("enable")
+def write_settings(ctx: Context, handler: Handler) -> None:
+    """config/<seq>.settings; protectedSettings stay encrypted, as delivered."""
+    config = handler_dir(ctx, handler.name, handler.version) / "config"
+    for file_name, content in settings_files(handler):
+        ctx.fs.write(config / file_name, content, mode=0o600, quiet=True,
+                     why=f"{handler.name} settings")
+
+
+def load_manifest(ctx: Context, name: str, version: str) -> HandlerManifest:
+    """The handler's HandlerManifest.json (found anywhere in the package, kept at its top)."""
+    from facts.extensions import read_handler_manifest
+
+    directory = handler_dir(ctx, name, version)
+    top = directory / "HandlerManifest.json"
+    if not top.is_file():
+        found = sorted(directory.rglob("HandlerManifest.json"))
+        if found:
+            ctx.fs.write(top, found[0].read_bytes(), mode=0o644, why=f"{name} manifest")
+    return read_handler_manifest(top)
+
+
+class Outcome(NamedTuple):
+    exit_code: int
+    message: str
+
+
+def run_command(ctx: Context, handler: Handler, version: str, operation: str,
+                env: Mapping[str, str] | None = None, *, settings: Settings | None = None,
+                manifest: HandlerManifest | None = None, check: bool = True) -> Outcome:
+    """Run one of the handler's commands (from version `version`'s directory)."""
+    from system.handler_command import run_handler_command
+
+    if ctx.run.plan and not (handler_dir(ctx, handler.name, version) / "HandlerManifest.json"
+                             ).is_file():
+        ctx.run.record("run", f"the {operation} command of {handler.name} {version}",
+                       f"{operation} of the extension handler {handler.name}-{version}")
+        return Outcome(0, "")
+    manifest = manifest or load_manifest(ctx, handler.name, version)
+    command = getattr(manifest, f"{operation}_command")
+    directory = handler_dir(ctx, handler.name, version)
+    seq = settings.seq_no if settings is not None else (
+        handler.settings[0].seq_no if handler.settings and not handler.multi_config else 0)
+    full_env = {
+        "AZURE_GUEST_AGENT_EXTENSION_PATH": vm_path(ctx, directory),
+        "AZURE_GUEST_AGENT_EXTENSION_VERSION": version,
+        "AZURE_GUEST_AGENT_WIRE_PROTOCOL_ADDRESS": wire_address(ctx),
+        "ConfigSequenceNumber": str(seq),
+        "AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES": json.dumps(EXTENSION_FEATURES),
+        **(env or {}),
+    }
+    if handler.multi_config and settings is not None and settings.name:
+        full_env["ConfigExtensionName"] = settings.name
+    full_command = f"{vm_path(ctx, directory)}/{command.lstrip('/')}"
+    full_name = f"{handler.name}.{settings.name}-{version}" if (
+        handler.multi_config and settings is not None and settings.name) \
+        else f"{handler.name}-{version}"
+    result = run_handler_command(
+        ctx.run, command, cwd=directory, env=full_env, timeout=TIMEOUTS[operation],
+        log_dir=log_dir(ctx, handler.name), handler=full_name,
+        operation=operation, resource_limits=manifest.resource_limits)
+    if result.skipped:
+        return Outcome(0, result.skipped)
+    if result.timed_out:
+        message = f"Timeout({TIMEOUTS[operation]}): {full_command}\n{result.output_tail}"
+        if check:
+            raise ExtensionFailed(message, CODE_TIMEOUT)
+        return Outcome(CODE_TIMEOUT, message)
+    if result.exit_code != 0:
+        message = (f"Non-zero exit code: {result.exit_code}, {full_command}\n"
+                   f"{result.output_tail}")
+        if check:
+            raise ExtensionFailed(message, ERROR_CODES[operation])
+        return Outcome(result.exit_code if result.exit_code is not None else -1, message)
+    return Outcome(0, result.output_tail)
+
+
+def wire_address(ctx: Context) -> str:
+    """The WireServer address handlers are told (waagent: the endpoint, e.g. 168.63.129.16)."""
+    from urllib.parse import urlsplit
+
+    given = ctx.var("wireserver")
+    if given:
+        return urlsplit(given if "//" in given else f"http://{given}").hostname or given
+    return str(urlsplit(inputs.wireserver(ctx).base).hostname)
+
+
+@failing("install")
+def install_handler(ctx: Context, handler: Handler,
+                    uninstall_exit_code: str = NOT_RUN) -> None:
+    """installCommand; HandlerState Installed."""
+    settings = handler.settings[0] if handler.settings else None
+    run_command(ctx, handler, handler.version, "install",
+                {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": uninstall_exit_code},
+                settings=settings)
+    set_handler_state(ctx, handler.name, handler.version, INSTALLED)
+    set_handler_status(ctx, handler, "NotReady", "Plugin installed but not enabled")
+
+
+@failing("update")
+def update_handler(ctx: Context, handler: Handler, old_version: str) -> None:
+    """waagent's update: disable the old version (when Enabled), copy mrseq and status/,
+    `update` (the new one's; on a downgrade the old one's with VERSION=new), uninstall the
+    old and remove it, then install the new unless updateMode says otherwise."""
+    from wire.artifacts import version_key
+
+    new = handler.version
+    manifest = load_manifest(ctx, handler.name, new)
+    keep_going = manifest.continue_on_update_failure
+    settings = handler.settings[0] if handler.settings else None
+    old = handler._replace(version=old_version)
+
+    def old_command(operation: str) -> str:
+        try:
+            run_command(ctx, handler, old_version, operation, settings=settings)
+        except ExtensionFailed as err:
+            if not keep_going:
+                raise ExtensionFailed(f"{err}; ContinueOnUpdate: False", ERROR_CODES["update"]
+                                      ) from None
+            log.info("%s %s %s failed; continueOnUpdateFailure: going on", handler.name,
+                     old_version, operation)
+            return str(err.code)
+        return "0"
+
+    disable_code = NOT_RUN
+    if handler_state(ctx, handler.name, old_version) == ENABLED:
+        disable_code = old_command("disable")
+    copy_state_files(ctx, handler.name, old_version, new)
+    env = {"VERSION": new, "AZURE_GUEST_AGENT_UPDATING_FROM_VERSION": old_version}
+    if handler.multi_config:
+        env["AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS"] = json.dumps(
+            [{"extensionName": s.name, "exitCode": disable_code} for s in handler.settings])
+    else:
+        env["AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE"] = disable_code
+    runs_from = new if version_key(new) > version_key(old_version) else old_version
+    # waagent tells the new version's update which version it comes from; on a downgrade
+    # the old version's update runs, told the version it goes to (both as VERSION).
+    if runs_from == old_version:
+        env["AZURE_GUEST_AGENT_UPDATING_FROM_VERSION"] = new
+    try:
+        run_command(ctx, handler, runs_from, "update", env, settings=settings)
+    except ExtensionFailed:
+        set_handler_state(ctx, handler.name, new, FAILED_UPGRADE)
+        raise
+    uninstall_code = old_command("uninstall")
+    remove_handler(ctx, old.name, old_version, why=f"updated to {new}")
+    ctx.memo[f"uninstall_exit_code:{handler.name}"] = uninstall_code
+    if manifest.update_with_install:
+        run_command(ctx, handler, new, "install",
+                    {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": uninstall_code},
+                    settings=settings)
+    set_handler_state(ctx, handler.name, new, INSTALLED)
+    set_handler_status(ctx, handler, "NotReady", "Plugin installed but not enabled")
+
+
+def copy_state_files(ctx: Context, name: str, old: str, new: str) -> None:
+    """mrseq and status/ of the old version into the new (handlers skip repeats with them)."""
+    source, target = handler_dir(ctx, name, old), handler_dir(ctx, name, new)
+    mrseq = source / "mrseq"
+    if mrseq.is_file():
+        ctx.fs.write(target / "mrseq", mrseq.read_bytes(), why=f"{name} mrseq from {old}")
+    status = source / "status"
+    if status.is_dir():
+        for item in sorted(status.iterdir()):
+            if item.is_file() and not item.is_symlink():
+                ctx.fs.write(target / "status" / item.name, item.read_bytes(), mode=0o600,
+                             quiet=True, why=f"{name} status from {old}")
+
+
+@failing("enable")
+def enable_handler(ctx: Context, handler: Handler) -> None:
+    """enableCommand (each extension of a multi-config handler); HandlerState Enabled."""
+    uninstall_code = ctx.memo.pop(f"uninstall_exit_code:{handler.name}", NOT_RUN)
+    env = {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": uninstall_code}
+    if handler.multi_config:
+        manifest = load_manifest(ctx, handler.name, handler.version)
+        for settings in handler.settings:
+            state_file = handler_dir(ctx, handler.name, handler.version) / "config" / \
+                f"{settings.name}.HandlerState"
+            if settings.state == "enabled":
+                run_command(ctx, handler, handler.version, "enable", env, settings=settings,
+                            manifest=manifest)
+                ctx.fs.write(state_file, ENABLED, quiet=True, why="extension state")
+            elif read_small(state_file) == ENABLED:
+                run_command(ctx, handler, handler.version, "disable", settings=settings,
+                            manifest=manifest, check=False)
+                remove_extension_files(ctx, handler, settings)
+    else:
+        first = handler.settings[0] if handler.settings else None
+        run_command(ctx, handler, handler.version, "enable", env, settings=first)
+    set_handler_state(ctx, handler.name, handler.version, ENABLED)
+    set_handler_status(ctx, handler, "Ready", "Plugin enabled")
+
+
+def remove_extension_files(ctx: Context, handler: Handler, settings: Settings) -> None:
+    directory = handler_dir(ctx, handler.name, handler.version)
+    for pattern in (f"config/{settings.name}.*.settings", f"status/{settings.name}.*.status",
+                    f"config/{settings.name}.HandlerState"):
+        for path in sorted(directory.glob(pattern)):
+            ctx.fs.remove(path, why=f"extension {settings.name} disabled", quiet=True)
+
+
+@failing("disable")
+def disable_handler(ctx: Context, handler: Handler, version: str) -> None:
+    """disableCommand; HandlerState Installed."""
+    run_command(ctx, handler._replace(version=version), version, "disable")
+    set_handler_state(ctx, handler.name, version, INSTALLED)
+    set_handler_status(ctx, handler._replace(version=version), "NotReady", "Plugin disabled")
+
+
+def uninstall_handler(ctx: Context, name: str, version: str, why: str) -> None:
+    """Disable (when Enabled) and uninstall, then remove the directory and the package.
+    A failing command is logged and the removal goes on, as waagent does."""
+    handler = Handler(name, version, "uninstall", (), False, 0, None, ())
+    if (handler_dir(ctx, name, version) / "HandlerManifest.json").is_file():
+        if handler_state(ctx, name, version) == ENABLED:
+            outcome = run_command(ctx, handler, version, "disable", check=False)
+            if outcome.exit_code:
+                log.warning("%s %s disable failed: %s", name, version, outcome.message)
+        if handler_state(ctx, name, version) != NOT_INSTALLED:
+            outcome = run_command(ctx, handler, version, "uninstall", check=False)
+            if outcome.exit_code:
+                log.warning("%s %s uninstall failed: %s", name, version, outcome.message)
+    remove_handler(ctx, name, version, why=why)
+
+
+def remove_handler(ctx: Context, name: str, version: str, *, why: str) -> None:
+    ctx.fs.remove(package_path(ctx, name, version), why=f"{name} {version} package: {why}")
+    ctx.fs.remove(handler_dir(ctx, name, version), why=f"{name} {version}: {why}")
+
+
+def wait_for_handler(ctx: Context, handler: Handler, goal_id: str) -> None:
+    """Poll the handler's status every 5 s until success or error (one 90-minute deadline
+    per goal state); a failure marks the handlers after it as failed."""
+    deadline = ctx.memo.setdefault(f"dependency_deadline:{goal_id}",
+                                   time.monotonic() + float(ctx.var("dependency_timeout")
+                                                            or DEPENDENCY_TIMEOUT))
+    settings = handler.settings[0]
+    last = None
+    while True:
+        status = extension_status(ctx, handler, settings)
+        last = status.status
+        if status.found and status.status in ("success", "error"):
+            break
+        if time.monotonic() >= deadline or ctx.run.plan:
+            break
+        time.sleep(DEPENDENCY_POLL)
+    if last == "success":
+        return
+    if last in ("success", "error"):
+        message = f"Dependent Extension {handler.name} did not succeed. Status was {last}"
+    else:
+        message = (f"Dependent Extension {handler.name} did not reach a terminal state within "
+                   f"the allowed timeout. Last status was {last}")
+    if ctx.run.plan:
+        return
+    facts = stored_goal_state(ctx) or {}
+    later = [h for h in handlers_of(facts) if h.state == "enabled" and h.level > handler.level]
+    for other in later:
+        set_handler_status(ctx, other, "NotReady", message, -1)
+    raise ExtensionFailed(message, -1)
+
+
+# -- state files --------------------------------------------------------------------------
+
+def set_handler_state(ctx: Context, name: str, version: str, state: str) -> None:
+    config = handler_dir(ctx, name, version) / "config"
+    if not config.is_dir():
+        ctx.fs.mkdir(config, mode=0o700, why=f"{name} config folder", quiet=True)
+    ctx.fs.write(config / "HandlerState", state, quiet=True, why=f"{name} {version} {state}")
+
+
+def set_handler_status(ctx: Context, handler: Handler, status: str, message: str,
+                       code: int = 0) -> None:
+    """config/HandlerStatus, as waagent's ExtHandlerStatus serialises."""
+    config = handler_dir(ctx, handler.name, handler.version) / "config"
+    if not config.is_dir():
+        ctx.fs.mkdir(config, mode=0o700, why=f"{handler.name} config folder", quiet=True)
+    body = {"name": handler.name, "version": handler.version, "status": status, "code": code,
+            "message": message, "supports_multi_config": handler.multi_config,
+            "extension_status": None}
+    ctx.fs.write(config / "HandlerStatus", json.dumps(body), quiet=True,
+                 why=f"{handler.name} status {status}")
+
+
+def placeholder_status(ctx: Context, handler: Handler, settings: Settings, operation: str,
+                       message: str, code: int) -> None:
+    """An error status file where the handler wrote none (multi-config failures)."""
+    path = status_path(ctx, handler, settings)
+    if path.exists():
+        return
+    from wire.status import utc_stamp
+
+    body = [{"version": 1.0, "timestampUTC": utc_stamp(),
+             "status": {"name": f"{handler.name}.{settings.name}", "operation": operation,
+                        "status": "error", "code": code,
+                        "formattedMessage": {"lang": "en-US", "message": message}}}]
+    ctx.fs.write(path, json.dumps(body), mode=0o600, quiet=True, why="placeholder status")
+
+
+def status_path(ctx: Context, handler: Handler, settings: Settings) -> Path:
+    directory = handler_dir(ctx, handler.name, handler.version) / "status"
+    if handler.multi_config and settings.name:
+        return directory / f"{settings.name}.{settings.seq_no}.status"
+    return directory / f"{settings.seq_no}.status"
+
+
+def extension_status(ctx: Context, handler: Handler, settings: Settings) -> Any:
+    from facts.extensions import read_status_file
+
+    return read_status_file(status_path(ctx, handler, settings),
+                            handler=f"{handler.name}-{handler.version}", retries=0)
+
+
+# -- status for the blob ------------------------------------------------------------------
+
+def handler_statuses(ctx: Context, now: float | None = None) -> list[BlobHandlerStatus]:
+    """The handlers of the stored goal state as the status blob reports them: each
+    handler's HandlerStatus, its heartbeat (Unresponsive after 600 s), and its status file."""
+    facts = stored_goal_state(ctx)
+    if not facts or not facts.get("id"):
+        return []
+    found: list[BlobHandlerStatus] = []
+    for handler in handlers_of(facts):
+        try:
+            found += _statuses_of(ctx, handler, time.time() if now is None else now)
+        except Exception as err:  # noqa: BLE001 - one handler's files must not stop the blob
+            from wire.status import HandlerStatus
+
+            found.append(HandlerStatus(handler.name, handler.version, "NotReady", -1,
+                                       f"status not readable: {err}"))
+    return found
+
+
+def _statuses_of(ctx: Context, handler: Handler, now: float) -> list[BlobHandlerStatus]:
+    from facts.extensions import ExtensionError, heartbeat, read_handler_manifest
+    from wire.status import ExtensionStatus, HandlerStatus
+
+    directory = handler_dir(ctx, handler.name, handler.version)
+    raw = read_small(directory / "config/HandlerStatus") if (
+        directory / "config/HandlerStatus").is_file() else None
+    if raw is None:
+        return []
+    try:
+        stored = json.loads((directory / "config/HandlerStatus").read_text())
+    except ValueError as err:
+        stored = {"status": "NotReady", "code": -1,
+                  "message": f"config/HandlerStatus is not JSON: {err}"}
+    status = str(stored.get("status") or "NotReady")
+    code = int(stored.get("code") or 0)
+    message = stored.get("message")
+    state = handler_state(ctx, handler.name, handler.version)
+    base = HandlerStatus(handler.name, handler.version, status, code, message,
+                         multi_config=handler.multi_config)
+    if state == NOT_INSTALLED and not handler.multi_config:
+        return [base]
+    if state != NOT_INSTALLED:
+        try:
+            manifest = read_handler_manifest(directory / "HandlerManifest.json")
+            if manifest.report_heartbeat:
+                beat = heartbeat(directory / "heartbeat.log", now)
+                base = base._replace(status=beat.status)
+        except ExtensionError as err:
+            base = base._replace(message=str(err), code=err.code)
+    result = []
+    for settings in handler.settings:
+        if handler.multi_config and settings.state == "disabled" and read_small(
+                directory / "config" / f"{settings.name}.HandlerState") != ENABLED:
+            continue
+        file_status = extension_status(ctx, handler, settings)
+        body: dict[str, Any] = {
+            "name": file_status.name or (settings.name if handler.multi_config else handler.name),
+            "operation": file_status.operation or "Enable",
+            "status": file_status.status, "code": file_status.code,
+            "formattedMessage": {"lang": "en-US", "message": file_status.message or ""},
+        }
+        if file_status.substatus:
+            body["substatus"] = [
+                {"name": sub.name, "status": sub.status, "code": sub.code,
+                 "formattedMessage": {"lang": "en-US", "message": sub.message or ""}}
+                for sub in file_status.substatus]
+        result.append(base._replace(extension=ExtensionStatus(
+            settings.seq_no, body, name=settings.name, timestamp=file_status.timestamp_utc)))
+    return result or [base]
