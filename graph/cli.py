@@ -209,6 +209,10 @@ def _main(argv: Sequence[str] | None, run_doit: Callable[[list[str]], int] | Non
         from graph.daemon import run_goal_state_pass
 
         return run_goal_state_pass(engine_vars)
+    if inv.verb == "collect-logs":
+        from tasks.logcollector import run_collect_logs
+
+        return run_collect_logs(engine_vars)
     if inv.verb == "register-service":
         from graph.service import register_service
 

@@ -125,6 +125,9 @@ class Daemon:
         self.status_key: str | None = None
         self.monitors: dict[str, Monitor] = {}
         self.monitor_due: dict[str, float] = {}
+        from tasks.logcollector import PeriodicCollection
+
+        self.log_collection = PeriodicCollection(clock)
         self.state: dict[str, Any] = {
             "pid": os.getpid(), "since": time.time(), "loops": 0, "graph_runs": 0,
             "conf_reloads": 0, "goal_state": {}, "status": {}, "monitors": {},
@@ -148,6 +151,7 @@ class Daemon:
             self.run_graph("provision", why="start")
             self.loop(wakeup)
         finally:
+            self.log_collection.stop()
             wakeup.close()
             for signum, previous in handlers.items():
                 signal.signal(signum, previous)
@@ -188,6 +192,7 @@ class Daemon:
                 self.goal_state_pass()
                 next_pass = now + (self.ctx.conf.number("Extensions.GoalStatePeriod") or 6)
             self.run_due_monitors()
+            self.collect_logs()
 
     def goal_state_pass(self) -> None:
         """One loop: cheap facts, the graph when they changed, the status."""
@@ -359,6 +364,19 @@ class Daemon:
             self.monitor_due[name] = now + self.period(self.monitors[name])
             self.state["monitors"][name] = time.time()
         self.save_state()
+
+    def collect_logs(self) -> None:
+        """Log collection (tasks/logcollector.py): a child process started when due, its
+        archive uploaded when it has ended; the loop goes on meanwhile."""
+        try:
+            outcome = self.log_collection.tick(self.ctx, self.target)
+        except Exception as err:  # noqa: BLE001 - the next period tries again
+            log.warning("log collection: %s", err)
+            return
+        if outcome is not None:
+            self.state["monitors"]["logs"] = outcome["at"]
+            self.state["logs"] = outcome
+            self.save_state()
 
     # -- what `waagent status` shows ----------------------------------------------------------
 
