@@ -146,10 +146,16 @@ def test_sandbox_root_never_guesses_a_platform(sandbox: Path, tmp_path: Path) ->
     assert "is not the running system" in out.stdout and "wireserver=URL" in out.stdout
 
 
-def test_verbs_not_landed_say_so_with_status_2() -> None:
+def test_collect_logs_runs_the_collector_with_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.logcollector
+
+    seen: list[dict[str, str]] = []
+    monkeypatch.setattr(tasks.logcollector, "run_collect_logs", lambda v: seen.append(v) or 0)
     calls: list[list[str]] = []
-    status = cli.main(["-collect-logs", "-full"], run_doit=lambda a: calls.append(a) or 0)
-    assert status == 2 and not calls
+    status = cli.main(["-collect-logs", "-full", "root=/tmp/vm"],
+                      run_doit=lambda a: calls.append(a) or 0)
+    assert status == 0 and not calls
+    assert seen == [{"root": "/tmp/vm", "full": "y"}]
 
 
 @pytest.mark.parametrize("arg", ["-version", "--version", "/version", "-VERSION"])
