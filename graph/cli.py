@@ -45,6 +45,8 @@ VERBS: dict[str, list[str] | None] = {
 }
 INFO_VERBS = ("help", "version", "show-configuration")
 FLAGS = ("verbose", "force", "full")
+# waagent 2.x's form, `-setup-firewall -dst_ip=<ip> -uid=<uid> [-w]`, as its boot unit runs it.
+FIREWALL_ARGS = ("dst_ip", "uid", "w", "wait")
 
 
 class UsageError(Exception):
@@ -62,6 +64,7 @@ class Invocation:
         self.flags: set[str] = flags if flags is not None else set()
         self.conf_path = conf_path
         self.doit_args: list[str] = doit_args if doit_args is not None else []
+        self.firewall: dict[str, str] = {}
 
 
 def _strip_prefix(arg: str) -> str | None:
@@ -94,6 +97,8 @@ def parse(argv: Sequence[str]) -> Invocation:
             inv.conf_path = value
         elif lname in FLAGS:
             inv.flags.add(lname)
+        elif lname in FIREWALL_ARGS:  # waagent's own unit: -setup-firewall -dst_ip=IP -uid=N -w
+            inv.firewall[lname] = value
         elif lname in VERBS or lname in INFO_VERBS or lname in ("h", "?"):
             if inv.verb is not None:
                 raise UsageError(f"two actions given: -{inv.verb} and {arg}")
@@ -224,6 +229,21 @@ def _main(argv: Sequence[str] | None, run_doit: Callable[[list[str]], int] | Non
         if sys.argv[0].endswith(".py") or sys.argv[0] == "-c":
             argv = [sys.executable, "-m", "graph.cli", "-daemon", *_engine_vars(inv)]
         return start_daemon(argv, engine_vars)
+    if inv.verb == "setup-firewall":
+        from tasks.network import setup_firewall_command
+
+        address = inv.verb_arg or inv.firewall.get("dst_ip")
+        uid = inv.firewall.get("uid") or "0"
+        if not address or not uid.isdigit():
+            print("waagent: -setup-firewall needs the WireServer's address: "
+                  "-setup-firewall=<ip>", file=sys.stderr)
+            return 2
+        if os.path.realpath(root_dir) != "/":
+            print(f"waagent: -setup-firewall sets the running system's rules; root={root_dir} "
+                  "is not it (network:firewall-boot writes an image's boot unit)",
+                  file=sys.stderr)
+            return 2
+        return setup_firewall_command(address, int(uid))
     route = VERBS.get(inv.verb)
     if route is None:
         print(f"waagent: -{inv.verb} is not implemented yet in {AGENT_NAME} {AGENT_VERSION}",

@@ -59,11 +59,14 @@ CLOUD_INIT_KEEP = ("seed",)
 CLOUD_INIT_LOGS = ("cloud-init*.log", "cloud-init*.log.*")
 AGENT_LOG = "/var/log/waagent.log"
 AGENT_UNITS = ("walinuxagent.service", "waagent.service")
-# WALinuxAgent's unit that restores its firewall rules at boot.
-FIREWALL_UNIT = "waagent-network-setup.service"
+# The units that set the firewall at boot: WALinuxAgent's (named after its service) and
+# ours, which takes the same name (tasks/network.py).
+FIREWALL_UNITS = ("waagent-network-setup.service", "walinuxagent-network-setup.service")
 UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
-NFT_TABLE = ("ip", "walinuxagent")
 DEFAULT_ENDPOINT = "168.63.129.16"
+# udev's naming rules written for this VM's NIC (its MAC address); tasks/network.py moves
+# them to Lib.Dir, which agent-state empties.
+NET_RULES_FILE = "/etc/udev/rules.d/70-persistent-net.rules"
 
 
 class Change(NamedTuple):
@@ -269,14 +272,13 @@ def _marked(path: Path) -> bool:
         return False
 
 
-def agent_iptables_rules(rules: str, endpoint: str) -> list[list[str]]:
-    """The `-D` arguments removing the agent's rules from `iptables -S OUTPUT` output."""
-    found = []
-    for line in rules.splitlines():
-        words = line.split()
-        if words[:2] == ["-A", "OUTPUT"] and f"{endpoint}/32" in words:
-            found.append(["-D", *words[1:]])
-    return found
+def agent_iptables_rules(rules: str, endpoint: str | None = None) -> list[list[str]]:
+    """The `-D` arguments removing the agent's rules (ours and waagent 2.x's; towards
+    `endpoint`, or any) from `iptables -t security -S OUTPUT` output."""
+    from system.firewall import agent_iptables_lines, iptables_delete_args
+
+    return [iptables_delete_args(line) for line in agent_iptables_lines(rules)
+            if endpoint is None or line.startswith(f"-A OUTPUT -d {endpoint}/32 ")]
 
 
 def firewall(ctx: Context) -> list[Change]:
@@ -284,8 +286,9 @@ def firewall(ctx: Context) -> list[Change]:
     for unit_dir in UNIT_DIRS:
         directory = ctx.path(unit_dir)
         # Each by name, not by glob: an enabling link dangles outside the image's chroot.
-        paths.append(directory / FIREWALL_UNIT)
-        paths += [wants / FIREWALL_UNIT for wants in _contents(directory, "*.wants")]
+        for unit in FIREWALL_UNITS:
+            paths.append(directory / unit)
+            paths += [wants / unit for wants in _contents(directory, "*.wants")]
         paths += [p for p in _contents(directory, "*.d/*.conf") if _marked(p)]
     found = _removals(paths, "the agent's firewall service or drop-in")
     if _on_host(ctx):  # kernel rules are the host's: never from an image root
@@ -294,25 +297,37 @@ def firewall(ctx: Context) -> list[Change]:
 
 
 def _live_firewall_rules(ctx: Context) -> list[Change]:
+    from system import firewall as rules
+
     found = []
-    family, table = NFT_TABLE
-    try:
-        if ctx.run.probe(["nft", "list", "table", family, table]).ok:
-            found.append(Change("live", "the agent's nftables table",
-                                argv=("nft", "delete", "table", family, table)))
-    except AgentError:
-        pass  # no nft: no nftables rules
-    endpoint_file = ctx.lib_dir / "WireServerEndpoint"
-    endpoint = (endpoint_file.read_text().strip() if endpoint_file.is_file()
-                else DEFAULT_ENDPOINT) or DEFAULT_ENDPOINT
+    for family, table in (rules.NFT_TABLE, rules.WAAGENT_NFT_TABLE):
+        try:
+            if ctx.run.probe(["nft", "list", "table", family, table]).ok:
+                found.append(Change("live", "the agent's nftables table",
+                                    argv=("nft", "delete", "table", family, table)))
+        except AgentError:
+            pass  # no nft: no nftables rules
     try:
         listed = ctx.run.probe(["iptables", "-w", "-t", "security", "-S", "OUTPUT"])
     except AgentError:
-        return found  # no iptables: no iptables rules
-    for args in agent_iptables_rules(listed.stdout if listed.ok else "", endpoint):
+        listed = None  # no iptables: no iptables rules
+    for args in agent_iptables_rules(listed.stdout if listed is not None and listed.ok else ""):
         found.append(Change("live", "the agent's iptables rule",
                             argv=("iptables", "-w", "-t", "security", *args)))
+    if rules.firewalld_running(ctx.run):
+        endpoint_file = ctx.lib_dir / "WireServerEndpoint"
+        endpoint = (endpoint_file.read_text().strip() if endpoint_file.is_file()
+                    else DEFAULT_ENDPOINT) or DEFAULT_ENDPOINT
+        for rule in rules.iptables_rules(endpoint):
+            if ctx.run.probe(rules.firewalld_argv("query", rule)).ok:
+                found.append(Change("live", "the agent's permanent firewalld rule",
+                                    argv=tuple(rules.firewalld_argv("remove", rule))))
     return found
+
+
+def net_rules(ctx: Context) -> list[Change]:
+    return _removals([ctx.path(NET_RULES_FILE)],
+                     "udev's persistent NIC names for this VM's MAC address")
 
 
 def cloud_init(ctx: Context) -> list[Change]:
@@ -404,6 +419,8 @@ def deprovision_steps(ctx: Context) -> list[Step]:
         Step("resolv-conf", "/etc/resolv.conf unless a resolver manager owns it", resolv_conf,
              ("stop-agent",)),
         Step("firewall", "the agent's firewall rules and service drop-ins", firewall,
+             ("stop-agent",)),
+        Step("net-rules", f"{NET_RULES_FILE} (this VM's NIC names)", net_rules,
              ("stop-agent",)),
         Step("cloud-init", "cloud-init's state (but its seed) and logs, as cloud-init clean "
              "--logs", cloud_init, ("stop-agent",)),

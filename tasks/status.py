@@ -121,18 +121,22 @@ def upload_status(ctx: Context, target: StatusTarget, content: bytes) -> str:
         log.info("status through the HostGAPlugin failed (%s): uploading to the blob", err)
     try:
         put_status_blob(inputs.wireserver(ctx).http, target.blob_url, content, blob_type,
-                        proxy=proxy(ctx))
+                        proxy=proxy(ctx, target.blob_url))
     except WireError as err:
         raise StatusUploadFailed(f"status upload failed through the HostGAPlugin and to "
                                  f"the blob: {err}") from None
     return "blob"
 
 
-def proxy(ctx: Context) -> str | None:
-    """HttpProxy.Host/Port (direct storage requests only, never the platform's)."""
-    host = ctx.conf.text("HttpProxy.Host")
-    port = ctx.conf.number("HttpProxy.Port")
-    return f"http://{host}:{port}" if host and port else None
+def proxy(ctx: Context, url: str | None = None) -> str | None:
+    """The proxy of a direct storage request (never the platform's): wire.proxy decides.
+
+    With `url`: HttpProxy.Host/Port, else the proxy environment variables, unless no_proxy
+    names its host. Without: HttpProxy.Host/Port only (a client that reads the environment
+    per URL itself, as `requests` does, gets None)."""
+    from wire.proxy import configured_proxy, download_proxy
+
+    return download_proxy(ctx.conf, url) if url else configured_proxy(ctx.conf)
 
 
 def keep_status_copy(ctx: Context, target: StatusTarget, content: bytes) -> None:
