@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -67,6 +68,10 @@ CODE_UNSUPPORTED_FEATURES = 2001
 EXTENSION_FEATURES = [{"Key": "ExtensionTelemetryPipeline", "Value": "1.0"}]
 DEPENDENCY_TIMEOUT = 90 * 60.0
 DEPENDENCY_POLL = 5.0
+# Tests and benchmarks shorten waagent's waits (seconds) through these variables.
+TIMEOUT_VARIABLE = "WAAGENT_HANDLER_TIMEOUT"
+DEPENDENCY_VARIABLE = "WAAGENT_DEPENDENCY_TIMEOUT"
+BACKOFF_VARIABLE = "WAAGENT_ARTIFACT_BACKOFF"
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
 
 # Set by the daemon (graph/daemon.py): what identifies this agent start (enable reruns once
@@ -250,7 +255,7 @@ def artifact_client(ctx: Context, state: Any) -> Any:
     if found is None:
         found = ctx.memo["artifact_client"] = ArtifactClient(
             hostplugin_client(ctx, state, retry=False), proxy=proxy(ctx),
-            backoff=float(ctx.var("artifact_backoff") or 2.0))
+            backoff=float(os.environ.get(BACKOFF_VARIABLE) or 2.0))
     return found
 
 
@@ -476,7 +481,7 @@ def removal_tasks(ctx: Context, name: str, version: str, *, why: str) -> Iterato
 def wait_task(ctx: Context, handler: Handler, goal_id: str) -> dict[str, Any]:
     return _task(handler.name, "wait",
                  f"wait for {handler.name} (dependsOn level {handler.level}) to succeed",
-                 wait_for_handler, ctx, handler, goal_id, deps=["enable"],
+                 wait_for_handler, ctx, handler, goal_id,
                  uptodate=[Inputs(f"ext-wait-{handler.name}", lambda: {
                      "goal_state": goal_id, "agent_start": agent_start(ctx),
                      "settings": settings_digest(handler)})])
@@ -745,14 +750,15 @@ def run_command(ctx: Context, handler: Handler, version: str, operation: str,
     full_name = f"{handler.name}.{settings.name}-{version}" if (
         handler.multi_config and settings is not None and settings.name) \
         else f"{handler.name}-{version}"
+    timeout = float(os.environ.get(TIMEOUT_VARIABLE) or TIMEOUTS[operation])
     result = run_handler_command(
-        ctx.run, command, cwd=directory, env=full_env, timeout=TIMEOUTS[operation],
+        ctx.run, command, cwd=directory, env=full_env, timeout=timeout,
         log_dir=log_dir(ctx, handler.name), handler=full_name,
         operation=operation, resource_limits=manifest.resource_limits)
     if result.skipped:
         return Outcome(0, result.skipped)
     if result.timed_out:
-        message = f"Timeout({TIMEOUTS[operation]}): {full_command}\n{result.output_tail}"
+        message = f"Timeout({timeout:.0f}): {full_command}\n{result.output_tail}"
         if check:
             raise ExtensionFailed(message, CODE_TIMEOUT)
         return Outcome(CODE_TIMEOUT, message)
@@ -922,10 +928,14 @@ def remove_handler(ctx: Context, name: str, version: str, *, why: str) -> None:
 def wait_for_handler(ctx: Context, handler: Handler, goal_id: str) -> None:
     """Poll the handler's status every 5 s until success or error (one 90-minute deadline
     per goal state); a failure marks the handlers after it as failed."""
-    deadline = ctx.memo.setdefault(f"dependency_deadline:{goal_id}",
-                                   time.monotonic() + float(ctx.var("dependency_timeout")
-                                                            or DEPENDENCY_TIMEOUT))
+    deadline = ctx.memo.setdefault(f"dependency_deadline:{goal_id}", time.monotonic() + float(
+        os.environ.get(DEPENDENCY_VARIABLE) or DEPENDENCY_TIMEOUT))
     settings = handler.settings[0]
+    if handler_state(ctx, handler.name, handler.version) != ENABLED and not ctx.run.plan:
+        # No task_dep on enable: this task runs after it (the area's order) even when it
+        # failed, to fail the handlers that depend on it with a status that says so.
+        fail_later(ctx, handler, "Skipping processing of extensions since execution of "
+                   f"dependent extension {handler.name} failed")
     last = None
     while True:
         status = extension_status(ctx, handler, settings)
@@ -944,6 +954,11 @@ def wait_for_handler(ctx: Context, handler: Handler, goal_id: str) -> None:
                    f"the allowed timeout. Last status was {last}")
     if ctx.run.plan:
         return
+    fail_later(ctx, handler, message)
+
+
+def fail_later(ctx: Context, handler: Handler, message: str) -> None:
+    """Mark the enabled handlers above `handler`'s dependsOn level as failed, and fail."""
     facts = stored_goal_state(ctx) or {}
     later = [h for h in handlers_of(facts) if h.state == "enabled" and h.level > handler.level]
     for other in later:
