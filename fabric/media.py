@@ -40,11 +40,25 @@ def build_media(scenario: Scenario, out_path: str | Path, fmt: MediaFormat = "is
     else:
         iso.new(interchange_level=3, udf="2.60", vol_ident="rd_rdfe_stable")
         iso.add_fp(io.BytesIO(data), len(data), "/OVF_ENV.XML;1", udf_path=f"/{OVF_NAME}")
+    for name, text in sorted(scenario.dvd_files.items()):
+        content = text.encode("utf-8")
+        if fmt == "iso":
+            iso.add_fp(io.BytesIO(content), len(content), _iso_name(name), rr_name=name,
+                       joliet_path=f"/{name}")
+        else:
+            iso.add_fp(io.BytesIO(content), len(content), _iso_name(name), udf_path=f"/{name}")
     try:
         iso.write(str(out))
     finally:
         iso.close()
     return out
+
+
+def _iso_name(name: str) -> str:
+    """A file name as ISO 9660 level 3 stores it: upper case, d-characters, one dot."""
+    stem, _, ext = name.upper().partition(".")
+    clean = "".join(c if c.isalnum() else "_" for c in stem)
+    return f"/{clean}.{''.join(c if c.isalnum() else '_' for c in ext)};1"
 
 
 def read_ovf_from_media(path: str | Path) -> str:

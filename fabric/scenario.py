@@ -149,6 +149,9 @@ class Scenario:
     vm_settings: bool = True  # HostGAPlugin serves FastTrack vmSettings; false = 404 unsupported
     faults: list[Fault] = field(default_factory=list)
     timeline: list[TimelineStep] = field(default_factory=list)
+    # More files in the DVD's root directory, name -> text (System Center VMM's
+    # linuxosconfiguration.xml and install, for DetectScvmmEnv tests).
+    dvd_files: dict[str, str] = field(default_factory=dict)
     seed: str = ""  # derives every generated key; default: the hostname and user
     source: str = ""  # the file it came from (not a YAML key)
     base_dir: str = ""  # relative extension packages resolve here (not a YAML key)

@@ -153,7 +153,8 @@ def absent_task_reason(ctx: Context, name: str) -> str:
             area_name in PROVISIONING_WORK or needed == "waagent"):
         work = PROVISIONING_WORK.get(area_name, "provisions")
         return head + f"{_mode_setting(ctx, who)}, so " + (
-            f"cloud-init {work}" if who == "cloud-init" else f"nothing {work}")
+            f"cloud-init {work}" if who == "cloud-init" else
+            f"System Center VMM's installer {work}" if who == "scvmm" else f"nothing {work}")
     if needed is not None and who != needed:
         return head + f"it runs only when {needed} provisions, and {_mode_setting(ctx, who)}"
     if name in FLAG_TASKS and not ctx.conf.flag(FLAG_TASKS[name]):
@@ -166,6 +167,8 @@ def _mode_setting(ctx: Context, who: str) -> str:
     """The waagent.conf setting (or fact) that made `who` the provisioning agent."""
     conf = ctx.conf
     agent = conf.text("Provisioning.Agent") or "auto"
+    if who == "scvmm":
+        return "DetectScvmmEnv=y and the DVD holds System Center VMM's linuxosconfiguration.xml"
     if who == "disabled":
         return ("Provisioning.Enabled=n" if not conf.flag("Provisioning.Enabled")
                 else "Provisioning.Agent=disabled")

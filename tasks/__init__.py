@@ -69,7 +69,11 @@ AREAS: tuple[Area, ...] = (
     Area("disk", "resource disk: partition, mkfs, mount, README, swap file", "tasks.disk"),
     Area("network", "DHCP routes, persistent NIC names, firewall to the WireServer",
          "tasks.network"),
-    Area("kernel", "NUMA, Hyper-V entropy, SCSI timeouts", "tasks.kernel"),
+    Area("kernel", "SCSI timeouts, Hyper-V entropy, NUMA, RDMA (serial console: the "
+         "serialconsole area)", "tasks.kernel"),
+    # DetectScvmmEnv=y and VMM's DVD: its installer runs, and no Azure provisioning does.
+    Area("scvmm", "System Center VMM provisions: run the installer from its DVD",
+         "tasks.scvmm"),
     Area("report", "report provisioning state (Ready or the failure) to the platform",
          "tasks.report"),
     Area("deprovision", "remove VM-specific state before image capture", "tasks.deprovision"),
@@ -83,7 +87,7 @@ GROUPS: tuple[Group, ...] = (
     # hostname, user, host key and sshd work runs first, the SSH keys from certificates
     # after them.
     Group("provision", "boot-time provisioning: everything, report Ready",
-          ("gather", "hostname", "user", "ssh:hostkeys", "ssh:config", "ssh:reload",
+          ("scvmm", "gather", "hostname", "user", "ssh:hostkeys", "ssh:config", "ssh:reload",
            "ssh:report", "certificates", "ssh", "customdata", "report", "publish", "disk",
            "network", "kernel")),
     # `waagent -run-exthandlers`: one goal-state pass of the daemon, without provisioning.

@@ -23,6 +23,8 @@ FACTS = "certificates"
 
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+    if inputs.mode(ctx) == "scvmm":
+        return  # System Center VMM provisions: there is no goal state
     yield {
         "name": "install",
         "doc": "fetch, decrypt and store the goal state's certificates (.crt, .prv)",

@@ -31,6 +31,8 @@ PER_VM_PATTERNS = ("*.crt", "*.prv", "ovf-env.xml", "CustomData", "published_hos
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
     """The gather tasks; the OVF is read only when this agent provisions."""
+    if inputs.mode(ctx) == "scvmm":
+        return  # System Center VMM provisions: no Azure platform to ask (tasks/scvmm.py)
     provisioning = inputs.mode(ctx) == "waagent"
     yield {
         "name": "vm",

@@ -19,6 +19,7 @@ from system.errors import AgentError
 if TYPE_CHECKING:
     from facts.distro import Distro
     from facts.media import ProvisioningData
+    from facts.scvmm import ScvmmMedia
     from wire.certs import TransportPair
     from wire.documents import GoalState
     from wire.wireserver import WireServerClient
@@ -242,13 +243,16 @@ def is_provisioned(ctx: Context) -> bool:
 
 
 def mode(ctx: Context) -> str:
-    """Who provisions: "waagent" (these tasks), "cloud-init" (we only report), or "disabled".
+    """Who provisions: "waagent" (these tasks), "cloud-init" (we only report), "disabled",
+    or "scvmm" (System Center VMM's DVD: its installer runs, nothing of Azure's does).
 
     Decided from configuration and a few files of the root, once per run (every area asks
-    while the graph loads).
+    while the graph loads). Only `DetectScvmmEnv=y` (off by default) reads the DVD here.
     """
     def decide() -> str:
         conf = ctx.conf
+        if conf.flag("DetectScvmmEnv") and scvmm_media(ctx) is not None:
+            return "scvmm"
         agent = conf.text("Provisioning.Agent")
         if not conf.flag("Provisioning.Enabled") or agent == "disabled":
             return "disabled"
@@ -261,6 +265,15 @@ def mode(ctx: Context) -> str:
         return "cloud-init" if cloud_init_enabled(ctx.root) else "waagent"
 
     return str(_memo(ctx, "mode", decide))
+
+
+def scvmm_media(ctx: Context) -> ScvmmMedia | None:
+    """System Center VMM's DVD (the `media=` image, or a DVD device), or None."""
+    from facts.scvmm import scvmm_media as find
+
+    image = ctx.var("media")
+    return _memo(ctx, "scvmm_media",  # type: ignore[no-any-return]
+                 lambda: find(ctx.root, Path(image) if image else None))
 
 
 def home_dir(ctx: Context, username: str) -> str:

@@ -42,6 +42,8 @@ def critical_areas() -> list[str]:
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
     mode = inputs.mode(ctx)
+    if mode == "scvmm":
+        return  # System Center VMM provisions: no Azure platform to report to
     before_marker = ["gather:goalstate"]
     if mode == "waagent":
         before_marker += critical_areas()

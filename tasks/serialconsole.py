@@ -3,8 +3,12 @@
 `serialconsole:kernel-cmdline` puts `console=ttyS0 earlyprintk=ttyS0` on the kernel
 command line through the root's boot loader tooling: grubby where the distribution
 uses it (RHEL family, BLS entries), else GRUB 2's /etc/default/grub
-(GRUB_CMDLINE_LINUX) followed by the distribution's regeneration of grub.cfg.
-Arguments already there are kept; running it twice changes nothing.
+(GRUB_CMDLINE_LINUX) followed by the distribution's regeneration of grub.cfg, else
+GRUB legacy's menu.lst/grub.conf `kernel` lines. Arguments already there are kept;
+running it twice changes nothing.
+
+The boot loader editing here is the one home for kernel arguments: the kernel area's
+NUMA task (`numa=off`) uses `boot_loader_task` with its own arguments.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from graph.context import Context
@@ -24,6 +28,8 @@ log = logging.getLogger("waagent.serialconsole")
 CONSOLE_ARGS = ("console=ttyS0", "earlyprintk=ttyS0")
 DEFAULT_GRUB = "/etc/default/grub"
 _CMDLINE = re.compile(r"^(\s*)GRUB_CMDLINE_LINUX=(.*)$")
+# GRUB legacy (RHEL 6 without grubby, SLES 11): read at boot, nothing to regenerate.
+LEGACY_GRUB = ("/boot/grub/menu.lst", "/boot/grub/grub.conf")
 # Where each GRUB flavour keeps its generated configuration, and the command that makes it.
 _GRUB_CONFIGS = (
     ("/boot/grub2/grub.cfg", ("grub2-mkconfig", "-o", "/boot/grub2/grub.cfg")),
@@ -55,7 +61,12 @@ def parse_cmdline_value(line_value: str, where: str) -> list[str]:
 
 
 def with_console(text: str, where: str) -> str:
-    """/etc/default/grub text with the console arguments on GRUB_CMDLINE_LINUX.
+    """/etc/default/grub text with the console arguments on GRUB_CMDLINE_LINUX."""
+    return with_kernel_args(text, CONSOLE_ARGS, where)
+
+
+def with_kernel_args(text: str, args: tuple[str, ...], where: str) -> str:
+    """/etc/default/grub text with `args` on GRUB_CMDLINE_LINUX.
 
     The last assignment wins in a shell file, so that one is edited; a file without
     one gets a new line.
@@ -67,11 +78,11 @@ def with_console(text: str, where: str) -> str:
             last = index
     if last is None:
         tail = "" if not text or text.endswith("\n") else "\n"
-        return f"{text}{tail}GRUB_CMDLINE_LINUX=\"{' '.join(CONSOLE_ARGS)}\"\n"
+        return f"{text}{tail}GRUB_CMDLINE_LINUX=\"{' '.join(args)}\"\n"
     match = _CMDLINE.match(lines[last].rstrip("\n"))
     assert match is not None
     words = parse_cmdline_value(match.group(2), where)
-    missing = [arg for arg in CONSOLE_ARGS if arg not in words]
+    missing = [arg for arg in args if arg not in words]
     if not missing:
         return text
     # Values come from the file itself; double quotes keep `$VAR` references working.
@@ -90,52 +101,58 @@ def grub_config(ctx: Context) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
-def _has_console(text: str) -> bool:
-    return all(re.search(rf"(^|\s){re.escape(arg)}(\s|$)", text) for arg in CONSOLE_ARGS)
+def _has_args(text: str, args: tuple[str, ...]) -> bool:
+    return all(re.search(rf"(^|\s){re.escape(arg)}(\s|$)", text) for arg in args)
 
 
-def grub_problem(ctx: Context) -> str | None:
-    """Probe: what keeps the GRUB setup from a serial console, or None."""
+def grub_problem(ctx: Context, args: tuple[str, ...] = CONSOLE_ARGS) -> str | None:
+    """Probe: what keeps the GRUB setup from booting with `args`, or None."""
     try:
         text = ctx.root.follow(DEFAULT_GRUB).read_text()
     except FileNotFoundError:
         return f"{DEFAULT_GRUB} is missing"
-    if with_console(text, DEFAULT_GRUB) != text:
-        return f"GRUB_CMDLINE_LINUX in {DEFAULT_GRUB} lacks {' '.join(CONSOLE_ARGS)}"
+    if with_kernel_args(text, args, DEFAULT_GRUB) != text:
+        return f"GRUB_CMDLINE_LINUX in {DEFAULT_GRUB} lacks {' '.join(args)}"
     found = grub_config(ctx)
     if found is not None:
         config, _ = found
         linux_lines = [line for line in ctx.root.follow(config).read_text(errors="replace")
                        .splitlines() if line.strip().startswith("linux")]
-        if linux_lines and not all(_has_console(line) for line in linux_lines):
+        if linux_lines and not all(_has_args(line, args) for line in linux_lines):
             return f"{config} is older than {DEFAULT_GRUB}: not regenerated"
     return None
 
 
-def grubby_problem(ctx: Context) -> str | None:
-    """Probe: kernels whose grubby arguments lack the console, or None."""
+def grubby_problem(ctx: Context, args: tuple[str, ...] = CONSOLE_ARGS) -> str | None:
+    """Probe: kernels whose grubby arguments lack `args`, or None."""
     if not runs_in_root(ctx):
         return "grubby can only be asked inside the image (chroot=y)"
     result = ctx.run.probe(["grubby", "--info=ALL"], check=True)
     args_lines = [line for line in result.stdout.splitlines() if line.startswith("args=")]
-    lacking = [line for line in args_lines if not _has_console(line.partition("=")[2].strip('"'))]
+    lacking = [line for line in args_lines
+               if not _has_args(line.partition("=")[2].strip('"'), args)]
     if lacking:
-        return f"{len(lacking)} of {len(args_lines)} kernels lack {' '.join(CONSOLE_ARGS)}"
+        return f"{len(lacking)} of {len(args_lines)} kernels lack {' '.join(args)}"
     return None
 
 
 def set_grub_console(ctx: Context) -> None:
     """Edit /etc/default/grub, then regenerate grub.cfg with the distribution's command."""
+    set_grub_args(ctx, CONSOLE_ARGS, "kernel console on ttyS0")
+
+
+def set_grub_args(ctx: Context, args: tuple[str, ...], why: str) -> None:
+    """Add `args` to GRUB_CMDLINE_LINUX, then regenerate grub.cfg (inside the root only)."""
     default = ctx.root / DEFAULT_GRUB
     try:
         text = ctx.root.follow(DEFAULT_GRUB).read_text()
     except FileNotFoundError:
         raise BootLoaderError(
             f"no boot loader configuration in {ctx.root.base}: neither grubby nor "
-            f"{DEFAULT_GRUB}; add {' '.join(CONSOLE_ARGS)} to the kernel command line by "
-            "hand") from None
-    ctx.fs.write(default, with_console(text, DEFAULT_GRUB),
-                 why=f"kernel console on ttyS0: {' '.join(CONSOLE_ARGS)}")
+            f"{DEFAULT_GRUB} nor GRUB legacy's {' or '.join(LEGACY_GRUB)}; add "
+            f"{' '.join(args)} to the kernel command line by hand") from None
+    ctx.fs.write(default, with_kernel_args(text, args, DEFAULT_GRUB),
+                 why=f"{why}: {' '.join(args)}")
     found = grub_config(ctx)
     if found is None:
         # No grub.cfg yet (GRUB not installed in this root): it is made from the edited file.
@@ -149,8 +166,7 @@ def set_grub_console(ctx: Context) -> None:
                     "chroot=y, or it is regenerated when the image next updates its kernel",
                     DEFAULT_GRUB, ctx.root.base)
         return
-    ctx.run.change(list(command), why="regenerate grub.cfg with the serial console",
-                   timeout=600)
+    ctx.run.change(list(command), why=f"regenerate grub.cfg: {why}", timeout=600)
 
 
 def runs_in_root(ctx: Context) -> bool:
@@ -162,24 +178,82 @@ def runs_in_root(ctx: Context) -> bool:
 
 def set_grubby_console(ctx: Context) -> None:
     """grubby adds the arguments to every installed kernel."""
+    set_grubby_args(ctx, CONSOLE_ARGS, "kernel console on ttyS0")
+
+
+def set_grubby_args(ctx: Context, args: tuple[str, ...], why: str) -> None:
+    """grubby adds `args` to every installed kernel (inside the root only)."""
     if not runs_in_root(ctx):
         raise BootLoaderError(f"{ctx.root.base} uses grubby, which edits the boot entries of "
                               "the system it runs on: run again with chroot=y")
-    ctx.run.change(["grubby", "--update-kernel=ALL", f"--args={' '.join(CONSOLE_ARGS)}"],
-                   why="kernel console on ttyS0")
+    ctx.run.change(["grubby", "--update-kernel=ALL", f"--args={' '.join(args)}"], why=why)
+
+
+def legacy_grub_config(ctx: Context) -> str | None:
+    """GRUB legacy's configuration (menu.lst or grub.conf) when the root has no GRUB 2
+    defaults file: the boot loader of the distributions whose kernels predate 2.6.37."""
+    if ctx.root.follow(DEFAULT_GRUB).exists():
+        return None
+    return next((config for config in LEGACY_GRUB if ctx.root.follow(config).is_file()), None)
+
+
+def with_legacy_args(text: str, args: tuple[str, ...]) -> str:
+    """GRUB legacy text with `args` appended to every `kernel` line that lacks them."""
+    lines = text.splitlines(keepends=True)
+    for index, line in enumerate(lines):
+        body = line.rstrip("\n")
+        if body.strip().startswith("kernel") and len(body.split()) > 1:
+            missing = [arg for arg in args if not _has_args(body, (arg,))]
+            if missing:
+                lines[index] = " ".join([body.rstrip(), *missing]) + line[len(body):]
+    return "".join(lines)
+
+
+def legacy_problem(ctx: Context, args: tuple[str, ...] = CONSOLE_ARGS) -> str | None:
+    """Probe: GRUB legacy `kernel` lines that lack `args`, or None."""
+    config = legacy_grub_config(ctx)
+    if config is None:
+        return "no GRUB legacy configuration"
+    text = ctx.root.follow(config).read_text(errors="replace")
+    if with_legacy_args(text, args) != text:
+        return f"kernel lines of {config} lack {' '.join(args)}"
+    return None
+
+
+def set_legacy_args(ctx: Context, args: tuple[str, ...], why: str) -> None:
+    """Append `args` to the `kernel` lines of GRUB legacy's configuration (read at boot:
+    nothing to regenerate)."""
+    config = legacy_grub_config(ctx)
+    if config is None:
+        raise BootLoaderError(f"no GRUB legacy configuration in {ctx.root.base}")
+    text = ctx.root.follow(config).read_text(errors="replace")
+    ctx.fs.write(ctx.root / config, with_legacy_args(text, args), why=f"{why}: {' '.join(args)}")
+
+
+def boot_loader_task(ctx: Context, args: tuple[str, ...], why: str,
+                     ) -> tuple[str, tuple[Callable[..., None], list[Any]],
+                                Callable[[], str | None]]:
+    """(doc, action, probe) that put `args` on the kernel command line with the root's
+    boot loader tooling: grubby, GRUB legacy, else GRUB 2's /etc/default/grub."""
+    shown = " ".join(args)
+    if uses_grubby(ctx):
+        return (f"{shown} on every kernel (grubby)", (set_grubby_args, [ctx, args, why]),
+                lambda: grubby_problem(ctx, args))
+    legacy = legacy_grub_config(ctx)
+    if legacy is not None:
+        return (f"{shown} on the kernel lines of {legacy} (GRUB legacy)",
+                (set_legacy_args, [ctx, args, why]), lambda: legacy_problem(ctx, args))
+    return (f"{shown} in {DEFAULT_GRUB}, grub.cfg regenerated",
+            (set_grub_args, [ctx, args, why]), lambda: grub_problem(ctx, args))
 
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
-    """serialconsole:kernel-cmdline, with grubby or GRUB 2, whichever the root uses."""
-    if uses_grubby(ctx):
-        doc, action, probe = ("console=ttyS0 earlyprintk=ttyS0 on every kernel (grubby)",
-                              set_grubby_console, grubby_problem)
-    else:
-        doc, action, probe = (f"console=ttyS0 earlyprintk=ttyS0 in {DEFAULT_GRUB}, grub.cfg "
-                              "regenerated", set_grub_console, grub_problem)
+    """serialconsole:kernel-cmdline, with grubby, GRUB legacy or GRUB 2, whichever the
+    root uses."""
+    doc, action, probe = boot_loader_task(ctx, CONSOLE_ARGS, "kernel console on ttyS0")
     yield {
         "name": "kernel-cmdline",
         "doc": doc,
-        "actions": [(action, [ctx])],
-        "uptodate": [Probe("kernel-cmdline", lambda: probe(ctx))],
+        "actions": [action],
+        "uptodate": [Probe("kernel-cmdline", probe)],
     }
