@@ -31,7 +31,7 @@ from typing import Any
 
 from graph.context import DEFAULT_CONF, Context, make_context
 from system.errors import AgentError
-from tasks import MONITORS, Monitor, inputs
+from tasks import MONITORS, Monitor, extensions, inputs
 
 log = logging.getLogger("waagent.daemon")
 
@@ -114,6 +114,8 @@ class Daemon:
         self._run_doit = run_doit
         self.clock = clock
         self.ctx: Context = make_context(self.variables)
+        # Handlers are enabled once per agent start (tasks/extensions.py).
+        extensions.AGENT_START = f"daemon-{os.getpid()}-{time.time():.0f}"
         self.stopping = False
         self.reload_asked = False
         self.conf_stamp = self._conf_stamp()
@@ -149,6 +151,11 @@ class Daemon:
             log.info("daemon started (PID %s): provisioning, then the goal-state loop",
                      os.getpid())
             self.run_graph("provision", why="start")
+            if inputs.mode(self.ctx) == "scvmm":
+                # System Center VMM provisions this VM: its installer ran, the agent
+                # stands aside, as waagent's daemon does.
+                log.info("System Center VMM provisions this VM: the daemon stands aside")
+                return 0
             self.loop(wakeup)
         finally:
             self.log_collection.stop()
@@ -253,6 +260,7 @@ class Daemon:
             return False
         first = self.vm_settings_etag is None
         self.vm_settings_etag = answer.etag
+        extensions.VM_SETTINGS_ETAG = answer.etag  # gather:extensions reads vmSettings again
         self.state["goal_state"]["vm_settings_etag"] = answer.etag
         return not first
 
@@ -264,7 +272,9 @@ class Daemon:
         if self.target is None:
             return
         try:
-            blob = build_status(self.ctx, self.target)
+            from tasks.extensions import handler_statuses
+
+            blob = build_status(self.ctx, self.target, handlers=handler_statuses(self.ctx))
             content = encode(blob)
             via = upload_status(self.ctx, self.target, content)
             new, self.status_key = status_is_new(self.status_key, blob)

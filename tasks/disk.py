@@ -58,6 +58,7 @@ from facts.resource_disk import (
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed, ProbeFailed, UnsafeOperation
+from tasks import inputs
 
 log = logging.getLogger("waagent.disk")
 
@@ -675,7 +676,9 @@ def _inputs(name: str, ctx: Context, *options: str) -> Inputs:
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
     """partition -> mkfs -> mount -> readme -> swapfile; each reruns on its own options or
-    when the real state disagrees."""
+    when the real state disagrees. None when System Center VMM provisions this VM."""
+    if inputs.mode(ctx) == "scvmm":
+        return
     opts = DiskOptions.of(ctx)
     steps: list[tuple[str, str, Callable[[Context], None], Callable[[Context], str | None],
                       tuple[str, ...]]] = [
