@@ -376,9 +376,8 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
     for handler in handlers:
         chain = list(handler_tasks(ctx, handler, goal_id))
         if handler.state == "enabled" and waits:
-            for task in chain:
-                if task["name"].endswith((":install", ":update", ":enable")):
-                    task["task_dep"] = [*task.get("task_dep", []), *waits]
+            for task in chain:  # waagent handles nothing of it before the levels below
+                task["task_dep"] = [*task.get("task_dep", []), *waits]
         yield from chain
         if handler.state == "enabled" and handler.level < top and handler.settings:
             wait = wait_task(ctx, handler, goal_id)

@@ -232,9 +232,9 @@ def test_depends_on_waits_for_the_lower_level_and_a_failure_stops_the_chain(
                   depends_on=["Chain.First"], public_settings={"a": 2}),
         Extension(name="Chain.First", package=str(first), dependency_level=1,
                   public_settings={"a": 1}),
-        Extension(name="Bad.First", package=str(broken), dependency_level=1,
+        Extension(name="Bad.First", package=str(broken), dependency_level=3,
                   public_settings={"b": 1}),
-        Extension(name="Bad.After", package=str(after), dependency_level=3,
+        Extension(name="Bad.After", package=str(after), dependency_level=4,
                   depends_on=["Bad.First"], public_settings={"b": 2}))
     out = vm.boot()
     enabled = [line for line in (vm.root / "tmp/handler-order.log").read_text().splitlines()
@@ -243,7 +243,7 @@ def test_depends_on_waits_for_the_lower_level_and_a_failure_stops_the_chain(
     assert vm.state("Chain.Second-1.0.0") == "Enabled"
     order = (vm.root / "tmp/handler-order.log").read_text()
     assert order.index("enable") < order.rindex("install")  # the second waited for the first
-    assert len(enabled) == 2, out.stdout
+    assert len(enabled) == 3, out.stdout  # the two of the chain, and the broken one
     statuses = vm.statuses()
     assert statuses["Bad.First"].code == 1009
     assert "Non-zero exit code: 3" in (statuses["Bad.First"].message or "")
