@@ -681,11 +681,17 @@ def list_directory(root: Root, directory: str) -> list[str]:
         return ["  (refused: the path leaves the root)"]
     try:
         with os.scandir(real) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
+            entries = []
+            for count, entry in enumerate(scan):
+                if count >= LL_MAX_ENTRIES:
+                    break
+                entries.append(entry)
+            more = sum(1 for _ in scan)
+        entries.sort(key=lambda e: e.name)
     except OSError as err:
         return [f"  ({err.strerror or err})"]
     lines = []
-    for entry in entries[:LL_MAX_ENTRIES]:
+    for entry in entries:
         try:
             st = entry.stat(follow_symlinks=False)
         except OSError:
@@ -701,8 +707,8 @@ def list_directory(root: Root, directory: str) -> list[str]:
         lines.append(f"  {stat.filemode(st.st_mode)} {st.st_uid:>5} {st.st_gid:>5} "
                      f"{st.st_size:>12} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(st.st_mtime))}"
                      f" {name}")
-    if len(entries) > LL_MAX_ENTRIES:
-        lines.append(f"  ... and {len(entries) - LL_MAX_ENTRIES} more")
+    if more:
+        lines.append(f"  ... and {more} more, not listed")
     return lines
 
 

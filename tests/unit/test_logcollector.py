@@ -347,3 +347,26 @@ def test_the_collector_runs_in_a_scope_only_where_systemd_runs(vm: Path) -> None
     assert wrapped[:3] == ["systemd-run", "--scope", "--quiet"]
     assert "CPUQuota=5%" in wrapped and "MemoryHigh=170M" in wrapped
     assert wrapped[-3:] == ["--", "python", "-collect-logs"]
+
+
+def test_a_long_listing_is_cut(vm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lc, "LL_MAX_ENTRIES", 3)
+    for index in range(5):
+        (vm / f"var/log/f{index}").write_text("x")
+    lines = lc.list_directory(Root(vm), "/var/log")
+    assert len(lines) == 4 and "more, not listed" in lines[-1]
+    assert lc.list_directory(Root(vm), "/../../etc") == ["  (refused: the path leaves the root)"]
+
+
+def test_the_daemon_records_each_collection(vm: Path) -> None:
+    from graph.daemon import Daemon
+
+    class Stub:
+        def tick(self, ctx: Any, target: Any) -> dict[str, Any]:
+            return {"at": 5.0, "result": "uploaded", "bytes": 10}
+
+    daemon = Daemon({"root": str(vm)}, run_doit=lambda argv: 0)
+    daemon.log_collection = Stub()  # type: ignore[assignment]
+    daemon.collect_logs()
+    assert daemon.state["logs"]["result"] == "uploaded"
+    assert daemon.state["monitors"]["logs"] == 5.0
