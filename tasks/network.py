@@ -270,7 +270,10 @@ def disabled_problem(ctx: Context) -> tuple[str | None, str]:
         return f"{UNIT_DIR}/{name} still sets the firewall at boot", ""
     if not ctx.root.is_host:
         return None, f"no boot unit of ours; {not_running_system(ctx)}: its kernel is not checked"
-    kind = firewall.backend(ctx.run)
+    try:
+        kind = firewall.backend(ctx.run)
+    except firewall.FirewallError:
+        return None, "neither nft nor iptables is installed: no rules to remove"
     present = []
     if kind == "nft" and firewall.nft_listing(ctx.run, firewall.NFT_TABLE) is not None:
         present.append("nftables table " + " ".join(firewall.NFT_TABLE))
@@ -284,7 +287,7 @@ def remove_agent_firewall(ctx: Context) -> None:
     """OS.EnableFirewall=n: the agent's rules and its boot unit go."""
     why = "OS.EnableFirewall=n"
     remove_boot_unit(ctx, why=why)
-    if ctx.root.is_host:
+    if ctx.root.is_host and disabled_problem(ctx)[0] is not None:
         firewall.remove_firewall(ctx.run, why=why)
 
 

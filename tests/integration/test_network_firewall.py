@@ -151,3 +151,15 @@ def test_nothing_leaks_to_the_host() -> None:
     listed = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
                             check=False).stdout
     assert "waagent_graph" not in listed
+
+
+def test_turning_the_firewall_off_removes_the_rules(lab: NetLab, tmp_path: Path) -> None:
+    assert lab.vm([str(BIN / "waagent"), f"-setup-firewall={ENDPOINT}"]).returncode == 0
+    off = conf(tmp_path, "OS.EnableFirewall=n")
+    plan = waagent(lab, "plan", "network:firewall", f"conf={off}",
+                   f"wireserver=http://{ENDPOINT}:80")
+    assert "agent firewall rules still in place: nftables table ip waagent_graph" in plan.stdout
+    out = waagent(lab, "run", "network:firewall", f"conf={off}", f"wireserver=http://{ENDPOINT}:80")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert lab.vm(["nft", "list", "table", "ip", "waagent_graph"], check=False).returncode != 0
+    assert lab.connects(ENDPOINT, 80, uid=NOBODY)
