@@ -125,6 +125,11 @@ def _area_creator(area: Area, ctx: Context) -> Callable[[], Iterator[dict[str, A
             yield task
 
     create.__doc__ = area.doc
+    if area.after:
+        # doit creates the area's tasks once `area.after` ran, in the same run.
+        from doit import create_after
+
+        return create_after(executed=area.after)(create)  # type: ignore[no-any-return]
     return create
 
 

@@ -34,6 +34,9 @@ class Area(NamedTuple):
     critical: bool = False
     # The module's generator function (an area may share a module with another).
     function: str = "generate"
+    # Tasks created only after this task ran (doit's create_after): the area's shape
+    # depends on what it gathers (one chain of tasks per extension handler).
+    after: str | None = None
 
 
 class Group(NamedTuple):
@@ -50,8 +53,11 @@ class Group(NamedTuple):
 
     @property
     def task_dep(self) -> list[str]:
-        """The group's doit dependencies, as wildcards so doit keeps their order."""
-        return [f"{entry}*" if ":" in entry else f"{entry}:*" for entry in self.areas]
+        """The group's doit dependencies, as wildcards so doit keeps their order. An area
+        whose tasks are created later is named itself: its tasks do not exist yet."""
+        delayed = {area.name for area in AREAS if area.after}
+        return [entry if entry in delayed else f"{entry}*" if ":" in entry else f"{entry}:*"
+                for entry in self.areas]
 
 
 AREAS: tuple[Area, ...] = (
@@ -76,6 +82,8 @@ AREAS: tuple[Area, ...] = (
          "tasks.scvmm"),
     Area("report", "report provisioning state (Ready or the failure) to the platform",
          "tasks.report"),
+    Area("extensions", "extension handlers: download, install, enable, update, uninstall",
+         "tasks.extensions", after="gather:extensions"),
     Area("deprovision", "remove VM-specific state before image capture", "tasks.deprovision"),
     Area("serialconsole", "kernel console on ttyS0 in the boot loader", "tasks.serialconsole"),
 )
@@ -89,10 +97,10 @@ GROUPS: tuple[Group, ...] = (
     Group("provision", "boot-time provisioning: everything, report Ready",
           ("scvmm", "gather", "hostname", "user", "ssh:hostkeys", "ssh:config", "ssh:reload",
            "ssh:report", "certificates", "ssh", "customdata", "report", "publish", "disk",
-           "network", "kernel")),
+           "network", "kernel", "extensions")),
     # `waagent -run-exthandlers`: one goal-state pass of the daemon, without provisioning.
-    Group("goalstate", "one goal-state pass: fetch the goal state, install its certificates",
-          ("gather:vm", "gather:goalstate", "certificates")),
+    Group("goalstate", "one goal-state pass: the goal state, its certificates, the extensions",
+          ("gather:vm", "gather:goalstate", "gather:extensions", "certificates", "extensions")),
 )
 
 

@@ -158,29 +158,51 @@ def handlers_of(facts: Mapping[str, Any]) -> list[Handler]:
 # -- gathering ----------------------------------------------------------------------------
 
 def source_inputs(ctx: Context) -> dict[str, Any]:
-    """What says the extensions goal state may have changed: the goal state document and
-    the FastTrack ETag the daemon saw."""
-    goal = inputs.stored_facts(ctx, "goalstate") or {}
-    return {"goal_state": goal.get("sha256"), "vm_settings": VM_SETTINGS_ETAG,
-            "enabled": ctx.conf.flag("Extensions.Enabled")}
+    """What gather:extensions looks again for: the FastTrack ETag the daemon saw (a new
+    goal state document is gather:goalstate's, which calls `gather_extensions`)."""
+    stored = stored_goal_state(ctx) or {}
+    return {"vm_settings": VM_SETTINGS_ETAG, "enabled": ctx.conf.flag("Extensions.Enabled"),
+            "retry": stored.get("gather_error")}
 
 
-def gather_extensions(ctx: Context) -> None:
+def gather_extensions(ctx: Context, state: Any = None) -> None:
     """Store the extensions goal state: ExtensionsConfig (with its artifacts profile's
-    onHold) or FastTrack vmSettings, the newer; never one older than the stored one."""
-    from wire.extensions_goal_state import choose, from_extensions_config, parse_vm_settings
+    onHold) or FastTrack vmSettings, the newer; never one older than the stored one.
 
+    With `state` (a new goal state, from gather:goalstate) both documents are read;
+    without it (gather:extensions, the daemon saw a new vmSettings ETag) only vmSettings.
+    """
     if not ctx.conf.flag("Extensions.Enabled"):
         return
-    goal = inputs.goal_facts(ctx)
     stored = stored_goal_state(ctx)
-    state = inputs.goal_state(ctx)
-    client = inputs.wireserver(ctx)
-    config = client.extensions_config(state)
+    if state is None and stored is not None and stored.get("gather_error"):
+        state = inputs.goal_state(ctx)  # the last goal state's extensions were not read
+    elif state is None:
+        if VM_SETTINGS_ETAG is None or stored is None or \
+                stored.get("vm_settings_etag") == VM_SETTINGS_ETAG:
+            return
+        _gather(ctx, stored, inputs.goal_state(ctx), with_config=False)
+        return
+    try:
+        _gather(ctx, stored, state, with_config=True)
+    except (AgentError, OSError) as err:
+        # Not the goal state's failure: gather:extensions tries again at the next run.
+        log.warning("extensions goal state not read: %s", err)
+        inputs.keep_facts(ctx, FACTS, {**(stored or {"id": None, "handlers": []}),
+                                       "gather_error": str(err)})
+
+
+def _gather(ctx: Context, stored: Mapping[str, Any] | None, state: Any, *,
+            with_config: bool) -> None:
+    from wire.extensions_goal_state import choose, from_extensions_config, parse_vm_settings
+
     candidates: list[ExtensionsGoalState | None] = []
-    if config is not None:
-        candidates.append(from_extensions_config(
-            config, state.incarnation, on_hold=_on_hold(ctx, config.in_vm_artifacts_profile_blob)))
+    if with_config:
+        config = inputs.wireserver(ctx).extensions_config(state)
+        if config is not None:
+            candidates.append(from_extensions_config(
+                config, state.incarnation,
+                on_hold=_on_hold(ctx, config.in_vm_artifacts_profile_blob)))
     etag = None
     answer = _vm_settings(ctx, state)
     if answer is not None and answer.document is not None:
@@ -189,20 +211,16 @@ def gather_extensions(ctx: Context) -> None:
             candidates.append(parse_vm_settings(answer.document, answer.etag or ""))
         except AgentError as err:
             log.warning("vmSettings ignored: %s", err)
-    handled = stored.get("created_ticks") if stored else None
-    chosen = choose(candidates, handled if stored and stored.get("id") else None)
+    handled = stored.get("created_ticks") if stored and stored.get("id") else None
+    chosen = choose(candidates, handled)
     if chosen is None:
-        if stored is not None:
-            inputs.keep_facts(ctx, FACTS, {**stored, "goal_state_sha256": goal.get("sha256"),
-                                           "vm_settings_etag": etag})
-            return
-        inputs.keep_facts(ctx, FACTS, {"id": None, "handlers": [],
-                                       "goal_state_sha256": goal.get("sha256")})
+        kept = {k: v for k, v in (stored or {"id": None, "handlers": []}).items()
+                if k != "gather_error"}
+        inputs.keep_facts(ctx, FACTS, {**kept, "vm_settings_etag": etag})
         return
     log.info("extensions goal state %s from %s (%d handler(s))", chosen.id, chosen.source,
              len(chosen.plugins))
-    inputs.keep_facts(ctx, FACTS, goal_state_facts(
-        chosen, goal_state_sha256=goal.get("sha256"), vm_settings_etag=etag))
+    inputs.keep_facts(ctx, FACTS, goal_state_facts(chosen, vm_settings_etag=etag))
 
 
 def hostplugin_client(ctx: Context, state: Any, *, retry: bool) -> Any:
@@ -393,8 +411,7 @@ def skipped_task(ctx: Context, handlers: Sequence[Handler], goal_id: str) -> dic
         "name": "skipped",
         "doc": f"extension handlers not run here ({names})",
         "actions": [(lambda: ctx.run.record("skip", f"extension handlers {names}", why),)],
-        "uptodate": [Inputs("extensions-skipped", lambda: {"goal_state": goal_id,
-                                                          "handlers": names})],
+        "uptodate": [Inputs("extensions-skipped", lambda: {"handlers": names})],
     }
 
 

@@ -7,6 +7,9 @@ gather:goalstate the goal state: runs every time, it is how changes reach the VM
                  VM not provisioned yet it also tells the platform NotReady/Provisioning
                  (first, before any provisioning work). Its certificates are installed by
                  the `certificates` area.
+gather:extensions the extensions goal state (ExtensionsConfig or FastTrack vmSettings, the
+                 newer): gather:goalstate stores it with a new goal state, this task when
+                 the daemon saw a new vmSettings ETag
 """
 
 from __future__ import annotations
@@ -54,6 +57,28 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
         "actions": [(gather_goal_state, [ctx])],
         "task_dep": ["gather:vm"],
     }
+    yield {
+        "name": "extensions",
+        "doc": "the extensions goal state: ExtensionsConfig or FastTrack vmSettings, the newer",
+        "actions": [(gather_extensions, [ctx])],
+        "task_dep": ["gather:goalstate"],
+        "uptodate": [Inputs("extensions-source", lambda: extensions_source(ctx))],
+    }
+
+
+def extensions_source(ctx: Context) -> dict[str, Any]:
+    """What the extensions goal state comes from (tasks/extensions.py)."""
+    from tasks.extensions import source_inputs
+
+    return source_inputs(ctx)
+
+
+def gather_extensions(ctx: Context, state: GoalState | None = None) -> None:
+    """Store the extensions goal state of a new goal state, or of a new vmSettings
+    (tasks/extensions.py)."""
+    from tasks.extensions import gather_extensions as gather
+
+    gather(ctx, state)
 
 
 def vm_summary(ctx: Context) -> dict[str, Any]:
@@ -134,6 +159,7 @@ def gather_goal_state(ctx: Context) -> None:
         report_provisioning(ctx)
     if state is not None:
         store_goal_facts(ctx, state)
+        gather_extensions(ctx, state)
 
 
 def store_goal_facts(ctx: Context, state: GoalState) -> None:
