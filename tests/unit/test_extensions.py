@@ -1,0 +1,210 @@
+"""Extensions: the goal state from both sources, version picking, the task chains the
+state machine yields for each case, and the statuses read back for the blob."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graph.context import Context, make_context
+from tasks import extensions as ext
+from tasks import inputs
+from tests.support.fixtures import FIXTURES
+from wire.artifacts import pick_version, version_matches
+from wire.extensions_config import parse_extensions_config, parse_manifest
+from wire.extensions_goal_state import choose, from_extensions_config, parse_vm_settings
+
+WALA = FIXTURES / "walinuxagent"
+
+
+def vm_settings(name: str) -> dict[str, Any]:
+    return json.loads((WALA / "hostgaplugin" / name).read_text())  # type: ignore[no-any-return]
+
+
+def test_extensions_config_goal_state() -> None:
+    config = parse_extensions_config((WALA / "hostgaplugin/ext_conf.xml").read_text())
+    state = from_extensions_config(config, "7")
+    assert state.id == "incarnation_7" and state.source == "ExtensionsConfig"
+    assert state.created_ticks == 637726657706205217
+    assert [p.name for p in state.plugins][0] == "Microsoft.Azure.Monitor.AzureMonitorLinuxAgent"
+    assert state.unsupported_features == ()
+
+
+def test_vm_settings_goal_state() -> None:
+    state = parse_vm_settings(vm_settings("vm_settings.json"), "etag-1")
+    assert state is not None and state.id == "etag_etag-1" and state.on_hold
+    by_name = {p.name: p for p in state.plugins}
+    script = by_name["Microsoft.Azure.Extensions.CustomScript"]
+    assert script.dependency_level == 1 and script.settings[0].public_settings == {
+        "commandToExecute": "echo 'cee174d4-4daa-4b07-9958-53b9649445c2'"}
+    assert script.manifest_uris[1].startswith("https://umsafwzhkbm1")  # failoverlocation
+    run = by_name["Microsoft.CPlat.Core.RunCommandHandlerLinux"]
+    assert run.is_multi_config and [s.name for s in run.settings] == ["MCExt1", "MCExt2", "MCExt3"]
+    assert {s.name: s.dependency_level for s in run.settings} == {"MCExt1": 2, "MCExt2": 1,
+                                                                  "MCExt3": 0}
+
+
+def test_fabric_sourced_vm_settings_are_ignored() -> None:
+    document = vm_settings("vm_settings.json")
+    document["extensionGoalStatesSource"] = "Fabric"
+    assert parse_vm_settings(document, "x") is None
+
+
+@pytest.mark.parametrize(("config_ticks", "fast_ticks", "handled", "want"), [
+    (10, 20, None, "FastTrack"),
+    (20, 10, None, "ExtensionsConfig"),
+    (10, 10, None, "ExtensionsConfig"),
+    (10, 20, 30, None),  # both older than what was handled: never go back
+    (30, 20, 25, "ExtensionsConfig"),
+])
+def test_the_newer_goal_state_wins(config_ticks: int, fast_ticks: int, handled: int | None,
+                                   want: str | None) -> None:
+    config = from_extensions_config(parse_extensions_config(
+        (WALA / "hostgaplugin/ext_conf.xml").read_text()), "1")._replace(
+        created_ticks=config_ticks)
+    fast = parse_vm_settings(vm_settings("vm_settings.json"), "e")
+    assert fast is not None
+    chosen = choose([config, fast._replace(created_ticks=fast_ticks)], handled)
+    assert (chosen.source if chosen else None) == want
+
+
+@pytest.mark.parametrize(("requested", "want"), [
+    ("1.0", "1.0.0"), ("1.1", "1.1.1"), ("2.1.1", "2.1.1"), ("4.0", "4.0.0.1"), ("9.9", None)])
+def test_manifest_version_pick(requested: str, want: str | None) -> None:
+    manifest = parse_manifest((WALA / "wire/manifest.xml").read_text())
+    found = pick_version(manifest, requested)
+    assert (found.version if found else None) == want
+    assert not version_matches("1.1", "1.10.0")
+
+
+# -- the state machine, as tables ----------------------------------------------------------
+
+def context(tmp_path: Path) -> Context:
+    (tmp_path / "var/lib/waagent").mkdir(parents=True, exist_ok=True)
+    return make_context({"root": str(tmp_path), "chroot": "y"})
+
+
+def handler(name: str = "Pub.Handler", version: str = "1.0.0", state: str = "enabled",
+            level: int = 0, seq: int = 0) -> dict[str, Any]:
+    return {"name": name, "version": version, "state": state, "uris": ["http://x/m.xml"],
+            "multi_config": False, "level": level, "invalid": None,
+            "settings": [{"name": None, "seq_no": seq, "state": state, "public": {"a": 1},
+                          "protected": None, "thumbprint": None, "level": level}]}
+
+
+def install(ctx: Context, name: str, version: str, state: str) -> None:
+    directory = ext.handler_dir(ctx, name, version)
+    (directory / "config").mkdir(parents=True)
+    (directory / "HandlerManifest.json").write_text("[]")
+    (directory / "config/HandlerState").write_text(state)
+
+
+def task_names(ctx: Context, *handlers: dict[str, Any]) -> list[str]:
+    inputs.keep_facts(ctx, "extensions", {"id": "incarnation_1", "handlers": list(handlers)})
+    return [t["name"] for t in ext.generate(ctx)]
+
+
+CHAIN = ["download", "verify", "unpack", "settings"]
+
+
+@pytest.mark.parametrize(("on_disk", "requested", "want"), [
+    ([], handler(), [*CHAIN, "install", "enable"]),
+    ([("1.0.0", "Enabled")], handler(), [*CHAIN, "install", "enable"]),
+    ([("0.9.0", "Enabled")], handler(), [*CHAIN, "update", "enable"]),
+    ([("2.0.0", "Installed")], handler(), [*CHAIN, "update", "enable"]),  # a downgrade
+    ([("0.9.0", "FailedUpgrade")], handler(), [*CHAIN, "install", "enable"]),
+    ([("1.0.0", "Enabled")], handler(state="disabled"), ["disable"]),
+    ([("1.0.0", "Enabled")], handler(state="uninstall"), ["uninstall"]),
+    ([], handler(state="uninstall"), []),
+])
+def test_tasks_for_each_case(tmp_path: Path, on_disk: list[tuple[str, str]],
+                             requested: dict[str, Any], want: list[str]) -> None:
+    ctx = context(tmp_path)
+    for version, state in on_disk:
+        install(ctx, "Pub.Handler", version, state)
+    assert task_names(ctx, requested) == [f"Pub.Handler:{step}" for step in want]
+
+
+def test_a_handler_gone_from_the_goal_state_is_uninstalled(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    install(ctx, "Old.Handler", "3.1", "Enabled")
+    assert task_names(ctx, handler()) == ["Old.Handler:uninstall", *[
+        f"Pub.Handler:{s}" for s in [*CHAIN, "install", "enable"]]]
+
+
+def test_depends_on_levels_order_and_wait(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    inputs.keep_facts(ctx, "extensions", {"id": "incarnation_1", "handlers": [
+        handler("C.Third", level=2), handler("A.First", level=0),
+        handler("Z.Gone", state="uninstall"), handler("B.Second", level=1)]})
+    install(ctx, "Z.Gone", "1.0.0", "Enabled")
+    tasks = list(ext.generate(ctx))
+    names = [t["name"] for t in tasks]
+    assert names[0] == "Z.Gone:uninstall"  # non-enabled first
+    assert names.index("A.First:wait") < names.index("B.Second:download")
+    assert "C.Third:wait" not in names  # the highest level waits for nobody
+    third = next(t for t in tasks if t["name"] == "C.Third:enable")
+    assert {"extensions:A.First:wait", "extensions:B.Second:wait"} <= set(third["task_dep"])
+
+
+def test_a_root_that_cannot_run_handlers_records_a_skip(tmp_path: Path) -> None:
+    (tmp_path / "var/lib/waagent").mkdir(parents=True)
+    ctx = make_context({"root": str(tmp_path)})
+    assert task_names(ctx, handler()) == ["skipped"]
+
+
+def test_unsupported_features_and_on_hold(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    inputs.keep_facts(ctx, "extensions", {"id": "i", "handlers": [handler()],
+                                          "unsupported_features": ["Future"]})
+    assert [t["name"] for t in ext.generate(ctx)] == ["unsupported"]
+    inputs.keep_facts(ctx, "extensions", {"id": "i", "handlers": [handler()], "on_hold": True})
+    assert [t["name"] for t in ext.generate(ctx)] == ["on-hold"]
+
+
+def test_settings_files_as_waagent_writes_them() -> None:
+    h = ext.handlers_of({"handlers": [handler(seq=3)]})[0]
+    assert ext.settings_files(h) == [("3.settings", json.dumps({"runtimeSettings": [{
+        "handlerSettings": {"publicSettings": {"a": 1}, "protectedSettings": None,
+                            "protectedSettingsCertThumbprint": None}}]}))]
+    assert ext.settings_files(h._replace(settings=())) == [("0.settings", "")]
+
+
+# -- statuses for the blob -----------------------------------------------------------------
+
+def test_statuses_read_back(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    inputs.keep_facts(ctx, "extensions", {"id": "i", "handlers": [
+        handler("Good.One"), handler("Bad.Status", seq=2), handler("Hung.One")]})
+    for name in ("Good.One", "Bad.Status", "Hung.One"):
+        install(ctx, name, "1.0.0", "Enabled")
+        h = ext.handlers_of({"handlers": [handler(name)]})[0]
+        ext.set_handler_status(ctx, h, "Ready", "Plugin enabled")
+        (ext.handler_dir(ctx, name, "1.0.0") / "status").mkdir()
+    good = ext.handler_dir(ctx, "Good.One", "1.0.0")
+    (good / "status/0.status").write_text(json.dumps([{"version": "1.0", "status": {
+        "status": "success", "code": "0", "formattedMessage": {"lang": "en-US",
+                                                                 "message": "fine"}}}]))
+    (ext.handler_dir(ctx, "Bad.Status", "1.0.0") / "status/2.status").write_text("{oops")
+    hung = ext.handler_dir(ctx, "Hung.One", "1.0.0")
+    (hung / "HandlerManifest.json").write_text(json.dumps([{"handlerManifest": {
+        **{f"{op}Command": "x" for op in ("install", "uninstall", "update", "enable",
+                                          "disable")}, "reportHeartbeat": True}}]))
+    beat = hung / "heartbeat.log"
+    beat.write_text(json.dumps([{"heartbeat": {"status": "Ready", "code": 0}}]))
+    old = time.time() - 700
+    os.utime(beat, (old, old))
+    found = {s.name: s for s in ext.handler_statuses(ctx)}
+    assert found["Good.One"].status == "Ready"
+    assert found["Good.One"].extension is not None
+    assert found["Good.One"].extension.status["code"] == 0
+    assert found["Good.One"].extension.status["formattedMessage"]["message"] == "fine"
+    bad = found["Bad.Status"].extension
+    assert bad is not None and bad.status["status"] == "error" and bad.status["code"] == 1012
+    assert bad.sequence_number == 2
+    assert found["Hung.One"].status == "Unresponsive"
