@@ -41,6 +41,8 @@ class _Action:
 
 _EXTENSION_FIELDS = ("version", "state", "seq_no", "public_settings", "protected_settings",
                      "dependency_level", "depends_on", "multi_config", "package", "certificate")
+_AGENT_FAMILY_FIELDS = ("name", "versions", "version", "is_version_from_rsm",
+                        "is_vm_enabled_for_rsm_upgrades")
 _FAULT_FIELDS = ("status", "count", "skip", "delay", "drop", "bump_incarnation", "body")
 
 
@@ -63,6 +65,8 @@ _ACTIONS: dict[str, _Action] = {
     "fast-track": _Action((), (), lambda f, a: f.publish_vm_settings()),
     "hostplugin": _Action(("available",), ("status",), lambda f, a: f.set_hostplugin(
         _flag(a, "available"), status=a.get("status"))),
+    "set-agent-family": _Action((), _AGENT_FAMILY_FIELDS, lambda f, a: f.set_agent_family(
+        **{k: v for k, v in a.items() if k in _AGENT_FAMILY_FIELDS})),
     "fault": _Action(("route",), _FAULT_FIELDS, lambda f, a: str(f.inject(
         a["route"], **{k: v for k, v in a.items() if k in _FAULT_FIELDS}))),
 }

@@ -285,9 +285,42 @@ def package_url(urls: Urls, ext: Extension) -> str:
     return f"{urls.storage}/packages/{ext.name}__{ext.version}.zip"
 
 
-def ga_manifest_url(urls: Urls) -> str:
-    """The agent family manifest (no agent versions: the fabric offers no agent updates)."""
-    return f"{urls.storage}/manifests/WALinuxAgent_Prod_manifest.xml"
+def ga_manifest_url(urls: Urls, family: str = "Prod") -> str:
+    """The agent family manifest: the scenario's `ga_family.versions` (none by default)."""
+    return f"{urls.storage}/manifests/WALinuxAgent_{family}_manifest.xml"
+
+
+def agent_package_url(urls: Urls, version: str) -> str:
+    """Where an agent version's zip lives in the fabric's storage."""
+    return f"{urls.storage}/agents/WALinuxAgent-{version}.zip"
+
+
+def _ga_family_xml(scenario: Scenario, urls: Urls) -> str:
+    family = scenario.ga_family
+    optional = "".join(
+        f"      <{tag}>{_text(str(value).lower() if isinstance(value, bool) else value)}</{tag}>\n"
+        for tag, value in (("Version", family.version), ("IsVersionFromRSM", family.is_version_from_rsm),
+                           ("IsVMEnabledForRSMUpgrades", family.is_vm_enabled_for_rsm_upgrades))
+        if value is not None)
+    return (
+        "    <GAFamily>\n"
+        f"      <Name>{_text(family.name)}</Name>\n"
+        f"{optional}"
+        "      <Uris>\n"
+        f"        <Uri>{_text(ga_manifest_url(urls, family.name))}</Uri>\n"
+        "      </Uris>\n"
+        "    </GAFamily>\n"
+    )
+
+
+def _ga_family_json(scenario: Scenario, urls: Urls) -> dict[str, Any]:
+    family = scenario.ga_family
+    found: dict[str, Any] = {"name": family.name, "uris": [ga_manifest_url(urls, family.name)]}
+    for key, value in (("version", family.version), ("isVersionFromRSM", family.is_version_from_rsm),
+                       ("isVMEnabledForRSMUpgrades", family.is_vm_enabled_for_rsm_upgrades)):
+        if value is not None:
+            found[key] = value
+    return found
 
 
 def status_blob_url(urls: Urls, scenario: Scenario) -> str:
@@ -387,12 +420,7 @@ def extensions_config_xml(
         f'<Extensions version="1.0.0.0" goalStateIncarnation="{incarnation}">'
         '<GuestAgentExtension xmlns:i="http://www.w3.org/2001/XMLSchema-instance">\n'
         "  <GAFamilies>\n"
-        "    <GAFamily>\n"
-        "      <Name>Prod</Name>\n"
-        "      <Uris>\n"
-        f"        <Uri>{_text(ga_manifest_url(urls))}</Uri>\n"
-        "      </Uris>\n"
-        "    </GAFamily>\n"
+        f"{_ga_family_xml(s, urls)}"
         "  </GAFamilies>\n"
         "</GuestAgentExtension>\n"
         f"{required}"
@@ -540,7 +568,7 @@ def vm_settings(
             "osType": "Linux",
         },
         "requiredFeatures": required,
-        "gaFamilies": [{"name": "Prod", "uris": [ga_manifest_url(urls)]}],
+        "gaFamilies": [_ga_family_json(s, urls)],
         "extensionGoalStates": goal_states,
     }
 

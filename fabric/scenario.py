@@ -102,6 +102,25 @@ class ExtensionConfig:
 
 
 @dataclass
+class AgentVersion:
+    """A version of the guest agent the agent family's manifest offers."""
+
+    version: str
+    package: str  # the agent's zip, relative to the scenario file
+
+
+@dataclass
+class AgentFamily:
+    """The guest agent family of ExtensionsConfig's GAFamilies (and vmSettings' gaFamilies)."""
+
+    name: str = "Prod"
+    versions: list[AgentVersion] = field(default_factory=list)  # the manifest: none = no updates
+    version: str | None = None  # a version the platform pins (RSM)
+    is_version_from_rsm: bool | None = None  # IsVersionFromRSM; left out when None
+    is_vm_enabled_for_rsm_upgrades: bool | None = None  # IsVMEnabledForRSMUpgrades; likewise
+
+
+@dataclass
 class TimelineStep:
     """A control operation the fabric performs by itself, after a time or a number of status uploads."""
 
@@ -149,6 +168,7 @@ class Scenario:
     vm_settings: bool = True  # HostGAPlugin serves FastTrack vmSettings; false = 404 unsupported
     faults: list[Fault] = field(default_factory=list)
     timeline: list[TimelineStep] = field(default_factory=list)
+    ga_family: AgentFamily = field(default_factory=AgentFamily)
     # More files in the DVD's root directory, name -> text (System Center VMM's
     # linuxosconfiguration.xml and install, for DetectScvmmEnv tests).
     dvd_files: dict[str, str] = field(default_factory=dict)
@@ -278,6 +298,11 @@ class Scenario:
         if ext.package is None:
             return None
         path = Path(ext.package)
+        return path if path.is_absolute() else Path(self.base_dir or ".") / path
+
+    def agent_package_path(self, agent: AgentVersion) -> Path:
+        """An agent version's zip as an absolute path."""
+        path = Path(agent.package)
         return path if path.is_absolute() else Path(self.base_dir or ".") / path
 
     def copy(self) -> Scenario:
@@ -531,5 +556,5 @@ ROUTES = (
 # Control operations (fabric.control): the HTTP control channel, Fabric.control() and timelines.
 ACTIONS = (
     "new-incarnation", "add-certificate", "remove-certificate", "set-extension", "remove-extension",
-    "set-hostname", "vm-settings", "fast-track", "hostplugin", "fault", "state",
+    "set-hostname", "vm-settings", "fast-track", "hostplugin", "fault", "state", "set-agent-family",
 )

@@ -39,6 +39,8 @@ from fabric.keys import thumbprint
 from fabric.packages import package_bytes
 from fabric.record import Record
 from fabric.scenario import (
+    AgentFamily,
+    AgentVersion,
     Certificate,
     Extension,
     ExtensionConfig,
@@ -234,6 +236,7 @@ class Fabric:
         self._threads: list[threading.Thread] = []
         self._blobs: dict[str, bytearray] = {}
         self._extensions: dict[tuple[str, str], Extension] = {}
+        self._agents: dict[str, Path] = {}  # agent version -> its zip, every one ever offered
         self._goal_state: GoalState | None = None
         self.incarnation = self.scenario.incarnation if self.scenario else 1
         # Counts published extensions goal states (incarnations and FastTrack changes):
@@ -388,6 +391,8 @@ class Fabric:
         # Every version ever published stays in the manifests and storage, as on the platform.
         for ext in scenario.extensions:
             self._extensions[(ext.name, ext.version)] = copy.deepcopy(ext)
+        for agent in scenario.ga_family.versions:
+            self._agents[agent.version] = scenario.agent_package_path(agent)
 
     @staticmethod
     def _protected(scenario: Scenario) -> dict[str, tuple[str, str]]:
@@ -568,6 +573,25 @@ class Fabric:
             raise ValueError(f"not a hostname: {hostname!r}")
         with self._lock:
             self._editable().hostname = hostname
+            return self.bump_incarnation()
+
+    def set_agent_family(self, **fields: Any) -> int:
+        """Change the guest agent family (AgentFamily's fields: name, versions (each
+        {version, package}: a zip), version, is_version_from_rsm,
+        is_vm_enabled_for_rsm_upgrades) and publish it in a new incarnation."""
+        typed: dict[str, Any] = {}
+        for key, value in fields.items():
+            if key == "versions" and all(isinstance(v, AgentVersion) for v in value):
+                typed[key] = list(value)
+                continue
+            try:
+                typed[key] = parse_field(AgentFamily, key, value)
+            except ScenarioError as error:
+                raise ValueError(f"agent family field {error}".replace("<control>:1: ", "")) from error
+        with self._lock:
+            family = self._editable().ga_family
+            for key, value in typed.items():
+                setattr(family, key, value)
             return self.bump_incarnation()
 
     def set_vm_settings(self, enabled: bool) -> None:
@@ -850,8 +874,14 @@ class Fabric:
         if blob is not None:
             return Response(200, bytes(blob), "application/octet-stream")
         urls = self.urls
-        if name == "manifests/WALinuxAgent_Prod_manifest.xml":
-            return _text(200, documents.manifest_xml([]))
+        family = self.goal_state.scenario.ga_family if self.goal_state.scenario else AgentFamily()
+        if name == f"manifests/WALinuxAgent_{family.name}_manifest.xml":
+            return _text(200, documents.manifest_xml(
+                [(a.version, documents.agent_package_url(urls, a.version)) for a in family.versions]))
+        if name.startswith("agents/WALinuxAgent-") and name.endswith(".zip"):
+            package = self._agents.get(name[len("agents/WALinuxAgent-"):-len(".zip")])
+            if package is not None:
+                return Response(200, package.read_bytes(), "application/zip")
         if name.startswith("manifests/") and name.endswith("_manifest.xml"):
             ext_name = name[len("manifests/"):-len("_manifest.xml")]
             versions = [(v, documents.package_url(urls, e)) for (n, v), e in sorted(known.items()) if n == ext_name]

@@ -14,8 +14,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-AGENT_NAME = "waagent-graph"
-AGENT_VERSION = "0.1.0"
+from graph.version import AGENT_NAME as AGENT_NAME  # re-exported: others read it here
+from graph.version import AGENT_VERSION as AGENT_VERSION
+
 # The WALinuxAgent version whose behaviour and files this agent reproduces.
 COMPATIBLE_WAAGENT = "2.7.3"
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from graph.context import DEFAULT_CONF, Context, make_context
+from graph.version import AGENT_VERSION
 from system.errors import AgentError
 from tasks import MONITORS, Monitor, extensions, inputs
 
@@ -127,11 +128,15 @@ class Daemon:
         self.status_key: str | None = None
         self.monitors: dict[str, Monitor] = {}
         self.monitor_due: dict[str, float] = {}
+        from graph.update import AgentUpdater
         from tasks.logcollector import PeriodicCollection
 
         self.log_collection = PeriodicCollection(clock)
+        self.updater = AgentUpdater(clock)
+        self.relaunch_asked = False  # a new agent version is installed: hand over
         self.state: dict[str, Any] = {
-            "pid": os.getpid(), "since": time.time(), "loops": 0, "graph_runs": 0,
+            "pid": os.getpid(), "version": AGENT_VERSION, "since": time.time(), "loops": 0,
+            "graph_runs": 0,
             "conf_reloads": 0, "goal_state": {}, "status": {}, "monitors": {},
             "last_run": {}}
 
@@ -212,8 +217,19 @@ class Daemon:
             changed = []
         if changed:
             self.run_graph("provision", why=", ".join(changed))
+        self.update_agent()
         self.report_status()
         self.save_state()
+
+    def update_agent(self) -> None:
+        """Self-update (graph/update.py): once a newer version is installed the daemon
+        stops, and run_daemon hands over to the launcher."""
+        try:
+            if self.updater.tick(self.ctx, self.goal_state):
+                self.relaunch_asked = self.stopping = True
+        except Exception as err:  # noqa: BLE001 - the next check tries again
+            log.warning("agent update: %s", err)
+        self.state["update"] = self.updater.status
 
     def platform_changed(self) -> list[str]:
         """What is new on the platform since the last pass: the goal state document, or
@@ -274,7 +290,8 @@ class Daemon:
         try:
             from tasks.extensions import handler_statuses
 
-            blob = build_status(self.ctx, self.target, handlers=handler_statuses(self.ctx))
+            blob = build_status(self.ctx, self.target, handlers=handler_statuses(self.ctx),
+                                update_status=self.updater.status)
             content = encode(blob)
             via = upload_status(self.ctx, self.target, content)
             new, self.status_key = status_is_new(self.status_key, blob)
@@ -425,5 +442,14 @@ def _engine() -> Callable[[list[str]], int]:
 
 
 def run_daemon(variables: dict[str, str]) -> int:
-    """`waagent -daemon`."""
-    return Daemon(variables).serve()
+    """`waagent -daemon`: the launcher first (graph/launcher.py), which runs a newer
+    installed version of the agent in this process's place, or returns to run this one."""
+    from graph import launcher
+
+    launcher.hand_over(variables)
+    daemon = Daemon(variables)
+    result = daemon.serve()
+    launcher.record_clean_exit(daemon.ctx)
+    if daemon.relaunch_asked:
+        launcher.relaunch()
+    return result

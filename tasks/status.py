@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from graph.context import Context
+from graph.version import AGENT_VERSION  # the running agent's: a downloaded one says its own
 from system.errors import AgentError
 from tasks import inputs
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("waagent.status")
 
-AGENT_VERSION = "0.1.0"
 HISTORY_DIR = "history"
 STATUS_FILE = "waagent_status.json"
 HISTORY_KEEP = 50  # goal states whose status copies are kept
@@ -84,12 +84,17 @@ def _static_hostname(ctx: Context) -> str:
 
 
 def build_status(ctx: Context, target: StatusTarget,
-                 handlers: Sequence[HandlerStatus] = ()) -> dict[str, Any]:
-    """The status blob document for this loop."""
+                 handlers: Sequence[HandlerStatus] = (),
+                 update_status: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The status blob document for this loop; `update_status` is the agent update's
+    `guestAgentStatus.updateStatus` (graph/update.py), while the platform pins a version."""
     from wire.status import GoalStateStatus, status_blob
 
-    return status_blob(os_info=os_info(ctx), handlers=handlers,
+    blob = status_blob(os_info=os_info(ctx), handlers=handlers,
                        goal_state=GoalStateStatus(in_svd_seq_no=target.in_svd_seq_no))
+    if update_status is not None:
+        blob["aggregateStatus"]["guestAgentStatus"]["updateStatus"] = dict(update_status)
+    return blob
 
 
 def hostplugin(ctx: Context, target: StatusTarget) -> Any:
