@@ -76,7 +76,6 @@ class Run(DoitRun):
         load_all = task_loader.load_tasks
 
         def load_needed(cmd: Any, pos_args: list[str]) -> Any:
-            loader.start_run_work(task_loader.namespace, cmd.name, pos_args)
             task_loader.namespace = loader.for_groups_only(task_loader.namespace, cmd.name,
                                                            pos_args)
             return load_all(cmd, pos_args)

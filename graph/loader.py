@@ -235,15 +235,3 @@ def for_groups_only(namespace: dict[str, Any], command: str,
     keep = {f"task_{name}" for name in [*areas, *names]}
     return {key: value for key, value in namespace.items()
             if not key.startswith("task_") or key in keep}
-
-
-def start_run_work(namespace: dict[str, Any], command: str, targets: list[str]) -> None:
-    """Work a run of groups starts before its graph loads: when they gather the goal state
-    (the boot's `run provision`), its request goes out now and the WireServer answers
-    while the areas load; gather:goalstate reads the answer."""
-    found = _run_groups(namespace, command, targets)
-    if CURRENT is None or found is None or "gather" not in found[1]:
-        return
-    from tasks.inputs import ask_goal_state_ahead
-
-    ask_goal_state_ahead(CURRENT)

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 PROVISIONED_FILE = "provisioned"
 OVF_FACTS = "ovf_facts"  # ctx.memo key of the stored OVF facts
 GOAL_STATE_DOCUMENT = "goal_state_document"  # ctx.memo key of a fetched, unparsed goal state
-GOAL_STATE_ASKED = "goal_state_asked"  # ctx.memo key of the goal state request sent ahead
 # ctx.memo key of the facts a plan gathered: kept in memory, since a plan stores nothing.
 PLANNED_FACTS = "planned_facts"
 # ctx.memo key set when a plan would clear the previous VM's state (stored facts included).
@@ -181,22 +180,8 @@ def goal_state_unchanged(ctx: Context) -> bool:
     handled = _handled_goal_state(ctx)
     if handled is None:
         return False
-    document = ctx.memo[GOAL_STATE_DOCUMENT] = wireserver(ctx).goal_state_document(
-        sent=ctx.memo.pop(GOAL_STATE_ASKED, None))
+    document = ctx.memo[GOAL_STATE_DOCUMENT] = wireserver(ctx).goal_state_document()
     return goal_state_digest(decode_text(document)) == handled
-
-
-def ask_goal_state_ahead(ctx: Context) -> None:
-    """Send the goal state request before the graph loads (graph.loader.start_run_work),
-    for `goal_state_unchanged` to read: not on first contact (the protocol version is
-    checked first) nor in a plan. Any trouble is left to gather:goalstate, which then
-    asks again and reports it."""
-    if ctx.run.plan or GOAL_STATE_ASKED in ctx.memo or _handled_goal_state(ctx) is None:
-        return
-    try:
-        ctx.memo[GOAL_STATE_ASKED] = wireserver(ctx).ask_goal_state()
-    except (OSError, AgentError):
-        return
 
 
 def start_transport_pair(ctx: Context) -> None:

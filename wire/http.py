@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from wire import decode_text
 from wire.errors import HttpStatusError, WireError
-from wire.http1 import BadResponse, Sent, exchange, send
+from wire.http1 import BadResponse, exchange
 
 log = logging.getLogger("waagent.wire.http")
 
@@ -156,13 +156,11 @@ class HttpClient:
         allow: Collection[int] = (),
         proxy: str | None = None,
         max_bytes: int | None = None,
-        sent: Sent | None = None,
     ) -> Response:
         """Send a request, retrying per policy; return the answer when 2xx or in `allow`.
 
         Raises HttpStatusError for any other final status, WireError when the budget
         is spent on connection errors. `proxy` is only for storage/artifact downloads.
-        `sent`: this request, already sent by `send_ahead`; its answer is the first try.
         """
         policy = retry or self.retry
         limit = timeout if timeout is not None else self.timeout
@@ -174,19 +172,14 @@ class HttpClient:
             attempts += 1
             status: int | None = None
             try:
-                response = self._send(method, url, headers or {}, body, limit, proxy, cap,
-                                      sent)
+                response = self._send(method, url, headers or {}, body, limit, proxy, cap)
             except WireError:
                 raise
             except (OSError, BadResponse) as err:
-                if sent is not None:  # the early request failed: ask again, now
-                    sent = None
-                    continue
                 failures += 1
                 last = f"connection error: {err or type(err).__name__}"
                 delay = policy.backoff(failures)
             else:
-                sent = None
                 status = response.status
                 if 200 <= status < 300 or status in allow:
                     return Response(status, response.reason, response.headers, response.body,
@@ -217,25 +210,8 @@ class HttpClient:
             self.sleep(delay)
             slept += delay
 
-    def send_ahead(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
-                   timeout: float | None = None, max_bytes: int | None = None) -> Sent:
-        """Send a plain-HTTP request now; `request(..., sent=...)` reads its answer later.
-        OSError when it cannot be sent (the caller then just asks later)."""
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise WireError(f"{shown_url(url)}: only plain-HTTP requests are sent ahead")
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return send(method, parts.hostname, parts.port or 80, target, headers or {}, None,
-                    timeout if timeout is not None else self.timeout,
-                    max_bytes if max_bytes is not None else self.max_bytes)
-
     def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
-              timeout: float, proxy: str | None, cap: int, sent: Sent | None = None,
-              ) -> Response:
-        if sent is not None:
-            status, reason, found, data = sent.answer()
-            return self._within_cap(method, url, cap, Response(status, reason, found, data,
-                                                               url))
+              timeout: float, proxy: str | None, cap: int) -> Response:
         if proxy:
             return _send_through_proxy(method, url, headers, body, timeout, proxy, cap)
         parts = urllib.parse.urlsplit(url)

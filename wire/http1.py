@@ -124,48 +124,17 @@ def _chunked(reader: _Reader, cap: int) -> bytes:
         reader.exactly(2)  # CRLF after the chunk
 
 
-class Sent:
-    """A request on its way: `answer()` reads the response (once) and closes the socket.
-
-    Sending first and reading later lets the peer work while the agent does (a boot asks
-    for the goal state before it loads its graph)."""
-
-    def __init__(self, sock: socket.socket, method: str, cap: int) -> None:
-        self.sock = sock
-        self.method = method
-        self.cap = cap
-
-    def answer(self) -> Answer:
-        """The response; OSError on network trouble, BadResponse on a broken answer."""
-        with self.sock as sock:
-            return _read_answer(_Reader(sock), self.method, self.cap)
-
-    def close(self) -> None:
-        """Give up on the answer."""
-        self.sock.close()
-
-
-def send(method: str, host: str, port: int, target: str, headers: Mapping[str, str],
-         body: bytes | None, timeout: float, cap: int) -> Sent:
-    """Connect and send one request; its answer is read by `Sent.answer()`."""
-    head = _request_head(method, host, port, target, headers, body)
-    # An ASCII host as bytes: a str would be IDNA-encoded, which imports ~2 ms of codecs.
-    address = host.encode("ascii") if host.isascii() else host
-    sock = socket.create_connection((address, port), timeout=timeout)  # type: ignore[arg-type]
-    try:
-        sock.sendall(head + (body or b""))
-    except BaseException:
-        sock.close()
-        raise
-    return Sent(sock, method, cap)
-
-
 def exchange(method: str, host: str, port: int, target: str, headers: Mapping[str, str],
              body: bytes | None, timeout: float, cap: int) -> Answer:
     """Send one request and read its answer; a body longer than `cap` is cut at cap + 1
     bytes (the caller refuses it). OSError on network trouble, BadResponse on a broken
     answer."""
-    return send(method, host, port, target, headers, body, timeout, cap).answer()
+    head = _request_head(method, host, port, target, headers, body)
+    # An ASCII host as bytes: a str would be IDNA-encoded, which loads the idna codecs.
+    address = host.encode("ascii") if host.isascii() else host
+    with socket.create_connection((address, port), timeout=timeout) as sock:  # type: ignore[arg-type]
+        sock.sendall(head + (body or b""))
+        return _read_answer(_Reader(sock), method, cap)
 
 
 def _read_answer(reader: _Reader, method: str, cap: int) -> Answer:

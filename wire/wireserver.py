@@ -16,7 +16,6 @@ from wire.http import HttpClient, Response, RetryPolicy, base_url, rebase_url
 if TYPE_CHECKING:
     from wire.documents import GoalState, Versions
     from wire.extensions_config import ExtensionsConfig
-    from wire.http1 import Sent
     from wire.reports import HealthReport
     from wire.subdocuments import CertificateFile, HostingEnvironmentConfig, SharedConfig
     from wire.transport import TransportPair
@@ -100,17 +99,10 @@ class WireServerClient:
                             "this agent cannot talk to it", url=f"{self.base}/?comp=versions")
         return found
 
-    def goal_state_document(self, sent: Sent | None = None) -> bytes:
-        """The goal state document as served, unparsed (one GET). `sent`: the request
-        `ask_goal_state` sent ahead, whose answer is read first."""
+    def goal_state_document(self) -> bytes:
+        """The goal state document as served, unparsed (one GET)."""
         url = f"{self.base}/machine/?comp=goalstate"
-        return self.http.request("GET", url, headers=self.headers(), sent=sent).body
-
-    def ask_goal_state(self) -> Sent:
-        """Send the goal state request now, for `goal_state_document(sent=...)` to read
-        later: the WireServer answers while the agent loads. OSError when it cannot."""
-        return self.http.send_ahead("GET", f"{self.base}/machine/?comp=goalstate",
-                                    headers=self.headers())
+        return self.http.request("GET", url, headers=self.headers()).body
 
     def goal_state(self, fetched: bytes | None = None) -> GoalState:
         """The current goal state, retried while the platform has not placed the role.

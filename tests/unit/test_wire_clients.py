@@ -385,28 +385,6 @@ def test_a_fetched_document_without_role_instance_is_fetched_again(
     assert [s.path for s in scripted.seen].count("/machine/?comp=goalstate") == 1
 
 
-def test_a_goal_state_request_sent_ahead_is_read_without_a_second_get(
-        server: Callable[[Route], Scripted]) -> None:
-    scripted = server(wire_routes([fixture("goal_state.xml")]))
-    wire = client(scripted.url)
-    sent = wire.ask_goal_state()
-    assert wire.goal_state_document(sent=sent) == fixture("goal_state.xml")
-    assert scripted.paths() == ["/machine/?comp=goalstate"]
-    assert scripted.seen[0].headers["x-ms-version"] == "2012-11-30"
-
-
-def test_a_request_sent_ahead_that_failed_is_asked_again(
-        server: Callable[[Route], Scripted]) -> None:
-    scripted = server(wire_routes([fixture("goal_state.xml")]))
-    wire = client(scripted.url)
-    sent = wire.ask_goal_state()
-    sent.close()  # as a connection the WireServer dropped
-    sleeps = Sleeps()
-    wire.http.sleep = sleeps
-    assert wire.goal_state_document(sent=sent) == fixture("goal_state.xml")
-    assert sleeps == [], "asked again at once: the early try is not a failed attempt"
-
-
 def test_goal_state_never_placed_fails_clearly(server: Callable[[Route], Scripted]) -> None:
     scripted = server(wire_routes([fixture("goal_state_noop.xml")]))
     with pytest.raises(WireError, match="no RoleInstance after 6 attempts"):

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from wire.http1 import BadResponse, exchange, send
+from wire.http1 import BadResponse, exchange
 
 
 class CannedServer:
@@ -133,13 +133,3 @@ def test_connection_refused_is_an_os_error() -> None:
         port = probe.getsockname()[1]
     with pytest.raises(OSError):
         exchange("GET", "127.0.0.1", port, "/", {}, None, 2.0, 100)
-
-
-def test_a_request_sent_ahead_is_answered_when_read(serve: type[CannedServer]) -> None:
-    server = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    sent = send("GET", "127.0.0.1", server.port, "/path?q=1", {"x-ms-version": "1"}, None,
-                5.0, 100)
-    assert sent.answer() == exchange("GET", "127.0.0.1", server.port, "/path?q=1",
-                                     {"x-ms-version": "1"}, None, 5.0, 100)
-    assert server.requests[0] == server.requests[1], "the same request either way"
-    assert sent.sock.fileno() == -1, "the socket is closed once read"
