@@ -36,6 +36,7 @@ from graph.uptodate import Check, Inputs
 from system import firewall
 from system.errors import AgentError
 from system.fs import MARKER
+from tasks import inputs
 
 log = logging.getLogger("waagent.network")
 
@@ -84,8 +85,6 @@ def endpoint_address(ctx: Context) -> str | None:
         return urllib.parse.urlsplit(base_url(given, 80)).hostname
     if not ctx.root.is_host:
         return None
-    from tasks import inputs
-
     return urllib.parse.urlsplit(inputs.wireserver(ctx).base).hostname
 
 
@@ -314,7 +313,10 @@ def setup_firewall_command(address: str, uid: int = firewall.ROOT_UID) -> int:
 # ---------------------------------------------------------------- the tasks
 
 def generate(ctx: Context) -> Iterator[dict[str, Any]]:
-    """routes, persistent-rules, firewall (+ firewall-boot when OS.EnableFirewall=y)."""
+    """routes, persistent-rules, firewall (+ firewall-boot when OS.EnableFirewall=y);
+    none when System Center VMM provisions this VM (the agent stands aside)."""
+    if inputs.mode(ctx) == "scvmm":
+        return
     yield {
         "name": "routes",
         "doc": "route to the WireServer from the DHCP lease when it has none; again after "

@@ -116,3 +116,20 @@ def test_a_vmm_dvd_without_install_is_a_clear_error(sandbox: Path, tmp_path: Pat
     func, args = task["actions"][0]
     with pytest.raises(ProbeFailed, match="holds linuxosconfiguration.xml but no install"):
         func(*args)
+
+
+def test_the_whole_graph_loads_and_plans_with_a_vmm_dvd(sandbox: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """The extensions area waits for gather:extensions, which SCVMM mode does not gather:
+    the graph must still load, list and plan."""
+    from graph.cli import main
+
+    media = vmm_dvd(tmp_path)
+    vmm_context(sandbox, media)
+    common = [f"root={sandbox}", f"media={media}"]
+    assert main(["list", "--all", *common]) == 0
+    listed = capsys.readouterr().out
+    assert "scvmm:install" in listed and "gather:" not in listed
+    assert main(["plan", "provision", *common]) == 0
+    assert "RUN  scvmm:install" in capsys.readouterr().out
