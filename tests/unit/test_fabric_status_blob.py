@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from fabric.status_blob import problems
+from tests.support.fixtures import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "walinuxagent"
+WALINUXAGENT = FIXTURES / "walinuxagent"
 
 
 def good_blob() -> dict[str, Any]:
@@ -206,9 +207,7 @@ def test_fixture_extension_status_in_settings_status() -> None:
     """An extension's status file (fixture ext/sample-status.json, from a real handler) in
     settingsStatus: string codes and versions pass; its substatus formattedMessage null is
     named, since waagent rebuilds every formattedMessage as an object before uploading."""
-    path = FIXTURES / "ext" / "sample-status.json"
-    if not path.is_file():
-        pytest.skip(f"missing fixture {path}")
+    path = WALINUXAGENT / "ext" / "sample-status.json"
     handler_status = json.loads(path.read_text())[0]
     blob = good_blob()
     entry = blob["aggregateStatus"]["handlerAggregateStatus"][0]
