@@ -225,7 +225,8 @@ class Daemon:
         """Self-update (graph/update.py): once a newer version is installed the daemon
         stops, and run_daemon hands over to the launcher."""
         try:
-            if self.updater.tick(self.ctx, self.goal_state):
+            # A stop asked meanwhile wins: the next start runs the new version anyway.
+            if self.updater.tick(self.ctx, self.goal_state) and not self.stopping:
                 self.relaunch_asked = self.stopping = True
         except Exception as err:  # noqa: BLE001 - the next check tries again
             log.warning("agent update: %s", err)
