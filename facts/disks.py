@@ -429,8 +429,8 @@ def _cstring(raw: bytes) -> str | None:
 def _uuid(raw: bytes) -> str | None:
     if len(raw) != 16 or raw == bytes(16):
         return None
-    # As str(uuid.UUID(bytes=raw)), without importing uuid (and platform: ~3 ms of every
-    # boot that checks the resource disk).
+    # As str(uuid.UUID(bytes=raw)), without importing uuid (and platform with it) on every
+    # boot that checks the resource disk.
     digits = raw.hex()
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 

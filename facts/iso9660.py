@@ -1,7 +1,7 @@
 """A minimal, read-only ISO 9660 reader: one file from the root directory.
 
 Why it exists: reading ovf-env.xml from the DVD is on the way to Ready at first boot,
-and pycdlib costs ~30 ms to import for what is a walk of one directory. Names are
+and importing pycdlib costs more than this walk of one directory. Names are
 matched as Joliet (UCS-2) or as ISO 9660 (`comparable`); Rock Ridge names are not
 read: the platform's file name survives ISO 9660 level 1 folding. Every offset
 read is bounds-checked; malformed media raise Iso9660Error, and the caller may fall

@@ -228,7 +228,7 @@ def _read_from_medium(handle: BinaryIO, name: str, limit: int, shown: str) -> by
     from facts.iso9660 import Iso9660Error, read_iso_root_file
     from facts.udf import UdfError, read_udf_root_file
 
-    # Our own readers first: pycdlib costs ~30 ms to import, on the way to Ready. It
+    # Our own readers first: pycdlib is slow to import, on the way to Ready. It
     # stays the last resort (Rock Ridge-only names, media our readers refuse).
     udf_error: UdfError | None = None
     for reader, error in ((read_iso_root_file, Iso9660Error), (read_udf_root_file, UdfError)):

@@ -237,7 +237,7 @@ def _parse_xml(data: bytes | str, source: str) -> Element:
     if len(raw) > MAX_OVF_BYTES:
         raise OvfError(f"{source}: {len(raw)} bytes is too large for an ovf-env.xml "
                        f"(limit {MAX_OVF_BYTES})")
-    # Imported here (~1 ms with the wire package): importing this module, e.g. for the
+    # Imported here (with the wire package): importing this module, e.g. for the
     # media signature, does not mean an OVF is parsed.
     from wire.xmldoc import DoctypeRefused, Refused, XmlError, parse
 

@@ -3,10 +3,9 @@
 doit's module imports pull in:
 - `importlib.metadata` (with email, zipfile, csv, ...) only to scan entry points, a scan
   the agent turns off (graph/main.py: an installed package must not replace commands in
-  a root process): ~20 ms and ~2.4 MB;
-- `multiprocessing` (`Process`, `Queue`) only for the parallel runner (`-n N`): ~4 ms and
-  ~0.8 MB.
-Both are paid on every boot. So while doit loads, each of them is a stand-in module
+  a root process);
+- `multiprocessing` (`Process`, `Queue`) only for the parallel runner (`-n N`).
+Both are paid on every boot (bench/README.md has the figures). So while doit loads, each of them is a stand-in module
 whose names import the real module when first *called*; the stand-ins are gone before
 anything else runs, so a later `import multiprocessing` anywhere gets the real module,
 and doit's parallel runner and entry-point scan still work if ever used.

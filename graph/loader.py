@@ -48,8 +48,8 @@ def command_line_vars() -> dict[str, str]:
 def start_early_work(args: list[str]) -> None:
     """Start the boot's slowest independent work before doit loads (`waagent provision`).
 
-    Generating the transport key pair (~0.2 s of RSA) runs in a process of its own; started
-    here, ~50 ms of imports and graph loading earlier than gather:vm could, it is more
+    Generating the transport key pair (RSA) runs in a process of its own; started here,
+    before the imports and the graph loading that precede gather:vm, it is more
     often done when the certificates need it. The Context made for it is the one the graph
     then uses (same command-line variables), so the work is collected by the tasks.
     """
@@ -159,8 +159,9 @@ def _group_creator(group: Group) -> Callable[[], dict[str, Any]]:
 
 
 def _task_creators(namespace: dict[str, Any], command_names: Any) -> list[Any]:
-    """doit's creator discovery without tokenizing sources (inspect.getsourcelines costs
-    ~1 ms a creator on every boot): the definition line comes from the code object."""
+    """doit's creator discovery without tokenizing sources (inspect.getsourcelines reads
+    and tokenizes each creator's module on every boot): the definition line comes from the
+    code object."""
     from doit.exceptions import InvalidDodoFile
     from doit.loader import TASK_STRING, task_params
 
@@ -185,7 +186,7 @@ def _task_creators(namespace: dict[str, Any], command_names: Any) -> list[Any]:
 
 def _wild_tasks(self: Any, pattern: str) -> list[str]:
     """doit's wildcard expansion without a regex per task, or per pattern for the groups'
-    `AREA:*` and `AREA:TASK*` (compiling ~15 patterns is ~1 ms of every boot)."""
+    `AREA:*` and `AREA:TASK*`."""
     prefix = pattern[:-1]
     if pattern.endswith("*") and not any(char in prefix for char in "*?["):
         return [name for name in self._def_order if name.startswith(prefix)]

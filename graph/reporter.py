@@ -15,7 +15,7 @@ from graph.uptodate import Check, describe
 KEEP_RUNS = 50
 
 
-# A pattern string, compiled by `re` at its first use: only a failure needs it (~0.4 ms).
+# A pattern string, compiled by `re` at its first use: only a failure needs it.
 _EXCEPTION_LINE = (r"^([A-Za-z_][\w.]*(?:Error|Exception|Failed|Timeout|Operation|"
                    r"Interrupt|Refused|Busy|Provisionable)): (.*)$")
 
@@ -215,7 +215,7 @@ class WaagentReporter:
         report = {"started": _utc(self.started, "%Y-%m-%dT%H:%M:%S.{micro}+00:00"),
                   "seconds": round(took, 4), "failed": self.failures, "tasks": self.results}
         ctx.fs.mkdir(runs, why="run reports", mode=0o700, quiet=True)
-        # One line: json's C encoder (indented output is encoded in Python, ~0.3 ms a boot).
+        # One line: json's C encoder (indented output is encoded in Python).
         ctx.fs.write(runs / f"{stamp}.json", json.dumps(report, default=str),
                      why="run report", mode=0o600, quiet=True, durable=False)
         reports = sorted(entry for entry in os.listdir(runs) if entry.endswith(".json"))
@@ -225,7 +225,7 @@ class WaagentReporter:
 
 def _utc(when: float, layout: str) -> str:
     """A UTC time as text; `{micro}` is the microseconds. (The time module, not datetime:
-    datetime is ~1 ms of imports that only this would need on a boot.)"""
+    datetime means more imports, which only this would need on a boot.)"""
     whole, fraction = divmod(when, 1)
     return time.strftime(layout, time.gmtime(whole)).format(micro=f"{int(fraction * 1e6):06d}")
 

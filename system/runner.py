@@ -147,7 +147,7 @@ class Runner:
 
     def show(self, argv: Sequence[str]) -> str:
         """The command as a redacted shell-quoted line, for logs and plans."""
-        import shlex  # only runs that run something show commands (~0.4 ms of imports)
+        import shlex  # only runs that run something show commands
 
         return redact(shlex.join(self._argv(argv)))
 

@@ -69,7 +69,7 @@ AREAS: tuple[Area, ...] = (
          "tasks.certificates", critical=True),
     Area("ssh", "SSH: authorized keys, key pairs, sshd_config, host keys, reload", "tasks.ssh", critical=True),
     Area("customdata", "save, decode and run custom data", "tasks.customdata", critical=True),
-    # After Ready: a DHCP renew must not delay it (dhclient -x alone takes a second).
+    # After Ready: a DHCP renew (dhclient -x) must not delay it.
     Area("publish", "publish the hostname to DNS through the DHCP client", "tasks.hostname",
          function="generate_publish"),
     Area("disk", "resource disk: partition, mkfs, mount, README, swap file", "tasks.disk"),

@@ -6,7 +6,7 @@ certificates:install  when the goal state has certificates and they changed (a n
 
 A task of its own, placed by the provision group (tasks/__init__.py) after the work that
 does not need it: it waits for the transport key pair (an RSA key generated since the
-agent started, ~0.2 s), which the hostname, user, host key and sshd work overlaps.
+agent started), which the hostname, user, host key and sshd work overlaps.
 """
 
 from __future__ import annotations

@@ -603,7 +603,7 @@ def ensure_swap(ctx: Context) -> None:
     fstype = disks.filesystem_type(ctx.root, resource_partition(ctx))
     allocate_swapfile(ctx, swapfile, opts.swap_mb, fstype)
     if opts.encrypt_swap:
-        import secrets  # ~1 ms with base64 and hmac: only encrypted swap needs it
+        import secrets  # with base64 and hmac: only encrypted swap needs it
 
         name = crypt_name(swapfile)
         # Plain dm-crypt with a throw-away random key (on stdin): the swap is unreadable

@@ -186,7 +186,7 @@ def goal_state_unchanged(ctx: Context) -> bool:
 
 def start_transport_pair(ctx: Context) -> None:
     """Start generating the transport key pair when none is kept yet: RSA key generation
-    (~0.2 s, in an openssl process of its own) then overlaps loading the graph, reading the
+    (in an openssl process of its own) then overlaps loading the graph, reading the
     DVD, fetching the goal state and the user's tasks on the way to Ready. Called before
     doit loads (graph.loader.start_early_work) and again by gather:vm (a no-op by then)."""
     from wire import TRANSPORT_CERT, TRANSPORT_KEY

@@ -3,7 +3,7 @@
 Used where the openssl binary is missing or fails. The CMS structure is parsed with
 asn1crypto (`cryptography` cannot read the platform's subjectKeyIdentifier recipients)
 and decrypted with cryptography's primitives; both are imported inside the functions
-that need them (~24 MB resident, ~70 ms to import: never on the way to Ready when
+that need them (heavy in memory and import time: never on the way to Ready when
 openssl works).
 """
 
@@ -169,7 +169,7 @@ def read_pkcs12(pfx: bytes) -> CertificateBundle:
 
     Read here, bag by bag: cryptography's loader returns only the first private key
     (the platform sends one per key pair and per extension certificate), and it checks
-    each RSA key's mathematics, ~50 ms a key on the way to Ready, for keys that come
+    each RSA key's mathematics, slowly, on the way to Ready, for keys that come
     out of the platform's own envelope. Algorithms this reader does not know go to
     cryptography's loader.
     """

@@ -255,7 +255,7 @@ def _send_https(method: str, host: str, port: int | None, target: str,
 
 def _send_through_proxy(method: str, url: str, headers: Mapping[str, str], body: bytes | None,
                         timeout: float, proxy: str, cap: int) -> Response:
-    import requests  # ~100 ms: only artifact downloads through a proxy pay for it
+    import requests  # heavy: only artifact downloads through a proxy pay for it
 
     with requests.request(method, url, headers=dict(headers), data=body, timeout=timeout,
                           proxies={"http": proxy, "https": proxy}, stream=True) as answer:

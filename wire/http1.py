@@ -2,7 +2,7 @@
 
 The platform's endpoints speak plain HTTP on a link the agent reaches directly. The
 standard library's `http.client` would do, but importing it pulls in ssl and the email
-package (~10 ms of every boot's goal-state check). This sends one request with
+package into every boot's goal-state check. This sends one request with
 `Connection: close` and reads one answer: the status line, headers, and a body framed by
 chunked transfer-coding, Content-Length, or the end of the connection, never more than
 the caller's cap. HTTPS (artifact downloads) stays with `http.client`.

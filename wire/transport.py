@@ -106,8 +106,7 @@ def ensure_transport_pair(fs: FileSystem, lib_dir: Path,
     return TransportPair(cert_path, key_path, cert_pem, key_pem)
 
 
-# RSA key generation time varies several-fold with the primes openssl happens to try
-# (0.1-1 s here). One openssl process starts at once; if the agent then has to wait for
+# RSA key generation time varies several-fold with the primes openssl happens to try. One openssl process starts at once; if the agent then has to wait for
 # it, a second one joins (the agent is idle, so a core is free) and the first of the two
 # to finish wins: the long tail is cut without slowing the agent's own work before.
 _POLL_SECONDS = 0.002
@@ -118,7 +117,7 @@ def start_transport_keygen(fs: FileSystem, lib_dir: Path,
     """Start `openssl req` making a new transport pair, as the platform's agent does; the
     function returned waits for it and gives (cert_pem, key_pem).
 
-    RSA key generation (~0.2 s) then runs in a process of its own beside loading the graph,
+    RSA key generation then runs in a process of its own beside loading the graph,
     reading the DVD, fetching the goal state and the work that does not need the key
     (see above for the second process). The pair is written in a 0700 scratch directory
     inside Lib.Dir (0700) and read back; where openssl is missing or fails, the pair is
