@@ -7,12 +7,14 @@ light in the sandbox (tests/integration) and in the VM (tests/e2e).
 from __future__ import annotations
 
 # Modules a no-op boot must not import: the heavy libraries, what doit loads for features
-# the agent turns off, what only changed or failed work needs, what a cached answer
-# spares (uuid for superblocks, the DHCP code for the WireServer endpoint, the XML parser
-# for a goal state document already handled).
+# the agent turns off (graph/lean_doit.py), what only changed or failed work needs, what a
+# cached answer spares (the DHCP code for the WireServer endpoint, the XML parser for a
+# goal state document already handled). Not a list of every module a boot happens to skip:
+# a standard-library module that costs a few milliseconds belongs here only if it is one
+# of those.
 NOT_ON_THE_NO_OP_BOOT = (
     "networkx", "requests", "cryptography", "asn1crypto", "passlib", "yaml", "defusedxml",
-    "xml.etree", "http.client", "email", "importlib.metadata", "multiprocessing", "uuid",
+    "xml.etree", "http.client", "email", "importlib.metadata", "multiprocessing",
     "wire.certs", "wire.transport", "wire.openssl", "wire.cms", "wire.x509",
     "wire.subdocuments", "wire.reports", "wire.extensions_config",
     "wire.dhcp", "wire.documents", "wire.xmldoc", "pyexpat", "tasks.deprovision", "tasks.serialconsole", "graph.plan", "graph.render")
