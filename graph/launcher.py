@@ -4,7 +4,7 @@ Versions the daemon downloaded live beside each other in `<Lib.Dir>/waagent-grap
 (graph/update.py installs them). The service always starts the installed agent, whose
 first step is `hand_over`: unless `AutoUpdate.Enabled=n`, it takes the newest installed
 version above its own that is not blacklisted and `exec`s it (same PID, so Pid.File,
-`-start` and systemd's main PID stay right) with `PYTHONPATH` set to its directory;
+`-start` and systemd's main PID stay right) with its directory first in `PYTHONPATH`;
 otherwise it returns and the installed agent runs as the daemon itself. Nothing here
 comes from a downloaded version: a broken one can crash, never replace the launcher.
 
@@ -181,7 +181,10 @@ def _exec_version(ctx: Context, version: str, now: float) -> None:
     save_record(ctx, directory, record._replace(launches=(*record.launches, launch)))
     launcher = {"argv": sys.orig_argv, "env": {k: os.environ.get(k) for k in RESTORED_ENV},
                 "record": str(directory / RECORD_FILE), "base": AGENT_VERSION}
-    env = {**os.environ, LAUNCHER_ENV: json.dumps(launcher), "PYTHONPATH": str(directory),
+    # The version's directory first; the path the installed agent had stays after it for
+    # the libraries (an agent installed with its dependencies beside it, as in /opt).
+    path = os.pathsep.join(p for p in (str(directory), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, LAUNCHER_ENV: json.dumps(launcher), "PYTHONPATH": path,
            # `python -m` would put the current directory first (a checkout's own code).
            "PYTHONSAFEPATH": "1"}
     argv = [sys.executable, "-m", "graph.cli", *sys.argv[1:]]

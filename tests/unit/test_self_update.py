@@ -241,11 +241,14 @@ def test_launch_records_a_start_and_a_clean_exit_marks_it(
     executed: list[tuple[str, list[str], dict[str, str]]] = []
     monkeypatch.setattr(launcher.os, "execve", lambda *a: executed.append(a))
     monkeypatch.delenv(launcher.LAUNCHER_ENV, raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/opt/agent-libs")
     launcher.hand_over({"root": str(tmp_path)})
     assert len(executed) == 1
     _, argv, env = executed[0]
     directory = launcher.version_dir(ctx, "7.1.0")
-    assert argv[1:3] == ["-m", "graph.cli"] and env["PYTHONPATH"] == str(directory)
+    assert argv[1:3] == ["-m", "graph.cli"]
+    assert env["PYTHONPATH"] == f"{directory}:/opt/agent-libs"  # its code first, then the libraries'
+    assert json.loads(env[launcher.LAUNCHER_ENV])["env"]["PYTHONPATH"] == "/opt/agent-libs"
     record = launcher.load_record(directory)
     assert len(record.launches) == 1 and record.crashes(record.launches[0]["at"]) == 1
     # The started version's daemon marks its launch ended when it stops on its own.
