@@ -65,6 +65,10 @@ _ACTIONS: dict[str, _Action] = {
     "fast-track": _Action((), (), lambda f, a: f.publish_vm_settings()),
     "hostplugin": _Action(("available",), ("status",), lambda f, a: f.set_hostplugin(
         _flag(a, "available"), status=a.get("status"))),
+    "set-goal-state": _Action((), ("on_hold", "required_features", "fast_track"),
+                              lambda f, a: f.set_goal_state(
+        fast_track=bool(a.get("fast_track", False)),
+        **{k: v for k, v in a.items() if k in ("on_hold", "required_features")})),
     "set-agent-family": _Action((), _AGENT_FAMILY_FIELDS, lambda f, a: f.set_agent_family(
         **{k: v for k, v in a.items() if k in _AGENT_FAMILY_FIELDS})),
     "fault": _Action(("route",), _FAULT_FIELDS, lambda f, a: str(f.inject(

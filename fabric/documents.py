@@ -323,6 +323,14 @@ def _ga_family_json(scenario: Scenario, urls: Urls) -> dict[str, Any]:
     return found
 
 
+ARTIFACTS_PROFILE = "artifacts/profile.json"  # in storage: {"onHold": ...}
+
+
+def artifacts_profile_url(urls: Urls) -> str:
+    """The InVMArtifactsProfileBlob (served while the scenario's on_hold is not None)."""
+    return f"{urls.storage}/{ARTIFACTS_PROFILE}?sr=b&sp=r&sig=fabric"
+
+
 def status_blob_url(urls: Urls, scenario: Scenario) -> str:
     """The status blob SAS URL the agent uploads its aggregate status to."""
     return f"{urls.storage}/status/{scenario.vm_id}.status?sr=b&sp=rw&se=9999-01-01&sk=key1&sv=2014-02-14&sig=fabric"
@@ -411,10 +419,16 @@ def extensions_config_xml(
         )
     plugin_text = "\n".join(plugins)
     settings_text = "\n".join(settings)
+    features = (["MultipleExtensionsPerHandler"] if any(ext.multi_config for ext in s.extensions) else []) \
+        + list(s.required_features)
     required = ""
-    if any(ext.multi_config for ext in s.extensions):
-        required = ("<RequiredFeatures>\n  <RequiredFeature>\n    <Name>MultipleExtensionsPerHandler</Name>\n"
-                    "  </RequiredFeature>\n</RequiredFeatures>\n")
+    if features:
+        required = "<RequiredFeatures>\n" + "".join(
+            f"  <RequiredFeature>\n    <Name>{_text(name)}</Name>\n  </RequiredFeature>\n" for name in features
+        ) + "</RequiredFeatures>\n"
+    profile = ""
+    if s.on_hold is not None:
+        profile = f"<InVMArtifactsProfileBlob>{_text(artifacts_profile_url(urls))}</InVMArtifactsProfileBlob>\n"
     created = ticks(incarnation) if created_ticks is None else created_ticks
     return (
         f'<Extensions version="1.0.0.0" goalStateIncarnation="{incarnation}">'
@@ -431,6 +445,7 @@ def extensions_config_xml(
         f"{settings_text}\n"
         "</PluginSettings>\n"
         f'<StatusUploadBlob statusBlobType="BlockBlob">{_text(status_blob_url(urls, s))}</StatusUploadBlob>\n'
+        f"{profile}"
         f'<InVMGoalStateMetaData inSvdSeqNo="{incarnation}" createdOnTicks="{created}"'
         f' activityId="{_uuid(s, f"activity-{created}")}" correlationId="{_uuid(s, f"correlation-{created}")}" />\n'
         "</Extensions>\n"
@@ -548,6 +563,7 @@ def vm_settings(
         goal_states.append(entry)
     created = ticks(incarnation) if created_ticks is None else created_ticks
     required = [{"name": "MultipleExtensionsPerHandler"}] if any(e.multi_config for e in s.extensions) else []
+    required += [{"name": name} for name in s.required_features]
     return {
         "hostGAPluginVersion": HOSTGAPLUGIN_VERSION,
         "vmSettingsSchemaVersion": "0.0",
@@ -556,7 +572,7 @@ def vm_settings(
         "inSvdSeqNo": incarnation,
         "extensionsLastModifiedTickCount": created,
         "extensionGoalStatesSource": "FastTrack",
-        "onHold": False,
+        "onHold": bool(s.on_hold),
         "statusUploadBlob": {"statusBlobType": "BlockBlob", "value": status_blob_url(urls, s)},
         "inVMMetadata": {
             "subscriptionId": _uuid(s, "subscription"),

@@ -166,6 +166,12 @@ class Scenario:
     resource_disk_size_mb: int = 4096
     imds: dict[str, Any] = field(default_factory=dict)  # merged over the generated compute document
     vm_settings: bool = True  # HostGAPlugin serves FastTrack vmSettings; false = 404 unsupported
+    # InVMArtifactsProfileBlob {"onHold": on_hold} in ExtensionsConfig (and vmSettings' onHold);
+    # None: no artifacts profile
+    on_hold: bool | None = None
+    # features the goal state requires besides MultipleExtensionsPerHandler (an agent without
+    # them fails the goal state with 2001)
+    required_features: list[str] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     timeline: list[TimelineStep] = field(default_factory=list)
     ga_family: AgentFamily = field(default_factory=AgentFamily)
@@ -557,4 +563,5 @@ ROUTES = (
 ACTIONS = (
     "new-incarnation", "add-certificate", "remove-certificate", "set-extension", "remove-extension",
     "set-hostname", "vm-settings", "fast-track", "hostplugin", "fault", "state", "set-agent-family",
+    "set-goal-state",
 )

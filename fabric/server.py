@@ -594,6 +594,22 @@ class Fabric:
                 setattr(family, key, value)
             return self.bump_incarnation()
 
+    def set_goal_state(self, *, fast_track: bool = False, **fields: Any) -> int | str:
+        """Change `on_hold` (the InVMArtifactsProfileBlob's onHold; None: no profile) or
+        `required_features` (besides MultipleExtensionsPerHandler) and publish them, in a new
+        incarnation, or with fast_track=True only through vmSettings."""
+        typed = {}
+        for key, value in fields.items():
+            try:
+                typed[key] = parse_field(Scenario, key, value)
+            except ScenarioError as error:
+                raise ValueError(f"goal state field {error}".replace("<control>:1: ", "")) from error
+        with self._lock:
+            scenario = self._editable()
+            for key, value in typed.items():
+                setattr(scenario, key, value)
+            return self.publish_vm_settings() if fast_track else self.bump_incarnation()
+
     def set_vm_settings(self, enabled: bool) -> None:
         """FastTrack on (GET /vmSettings answers) or off (404: this HostGAPlugin does not support it)."""
         with self._lock:
@@ -878,6 +894,9 @@ class Fabric:
         if name == f"manifests/WALinuxAgent_{family.name}_manifest.xml":
             return _text(200, documents.manifest_xml(
                 [(a.version, documents.agent_package_url(urls, a.version)) for a in family.versions]))
+        if name == documents.ARTIFACTS_PROFILE and self.scenario is not None \
+                and self.scenario.on_hold is not None:
+            return Response(200, json.dumps({"onHold": self.scenario.on_hold}).encode(), JSON)
         if name.startswith("agents/WALinuxAgent-") and name.endswith(".zip"):
             package = self._agents.get(name[len("agents/WALinuxAgent-"):-len(".zip")])
             if package is not None:

@@ -289,10 +289,11 @@ class Daemon:
         if self.target is None:
             return
         try:
-            from tasks.extensions import handler_statuses
+            from tasks.extensions import goal_state_status, handler_statuses
 
             blob = build_status(self.ctx, self.target, handlers=handler_statuses(self.ctx),
-                                update_status=self.updater.status)
+                                update_status=self.updater.status,
+                                goal_state=goal_state_status(self.ctx, self.target.in_svd_seq_no))
             content = encode(blob)
             via = upload_status(self.ctx, self.target, content)
             new, self.status_key = status_is_new(self.status_key, blob)

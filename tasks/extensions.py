@@ -220,7 +220,42 @@ def _gather(ctx: Context, stored: Mapping[str, Any] | None, state: Any, *,
         return
     log.info("extensions goal state %s from %s (%d handler(s))", chosen.id, chosen.source,
              len(chosen.plugins))
-    inputs.keep_facts(ctx, FACTS, goal_state_facts(chosen, vm_settings_etag=etag))
+    on_hold = chosen.on_hold and ctx.conf.flag("EnableOverProvisioning")
+    # waagent reports the last goal state it processed: one on hold is not processed.
+    processed = (stored or {}).get("processed") if on_hold else processed_status(
+        chosen.unsupported_features, state.incarnation)
+    inputs.keep_facts(ctx, FACTS, goal_state_facts(
+        chosen, vm_settings_etag=etag, incarnation=state.incarnation, processed=processed))
+
+
+def processed_status(unsupported: Sequence[str], incarnation: str) -> dict[str, Any]:
+    """How waagent's `__process_and_handle_extensions` ends for a goal state:
+    goalStateAggregateStatus Failed 2001 when it requires features this agent lacks."""
+    if unsupported:
+        return {"status": "Failed", "code": CODE_UNSUPPORTED_FEATURES,
+                "message": f"Failing GS incarnation: {incarnation} as Unsupported features "
+                           f"found: {', '.join(unsupported)}", "incarnation": incarnation}
+    return {"status": "Success", "code": 0, "message": "GoalState executed successfully",
+            "incarnation": incarnation}
+
+
+def goal_state_status(ctx: Context, in_svd_seq_no: str) -> Any:
+    """`goalStateAggregateStatus` of the last extensions goal state processed (a
+    wire.status.GoalStateStatus): Failed 2001 for unsupported required features; None
+    when none was processed yet (all on hold), as waagent leaves it out then."""
+    from wire.status import GoalStateStatus
+
+    facts = stored_goal_state(ctx)
+    if not facts or not facts.get("id") or not ctx.conf.flag("Extensions.Enabled"):
+        return GoalStateStatus(in_svd_seq_no=in_svd_seq_no)
+    processed = facts.get("processed")
+    if processed is None and facts.get("unsupported_features"):  # stored before "processed"
+        processed = processed_status(facts["unsupported_features"],
+                                     str(facts.get("incarnation") or in_svd_seq_no))
+    if processed is None:
+        return None if facts.get("on_hold") else GoalStateStatus(in_svd_seq_no=in_svd_seq_no)
+    return GoalStateStatus(in_svd_seq_no=in_svd_seq_no, status=str(processed["status"]),
+                           code=int(processed["code"]), message=str(processed["message"]))
 
 
 def hostplugin_client(ctx: Context, state: Any, *, retry: bool) -> Any:
@@ -375,14 +410,15 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
         return
     handlers = sorted(handlers_of(facts), key=lambda h: h.sort_key)
     goal_id = str(facts["id"])
-    if not can_run_commands(ctx):
-        yield skipped_task(ctx, handlers, goal_id)
-        return
+    # Decisions on the whole goal state come first: they hold on any root.
     if facts.get("unsupported_features"):
         yield unsupported_task(ctx, facts)
         return
-    if facts.get("on_hold"):
+    if facts.get("on_hold") and ctx.conf.flag("EnableOverProvisioning"):
         yield on_hold_task(goal_id)
+        return
+    if not can_run_commands(ctx):
+        yield skipped_task(ctx, handlers, goal_id)
         return
     wanted = {h.name for h in handlers}
     for name, versions in handlers_on_disk(ctx).items():
@@ -419,8 +455,10 @@ def unsupported_task(ctx: Context, facts: Mapping[str, Any]) -> dict[str, Any]:
     features = ", ".join(facts.get("unsupported_features", []))
 
     def refuse() -> None:
-        raise ExtensionFailed(f"Failing GS {facts['id']} as Unsupported features found: "
-                              f"{features}", CODE_UNSUPPORTED_FEATURES)
+        # The daemon's status blob says it too (goal_state_status: Failed, 2001).
+        raise ExtensionFailed(processed_status(
+            facts.get("unsupported_features", []), str(facts.get("incarnation") or facts["id"])
+        )["message"], CODE_UNSUPPORTED_FEATURES)
 
     return {"name": "unsupported", "doc": f"goal state requires unsupported features: {features}",
             "actions": [(refuse,)],
@@ -1042,7 +1080,10 @@ def handler_statuses(ctx: Context, now: float | None = None) -> list[BlobHandler
     if not facts or not facts.get("id"):
         return []
     found: list[BlobHandlerStatus] = []
-    for handler in handlers_of(facts):
+    # A goal state failed for unsupported features: the handlers on disk, as waagent does.
+    handlers = handlers_from_disk(ctx) if facts.get("unsupported_features") \
+        else handlers_of(facts)
+    for handler in handlers:
         try:
             found += _statuses_of(ctx, handler, time.time() if now is None else now)
         except Exception as err:  # noqa: BLE001 - one handler's files must not stop the blob
@@ -1050,6 +1091,27 @@ def handler_statuses(ctx: Context, now: float | None = None) -> list[BlobHandler
 
             found.append(HandlerStatus(handler.name, handler.version, "NotReady", -1,
                                        f"status not readable: {err}"))
+    return found
+
+
+def handlers_from_disk(ctx: Context) -> list[Handler]:
+    """The handlers installed in Lib.Dir, their extensions and sequence numbers found from
+    their settings files (`<ext>.<seq>.settings` makes a handler multi-config)."""
+    found = []
+    for name, versions in handlers_on_disk(ctx).items():
+        version = installed_version(ctx, name) or versions[-1]
+        extensions: dict[str, int] = {}
+        single = 0
+        for path in (handler_dir(ctx, name, version) / "config").glob("*.settings"):
+            multi = re.fullmatch(r"(\w+)\.(\d+)\.settings", path.name)
+            if multi:
+                extensions[multi[1]] = max(extensions.get(multi[1], 0), int(multi[2]))
+            elif path.name.split(".")[0].isdigit():
+                single = max(single, int(path.name.split(".")[0]))
+        settings = tuple(Settings(ext, seq, "enabled", None, None, None, 0)
+                         for ext, seq in sorted(extensions.items())) if extensions else (
+            Settings(None, single, "enabled", None, None, None, 0),)
+        found.append(Handler(name, version, "enabled", (), bool(extensions), 0, None, settings))
     return found
 
 

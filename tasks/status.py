@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from graph.context import Context
 from graph.version import AGENT_VERSION  # the running agent's: a downloaded one says its own
@@ -25,7 +25,7 @@ from tasks import inputs
 if TYPE_CHECKING:
     from wire.documents import GoalState
     from wire.extensions_config import ExtensionsConfig
-    from wire.status import HandlerStatus
+    from wire.status import GoalStateStatus, HandlerStatus
 
 log = logging.getLogger("waagent.status")
 
@@ -85,13 +85,19 @@ def _static_hostname(ctx: Context) -> str:
 
 def build_status(ctx: Context, target: StatusTarget,
                  handlers: Sequence[HandlerStatus] = (),
-                 update_status: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 update_status: Mapping[str, Any] | None = None, *,
+                 goal_state: GoalStateStatus | None | Literal["success"] = "success",
+                 ) -> dict[str, Any]:
     """The status blob document for this loop; `update_status` is the agent update's
-    `guestAgentStatus.updateStatus` (graph/update.py), while the platform pins a version."""
+    `guestAgentStatus.updateStatus` (graph/update.py), while the platform pins a version.
+    `goal_state` is the extensions goal state's `goalStateAggregateStatus`
+    (tasks.extensions.goal_state_status: Failed 2001 for unsupported features; None leaves
+    it out); by default a Success for the target's goal state."""
     from wire.status import GoalStateStatus, status_blob
 
-    blob = status_blob(os_info=os_info(ctx), handlers=handlers,
-                       goal_state=GoalStateStatus(in_svd_seq_no=target.in_svd_seq_no))
+    if goal_state == "success":
+        goal_state = GoalStateStatus(in_svd_seq_no=target.in_svd_seq_no)
+    blob = status_blob(os_info=os_info(ctx), handlers=handlers, goal_state=goal_state)
     if update_status is not None:
         blob["aggregateStatus"]["guestAgentStatus"]["updateStatus"] = dict(update_status)
     return blob
