@@ -54,6 +54,9 @@ REPO = Path(__file__).resolve().parents[2]
 FABRIC_ADDRESS = "192.0.2.1"
 VM_ADDRESS = "192.0.2.10"
 IMDS_ADDRESS = "169.254.169.254"  # held by the fabric's namespace only (Network.__enter__)
+# The fabric's control channel, on the fabric namespace's own loopback: only the lab's
+# `ip netns exec` reaches it (FabricServer.control), never the VM.
+CONTROL_PORT = 8081
 # What the agent needs in the VM besides the default root: python3 to run, sfdisk (fdisk)
 # to partition the resource disk, mkfs.ext4 (e2fsprogs: in minbase up to Debian 12, not
 # in 13) to format it, openssl for the transport pair and certificates.
@@ -287,6 +290,7 @@ class FabricServer:
                 str(fabric_cli), "serve", str(self.scenario_file), "--bind", FABRIC_ADDRESS,
                 "--wire-port", "80", "--hostplugin-port", "32526",
                 "--imds-bind", IMDS_ADDRESS, "--imds-port", "80",
+                "--control", f"127.0.0.1:{CONTROL_PORT}",
                 "--record", str(self.record_path)]),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -313,6 +317,21 @@ class FabricServer:
 
     def health_reports(self) -> list[dict[str, Any]]:
         return list(self.record().get("health", []))
+
+    def status_blobs(self) -> list[dict[str, Any]]:
+        """Every status blob received: {"time", "via", "status", "problems", ...}."""
+        return list(self.record().get("status_blobs", []))
+
+    def control(self, action: str | None = None, **arguments: Any) -> dict[str, Any]:
+        """One control request (fabric/README.md), sent from inside the fabric's namespace
+        with `waagent-fabric control`; its answer. No action: the fabric's state."""
+        fabric_cli = Path(sys.executable).parent / "waagent-fabric"
+        argv = [str(fabric_cli), "control", str(CONTROL_PORT)]
+        if action is not None:
+            argv += [action, *(f"{key}={json.dumps(value)}" for key, value in arguments.items())]
+        done = run(self.net.exec_argv(self.net.fabric_ns, argv), timeout=60)
+        answer: dict[str, Any] = json.loads(done.stdout)
+        return answer
 
     def wait_for_health(self, state: str, timeout: float = 60) -> dict[str, Any]:
         """The first health report in `state` (e.g. "Ready"), waiting for it."""
@@ -667,6 +686,56 @@ def prepare_root(root: Path, conf: str | None) -> None:
     (root / "etc/hostname").write_text("localhost\n")
     if conf is not None:
         (root / "etc/waagent.conf").write_text(conf)
+
+
+# waagent 2.7.3 (the Debian package) in a lab needs: a `mount` that extracts the DVD (this
+# kernel cannot mount ISO 9660 here: xorriso extracts it, `umount` empties it again), a no-op
+# `eject` (minbase has none; the daemon dies without it), and no-op ifdown/ifup (its hostname
+# publish runs `ifdown eth0 && ifup eth0`, retried 15 s when that fails). bench/ready.py
+# explains the measured variants.
+WAAGENT_MOUNT = """\
+#!/bin/sh
+# lab: the kernel cannot mount ISO 9660/UDF here: extract the DVD to the mount point.
+for arg; do target=$arg; done
+case " $* " in
+*" /dev/sr0 "*)
+  mkdir -p "$target" && touch "$target/.extracted-dvd" &&
+  exec xorriso -osirrox on -indev stdio:/dev/sr0 -extract / "$target" >/dev/null 2>&1;;
+esac
+exec /usr/bin/mount "$@"
+"""
+WAAGENT_UMOUNT = """\
+#!/bin/sh
+# lab: the other half of the mount wrapper: an extracted DVD is emptied.
+for arg; do target=$arg; done
+if [ -e "$target/.extracted-dvd" ]; then
+  find "$target" -mindepth 1 -delete; exit 0
+fi
+exec /usr/bin/umount "$@"
+"""
+NO_OP = "#!/bin/sh\n# lab: a no-op stand-in\nexit 0\n"
+
+
+def set_conf_options(root: Path, options: dict[str, str]) -> None:
+    """Set options in the root's /etc/waagent.conf (replaced where present, else added)."""
+    import re
+
+    conf = root / "etc/waagent.conf"
+    text = conf.read_text()
+    for key, value in options.items():
+        text, found = re.subn(rf"^{re.escape(key)}=.*$", f"{key}={value}", text, flags=re.M)
+        if not found:
+            text += f"{key}={value}\n"
+    conf.write_text(text)
+
+
+def install_waagent_helpers(root: Path) -> None:
+    """What waagent 2.7.3 (WAAGENT_PACKAGES) needs to run `-daemon` in a lab (see above)."""
+    sbin = root / "usr/local/sbin"
+    write_file(sbin / "mount", WAAGENT_MOUNT, 0o755)
+    write_file(sbin / "umount", WAAGENT_UMOUNT, 0o755)
+    for name in ("eject", "ifdown", "ifup"):
+        write_file(sbin / name, NO_OP, 0o755)
 
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:
