@@ -26,8 +26,6 @@ system.handler_command (own session, process group and cgroup, timeouts, output 
 CommandExecution.log), only on the running system or with chroot=y.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import logging
@@ -55,6 +53,8 @@ FACTS = "extensions"
 NOT_INSTALLED, INSTALLED, ENABLED, FAILED_UPGRADE = (
     "NotInstalled", "Installed", "Enabled", "FailedUpgrade")
 NOT_RUN = "NOT_RUN"
+# A multi-config extension's state (config/<ext>.HandlerState), waagent's ExtensionState.
+EXTENSION_ENABLED = "enabled"
 # waagent's timeouts (seconds) and error codes per operation.
 TIMEOUTS = {"install": 900, "enable": 300, "disable": 900, "update": 900, "uninstall": 300}
 ERROR_CODES = {"install": 1007, "update": 1008, "enable": 1009, "disable": 1010,
@@ -114,6 +114,7 @@ class Handler(NamedTuple):
     level: int
     invalid: str | None
     settings: tuple[Settings, ...]
+    package_uris: tuple[str, ...] = ()  # from the manifest, at gather time
 
     @property
     def sort_key(self) -> int:
@@ -121,7 +122,7 @@ class Handler(NamedTuple):
         return self.level if self.state == "enabled" else -self.level - 1
 
 
-def goal_state_facts(state: ExtensionsGoalState, **extra: Any) -> dict[str, Any]:
+def goal_state_facts(state: "ExtensionsGoalState", **extra: Any) -> dict[str, Any]:
     """The stored form of an extensions goal state."""
     handlers = []
     for plugin in state.plugins:
@@ -151,7 +152,7 @@ def handlers_of(facts: Mapping[str, Any]) -> list[Handler]:
                                   int(s.get("level") or 0)) for s in h.get("settings", []))
         found.append(Handler(h["name"], h["version"], h["state"], tuple(h.get("uris", [])),
                              bool(h.get("multi_config")), int(h.get("level") or 0),
-                             h.get("invalid"), settings))
+                             h.get("invalid"), settings, tuple(h.get("package_uris", []))))
     return found
 
 
@@ -224,8 +225,40 @@ def _gather(ctx: Context, stored: Mapping[str, Any] | None, state: Any, *,
     # waagent reports the last goal state it processed: one on hold is not processed.
     processed = (stored or {}).get("processed") if on_hold else processed_status(
         chosen.unsupported_features, state.incarnation)
-    inputs.keep_facts(ctx, FACTS, goal_state_facts(
-        chosen, vm_settings_etag=etag, incarnation=state.incarnation, processed=processed))
+    facts = goal_state_facts(chosen, vm_settings_etag=etag, incarnation=state.incarnation,
+                             processed=processed)
+    if not on_hold and not chosen.unsupported_features:
+        resolve_versions(ctx, state, facts["handlers"])
+    inputs.keep_facts(ctx, FACTS, facts)
+
+
+def resolve_versions(ctx: Context, state: Any, handlers: list[dict[str, Any]]) -> None:
+    """The version each enabled handler gets, from its manifest: the highest offered whose
+    leading components are the requested ones ("1.0" takes 1.0.7), as waagent's
+    decide_version does on each goal state. Its directory and package are named by it.
+    A manifest that cannot be read leaves the requested version (download says why)."""
+    from wire.artifacts import pick_version
+
+    for handler in handlers:
+        if handler["state"] != "enabled" or handler.get("invalid") or not handler["uris"]:
+            continue
+        try:
+            manifest = artifact_client(ctx, state).manifest(handler["uris"],
+                                                            handler=handler["name"])
+        except AgentError as err:
+            handler["resolve_error"] = f"Failed to download artifacts: {err}"
+            continue
+        chosen = pick_version(manifest, handler["version"])
+        if chosen is None:
+            handler["resolve_error"] = (f"Unable to find version {handler['version']} in "
+                                        f"manifest for extension {handler['name']}")
+            continue
+        if chosen.version != handler["version"]:
+            log.info("%s: version %s resolves to %s", handler["name"], handler["version"],
+                     chosen.version)
+        handler["requested_version"] = handler["version"]
+        handler["version"] = chosen.version
+        handler["package_uris"] = list(chosen.uris)
 
 
 def processed_status(unsupported: Sequence[str], incarnation: str) -> dict[str, Any]:
@@ -601,6 +634,8 @@ def failing(operation: str) -> Callable[[Action], Action]:
         def run(ctx: Context, handler: Handler, *args: Any) -> None:
             try:
                 action(ctx, handler, *args)
+            except MultiConfigEnableFailed:
+                raise
             except AgentError as err:
                 code = getattr(err, "code", None)
                 code = code if isinstance(code, int) and code > 0 else ERROR_CODES.get(operation, 1000)
@@ -630,11 +665,18 @@ def download_package(ctx: Context, handler: Handler) -> None:
     from wire.artifacts import pick_version
 
     client = artifact_client(ctx, inputs.goal_state(ctx))
-    try:
-        manifest = client.manifest(handler.uris, handler=handler.name)
-    except AgentError as err:
-        raise ExtensionFailed(f"Failed to download artifacts: {err}", CODE_DOWNLOAD) from None
-    chosen = pick_version(manifest, handler.version)
+    chosen: Any = None
+    if handler.package_uris:  # the manifest was read when the goal state was gathered
+        from wire.extensions_config import ManifestVersion
+
+        chosen = ManifestVersion(handler.version, handler.package_uris)
+    else:
+        try:
+            manifest = client.manifest(handler.uris, handler=handler.name)
+        except AgentError as err:
+            raise ExtensionFailed(f"Failed to download artifacts: {err}", CODE_DOWNLOAD
+                                  ) from None
+        chosen = pick_version(manifest, handler.version)
     if chosen is None:
         raise ExtensionFailed(f"Unable to find version {handler.version} in manifest for "
                               f"extension {handler.name}", CODE_DOWNLOAD)
@@ -756,7 +798,7 @@ def write_settings(ctx: Context, handler: Handler) -> None:
                      why=f"{handler.name} settings")
 
 
-def load_manifest(ctx: Context, name: str, version: str) -> HandlerManifest:
+def load_manifest(ctx: Context, name: str, version: str) -> "HandlerManifest":
     """The handler's HandlerManifest.json (found anywhere in the package, kept at its top)."""
     from facts.extensions import read_handler_manifest
 
@@ -776,7 +818,7 @@ class Outcome(NamedTuple):
 
 def run_command(ctx: Context, handler: Handler, version: str, operation: str,
                 env: Mapping[str, str] | None = None, *, settings: Settings | None = None,
-                manifest: HandlerManifest | None = None, check: bool = True) -> Outcome:
+                manifest: "HandlerManifest | None" = None, check: bool = True) -> Outcome:
     """Run one of the handler's commands (from version `version`'s directory)."""
     from system.handler_command import run_handler_command
 
@@ -805,9 +847,11 @@ def run_command(ctx: Context, handler: Handler, version: str, operation: str,
         handler.multi_config and settings is not None and settings.name) \
         else f"{handler.name}-{version}"
     timeout = float(os.environ.get(TIMEOUT_VARIABLE) or TIMEOUTS[operation])
+    extension_log = f"CommandExecution_{settings.name}.log" if (
+        handler.multi_config and settings is not None and settings.name) else "CommandExecution.log"
     result = run_handler_command(
         ctx.run, command, cwd=directory, env=full_env, timeout=timeout,
-        log_dir=log_dir(ctx, handler.name), handler=full_name,
+        log_dir=log_dir(ctx, handler.name), handler=full_name, log_name=extension_log,
         operation=operation, resource_limits=manifest.resource_limits)
     if result.skipped:
         return Outcome(0, result.skipped)
@@ -860,28 +904,35 @@ def update_handler(ctx: Context, handler: Handler, old_version: str) -> None:
     settings = handler.settings[0] if handler.settings else None
     old = handler._replace(version=old_version)
 
-    def old_command(operation: str) -> str:
-        try:
-            run_command(ctx, handler, old_version, operation, settings=settings)
-        except ExtensionFailed as err:
+    def old_command(operation: str, extension: Settings | None = None) -> str:
+        """The old version's command; its exit code for the new one's environment."""
+        outcome = run_command(ctx, old, old_version, operation, settings=extension or settings,
+                              check=False)
+        if outcome.exit_code:
             if not keep_going:
-                raise ExtensionFailed(f"{err}; ContinueOnUpdate: False", ERROR_CODES["update"]
-                                      ) from None
+                raise ExtensionFailed(f"{outcome.message}; ContinueOnUpdate: False",
+                                      ERROR_CODES["update"])
             log.info("%s %s %s failed; continueOnUpdateFailure: going on", handler.name,
                      old_version, operation)
-            return str(err.code)
-        return "0"
+        elif operation == "disable" and not (extension and handler.multi_config):
+            set_handler_state(ctx, handler.name, old_version, INSTALLED)
+        return str(outcome.exit_code)
 
-    disable_code = NOT_RUN
+    disable_codes: dict[str | None, str] = {}
     if handler_state(ctx, handler.name, old_version) == ENABLED:
-        disable_code = old_command("disable")
+        if handler.multi_config:  # each enabled extension of the old version, by its name
+            for enabled in enabled_extensions(ctx, handler.name, old_version):
+                disable_codes[enabled.name] = old_command("disable", enabled)
+        else:
+            disable_codes[None] = old_command("disable")
     copy_state_files(ctx, handler.name, old_version, new)
     env = {"VERSION": new, "AZURE_GUEST_AGENT_UPDATING_FROM_VERSION": old_version}
     if handler.multi_config:
         env["AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS"] = json.dumps(
-            [{"extensionName": s.name, "exitCode": disable_code} for s in handler.settings])
+            [{"extensionName": s.name, "exitCode": disable_codes.get(s.name, NOT_RUN)}
+             for s in handler.settings])
     else:
-        env["AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE"] = disable_code
+        env["AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE"] = disable_codes.get(None, NOT_RUN)
     runs_from = new if version_key(new) > version_key(old_version) else old_version
     # waagent tells the new version's update which version it comes from; on a downgrade
     # the old version's update runs, told the version it goes to (both as VERSION).
@@ -923,23 +974,78 @@ def enable_handler(ctx: Context, handler: Handler) -> None:
     uninstall_code = ctx.memo.pop(f"uninstall_exit_code:{handler.name}", NOT_RUN)
     env = {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": uninstall_code}
     if handler.multi_config:
-        manifest = load_manifest(ctx, handler.name, handler.version)
-        for settings in handler.settings:
-            state_file = handler_dir(ctx, handler.name, handler.version) / "config" / \
-                f"{settings.name}.HandlerState"
-            if settings.state == "enabled":
-                run_command(ctx, handler, handler.version, "enable", env, settings=settings,
-                            manifest=manifest)
-                ctx.fs.write(state_file, ENABLED, quiet=True, why="extension state")
-            elif read_small(state_file) == ENABLED:
-                run_command(ctx, handler, handler.version, "disable", settings=settings,
-                            manifest=manifest, check=False)
-                remove_extension_files(ctx, handler, settings)
-    else:
-        first = handler.settings[0] if handler.settings else None
-        run_command(ctx, handler, handler.version, "enable", env, settings=first)
+        enable_extensions(ctx, handler, env)
+        return
+    first = handler.settings[0] if handler.settings else None
+    run_command(ctx, handler, handler.version, "enable", env, settings=first)
     set_handler_state(ctx, handler.name, handler.version, ENABLED)
     set_handler_status(ctx, handler, "Ready", "Plugin enabled")
+
+
+class MultiConfigEnableFailed(ExtensionFailed):
+    """Some extensions of a multi-config handler failed to enable: each has its error in
+    its status file, the handler's status stays (waagent's MultiConfigExtensionEnableError)."""
+
+
+def enable_extensions(ctx: Context, handler: Handler, env: Mapping[str, str]) -> None:
+    """Each extension of a multi-config handler as it asks: enable (`<ext>.HandlerState`
+    enabled), or disable one that was enabled (errors ignored, its files removed, as
+    waagent). The handler is Enabled while one of its extensions is."""
+    manifest = load_manifest(ctx, handler.name, handler.version)
+    failed = []
+    for settings in handler.settings:
+        state_file = extension_state_file(ctx, handler.name, handler.version, settings.name)
+        if settings.state == "enabled":
+            try:
+                run_command(ctx, handler, handler.version, "enable", env, settings=settings,
+                            manifest=manifest)
+            except ExtensionFailed as err:
+                message = f"Error processing MultiConfig extension {handler.name}." \
+                          f"{settings.name}: {err}"
+                if not ctx.run.plan:
+                    placeholder_status(ctx, handler, settings, "Enable", message, err.code)
+                failed.append(message)
+                continue
+            ctx.fs.write(state_file, EXTENSION_ENABLED, quiet=True,
+                         why=f"{handler.name}.{settings.name} enabled")
+        elif _extension_enabled(state_file):
+            outcome = run_command(ctx, handler, handler.version, "disable", settings=settings,
+                                  manifest=manifest, check=False)
+            if outcome.exit_code:
+                log.info("[Ignored Error] %s.%s disable: %s", handler.name, settings.name,
+                         outcome.message)
+            remove_extension_files(ctx, handler, settings)
+    if enabled_extensions(ctx, handler.name, handler.version):
+        set_handler_state(ctx, handler.name, handler.version, ENABLED)
+        set_handler_status(ctx, handler, "Ready", "Plugin enabled")
+    elif handler_state(ctx, handler.name, handler.version) == ENABLED:
+        set_handler_state(ctx, handler.name, handler.version, INSTALLED)
+        set_handler_status(ctx, handler, "NotReady", "Plugin disabled")
+    if failed:
+        raise MultiConfigEnableFailed("; ".join(failed), ERROR_CODES["enable"])
+
+
+def extension_state_file(ctx: Context, name: str, version: str, extension: str | None) -> Path:
+    return handler_dir(ctx, name, version) / "config" / f"{extension}.HandlerState"
+
+
+def _extension_enabled(path: Path) -> bool:
+    return (read_small(path) or "").lower() == EXTENSION_ENABLED
+
+
+def enabled_extensions(ctx: Context, name: str, version: str) -> list[Settings]:
+    """The extensions of a multi-config handler whose `<ext>.HandlerState` says enabled,
+    with their latest sequence number (from `<ext>.<seq>.settings`)."""
+    found = []
+    config = handler_dir(ctx, name, version) / "config"
+    for state_file in sorted(config.glob("*.HandlerState")):
+        extension = state_file.name[:-len(".HandlerState")]
+        if not _extension_enabled(state_file):
+            continue
+        seqs = [int(p.name.split(".")[-2]) for p in config.glob(f"{extension}.*.settings")
+                if p.name.split(".")[-2].isdigit()]
+        found.append(Settings(extension, max(seqs, default=0), "enabled", None, None, None, 0))
+    return found
 
 
 def remove_extension_files(ctx: Context, handler: Handler, settings: Settings) -> None:
@@ -952,8 +1058,14 @@ def remove_extension_files(ctx: Context, handler: Handler, settings: Settings) -
 
 @failing("disable")
 def disable_handler(ctx: Context, handler: Handler, version: str) -> None:
-    """disableCommand; HandlerState Installed."""
-    run_command(ctx, handler._replace(version=version), version, "disable")
+    """disableCommand (multi-config: for each enabled extension); HandlerState Installed."""
+    if handler.multi_config:
+        for extension in enabled_extensions(ctx, handler.name, version):
+            run_command(ctx, handler._replace(version=version), version, "disable",
+                        settings=extension)
+            remove_extension_files(ctx, handler._replace(version=version), extension)
+    else:
+        run_command(ctx, handler._replace(version=version), version, "disable")
     set_handler_state(ctx, handler.name, version, INSTALLED)
     set_handler_status(ctx, handler._replace(version=version), "NotReady", "Plugin disabled")
 
@@ -961,12 +1073,18 @@ def disable_handler(ctx: Context, handler: Handler, version: str) -> None:
 def uninstall_handler(ctx: Context, name: str, version: str, why: str) -> None:
     """Disable (when Enabled) and uninstall, then remove the directory and the package.
     A failing command is logged and the removal goes on, as waagent does."""
-    handler = Handler(name, version, "uninstall", (), False, 0, None, ())
+    extensions = enabled_extensions(ctx, name, version)
+    # A multi-config handler: each enabled extension is disabled, by its name.
+    handler = Handler(name, version, "uninstall", (), bool(extensions), 0, None,
+                      tuple(extensions))
     if (handler_dir(ctx, name, version) / "HandlerManifest.json").is_file():
         if handler_state(ctx, name, version) == ENABLED:
-            outcome = run_command(ctx, handler, version, "disable", check=False)
-            if outcome.exit_code:
-                log.warning("%s %s disable failed: %s", name, version, outcome.message)
+            each: list[Settings | None] = [*extensions] or [None]
+            for extension in each:
+                outcome = run_command(ctx, handler, version, "disable", settings=extension,
+                                      check=False)
+                if outcome.exit_code:
+                    log.warning("%s %s disable failed: %s", name, version, outcome.message)
         if handler_state(ctx, name, version) != NOT_INSTALLED:
             outcome = run_command(ctx, handler, version, "uninstall", check=False)
             if outcome.exit_code:
@@ -1073,7 +1191,7 @@ def extension_status(ctx: Context, handler: Handler, settings: Settings) -> Any:
 
 # -- status for the blob ------------------------------------------------------------------
 
-def handler_statuses(ctx: Context, now: float | None = None) -> list[BlobHandlerStatus]:
+def handler_statuses(ctx: Context, now: float | None = None) -> "list[BlobHandlerStatus]":
     """The handlers of the stored goal state as the status blob reports them: each
     handler's HandlerStatus, its heartbeat (Unresponsive after 600 s), and its status file."""
     facts = stored_goal_state(ctx)
@@ -1115,7 +1233,7 @@ def handlers_from_disk(ctx: Context) -> list[Handler]:
     return found
 
 
-def _statuses_of(ctx: Context, handler: Handler, now: float) -> list[BlobHandlerStatus]:
+def _statuses_of(ctx: Context, handler: Handler, now: float) -> "list[BlobHandlerStatus]":
     from facts.extensions import ExtensionError, heartbeat, read_handler_manifest
     from wire.status import ExtensionStatus, HandlerStatus
 
@@ -1147,8 +1265,8 @@ def _statuses_of(ctx: Context, handler: Handler, now: float) -> list[BlobHandler
             base = base._replace(message=str(err), code=err.code)
     result = []
     for settings in handler.settings:
-        if handler.multi_config and settings.state == "disabled" and read_small(
-                directory / "config" / f"{settings.name}.HandlerState") != ENABLED:
+        if handler.multi_config and settings.state == "disabled" and not _extension_enabled(
+                directory / "config" / f"{settings.name}.HandlerState"):
             continue
         file_status = extension_status(ctx, handler, settings)
         body: dict[str, Any] = {

@@ -36,24 +36,30 @@ LIB = "var/lib/waagent"
 PROBE = r"""#!/bin/sh
 op="$1"
 here="$(cd "$(dirname "$0")/.." && pwd)"
+ext="${ConfigExtensionName:+$ConfigExtensionName.}"
 env | grep -E '^(AZURE_GUEST_AGENT_|ConfigSequenceNumber|ConfigExtensionName|VERSION=)' \
-    | sort > "$here/env.$op"
-echo "$op $AZURE_GUEST_AGENT_EXTENSION_VERSION" >> /tmp/handler-order.log
+    | sort > "$here/env.$ext$op"
+cp "$here/env.$ext$op" "/tmp/env.$ext$op.$AZURE_GUEST_AGENT_EXTENSION_VERSION"
+echo "$op $AZURE_GUEST_AGENT_EXTENSION_VERSION${ConfigExtensionName:+ $ConfigExtensionName}" \
+    >> /tmp/handler-order.log
 __BODY__
 seq="${ConfigSequenceNumber:-0}"
 mkdir -p "$here/status"
 printf '[{"version":"1.0","timestampUTC":"2026-01-01T00:00:00Z","status":{"name":"probe","operation":"%s","status":"success","code":"0","formattedMessage":{"lang":"en-US","message":"probe %s"}}}]' \
-    "$op" "$op" > "$here/status/$seq.status"
-echo "$seq" > "$here/mrseq"
+    "$op" "$op$ext" > "$here/status/$ext$seq.status"
+echo "$seq" > "$here/${ext}mrseq"
 exit 0
 """
 
 
-def make_handler(directory: Path, *, enable: str = "", name: str = "Probe") -> Path:
+def make_handler(directory: Path, *, enable: str = "", name: str = "Probe",
+                 bodies: dict[str, str] | None = None, **manifest_fields: Any) -> Path:
     """A handler package directory whose every command runs the probe script; `enable`
-    is shell run by its enable command before it reports success."""
+    (or `bodies[op]`) is shell its command runs before it reports success;
+    `manifest_fields` go into handlerManifest (resourceLimits at the top)."""
     directory.mkdir(parents=True)
-    body = f'if [ "$op" = enable ]; then\n{enable}\nfi' if enable else ""
+    bodies = {**({"enable": enable} if enable else {}), **(bodies or {})}
+    body = "\n".join(f'if [ "$op" = {op} ]; then\n{shell}\nfi' for op, shell in bodies.items())
     script = directory / "bin/probe.sh"
     script.parent.mkdir()
     script.write_text(PROBE.replace("__BODY__", body))
@@ -63,6 +69,10 @@ def make_handler(directory: Path, *, enable: str = "", name: str = "Probe") -> P
         for op in ("install", "uninstall", "update", "enable", "disable")}}]
     manifest[0]["handlerManifest"].update({"reportHeartbeat": False,
                                            "updateMode": "UpdateWithInstall"})
+    limits = manifest_fields.pop("resourceLimits", None)
+    if limits is not None:
+        manifest[0]["resourceLimits"] = limits
+    manifest[0]["handlerManifest"].update(manifest_fields)
     (directory / "HandlerManifest.json").write_text(json.dumps(manifest))
     return directory
 
@@ -91,6 +101,17 @@ class VM:
              f"wireserver={self.fabric.wire_url}", f"hostplugin={self.fabric.hostplugin_url}",
              f"media={self.media}"], capture_output=True, text=True, timeout=600, check=False,
             env=env)
+
+    def exthandlers_pass(self) -> subprocess.CompletedProcess[str]:
+        """`waagent -run-exthandlers`: one daemon pass, its status blob sent to the fabric."""
+        return subprocess.run(
+            [WAAGENT, "-run-exthandlers", f"root={self.root}", "chroot=y",
+             f"wireserver={self.fabric.wire_url}", f"hostplugin={self.fabric.hostplugin_url}"],
+            capture_output=True, text=True, timeout=600, check=False,
+            env={**os.environ, "WAAGENT_HANDLER_TIMEOUT": "20"})
+
+    def order(self) -> list[str]:
+        return (self.root / "tmp/handler-order.log").read_text().splitlines()
 
     def lib(self, *parts: str) -> Path:
         return self.root.joinpath(LIB, *parts)
@@ -293,3 +314,140 @@ def test_failing_handlers_get_error_statuses(make_vm: Any, tmp_path: Path) -> No
     assert not Path("/tmp/evil.txt").exists()
     assert not vm.lib("Hostile.Handler-1.0.0", "HandlerManifest.json").exists()
     shutil.rmtree(vm.root / "tmp", ignore_errors=True)
+
+
+def test_multi_config_extensions_each_enabled_disabled_and_reported(
+        make_vm: Any, tmp_path: Path) -> None:
+    from fabric.scenario import ExtensionConfig
+
+    multi = make_handler(tmp_path / "multi", supportsMultipleExtensions=True)
+    vm = make_vm(Extension(name="Multi.Probe", package=str(multi), multi_config=[
+        ExtensionConfig(name="first", public_settings={"x": 1}),
+        ExtensionConfig(name="second", seq_no=3, protected_settings={"y": 2})]))
+    out = vm.boot()
+    assert out.returncode == 0, out.stdout + out.stderr
+    handler = "Multi.Probe-1.0.0"
+    assert vm.state(handler) == "Enabled"
+    # Files per extension, as waagent writes them.
+    assert vm.lib(handler, "config/first.HandlerState").read_text() == "enabled"
+    assert vm.lib(handler, "config/second.HandlerState").read_text() == "enabled"
+    first = json.loads(vm.lib(handler, "config/first.0.settings").read_text())
+    assert first["runtimeSettings"][0]["handlerSettings"]["publicSettings"] == {"x": 1}
+    second = json.loads(vm.lib(handler, "config/second.3.settings").read_text())
+    assert second["runtimeSettings"][0]["handlerSettings"]["protectedSettings"].startswith("MII")
+    assert vm.lib(handler, "status/first.0.status").exists()
+    assert vm.lib(handler, "status/second.3.status").exists()
+    assert vm.env(handler, "second.enable")["ConfigExtensionName"] == "second"
+    assert vm.env(handler, "second.enable")["ConfigSequenceNumber"] == "3"
+    assert vm.env(handler, "first.enable")["ConfigExtensionName"] == "first"
+    logs = vm.root / "var/log/azure/Multi.Probe"
+    assert (logs / "CommandExecution_first.log").exists()
+    assert (logs / "CommandExecution_second.log").exists()
+    assert [line for line in vm.order() if line.startswith("enable")] == [
+        "enable 1.0.0 first", "enable 1.0.0 second"]
+    # The graph picture shows the handler's tasks with their last run.
+    drawn = subprocess.run([WAAGENT, "graph", "--format", "json", f"root={vm.root}",
+                            "chroot=y"], capture_output=True, text=True, timeout=120,
+                           check=True)
+    tasks = {t["name"]: t for t in json.loads(drawn.stdout)["tasks"]}
+    assert tasks["extensions:Multi.Probe:enable"]["last"] not in (None, "failed"), tasks[
+        "extensions:Multi.Probe:enable"]
+    assert tasks["extensions:Multi.Probe:install"]["cluster"] == tasks[
+        "extensions:Multi.Probe:enable"]["cluster"]
+
+    # The status blob: one handlerAggregateStatus entry per extension, named.
+    assert vm.exthandlers_pass().returncode == 0
+    blob = vm.fabric.record.status_blobs()[-1]["status"]
+    entries = [h for h in blob["aggregateStatus"]["handlerAggregateStatus"]
+               if h["handlerName"] == "Multi.Probe"]
+    by_name = {h["runtimeSettingsStatus"]["extensionName"]: h for h in entries}
+    assert set(by_name) == {"first", "second"}
+    assert by_name["second"]["runtimeSettingsStatus"]["sequenceNumber"] == 3
+    assert by_name["second"]["runtimeSettingsStatus"]["settingsStatus"]["status"][
+        "formattedMessage"]["message"] == "probe enablesecond."
+    assert vm.fabric.record.status_blob_problems() == []
+
+    # One extension disabled: its disable runs by its name, its files go; the other stays.
+    vm.fabric.set_extension("Multi.Probe", multi_config=[
+        {"name": "first", "public_settings": {"x": 1}},
+        {"name": "second", "seq_no": 3, "state": "disabled", "protected_settings": {"y": 2}}])
+    out = vm.boot()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "disable 1.0.0 second" in vm.order()
+    assert not vm.lib(handler, "config/second.HandlerState").exists()
+    assert not list(vm.lib(handler, "config").glob("second.*.settings"))
+    assert not list(vm.lib(handler, "status").glob("second.*.status"))
+    assert vm.lib(handler, "config/first.HandlerState").read_text() == "enabled"
+    assert vm.state(handler) == "Enabled"
+    assert vm.exthandlers_pass().returncode == 0
+    blob = vm.fabric.record.status_blobs()[-1]["status"]
+    names = [h["runtimeSettingsStatus"]["extensionName"]
+             for h in blob["aggregateStatus"]["handlerAggregateStatus"]
+             if h["handlerName"] == "Multi.Probe"]
+    assert names == ["first"]
+
+    # The handler uninstalled: each enabled extension disabled by name, then uninstall.
+    vm.fabric.set_extension("Multi.Probe", state="uninstall")
+    out = vm.boot()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert vm.order()[-2:] == ["disable 1.0.0 first", "uninstall 1.0.0"]
+    assert not vm.lib(handler).exists()
+
+
+def test_update_failures_retry_downgrade_and_resource_limits(
+        make_vm: Any, tmp_path: Path) -> None:
+    v1 = make_handler(tmp_path / "v1", bodies={"disable": "exit 5"})
+    v2 = make_handler(tmp_path / "v2", continueOnUpdateFailure=True)
+    v3 = make_handler(tmp_path / "v3", bodies={
+        "update": '[ -e /tmp/fail-update ] && { echo update refused >&2; exit 4; }'})
+    limited = make_handler(tmp_path / "limited",
+                           resourceLimits={"cpuQuota": 25, "memoryQuota": 64})
+    vm = make_vm(Extension(name="Up.Probe", version="1.0.0", package=str(v1),
+                           public_settings={"n": 1}),
+                 Extension(name="Limited.Probe", package=str(limited), public_settings={}))
+    # A cgroup v2 file system inside the image root (plain files, as the image has none
+    # mounted): handlers in a chroot get their cgroup there.
+    cgroup = vm.root / "sys/fs/cgroup"
+    cgroup.mkdir(parents=True, exist_ok=True)
+    (cgroup / "cgroup.controllers").write_text("cpu memory pids\n")
+    (cgroup / "cgroup.subtree_control").write_text("")
+    out = vm.boot()
+    assert out.returncode == 0, out.stdout + out.stderr
+    group = cgroup / "azure-vmextensions/Limited.Probe-1.0.0"
+    assert (group / "cpu.max").read_text().strip() == "25000 100000"
+    assert (group / "memory.max").read_text().strip() == str(64 * 1024 * 1024)
+    assert (group / "cgroup.procs").read_text().strip().isdigit()  # the command joined it
+
+    # continueOnUpdateFailure (the new manifest's): the old disable's exit code is passed on.
+    vm.fabric.set_extension("Up.Probe", version="1.1.0", package=str(v2))
+    out = vm.boot()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert vm.state("Up.Probe-1.1.0") == "Enabled" and not vm.lib("Up.Probe-1.0.0").exists()
+    assert vm.env("Up.Probe-1.1.0", "update")["AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE"] == "5"
+
+    # An update command that fails: FailedUpgrade, the old version stays; retried next time.
+    (vm.root / "tmp/fail-update").write_text("")
+    vm.fabric.set_extension("Up.Probe", version="1.2.0", package=str(v3))
+    out = vm.boot()
+    assert out.returncode != 0
+    assert vm.state("Up.Probe-1.2.0") == "FailedUpgrade"
+    assert vm.lib("Up.Probe-1.1.0", "HandlerManifest.json").exists()
+    assert vm.statuses()["Up.Probe"].code == 1008
+    (vm.root / "tmp/fail-update").unlink()
+    out = vm.boot()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert vm.state("Up.Probe-1.2.0") == "Enabled" and not vm.lib("Up.Probe-1.1.0").exists()
+    assert [line for line in vm.order() if line != "enable 1.0.0"][-4:] == [
+        "update 1.2.0", "uninstall 1.1.0", "install 1.2.0", "enable 1.2.0"]
+
+    # A downgrade: the old (higher) version's update runs, told VERSION = the new one.
+    vm.fabric.set_extension("Up.Probe", version="1.1.0", package=str(v2))
+    out = vm.boot()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert vm.state("Up.Probe-1.1.0") == "Enabled" and not vm.lib("Up.Probe-1.2.0").exists()
+    upgrades = [line for line in vm.order() if line != "enable 1.0.0"]  # not Limited.Probe's
+    assert upgrades[-5:] == ["disable 1.2.0", "update 1.2.0", "uninstall 1.2.0",
+                             "install 1.1.0", "enable 1.1.0"]
+    update = (vm.root / "tmp/env.update.1.2.0").read_text().splitlines()
+    assert "VERSION=1.1.0" in update
+    assert "AZURE_GUEST_AGENT_UPDATING_FROM_VERSION=1.1.0" in update

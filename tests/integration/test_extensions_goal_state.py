@@ -6,12 +6,15 @@ handling until a goal state lifts it."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from fabric import Fabric, default_scenario
+from graph.context import make_context
+from tasks import extensions as ext
 from tests.sandbox import make_sandbox_root
 
 CLI = "import sys\nfrom graph.cli import main\nsys.exit(main())\n"
@@ -84,3 +87,22 @@ def test_on_hold_pauses_extension_handling_until_lifted(tmp_path: Path) -> None:
         assert "ran extensions:on-hold" in out.stdout, out.stdout
         status = aggregate(fabric)["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"]
         assert status["status"] == "Success"
+
+
+def test_a_version_prefix_resolves_to_the_newest_match_and_names_the_directory(
+        tmp_path: Path) -> None:
+    scenario = default_scenario()
+    noop = scenario.extensions[0]
+    noop.version = "1.0.7"
+    root = sandbox(tmp_path, scenario.vm_id)
+    with Fabric(scenario) as fabric:
+        # The manifest offers 1.0.7 and 1.0 (every version published stays), 1.1.0 later.
+        fabric.set_extension(noop.name, version="1.0")
+        out = one_pass(root, fabric)
+        assert f"{noop.name}: version 1.0 resolves to 1.0.7" in out.stderr, out.stderr
+        facts = json.loads((root / "var/lib/waagent/facts/extensions.json").read_text())
+        handler = facts["handlers"][0]
+        assert (handler["requested_version"], handler["version"]) == ("1.0", "1.0.7")
+        assert handler["package_uris"][0].endswith(f"/packages/{noop.name}__1.0.7.zip")
+        ctx = make_context({"root": str(root)})
+        assert ext.handler_dir(ctx, noop.name, "1.0.7").name == f"{noop.name}-1.0.7"
