@@ -9,7 +9,11 @@ picture; a second boot that changes nothing; then the daemon (`waagent -daemon`,
 periods): its status blobs, a new goal state the fabric publishes and the daemon picks
 up, `waagent status`, and SIGTERM. Nothing outside the sandbox changes:
 services, the kernel hostname and custom data are skipped for a root that is not the
-running system. Needs root (useradd --prefix, chpasswd -R).
+running system, and so are extension handlers: without chroot=y no binary of the image
+(a handler is one) runs. Last, the extension: a Debian image root (built once with
+mmdebstrap and cached, as the tests' is) where `waagent -run-exthandlers ... chroot=y`
+installs and enables the scenario's handler inside the root, and its status reaches the
+fabric's status blob. Needs root (useradd --prefix, chpasswd -R, chroot).
 """
 
 from __future__ import annotations
@@ -93,6 +97,44 @@ def run_daemon(fabric: Fabric, common: list[str], work: Path) -> int:
         log.close()
 
 
+def run_extension(fabric: Fabric, vm_id: str, work: Path) -> int:
+    """A handler really runs, in a Debian image root with chroot=y; its status reaches
+    the fabric. The sandbox above runs none: a handler is a binary of the image."""
+    from tests.sandbox import product_uuid_for
+    from tests.support import debian_root
+
+    step("an extension: a Debian image root, handlers run inside it (chroot=y)")
+    packages = (*debian_root.DEFAULT_PACKAGES, "python3", "fdisk", "e2fsprogs", "openssl")
+    reason = debian_root.skip_reason(packages)
+    if reason:
+        print(f"  cannot make the Debian root: {reason}")
+        return 1
+    cached = debian_root.cached_tarball(packages).exists()
+    print("  copying the cached Debian 12 root" if cached else
+          "  building a Debian 12 root with mmdebstrap (once; cached for the next runs)",
+          flush=True)
+    image = debian_root.fresh_debian_root(work / "image", packages)
+    dmi = image / "sys/class/dmi/id"
+    dmi.mkdir(parents=True, exist_ok=True)
+    (dmi / "product_uuid").write_text(product_uuid_for(vm_id) + "\n")
+    (image / "etc/waagent.conf").write_text("ResourceDisk.Format=n\n")
+    status = waagent("-run-exthandlers", f"root={image}", "chroot=y",
+                     f"wireserver={fabric.wire_url}", f"hostplugin={fabric.hostplugin_url}")
+    lib = image / "var/lib/waagent"
+    for directory in sorted(lib.glob("*-*/config/HandlerState")):
+        handler = directory.parent.parent
+        print(f"  {handler.name}: HandlerState {directory.read_text().strip()}, "
+              f"{', '.join(sorted(p.name for p in (handler / 'status').glob('*.status')))}")
+    blob = fabric.record.status_blobs()[-1]["status"]
+    for entry in blob["aggregateStatus"]["handlerAggregateStatus"]:
+        settings = entry.get("runtimeSettingsStatus", {}).get("settingsStatus", {}).get(
+            "status", {})
+        print(f"  the fabric's status blob: {entry['handlerName']} {entry['handlerVersion']} "
+              f"{entry['status']}, extension status {settings.get('status')} "
+              f"({(settings.get('formattedMessage') or {}).get('message')!r})")
+    return status
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", help="put the sandbox here and keep it (default: a temp dir)")
@@ -139,6 +181,7 @@ def main() -> int:
         waagent("status", *common)
         status = status or run_daemon(fabric, [*common, f"hostplugin={fabric.hostplugin_url}"],
                                       work)
+        status = status or run_extension(fabric, scenario.vm_id, work)
     print(f"\nsandbox kept in {work}" if args.keep else f"\nsandbox in {work}")
     return status
 

@@ -9,13 +9,19 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_root
+from tests.support import debian_root
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.root
+# The demo's Debian image root (scripts/demo.py, run_extension): the chroot tests' one.
+PACKAGES = (*debian_root.DEFAULT_PACKAGES, "python3", "fdisk", "e2fsprogs", "openssl")
 
 
 def test_demo_provisions_and_second_boot_changes_nothing(tmp_path: Path) -> None:
     need_root()
+    reason = debian_root.skip_reason(PACKAGES)
+    if reason:
+        pytest.skip(reason)
     out = subprocess.run([sys.executable, str(REPO / "scripts/demo.py"), "--keep",
                           str(tmp_path / "demo")], capture_output=True, text=True, timeout=600,
                          check=False)
@@ -31,3 +37,10 @@ def test_demo_provisions_and_second_boot_changes_nothing(tmp_path: Path) -> None
     assert "status with incarnation 2 uploaded" in daemon
     assert "Daemon: running (PID" in daemon
     assert "the daemon finished its work and exited with status 0" in daemon
+    # The sandbox runs no handler; the Debian image root (chroot=y) does, and the
+    # handler's status reaches the fabric.
+    assert "ran extensions:skipped" in text.split("second boot")[0]
+    extension = text.split("an extension: a Debian image root")[1]
+    assert "Fabric.Demo.NoOp-1.0.0: HandlerState Enabled, 0.status" in extension
+    assert "the fabric's status blob: Fabric.Demo.NoOp 1.0.0 Ready, extension status " \
+        "success" in extension
