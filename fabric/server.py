@@ -983,7 +983,8 @@ class Fabric:
     # --- IMDS ---------------------------------------------------------------------------------
 
     def _imds(self, request: Request) -> Response:
-        if request.header("metadata") != "true":
+        # IMDS takes the header's value in any case: waagent 2.7.3 sends "Metadata: True".
+        if (request.header("metadata") or "").lower() != "true":
             return _text(400, json.dumps({"error": "Bad request. Required metadata header not specified"}), JSON)
         if "api-version" not in request.query:
             return _text(400, json.dumps({"error": "Bad request. api-version was not specified in the request",

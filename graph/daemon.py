@@ -418,6 +418,9 @@ class Daemon:
                               mode=0o644, quiet=True, durable=False, why="daemon state")
         except OSError as err:
             log.warning("daemon state not saved: %s", err)
+        # The daemon's own context lives as long as the process: its runner's record of
+        # changes (this file, status copies) would otherwise grow by an entry every loop.
+        self.ctx.run.planned.clear()
 
 
 def run_goal_state_pass(variables: dict[str, str]) -> int:

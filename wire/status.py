@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 STATUS_VERSION = "1.1"
 LANG = "en-US"
+# What waagent says of a goal state it handled (the portal shows it).
+GOAL_STATE_DONE = "GoalState executed successfully"
 # What this agent supports, as the platform asks for it (`supportedFeatures`).
 SUPPORTED_FEATURES: tuple[tuple[str, str], ...] = (
     ("MultipleExtensionsPerHandler", "1.0"),
@@ -67,8 +69,36 @@ class GoalStateStatus(NamedTuple):
     in_svd_seq_no: str
     status: str = "Success"  # or Failed
     code: int = 0
-    message: str = ""
+    message: str = GOAL_STATE_DONE
     processed: float | None = None
+
+
+def _message(value: Any) -> dict[str, Any]:
+    """A `formattedMessage` as given, or made from its text."""
+    if isinstance(value, Mapping):
+        return {"lang": value.get("lang", LANG), "message": value.get("message")}
+    return {"lang": LANG, "message": value}
+
+
+def settings_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """An extension's `settingsStatus.status` laid out as waagent 2.7.3's `ext_status_to_v1`
+    does, whatever else the handler's status file held: always these six keys
+    (`configurationAppliedTime` null when the handler gave none), `substatus` only when it
+    has entries, each {name, status, code, formattedMessage}."""
+    found: dict[str, Any] = {
+        "name": status.get("name"),
+        "configurationAppliedTime": status.get("configurationAppliedTime"),
+        "operation": status.get("operation"),
+        "status": status.get("status"),
+        "code": status.get("code", 0),
+        "formattedMessage": _message(status.get("formattedMessage")),
+    }
+    substatus = [{"name": sub.get("name"), "status": sub.get("status"),
+                  "code": sub.get("code", 0), "formattedMessage": _message(sub.get("formattedMessage"))}
+                 for sub in status.get("substatus") or () if isinstance(sub, Mapping)]
+    if substatus:
+        found["substatus"] = substatus
+    return found
 
 
 def handler_status(handler: HandlerStatus) -> dict[str, Any]:
@@ -79,7 +109,7 @@ def handler_status(handler: HandlerStatus) -> dict[str, Any]:
         found["formattedMessage"] = formatted(handler.message)
     ext = handler.extension
     if ext is not None:
-        settings: dict[str, Any] = {"status": dict(ext.status), "version": 1.0,
+        settings: dict[str, Any] = {"status": settings_status(ext.status), "version": 1.0,
                                     "timestampUTC": ext.timestamp or utc_stamp()}
         found["runtimeSettingsStatus"] = {"settingsStatus": settings,
                                           "sequenceNumber": ext.sequence_number}
