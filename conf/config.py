@@ -1,7 +1,5 @@
 """Parse waagent.conf into an immutable, typed Config; errors name file, line and option."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 import logging
@@ -128,7 +126,7 @@ class Config:
         for name in OPTIONS:
             yield name, self[name]
 
-    def replace(self, **values: Value) -> Config:
+    def replace(self, **values: Value) -> "Config":
         """A copy with some options changed (names with dots given as keys with '__')."""
         settings = dict(self.settings)
         for key, value in values.items():

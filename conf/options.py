@@ -7,8 +7,6 @@ the same values for the same file (tests/integration/test_waagent_parity.py).
 Distribution confs set several options to other values (PLATFORM.md section 11).
 """
 
-from __future__ import annotations
-
 from typing import Literal, NamedTuple
 
 Kind = Literal["bool", "int", "str", "choice", "path"]

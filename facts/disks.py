@@ -8,8 +8,6 @@ means that root's /dev/sdb (a test makes it a device node or an image file),
 never the host's.
 """
 
-from __future__ import annotations
-
 import os
 import posixpath
 import stat
@@ -459,7 +457,7 @@ def parse_blkid_export(text: str) -> dict[str, str]:
     return values
 
 
-def blkid(runner: Runner, device: str) -> dict[str, str]:
+def blkid(runner: "Runner", device: str) -> dict[str, str]:
     """Low-level probe of a device by blkid (system path); {} when blkid finds nothing.
 
     blkid exits 2 when it finds no signature, but also when it cannot open the device:

@@ -5,8 +5,6 @@ so it works on a mounted image as well as on `/`.
 Per-family differences that are facts live in one table, FAMILIES.
 """
 
-from __future__ import annotations
-
 import os
 import re
 from pathlib import Path

@@ -4,8 +4,6 @@ Each fact is a function of what it reads through the Root; its parser is a
 separate function tested from captured text.
 """
 
-from __future__ import annotations
-
 import re
 from pathlib import Path
 from typing import NamedTuple

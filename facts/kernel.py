@@ -5,8 +5,6 @@ All read through the Root (tests build `sys/`, `proc/` and `dev/` in a temporary
 none changes anything.
 """
 
-from __future__ import annotations
-
 import re
 from typing import NamedTuple
 

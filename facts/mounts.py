@@ -1,8 +1,6 @@
 """Mounts (/proc/self/mountinfo) and active swaps (/proc/swaps), read through the Root;
 where a block device is mounted."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 import re

@@ -8,8 +8,6 @@ it records the look the run would take instead. A listing that fails is None (un
 never empty.
 """
 
-from __future__ import annotations
-
 import contextlib
 import logging
 import os
@@ -82,12 +80,12 @@ def our_table_mark(head: bytes, table: str | None) -> bool:
     return False
 
 
-def command_path(runner: Runner, system_path: str) -> str:
+def command_path(runner: "Runner", system_path: str) -> str:
     """A system path as a command sees it: inside the root, unless commands run chrooted."""
     return system_path if runner.chroot else str(runner.root / system_path)
 
 
-def list_entries(runner: Runner, device: str, fstype: str) -> tuple[str, ...] | None:
+def list_entries(runner: "Runner", device: str, fstype: str) -> tuple[str, ...] | None:
     """Top-level names in the filesystem on `device`, read without changing it.
 
     NTFS: `ntfsls -a -s` (all entries, system ones too). Linux filesystems: the mount
@@ -124,7 +122,7 @@ def list_entries(runner: Runner, device: str, fstype: str) -> tuple[str, ...] | 
             os.rmdir(scratch)
 
 
-def ntfs_entries(runner: Runner, device: str, path: str = "/") -> tuple[str, ...] | None:
+def ntfs_entries(runner: "Runner", device: str, path: str = "/") -> tuple[str, ...] | None:
     """Names in a folder of the NTFS on `device` (`ntfsls -a -s`: system files too), read
     without mounting; None when they cannot be read."""
     if shutil.which("ntfsls") is None and not runner.chroot:
@@ -137,7 +135,7 @@ def ntfs_entries(runner: Runner, device: str, path: str = "/") -> tuple[str, ...
     return tuple(line.strip() for line in result.stdout.splitlines() if line.strip())
 
 
-def gather_disk_facts(runner: Runner, device: str, *, list_files: bool = True) -> DiskFacts:
+def gather_disk_facts(runner: "Runner", device: str, *, list_files: bool = True) -> DiskFacts:
     """The verdict's facts, read now: table, our mark, blkid of the disk and partitions,
     and without a table our own read of the disk's start and end."""
     root = runner.root

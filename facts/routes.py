@@ -8,8 +8,6 @@ IPv4 routes come from `/proc/net/route` (the reader's network namespace), and th
 clients' processes from `/proc/<pid>/comm`.
 """
 
-from __future__ import annotations
-
 import ipaddress
 import re
 from pathlib import Path

@@ -4,8 +4,6 @@ Read through the Root, never with the host's pwd/grp modules: an image root's
 users are not the host's.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 from facts.hardware import read_text

@@ -21,8 +21,6 @@ The rule text below is what `nft list table` prints back (nftables 1.0): the che
 compares the live listing, counters aside, with it.
 """
 
-from __future__ import annotations
-
 import ipaddress
 import re
 import shutil

@@ -8,8 +8,6 @@ command naming a program of the image (or chroot) is refused, and arguments nami
 paths in the root are resolved inside it (DESIGN rule 8).
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import subprocess
@@ -189,7 +187,7 @@ class Runner:
         *,
         why: str,
         timeout: float | None = None,
-    ) -> Started:
+    ) -> "Started":
         """Start a command that changes the machine and return at once; `wait()` on the
         result gives its Result (raising CommandFailed as `change` does). In plan mode it
         is recorded and not run. For work that overlaps the agent's own (key generation)."""
@@ -221,7 +219,7 @@ class Runner:
         stdin: str | None,
         env: Mapping[str, str] | None,
         cwd: str | None,
-    ) -> Started:
+    ) -> "Started":
         full = self._argv(argv)
         child_env = {"PATH": os.environ.get("PATH", _PATH) + ":" + _PATH, "LC_ALL": "C"}
         if env:

@@ -19,8 +19,6 @@ How a task is written (see tasks/disk.py, tasks/user.py):
   other areas (disk, network, kernel) report their failure in the run report and logs.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 

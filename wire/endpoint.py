@@ -12,8 +12,6 @@ by default it is sent only when the Root is the running system's `/`, so a test
 (always a temporary Root) can never broadcast.
 """
 
-from __future__ import annotations
-
 import ipaddress
 import logging
 import os
@@ -69,7 +67,7 @@ def discover_endpoint(
     use_cache: bool = True,
     dhcp_sender: DhcpSender | None = None,
     interface: str | None = None,
-    now: datetime.datetime | None = None,
+    now: "datetime.datetime | None" = None,
 ) -> Endpoint:
     """The WireServer endpoint, from the first source that knows it.
 
@@ -184,7 +182,7 @@ def _leases(root: Root) -> Iterator[tuple[str, Path]]:
             yield kind, path
 
 
-def endpoint_from_leases(root: Root, now: datetime.datetime) -> Endpoint | None:
+def endpoint_from_leases(root: Root, now: "datetime.datetime") -> Endpoint | None:
     """Option 245 from the DHCP clients' lease files, by client, newest file first."""
     from wire import dhcp
 

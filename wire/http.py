@@ -7,8 +7,6 @@ endpoints must never be reached through a proxy). HTTPS URLs use the standard li
 `HttpProxy.Host/Port`.
 """
 
-from __future__ import annotations
-
 import logging
 import time
 import urllib.parse

@@ -8,8 +8,6 @@ chunked transfer-coding, Content-Length, or the end of the connection, never mor
 the caller's cap. HTTPS (artifact downloads) stays with `http.client`.
 """
 
-from __future__ import annotations
-
 import socket
 from collections.abc import Mapping
 from typing import NamedTuple

@@ -4,8 +4,6 @@ The client talks only to the endpoint it was given: sub-document URLs in the goa
 state carry the platform's own address and are rebased onto that endpoint.
 """
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
@@ -45,11 +43,11 @@ class AgentIdentity(NamedTuple):
 class GoalStateDocuments(NamedTuple):
     """A goal state and the sub-documents it points to (None when it points to none)."""
 
-    goal_state: GoalState
-    hosting_environment: HostingEnvironmentConfig | None
-    shared_config: SharedConfig | None
-    extensions_config: ExtensionsConfig | None
-    certificates: CertificateFile | None
+    goal_state: "GoalState"
+    hosting_environment: "HostingEnvironmentConfig | None"
+    shared_config: "SharedConfig | None"
+    extensions_config: "ExtensionsConfig | None"
+    certificates: "CertificateFile | None"
 
 
 class WireServerClient:
@@ -83,13 +81,13 @@ class WireServerClient:
 
     # -- version and goal state ------------------------------------------------------------
 
-    def versions(self) -> Versions:
+    def versions(self) -> "Versions":
         """`GET /?comp=versions`."""
         from wire.documents import parse_versions
 
         return parse_versions(self._get(f"{self.base}/?comp=versions").body)
 
-    def check_protocol_version(self) -> Versions:
+    def check_protocol_version(self) -> "Versions":
         """Negotiate: the server must support 2012-11-30, or nothing else can work."""
         found = self.versions()
         if not found.accepts(WIRE_PROTOCOL_VERSION):
@@ -104,7 +102,7 @@ class WireServerClient:
         url = f"{self.base}/machine/?comp=goalstate"
         return self.http.request("GET", url, headers=self.headers()).body
 
-    def goal_state(self, fetched: bytes | None = None) -> GoalState:
+    def goal_state(self, fetched: bytes | None = None) -> "GoalState":
         """The current goal state, retried while the platform has not placed the role.
 
         `fetched`: the document `goal_state_document` returned, parsed as the first try.
@@ -135,28 +133,28 @@ class WireServerClient:
         """GET a URL named in the goal state, rebased onto our endpoint."""
         return self._get(rebase_url(url, self.base), extra).body
 
-    def hosting_environment(self, state: GoalState) -> HostingEnvironmentConfig | None:
+    def hosting_environment(self, state: "GoalState") -> "HostingEnvironmentConfig | None":
         """HostingEnvironmentConfig of this goal state (None when it names none)."""
         from wire.subdocuments import parse_hosting_environment
 
         url = state.hosting_environment_url
         return parse_hosting_environment(self.fetch_document(url)) if url else None
 
-    def shared_config(self, state: GoalState) -> SharedConfig | None:
+    def shared_config(self, state: "GoalState") -> "SharedConfig | None":
         """SharedConfig of this goal state (None when it names none)."""
         from wire.subdocuments import parse_shared_config
 
         url = state.shared_config_url
         return parse_shared_config(self.fetch_document(url)) if url else None
 
-    def extensions_config(self, state: GoalState) -> ExtensionsConfig | None:
+    def extensions_config(self, state: "GoalState") -> "ExtensionsConfig | None":
         """ExtensionsConfig of this goal state (None when it names none)."""
         from wire.extensions_config import parse_extensions_config
 
         url = state.extensions_config_url
         return parse_extensions_config(self.fetch_document(url)) if url else None
 
-    def certificates(self, state: GoalState, pair: TransportPair) -> CertificateFile | None:
+    def certificates(self, state: "GoalState", pair: "TransportPair") -> "CertificateFile | None":
         """The encrypted Certificates document (decrypt with `wire.certs.install_certificates`).
 
         Asks for AES-128-CBC first, then 3DES when the server refuses that cipher.
@@ -181,7 +179,7 @@ class WireServerClient:
         assert last is not None
         raise last
 
-    def goal_state_documents(self, pair: TransportPair | None = None) -> GoalStateDocuments:
+    def goal_state_documents(self, pair: "TransportPair | None" = None) -> GoalStateDocuments:
         """The goal state and its sub-documents; on HTTP 410 (stale), refresh once and retry.
 
         Certificates are fetched only when `pair` is given.
@@ -205,7 +203,7 @@ class WireServerClient:
 
     # -- reports ---------------------------------------------------------------------------
 
-    def report_health(self, state: GoalState, report: HealthReport, *,
+    def report_health(self, state: "GoalState", report: "HealthReport", *,
                       retry: RetryPolicy | None = None) -> None:
         """POST the VM's health (Ready, NotReady/Provisioning, NotReady/ProvisioningFailed).
 
@@ -220,7 +218,7 @@ class WireServerClient:
         log.info("reported health %s%s (incarnation %s)", report.state,
                  f"/{report.substatus}" if report.substatus else "", state.incarnation)
 
-    def report_role_properties(self, state: GoalState, properties: Mapping[str, str]) -> None:
+    def report_role_properties(self, state: "GoalState", properties: Mapping[str, str]) -> None:
         """POST role properties, e.g. {"CertificateThumbprint": <SSH host key thumbprint>}."""
         from wire.reports import role_properties_xml
 
@@ -242,7 +240,7 @@ class WireServerClient:
                           headers=self.headers(_XML))
 
 
-def _role_instance(state: GoalState) -> str:
+def _role_instance(state: "GoalState") -> str:
     if state.role_instance_id is None:
         raise WireError(f"goal state incarnation {state.incarnation} has no RoleInstance: "
                         "nothing to report for yet")
