@@ -139,14 +139,24 @@ def _vm_settings_settings(entry: Mapping[str, Any], name: str, state: PluginStat
     if not multi and len(listed) > 1:
         raise _Invalid(f"{name}: a single-config extension with {len(listed)} settings")
     levels: dict[str | None, tuple[int, tuple[DependsOnExtension, ...]]] = {}
-    for block in entry.get("dependsOn") or []:
+    depends = entry.get("dependsOn") or []
+    if not isinstance(depends, list):
+        raise _Invalid(f"{name}: 'dependsOn' is not a list")
+    for block in depends:
         if not isinstance(block, dict):
             raise _Invalid(f"{name}: a dependsOn entry is not an object")
         targets = block.get("dependsOnExtension") or block.get("DependsOnExtension") or []
-        levels[block.get("name") if multi else None] = (
-            int(block.get("dependencyLevel") or 0),
-            tuple(DependsOnExtension(str(t.get("handler")), t.get("extension"))
-                  for t in targets if isinstance(t, dict)))
+        key = block.get("name") if multi else None
+        if not isinstance(targets, list) or not isinstance(key, str | None):
+            raise _Invalid(f"{name}: a dependsOn entry's name or dependsOnExtension is not "
+                           "a string and a list")
+        try:
+            level = int(block.get("dependencyLevel") or 0)
+        except (TypeError, ValueError, OverflowError):
+            raise _Invalid(f"{name}: dependencyLevel={block.get('dependencyLevel')!r} is not "
+                           "a number") from None
+        levels[key] = (level, tuple(DependsOnExtension(str(t.get("handler")), t.get("extension"))
+                                    for t in targets if isinstance(t, dict)))
     result = []
     for item in listed:
         if not isinstance(item, dict):
