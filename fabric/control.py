@@ -43,7 +43,8 @@ _EXTENSION_FIELDS = ("version", "state", "seq_no", "public_settings", "protected
                      "dependency_level", "depends_on", "multi_config", "package", "certificate")
 _AGENT_FAMILY_FIELDS = ("name", "versions", "version", "is_version_from_rsm",
                         "is_vm_enabled_for_rsm_upgrades")
-_FAULT_FIELDS = ("status", "count", "skip", "delay", "drop", "bump_incarnation", "body")
+_FAULT_FIELDS = ("status", "count", "skip", "delay", "drop", "bump_incarnation", "body",
+                 "retry_after", "truncate", "stale")
 
 
 def _extension_fields(args: dict[str, Any]) -> dict[str, Any]:

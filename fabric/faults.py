@@ -21,6 +21,7 @@ class Faults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._armed: list[_Armed] = []
+        self._fired: list[Fault] = []
 
     def add(self, fault: Fault) -> Fault:
         """Arm a fault (route must be one of scenario.ROUTES)."""
@@ -40,6 +41,7 @@ class Faults:
                     armed.skipped += 1
                     continue
                 armed.fired += 1
+                self._fired.append(armed.fault)
                 if armed.fault.count and armed.fired >= armed.fault.count:
                     self._armed.remove(armed)
                 return armed.fault
@@ -49,6 +51,11 @@ class Faults:
         """Disarm every fault."""
         with self._lock:
             self._armed.clear()
+
+    def fired(self) -> list[Fault]:
+        """Every firing so far, in order (a fault with count=2 appears twice)."""
+        with self._lock:
+            return list(self._fired)
 
     def pending(self) -> list[Fault]:
         """Faults still armed."""

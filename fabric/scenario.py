@@ -141,6 +141,9 @@ class Fault:
     drop: bool = False  # close the connection without an answer
     bump_incarnation: bool = False  # a new goal state appears before this call is answered
     body: str | None = None
+    retry_after: int | None = None  # with `status`: a Retry-After header (seconds)
+    truncate: bool = False  # the real answer, cut in half: the connection closes mid-body
+    stale: bool = False  # goalstate: the previous incarnation's document (the number goes back)
 
 
 @dataclass

@@ -94,6 +94,7 @@ class Response:
     body: bytes = b""
     content_type: str = XML
     headers: dict[str, str] = field(default_factory=dict)
+    truncated: bool = False  # send half the body, then close (Content-Length says all of it)
 
 
 def _text(status: int, text: str, content_type: str = XML) -> Response:
@@ -187,7 +188,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(response.body)
+            self.wfile.write(response.body[:len(response.body) // 2] if response.truncated
+                             else response.body)
+        if response.truncated:
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
@@ -238,6 +242,7 @@ class Fabric:
         self._extensions: dict[tuple[str, str], Extension] = {}
         self._agents: dict[str, Path] = {}  # agent version -> its zip, every one ever offered
         self._goal_state: GoalState | None = None
+        self._previous_goal_state: GoalState | None = None
         self.incarnation = self.scenario.incarnation if self.scenario else 1
         # Counts published extensions goal states (incarnations and FastTrack changes):
         # their creation time, so that the newest always has the latest time.
@@ -471,6 +476,7 @@ class Fabric:
                     change(scenario)
             self.incarnation += 1
             self._generation += 1
+            self._previous_goal_state = self._goal_state
             self._goal_state = self._build_goal_state()
             if self._replay_dir is not None:
                 # A replayed goal state keeps its fixture text; only the number moves.
@@ -489,10 +495,14 @@ class Fabric:
         drop: bool = False,
         bump_incarnation: bool = False,
         body: str | None = None,
+        retry_after: int | None = None,
+        truncate: bool = False,
+        stale: bool = False,
     ) -> Fault:
         """Arm a fault on a route (scenario.ROUTES): the next `count` calls after `skip` fail."""
         return self.faults.add(Fault(route=route, status=status, count=count, skip=skip, delay=delay,
-                                     drop=drop, bump_incarnation=bump_incarnation, body=body))
+                                     drop=drop, bump_incarnation=bump_incarnation, body=body,
+                                     retry_after=retry_after, truncate=truncate, stale=stale))
 
     # --- control: what the platform publishes while the agent runs ------------------------
 
@@ -716,12 +726,19 @@ class Fabric:
             response = None
         elif fault is not None and fault.status is not None:
             response = _text(fault.status, fault.body if fault.body is not None else f"fabric: injected {fault.status}\n")
+            if fault.retry_after is not None:
+                response.headers["Retry-After"] = str(fault.retry_after)
+        elif fault is not None and fault.stale and route == "goalstate" and self._previous_goal_state:
+            # An incarnation going backwards: the platform serves the goal state before the last.
+            response = _text(200, self._previous_goal_state.documents["goalstate"])
         else:
             try:
                 response = self._answer(route, request)
             except Exception as error:  # a bug in the fabric must not look like a dropped connection
                 log.exception("fabric: %s %s failed", request.method, request.raw_path)
                 response = _error(500, f"fabric error: {type(error).__name__}: {error}")
+            if fault is not None and fault.truncate:
+                response.truncated = True
         self.record.add_request(
             request.server, route, request.method, request.raw_path, raw_headers, request.body,
             response.status if response is not None else None,

@@ -77,20 +77,22 @@ def install(ctx: Context) -> None:
             return
         from wire.certs import install_certificates
         from wire.errors import HttpStatusError
+        from wire.wireserver import STALE_REFRESHES
 
         pair = inputs.transport_pair(ctx)
-        try:
-            document = inputs.wireserver(ctx).certificates(state, pair)
-        except HttpStatusError as err:
-            if err.status != 410:
-                raise
-            # 410 Gone: the goal state moved on while we read it; take the new one, once.
+        for attempt in range(1, STALE_REFRESHES + 1):
+            try:
+                document = inputs.wireserver(ctx).certificates(state, pair)
+                break
+            except HttpStatusError as err:
+                if err.status != 410 or attempt == STALE_REFRESHES:
+                    raise
+            # 410 Gone: the goal state moved on while we read it; take the new one.
             from tasks.gather import store_goal_facts
 
             ctx.memo.pop("goal_state", None)
             state = inputs.goal_state(ctx)
             store_goal_facts(ctx, state)
-            document = inputs.wireserver(ctx).certificates(state, pair)
         if document is not None:
             bundle = install_certificates(ctx.fs, ctx.lib_dir, document, pair,
                                           openssl=inputs.openssl(ctx))

@@ -129,6 +129,15 @@ def proxy_url(host: str | None, port: int | None) -> str | None:
     return f"http://{host}:{port or 3128}"
 
 
+def retry_after(response: Response, default: float, policy: RetryPolicy) -> float:
+    """The wait the platform asks for in Retry-After (seconds), else `default`; never more
+    than the policy's longest wait (an HTTP-date or a bad value: `default`)."""
+    value = (response.header("retry-after") or "").strip()
+    if not value.isdigit():
+        return default
+    return float(min(int(value), max(policy.throttle_delay, policy.max_delay)))
+
+
 class HttpClient:
     """Sends requests with timeouts and retries. `sleep` is injectable so tests run fast."""
 
@@ -185,10 +194,10 @@ class HttpClient:
                 last = f"HTTP {status} {response.reason}".rstrip()
                 if status in policy.throttle_statuses:
                     throttled += 1
-                    delay = policy.throttle_delay
+                    delay = retry_after(response, policy.throttle_delay, policy)
                 elif status in policy.retry_statuses:
                     failures += 1
-                    delay = policy.backoff(failures)
+                    delay = retry_after(response, policy.backoff(failures), policy)
                 else:
                     detail = response.text().strip().replace("\n", " ")[:200]
                     raise HttpStatusError(

@@ -25,6 +25,9 @@ WIRE_PROTOCOL_VERSION = "2012-11-30"
 MAX_TELEMETRY_BYTES = 64512
 # Ciphers for the certificates, in order of preference (PLATFORM.md section 2).
 CERTIFICATE_CIPHERS = ("AES128_CBC", "DES_EDE3_CBC")
+# Reads of a goal state that may each go stale (410) before one is read whole: the platform
+# can publish twice in a row during a boot (waagent's update_goal_state tries 3 times too).
+STALE_REFRESHES = 3
 _XML = {"Content-Type": "text/xml;charset=utf-8"}
 
 
@@ -180,11 +183,12 @@ class WireServerClient:
         raise last
 
     def goal_state_documents(self, pair: "TransportPair | None" = None) -> GoalStateDocuments:
-        """The goal state and its sub-documents; on HTTP 410 (stale), refresh once and retry.
+        """The goal state and its sub-documents; on HTTP 410 (stale), refresh and retry
+        (STALE_REFRESHES reads in all: the platform may publish twice in a row).
 
         Certificates are fetched only when `pair` is given.
         """
-        for attempt in (1, 2):
+        for attempt in range(1, STALE_REFRESHES + 1):
             state = self.goal_state()
             try:
                 return GoalStateDocuments(
@@ -195,7 +199,7 @@ class WireServerClient:
                     certificates=self.certificates(state, pair) if pair is not None else None,
                 )
             except HttpStatusError as err:
-                if err.status != 410 or attempt == 2:
+                if err.status != 410 or attempt == STALE_REFRESHES:
                     raise
                 log.info("goal state incarnation %s went stale (HTTP 410): fetching it again",
                          state.incarnation)

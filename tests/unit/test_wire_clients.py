@@ -32,7 +32,7 @@ from wire.http import (
 from wire.imds import ImdsClient, parse_instance_metadata
 from wire.reports import HealthReport
 from wire.transport import TransportPair
-from wire.wireserver import AgentIdentity, WireServerClient
+from wire.wireserver import STALE_REFRESHES, AgentIdentity, WireServerClient
 
 WIRE = FIXTURES / "walinuxagent" / "wire"
 
@@ -403,7 +403,7 @@ def test_persistently_stale_goal_state_fails(server: Callable[[Route], Scripted]
     with pytest.raises(HttpStatusError) as caught:
         client(scripted.url).goal_state_documents()
     assert caught.value.status == 410
-    assert scripted.paths().count("/machine/?comp=goalstate") == 2
+    assert scripted.paths().count("/machine/?comp=goalstate") == STALE_REFRESHES
 
 
 def test_health_reports(server: Callable[[Route], Scripted]) -> None:
