@@ -17,16 +17,15 @@ from typing import Any
 from doit.cmd_base import DoitCmdBase
 from doit.cmd_info import Info as DoitInfo
 from doit.cmd_run import Run as DoitRun
-from doit.plugin import PluginDict
 
-from graph import loader
+from graph import doit_private, loader
 from graph.context import Context
+from graph.doit_private import AgentStateDB
 from graph.lock import LOCK_FILE
-from graph.statedb import AgentStateDB
 
 # Every command opens doit's state through the agent's backend (it creates no DB file to
 # look at one); pyproject.toml says the same for plain `doit`.
-PLUGINS = {"BACKEND": {"sqlite3": "graph.statedb:AgentStateDB"}}
+PLUGINS = {"BACKEND": {"sqlite3": "graph.doit_private:AgentStateDB"}}
 # Exit status of a command naming a task the graph does not hold (doit's for a bad command).
 NOT_IN_GRAPH = 3
 
@@ -48,20 +47,13 @@ def _stop_after_running_task(previous: Any) -> Any:
     return on_sigterm
 
 
-def disable_entry_point_plugins() -> None:
-    """doit lets any installed package's entry points replace its commands, reporters and
-    backends, ahead of our own; an agent running as root must not. (It also spares every
-    boot a scan of the installed packages' metadata.)"""
-    PluginDict._from_entry_points = lambda self, category: {}
-
-
 class Run(DoitRun):
     """Run tasks (the default command) under the agent's lock."""
 
     def __init__(self, **kwargs: Any) -> None:
         # Plain `doit` from a checkout has scanned for commands before loading this one;
         # the reporters and backends it looks up next are the agent's own.
-        disable_entry_point_plugins()
+        doit_private.disable_entry_point_plugins()
         super().__init__(**kwargs)
 
     def get_backends(self) -> Any:
@@ -86,6 +78,8 @@ class Run(DoitRun):
         finally:
             del task_loader.load_tasks
 
+    # doit passes options by the names in _execute's signature: show it doit's own.
+    @doit_private.takes_options_of(DoitRun._execute)
     def _execute(self, **params: Any) -> Any:
         ctx = loader.CURRENT
         lock_fd = None
@@ -106,10 +100,6 @@ class Run(DoitRun):
             signal.signal(signal.SIGTERM, previous)
             if lock_fd is not None:
                 os.close(lock_fd)
-
-
-    # doit passes options by the names in _execute's signature: show it doit's own.
-    _execute.__wrapped__ = DoitRun._execute  # type: ignore[attr-defined]
 
     def _deprovision_only(self) -> bool:
         """True for a run of deprovision tasks only: it empties the agent's state, and a

@@ -16,7 +16,6 @@ from typing import Any
 
 from conf import ConfigError
 from graph.context import Context, make_context
-from graph.reporter import WaagentReporter
 from system.redact import RedactingFilter
 from tasks import AREAS, GROUPS, Area, Group
 
@@ -77,7 +76,10 @@ def doit_config(ctx: Context) -> dict[str, Any]:
 
     Nothing is created here: every command loads this, and most only look (list, info,
     graph). A run makes Lib.Dir (graph.commands.Run); the state DB is created by its
-    first write (graph.statedb)."""
+    first write (graph.doit_private.AgentStateDB)."""
+    # Imported here: the reporter imports doit, and `start_early_work` runs before doit loads.
+    from graph.reporter import WaagentReporter
+
     return {
         "backend": "sqlite3",
         "dep_file": str(state_db_path(ctx)),
@@ -158,57 +160,12 @@ def _group_creator(group: Group) -> Callable[[], dict[str, Any]]:
     return create
 
 
-def _task_creators(namespace: dict[str, Any], command_names: Any) -> list[Any]:
-    """doit's creator discovery without tokenizing sources (inspect.getsourcelines reads
-    and tokenizes each creator's module on every boot): the definition line comes from the
-    code object."""
-    from doit.exceptions import InvalidDodoFile
-    from doit.loader import TASK_STRING, task_params
-
-    found = []
-    for name, ref in namespace.items():
-        if ref is task_params:
-            continue
-        if name.startswith(TASK_STRING) and callable(ref) and hasattr(ref, "__code__"):
-            task_name = name[len(TASK_STRING):]
-        elif hasattr(ref, "create_doit_tasks"):
-            ref = ref.create_doit_tasks
-            task_name = getattr(ref, "basename", name)
-        else:
-            continue
-        if task_name in command_names:
-            raise InvalidDodoFile(f"Task can't be called '{task_name}' because this is a "
-                                  "command name. Please choose another name.")
-        code = getattr(ref, "__code__", None) or ref.__func__.__code__
-        found.append((task_name, ref, code.co_firstlineno))
-    return found
-
-
-def _wild_tasks(self: Any, pattern: str) -> list[str]:
-    """doit's wildcard expansion without a regex per task, or per pattern for the groups'
-    `AREA:*` and `AREA:TASK*`."""
-    prefix = pattern[:-1]
-    if pattern.endswith("*") and not any(char in prefix for char in "*?["):
-        return [name for name in self._def_order if name.startswith(prefix)]
-    import fnmatch
-
-    return fnmatch.filter(self._def_order, pattern)
-
-
-def install_fast_loader() -> None:
-    """Use `_task_creators` in doit's loader and `_wild_tasks` in its task control (doit is
-    pinned to 0.37.x in pyproject)."""
-    import doit.control
-    import doit.loader
-
-    doit.loader._get_task_creators = _task_creators
-    doit.control.TaskControl._get_wild_tasks = _wild_tasks
-
-
 def dodo_namespace(variables: dict[str, str] | None = None) -> dict[str, Any]:
     """The names doit loads: DOIT_CONFIG and task_<area>/task_<group> creators."""
     global CURRENT, EARLY
-    install_fast_loader()
+    from graph.doit_private import install_task_creators
+
+    install_task_creators()
     wanted = variables if variables is not None else command_line_vars()
     try:
         ctx = EARLY if EARLY is not None and EARLY.vars == wanted and not PLAN_MODE \

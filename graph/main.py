@@ -1,10 +1,10 @@
 """The agent's doit application: our loader, our commands, no stray doit.cfg."""
 
-from __future__ import annotations  # noqa: I001 - graph.lean_doit must precede doit
+from __future__ import annotations  # noqa: I001 - graph.doit_private must precede doit
 
 from typing import Any
 
-from graph import lean_doit  # noqa: F401 - first: doit without importlib.metadata
+from graph import doit_private  # first: doit without importlib.metadata, version checked
 from doit.cmd_base import NamespaceTaskLoader
 from doit.cmd_clean import Clean
 from doit.cmd_forget import Forget
@@ -33,7 +33,7 @@ class WaagentDoitMain(DoitMain):
                  commands.ResetDep, commands.Strace)
 
     def __init__(self) -> None:
-        commands.disable_entry_point_plugins()
+        doit_private.disable_entry_point_plugins()
         super().__init__(task_loader=WaagentLoader(), config_filenames=(),
                          extra_config=commands.PLUGINS)
 

@@ -26,6 +26,7 @@ from doit.dependency import Dependency, DependencyStatus
 from doit.exceptions import DependencyError, UnmetDependency
 
 from graph import loader
+from graph.doit_private import make_dep_manager, ran_before
 from graph.uptodate import Check, Inputs, Probe, describe
 from system.runner import PlannedChange
 
@@ -108,8 +109,7 @@ def task_status(dep_manager: Dependency, task: Any, tasks: dict[str, Any],
     fails now may well pass once they have (it reads what they store), so the task is
     counted as running after them rather than failing.
     """
-    # doit saves "deps:" for every task it ran (its `_in` is also true for cached lookups).
-    never_run = dep_manager._get(task.name, "deps:") is None
+    never_run = not ran_before(dep_manager, task.name)
     first = [NEVER_RUN] if never_run else []
     try:
         # doit's own check, also when `dep_manager` is a PlanDependency (no recursion).
@@ -300,7 +300,7 @@ class PlanReporter:
                 if stopped_short:
                     self.deps.planned.add(task.name)
                 return  # its tasks are listed already
-            reasons = reasons or ([NEVER_RUN] if self.deps._get(task.name, "deps:") is None
+            reasons = reasons or ([NEVER_RUN] if not ran_before(self.deps, task.name)
                                   else [])
             if stopped_short:
                 # They run for real; only their plan stopped short: this task's turn comes.
@@ -390,9 +390,6 @@ class ScratchStateCommand:
     # doit's DoitCmdBase provides these.
     dep_manager: Any
     loader: Any
-    _backends: Any
-    get_checker_cls: Any
-    get_codec_cls: Any
 
     def execute_on_scratch_state(self, run: Any, params: Any, args: Any) -> Any:
         with tempfile.TemporaryDirectory(prefix="waagent-plan-") as scratch_dir, plan_mode():
@@ -403,10 +400,7 @@ class ScratchStateCommand:
                 params.update_defaults(config)
                 scratch = copy_state_db(Path(params["dep_file"]), Path(scratch_dir))
                 params["dep_file"] = str(scratch)
-                self.dep_manager = self.dep_class(
-                    self._backends.get(params["backend"]), str(scratch),
-                    checker_cls=self.get_checker_cls(params["check_file_uptodate"]),
-                    codec_cls=self.get_codec_cls(params["codec_cls"]))
+                self.dep_manager = make_dep_manager(self, self.dep_class, params, str(scratch))
                 return config
 
             self.loader.load_doit_config = load_config_on_scratch_state

@@ -10,6 +10,7 @@ import time
 from typing import Any, TextIO
 
 from graph import loader
+from graph.doit_private import changed_file_deps, declared_actions
 from graph.uptodate import Check, describe
 
 KEEP_RUNS = 50
@@ -40,7 +41,7 @@ def run_reasons(task: Any) -> list[str]:
     """Why doit decided to run a task, from our checks (or doit's own dependencies)."""
     reasons = [describe(utd) for utd, _a, _k in task.uptodate
                if isinstance(utd, Check) and utd.reason]
-    changed = getattr(task, "dep_changed", None)
+    changed = changed_file_deps(task)
     if changed:
         reasons.append("file changed: " + ", ".join(sorted(changed)))
     if not reasons:
@@ -83,9 +84,7 @@ class WaagentReporter:
 
     @staticmethod
     def _is_group(task: Any) -> bool:
-        # The task's action list as given: doit's `actions` property would build an action
-        # object (bound back to its task) for every task of a boot, run or not.
-        return not task._actions
+        return not declared_actions(task)
 
     # -- doit's reporter interface
     def initialize(self, tasks: Any, selected_tasks: Any) -> None:

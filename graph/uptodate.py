@@ -9,10 +9,11 @@ Each check records a human reason that `plan` and `-verbose` show.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from graph.doit_private import UptodateCallable, save_values
 
 SECRET_MARK = "secret:"
 
@@ -29,18 +30,13 @@ def mask(value: Any) -> Any:
     return value
 
 
-class Check:
+class Check(UptodateCallable):
     """Base of our uptodate callables: `reason` holds why the last check said 'run'."""
 
     name: str = ""
     reason: str = ""
     # Why the last check said "up to date", when that needs saying (plans show it).
     kept: str = ""
-    # doit reads each uptodate callable's signature at every check to pass `task` and
-    # `values`; computed from __call__, it would be worked out again at every check.
-    __signature__ = inspect.Signature([
-        inspect.Parameter("task", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter("values", inspect.Parameter.POSITIONAL_OR_KEYWORD)])
 
     def __call__(self, task: Any, values: Mapping[str, Any]) -> bool:  # pragma: no cover
         raise NotImplementedError
@@ -69,7 +65,7 @@ class Inputs(Check):
             current = mask(dict(self.compute()))
         except Exception as err:  # noqa: BLE001 - see _cannot_check
             return self._cannot_check(err)
-        task.value_savers.append(lambda: {self.key: current})
+        save_values(task, {self.key: current})
         previous = values.get(self.key)
         if previous is None:
             self.reason = "never run"

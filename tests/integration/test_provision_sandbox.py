@@ -157,7 +157,7 @@ def test_a_no_op_boot_imports_none_of_the_heavy_modules_and_syncs_nothing(
     assert result.returncode == 0, result.stderr
     assert harness.ran() == {"gather:goalstate"}
     check_watched_boot(result.stdout)
-    # Nothing changed: the state database is not rewritten (graph/statedb.py).
+    # Nothing changed: the state database is not rewritten (graph/doit_private.py's AgentStateDB).
     assert (state_db.stat().st_mtime_ns, state_db.read_bytes()) == before
 
 

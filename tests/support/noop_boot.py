@@ -7,7 +7,7 @@ light in the sandbox (tests/integration) and in the VM (tests/e2e).
 from __future__ import annotations
 
 # Modules a no-op boot must not import: the heavy libraries, what doit loads for features
-# the agent turns off (graph/lean_doit.py), what only changed or failed work needs, what a
+# the agent turns off (graph/doit_private.py), what only changed or failed work needs, what a
 # cached answer spares (the DHCP code for the WireServer endpoint, the XML parser for a
 # goal state document already handled). Not a list of every module a boot happens to skip:
 # a standard-library module that costs a few milliseconds belongs here only if it is one

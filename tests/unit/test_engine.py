@@ -249,15 +249,21 @@ def task_slow():
 
 @pytest.mark.parametrize("pattern", ["ssh:*", "ssh:host*", "ssh*", "*", "user:account",
                                      "s?h:*", "[su]*:*", "*:report", "nothing:*"])
-def test_wildcards_match_as_fnmatch_does(pattern: str) -> None:
+def test_group_wildcards_expand_in_definition_order(pattern: str) -> None:
+    """doit expands a group's `AREA:*` and `AREA:TASK*` dependencies, in the order the
+    tasks were defined (the groups rely on it), and matches as fnmatchcase does."""
     import fnmatch
 
-    from graph.loader import _wild_tasks
+    from doit.control import TaskControl
+    from doit.task import Task
 
     names = ["gather:vm", "ssh:hostkeys", "ssh:config", "sshd:x", "user:account", "ssh",
              "report:ready", "s*h:odd"]
-    control = SimpleNamespace(_def_order=names)
-    assert _wild_tasks(control, pattern) == [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    group = Task("group", None, task_dep=[pattern])
+    control = TaskControl([*(Task(name, None) for name in names), group])
+    expected = [n for n in [*names, "group"] if fnmatch.fnmatchcase(n, pattern)]
+    assert control.tasks["group"].task_dep == (expected if "*" in pattern or "?" in pattern
+                                               or "[" in pattern else [pattern])
 
 
 def test_run_never_takes_reporters_or_backends_from_installed_packages(

@@ -1,4 +1,4 @@
-"""graph.lean_doit: doit loads without importlib.metadata and multiprocessing, and nothing
+"""graph.doit_private: doit loads without importlib.metadata and multiprocessing, and nothing
 else notices."""
 
 from __future__ import annotations

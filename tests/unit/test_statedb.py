@@ -1,4 +1,4 @@
-"""The state backend writes only rows whose content changed (graph/statedb.py)."""
+"""The state backend writes only rows whose content changed (graph/doit_private.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from doit.dependency import JSONCodec, SqliteDB
 
-from graph.statedb import AgentStateDB
+from graph.doit_private import AgentStateDB
 
 
 def _open(path: Path) -> AgentStateDB:
