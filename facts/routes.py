@@ -180,7 +180,7 @@ def parse_route_table(text: str) -> list[tuple[str, ipaddress.IPv4Network, int]]
             mask = ipaddress.IPv4Address(int(fields[7], 16).to_bytes(4, "little"))
             network = ipaddress.IPv4Network(f"{destination}/{mask}", strict=False)
             flags = int(fields[3], 16)
-        except ValueError:
+        except (ValueError, OverflowError):  # not hex, or not 32 bits
             continue
         routes.append((fields[0], network, flags))
     return routes

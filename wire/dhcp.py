@@ -136,6 +136,9 @@ def option_bytes(value: str) -> bytes:
                     out.append(int(octal.group(0), 8) & 0xFF)
                     i += 1 + len(octal.group(0))
                     continue
+                if ord(body[i + 1]) > 0xFF:
+                    raise WireError(f"dhclient option value {value!r} escapes a character "
+                                    "that is not a byte")
                 out.append(ord(body[i + 1]))
                 i += 2
                 continue
@@ -159,8 +162,11 @@ def _lease_expiry(block: str) -> datetime.datetime | None:
         return None
     if value.startswith("epoch"):
         seconds = value.split()[1] if len(value.split()) > 1 else ""
-        if seconds.isdigit():
-            return datetime.datetime.fromtimestamp(int(seconds), datetime.UTC)
+        if seconds.isascii() and seconds.isdigit():
+            try:
+                return datetime.datetime.fromtimestamp(int(seconds), datetime.UTC)
+            except (OverflowError, OSError, ValueError):
+                pass  # past what a time_t or a datetime holds
         raise WireError(f"dhclient lease: unreadable expire {value!r}")
     parts = value.split()
     try:  # "<weekday> YYYY/MM/DD HH:MM:SS", in UTC
