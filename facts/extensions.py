@@ -118,7 +118,7 @@ def parse_handler_manifest(text: str, *, source: str) -> HandlerManifest:
         raise bad(f"it is {len(text)} characters long, over the {MAX_MANIFEST_BYTES} limit")
     try:
         data = json.loads(_strip_bom(text))
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deep
         raise bad(f"not valid JSON ({err})") from None
     if not isinstance(data, list) or not data:
         raise bad("expected a JSON list holding one object, found "
@@ -278,7 +278,7 @@ def parse_status(text: str, *, handler: str) -> ExtensionStatusFile:
     caps applied; a malformed document gives an error status naming the problem."""
     try:
         data = json.loads(_strip_bom(text))
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deep
         message = (f"The status reported by the extension {handler} was in an incorrect "
                    f"format and the agent could not parse it correctly. Failed due to {err}")
         return _error_status(message, CODE_STATUS_INVALID, problem=f"not valid JSON: {err}")
@@ -437,7 +437,7 @@ def heartbeat(path: Path, now: float) -> Heartbeat:
         message = beat.get("formattedMessage", beat.get("message"))
         if isinstance(message, dict):
             message = message.get("message")
-    except (ValueError, KeyError, IndexError, TypeError, _Malformed) as err:
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError, _Malformed) as err:
         raise ExtensionError(f"Malformed heartbeat file {path}: {err}; expected "
                              '[{"version": ..., "heartbeat": {"status", "code", '
                              '"formattedMessage"}}]', source=str(path)) from None

@@ -7,6 +7,7 @@ the defects found and fixed.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,65 @@ def test_vm_settings_depends_on_of_another_type(entry: dict[str, object]) -> Non
     assert first.invalid_reason is not None and "dependsOn" in first.invalid_reason \
         or "dependencyLevel" in (first.invalid_reason or "")
     assert second.invalid_reason is None
+
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+@regression("HandlerManifest.json")
+def test_handler_manifest_nested_too_deep() -> None:
+    """json.loads raised RecursionError (not a ValueError) on deep nesting."""
+    from facts.extensions import ExtensionError, parse_handler_manifest
+
+    with pytest.raises(ExtensionError, match="not valid JSON"):
+        parse_handler_manifest("[" * 100_000, source="HandlerManifest.json")
+
+
+@regression("extension status")
+def test_status_and_heartbeat_nested_too_deep(tmp_path: Path) -> None:
+    """The same RecursionError in status files (which must become an error status) and
+    heartbeat files."""
+    from facts.extensions import ExtensionError, heartbeat, parse_status
+
+    status = parse_status(DEEP_JSON, handler="Ext.A-1.0")
+    assert status.status == "error" and status.code == 1012
+    beat = tmp_path / "heartbeat.log"
+    beat.write_text(DEEP_JSON)
+    with pytest.raises(ExtensionError, match="Malformed heartbeat"):
+        heartbeat(beat, time.time())
+
+
+GOOD_LEASE = "lease {\n  option unknown-245 a8:3f:81:10;\n  expire epoch 4102444800;\n}\n"
+
+
+@pytest.mark.parametrize("block", [
+    "  option unknown-245 a8:3f:81:11;\n  expire epoch 99999999999999999999;",  # OverflowError
+    "  option unknown-245 a8:3f:81:11;\n  expire epoch ²;",  # ValueError: int('²')
+    '  option unknown-245 "\\\u0101";',  # ValueError: byte must be in range(0, 256)
+])
+@regression("DHCP lease files")
+def test_dhclient_lease_unreadable_values_skip_that_lease(block: str) -> None:
+    """An expiry past what time_t holds, a non-ASCII digit, or an escaped character above
+    255 raised from endpoint_from_dhclient_leases; that lease is now skipped, the others
+    still count."""
+    import datetime
+
+    from wire.dhcp import endpoint_from_dhclient_leases
+
+    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    text = GOOD_LEASE + "lease {\n" + block + "\n}\n"
+    assert endpoint_from_dhclient_leases(text, now) == "168.63.129.16"
+
+
+@regression("DHCP lease files")
+def test_route_table_fields_wider_than_32_bits() -> None:
+    """A destination or mask of more than 32 bits (or negative) raised OverflowError from
+    parse_route_table; the line is skipped as other unreadable lines are."""
+    from facts.routes import parse_route_table
+
+    head = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
+    good = "eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0"
+    for bad in ("eth0\t-1\t0\t0001\t0\t0\t0\t00000000\t0\t0\t0",
+                "eth0\t00000000\t0\t0001\t0\t0\t0\tFFFFFFFFFF\t0\t0\t0"):
+        routes = parse_route_table(head + bad + "\n" + good)
+        assert [str(network) for _, network, _ in routes] == ["0.0.0.0/0"]
