@@ -17,7 +17,7 @@ from typing import Any
 from conf import ConfigError
 from graph.context import Context, make_context
 from system.redact import RedactingFilter
-from tasks import AREAS, GROUPS, Area, Group
+from tasks import AREAS, GROUPS, Area, Group, TaskDict
 
 # Variables given as NAME=VALUE on the doit/waagent command line.
 KNOWN_VARS = ("root", "conf", "chroot", "media", "wireserver", "hostplugin", "imds",
@@ -119,10 +119,9 @@ def configure_logging(ctx: Context) -> None:
         logger.addHandler(file_handler)
 
 
-def _area_creator(area: Area, ctx: Context) -> Callable[[], Iterator[dict[str, Any]]]:
-    def create() -> Iterator[dict[str, Any]]:
-        module = importlib.import_module(area.module)
-        for task in getattr(module, area.function)(ctx):
+def _area_creator(area: Area, ctx: Context) -> Callable[[], Iterator[TaskDict]]:
+    def create() -> Iterator[TaskDict]:
+        for task in _generator(area)(ctx):
             task.setdefault("verbosity", 2 if ctx.var("verbose") else 1)
             yield task
 
@@ -131,7 +130,7 @@ def _area_creator(area: Area, ctx: Context) -> Callable[[], Iterator[dict[str, A
         if not _in_graph(area.after, ctx):
             # What it waits for is not in this configuration's graph (when System Center
             # VMM provisions, nothing is gathered): so neither is the area.
-            def create_nothing() -> Iterator[dict[str, Any]]:
+            def create_nothing() -> Iterator[TaskDict]:
                 yield from ()
 
             create_nothing.__doc__ = area.doc
@@ -139,8 +138,16 @@ def _area_creator(area: Area, ctx: Context) -> Callable[[], Iterator[dict[str, A
         # doit creates the area's tasks once `area.after` ran, in the same run.
         from doit import create_after
 
-        return create_after(executed=area.after)(create)  # type: ignore[no-any-return]
+        delayed: Callable[[], Iterator[TaskDict]] = create_after(executed=area.after)(create)
+        return delayed
     return create
+
+
+def _generator(area: Area) -> Callable[[Context], Iterator[TaskDict]]:
+    """The area's task generator (importing its module)."""
+    generate: Callable[[Context], Iterator[TaskDict]] = getattr(
+        importlib.import_module(area.module), area.function)
+    return generate
 
 
 def _in_graph(task_name: str, ctx: Context) -> bool:
@@ -148,12 +155,11 @@ def _in_graph(task_name: str, ctx: Context) -> bool:
     the configuration and a few files: cheap)."""
     area_name, _, name = task_name.partition(":")
     area = next(a for a in AREAS if a.name == area_name)
-    generate = getattr(importlib.import_module(area.module), area.function)
-    return any(task["name"] == name for task in generate(ctx))
+    return any(task.get("name") == name for task in _generator(area)(ctx))
 
 
-def _group_creator(group: Group) -> Callable[[], dict[str, Any]]:
-    def create() -> dict[str, Any]:
+def _group_creator(group: Group) -> Callable[[], TaskDict]:
+    def create() -> TaskDict:
         return {"actions": None, "task_dep": group.task_dep, "doc": group.doc}
 
     create.__doc__ = group.doc

@@ -19,7 +19,42 @@ How a task is written (see tasks/disk.py, tasks/user.py):
   other areas (disk, network, kernel) report their failure in the run report and logs.
 """
 
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, TypedDict
+
+# A task action as doit takes it: a function, or (function,), (function, args) or
+# (function, args, kwargs); doit reads what the function returns (None: success).
+Action = (Callable[..., object] | tuple[Callable[..., object]]
+          | tuple[Callable[..., object], Sequence[Any]]
+          | tuple[Callable[..., object], Sequence[Any], Mapping[str, Any]])
+# An up-to-date check: a callable (graph.uptodate's Inputs, Probe...) or a fixed answer.
+Uptodate = Callable[..., object] | bool | None
+
+
+class TaskDict(TypedDict, total=False):
+    """A task as a generator yields it, in the keys doit reads (those the agent uses)."""
+
+    name: str  # without the area prefix: doit names the task `AREA:name`
+    doc: str  # one line: `waagent list` shows it
+    actions: Sequence[Action] | None  # None: a group, only its dependencies run
+    task_dep: Sequence[str]  # run first (order only, no invalidation: DESIGN)
+    setup: Sequence[str]  # run first, only when this task runs
+    teardown: Sequence[Action]  # after the whole run, when this task ran
+    uptodate: Sequence[Uptodate]  # all true: the task is up to date
+    file_dep: Sequence[str]  # files whose content change reruns the task
+    targets: Sequence[str]  # files the task makes
+    verbosity: int  # 2 prints the actions' output
+
+
+def call_action(action: Action) -> object:
+    """Run one action as doit would (its function with its args and kwargs)."""
+    if not isinstance(action, tuple):
+        return action()
+    if len(action) == 1:
+        return action[0]()
+    if len(action) == 2:
+        return action[0](*action[1])
+    return action[0](*action[1], **action[2])
 
 
 class Area(NamedTuple):

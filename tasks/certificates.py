@@ -17,12 +17,12 @@ from typing import Any
 from facts import store
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
-from tasks import inputs
+from tasks import TaskDict, inputs
 
 FACTS = "certificates"
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     if inputs.mode(ctx) == "scvmm":
         return  # System Center VMM provisions: there is no goal state
     yield {

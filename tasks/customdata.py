@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 from graph.context import Context
 from system.errors import AgentError, CommandFailed
 from system.redact import register_secret
-from tasks import inputs
+from tasks import TaskDict, inputs
 from tasks.once import once
 
 log = logging.getLogger("waagent.customdata")
@@ -26,7 +25,7 @@ class CustomDataError(AgentError):
     """Custom data cannot be saved or its script failed."""
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """Custom data tasks, only when this agent provisions."""
     if inputs.mode(ctx) != "waagent":
         return

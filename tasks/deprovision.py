@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from facts.users import is_system_user, uid_min, users
 from graph.context import Context
@@ -31,6 +31,7 @@ from graph.uptodate import Probe
 from system import osutil
 from system.errors import AgentError, UnsafeOperation
 from system.fs import MARKER
+from tasks import TaskDict
 
 LOCALHOST = "localhost.localdomain"
 # WALinuxAgent's lock value for root's password field: no hash, no login by password.
@@ -532,7 +533,7 @@ def remove_state_db(ctx: Context) -> None:
         remove_whole(ctx, ctx.lib_dir / name, "agent state DB")
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """deprovision:confirm, then one task per step (all after confirm)."""
     steps = deprovision_steps(ctx)
     names = {step.name for step in steps}
@@ -544,7 +545,7 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
         "verbosity": 2,
     }
     for step in steps:
-        task: dict[str, Any] = {
+        task: TaskDict = {
             "name": step.name,
             "doc": step.doc,
             "task_dep": ["deprovision:confirm",

@@ -43,7 +43,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from facts import disks, mounts
 from facts.resource_disk import (
@@ -58,7 +58,7 @@ from facts.resource_disk import (
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed, ProbeFailed, UnsafeOperation
-from tasks import inputs
+from tasks import TaskDict, inputs
 
 log = logging.getLogger("waagent.disk")
 
@@ -674,7 +674,7 @@ def _inputs(name: str, ctx: Context, *options: str) -> Inputs:
     return Inputs(f"disk:{name}", lambda: ctx.conf.subset(options))
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """partition -> mkfs -> mount -> readme -> swapfile; each reruns on its own options or
     when the real state disagrees. None when System Center VMM provisions this VM."""
     if inputs.mode(ctx) == "scvmm":

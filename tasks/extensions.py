@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError
-from tasks import inputs
+from tasks import TaskDict, Uptodate, inputs
 
 if TYPE_CHECKING:
     from facts.extensions import HandlerManifest
@@ -434,7 +434,7 @@ def settings_digest(handler: Handler) -> str:
 
 # -- the tasks ----------------------------------------------------------------------------
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """One chain of tasks per handler of the stored extensions goal state."""
     if not ctx.conf.flag("Extensions.Enabled"):
         return
@@ -472,7 +472,7 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
             yield wait
 
 
-def skipped_task(ctx: Context, handlers: Sequence[Handler], goal_id: str) -> dict[str, Any]:
+def skipped_task(ctx: Context, handlers: Sequence[Handler], goal_id: str) -> TaskDict:
     names = ", ".join(f"{h.name} {h.version} ({h.state})" for h in handlers) or "none"
     why = (f"root {ctx.root.base} is not the running system: handler commands run only there "
            "or with chroot=y")
@@ -484,7 +484,7 @@ def skipped_task(ctx: Context, handlers: Sequence[Handler], goal_id: str) -> dic
     }
 
 
-def unsupported_task(ctx: Context, facts: Mapping[str, Any]) -> dict[str, Any]:
+def unsupported_task(ctx: Context, facts: Mapping[str, Any]) -> TaskDict:
     features = ", ".join(facts.get("unsupported_features", []))
 
     def refuse() -> None:
@@ -498,19 +498,19 @@ def unsupported_task(ctx: Context, facts: Mapping[str, Any]) -> dict[str, Any]:
             "uptodate": [Inputs("extensions-unsupported", lambda: {"goal_state": facts["id"]})]}
 
 
-def on_hold_task(goal_id: str) -> dict[str, Any]:
+def on_hold_task(goal_id: str) -> TaskDict:
     return {"name": "on-hold", "doc": "extension handling is on hold (InVMArtifactsProfile)",
             "actions": [(lambda: log.info("extension handling is on hold"),)],
             "uptodate": [Inputs("extensions-on-hold", lambda: {"goal_state": goal_id})]}
 
 
 def _task(handler: str, step: str, doc: str, action: Any, *args: Any,
-          deps: Sequence[str] = (), uptodate: Sequence[Any] = ()) -> dict[str, Any]:
+          deps: Sequence[str] = (), uptodate: Sequence[Uptodate] = ()) -> TaskDict:
     return {"name": f"{handler}:{step}", "doc": doc, "actions": [(action, list(args))],
             "task_dep": [f"extensions:{handler}:{d}" for d in deps], "uptodate": list(uptodate)}
 
 
-def handler_tasks(ctx: Context, handler: Handler, goal_id: str) -> Iterator[dict[str, Any]]:
+def handler_tasks(ctx: Context, handler: Handler, goal_id: str) -> Iterator[TaskDict]:
     """The tasks one handler needs for the state the goal state asks."""
     name, version = handler.name, handler.version
     if handler.state != "enabled":
@@ -559,13 +559,13 @@ def handler_tasks(ctx: Context, handler: Handler, goal_id: str) -> Iterator[dict
                           Probe("enabled", lambda: _not_enabled(ctx, name, version))])
 
 
-def removal_tasks(ctx: Context, name: str, version: str, *, why: str) -> Iterator[dict[str, Any]]:
+def removal_tasks(ctx: Context, name: str, version: str, *, why: str) -> Iterator[TaskDict]:
     yield _task(name, "uninstall", f"uninstall {name} {version}: {why}", uninstall_handler,
                 ctx, name, version, why,
                 uptodate=[Probe("present", lambda: _present(ctx, name, version))])
 
 
-def wait_task(ctx: Context, handler: Handler, goal_id: str) -> dict[str, Any]:
+def wait_task(ctx: Context, handler: Handler, goal_id: str) -> TaskDict:
     return _task(handler.name, "wait",
                  f"wait for {handler.name} (dependsOn level {handler.level}) to succeed",
                  wait_for_handler, ctx, handler, goal_id,

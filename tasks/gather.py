@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
-from tasks import inputs
+from tasks import TaskDict, inputs
 
 if TYPE_CHECKING:
     from wire.documents import GoalState
@@ -32,7 +32,7 @@ PER_VM_PATTERNS = ("*.crt", "*.prv", "ovf-env.xml", "CustomData", "published_hos
                    inputs.PROVISIONED_FILE, "WireServerEndpoint", "facts", "disable_agent")
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """The gather tasks; the OVF is read only when this agent provisions."""
     if inputs.mode(ctx) == "scvmm":
         return  # System Center VMM provisions: no Azure platform to ask (tasks/scvmm.py)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from typing import Any
 
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError
-from tasks import inputs
+from tasks import TaskDict, inputs
 from tasks.once import once
 
 log = logging.getLogger("waagent.hostname")
@@ -30,7 +29,7 @@ class HostnameError(AgentError):
     """The hostname cannot be set as asked."""
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """Hostname tasks, only when this agent provisions."""
     if inputs.mode(ctx) != "waagent":
         return
@@ -43,11 +42,11 @@ def generate(ctx: Context) -> Iterator[dict[str, Any]]:
     }, lambda: {"vm_id": inputs.vm_id(ctx), "hostname": wanted_hostname(ctx)})
 
 
-def generate_publish(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate_publish(ctx: Context) -> Iterator[TaskDict]:
     """The publish task, only when this agent provisions."""
     if inputs.mode(ctx) != "waagent":
         return
-    publish = {
+    publish: TaskDict = {
         "name": "hostname",
         "doc": "publish the hostname to DNS through the DHCP client",
         "actions": [(publish_hostname, [ctx])],

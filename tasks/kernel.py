@@ -30,7 +30,7 @@ from facts import kernel as facts
 from graph.context import Context
 from graph.uptodate import Check, Inputs, Probe
 from system.errors import AgentError
-from tasks import inputs
+from tasks import TaskDict, inputs
 
 log = logging.getLogger("waagent.kernel")
 
@@ -101,7 +101,7 @@ def set_scsi_timeouts(ctx: Context, timeout: int | None) -> None:
                           shown_data=str(timeout))
 
 
-def scsi_task(ctx: Context) -> dict[str, Any]:
+def scsi_task(ctx: Context) -> TaskDict:
     timeout = ctx.conf.number("OS.RootDeviceScsiTimeout")
 
     def unset() -> str | None:
@@ -144,7 +144,7 @@ def seed_entropy(ctx: Context) -> None:
                       shown_data=f"{len(seed)} bytes of {facts.ENTROPY_TABLE}")
 
 
-def entropy_task(ctx: Context) -> dict[str, Any]:
+def entropy_task(ctx: Context) -> TaskDict:
     return {
         "name": "entropy",
         "doc": f"seed /dev/random from {facts.ENTROPY_TABLE} (Hyper-V), once per boot",
@@ -204,7 +204,7 @@ def set_numa_off(ctx: Context) -> None:
     action(*args)
 
 
-def numa_task(ctx: Context) -> dict[str, Any]:
+def numa_task(ctx: Context) -> TaskDict:
     return {
         "name": "numa",
         "doc": "kernels before 2.6.37: numa=off on the kernel command line (grubby, GRUB "
@@ -318,7 +318,7 @@ def setup_rdma(ctx: Context) -> None:
                  why="the RDMA address from SharedConfig")
 
 
-def rdma_task(ctx: Context) -> dict[str, Any]:
+def rdma_task(ctx: Context) -> TaskDict:
     return {
         "name": "rdma",
         "doc": "RDMA (OS.EnableRDMA): SharedConfig's rdmaIPv4Address on the RDMA interface, "
@@ -331,7 +331,7 @@ def rdma_task(ctx: Context) -> dict[str, Any]:
     }
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """The kernel tasks; RDMA only with OS.EnableRDMA=y, none when SCVMM provisions."""
     if inputs.mode(ctx) == "scvmm":
         return

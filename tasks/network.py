@@ -36,7 +36,7 @@ from graph.uptodate import Check, Inputs
 from system import firewall
 from system.errors import AgentError
 from system.fs import MARKER
-from tasks import inputs
+from tasks import TaskDict, inputs
 
 log = logging.getLogger("waagent.network")
 
@@ -312,7 +312,7 @@ def setup_firewall_command(address: str, uid: int = firewall.ROOT_UID) -> int:
 
 # ---------------------------------------------------------------- the tasks
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """routes, persistent-rules, firewall (+ firewall-boot when OS.EnableFirewall=y);
     none when System Center VMM provisions this VM (the agent stands aside)."""
     if inputs.mode(ctx) == "scvmm":

@@ -23,7 +23,7 @@ from typing import Any
 from graph.context import Context
 from graph.uptodate import Check, describe_changes, mask
 from system.errors import AgentError
-from tasks import inputs
+from tasks import TaskDict, call_action, inputs
 
 RECORD_DIR = "provisioning"
 _RECORDS = "once_records"  # ctx.memo key: this VM's record, read once a run
@@ -109,9 +109,9 @@ class Done(Check):
         return f"Done({self.name})"
 
 
-def once(ctx: Context, area: str, task: dict[str, Any],
+def once(ctx: Context, area: str, task: TaskDict,
          compute: Callable[[], Mapping[str, Any]], *, record_first: bool = False,
-         ) -> dict[str, Any]:
+         ) -> TaskDict:
     """The task dict made a once-per-VM task: checked against, and recorded in, the record.
 
     Its actions are wrapped so that the record is written after them, or before them with
@@ -126,8 +126,8 @@ def once(ctx: Context, area: str, task: dict[str, Any],
         done_with = check.current if check.current is not None else check.inputs_now()
         if record_first:
             remember(ctx, name, done_with)
-        for function, args in work:
-            function(*args)
+        for action in work or ():
+            call_action(action)
         if not record_first:
             remember(ctx, name, done_with)
 

@@ -22,7 +22,7 @@ from typing import Any
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError
-from tasks import AREAS, inputs
+from tasks import AREAS, TaskDict, inputs
 
 log = logging.getLogger("waagent.report")
 
@@ -40,7 +40,7 @@ def critical_areas() -> list[str]:
     return [f"{a.name}:*" for a in AREAS if a.critical and a.name not in ("gather", "report")]
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     mode = inputs.mode(ctx)
     if mode == "scvmm":
         return  # System Center VMM provisions: no Azure platform to report to

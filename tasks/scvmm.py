@@ -16,12 +16,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 from graph.context import Context
 from graph.uptodate import Inputs
 from system.errors import ProbeFailed
-from tasks import inputs
+from tasks import TaskDict, inputs
 
 log = logging.getLogger("waagent.scvmm")
 
@@ -70,7 +69,7 @@ def run_scvmm_install(ctx: Context) -> None:
     ctx.run.change(argv, why="System Center VMM provisions this VM", timeout=INSTALL_TIMEOUT)
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """scvmm:install, only when VMM's DVD is there (tasks.inputs.mode)."""
     if inputs.mode(ctx) != "scvmm":
         return

@@ -22,6 +22,7 @@ from typing import Any
 from graph.context import Context
 from graph.uptodate import Probe
 from system.errors import AgentError
+from tasks import TaskDict
 
 log = logging.getLogger("waagent.serialconsole")
 
@@ -247,7 +248,7 @@ def boot_loader_task(ctx: Context, args: tuple[str, ...], why: str,
             (set_grub_args, [ctx, args, why]), lambda: grub_problem(ctx, args))
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """serialconsole:kernel-cmdline, with grubby, GRUB legacy or GRUB 2, whichever the
     root uses."""
     doc, action, probe = boot_loader_task(ctx, CONSOLE_ARGS, "kernel console on ttyS0")

@@ -21,7 +21,7 @@ from facts import users
 from graph.context import Context
 from graph.uptodate import Inputs
 from system.errors import AgentError, CommandFailed
-from tasks import certificates, inputs
+from tasks import TaskDict, certificates, inputs
 from tasks.once import once
 
 log = logging.getLogger("waagent.ssh")
@@ -49,7 +49,7 @@ def ssh_dir(ctx: Context) -> Path:
     return ctx.root / ctx.conf.required_path("OS.SshDir")
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """SSH tasks: all when this agent provisions; with cloud-init, only the fingerprint."""
     if inputs.mode(ctx) != "waagent":
         return

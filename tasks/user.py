@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from facts import users
 from graph.context import Context
 from system.errors import AgentError, CommandFailed
-from tasks import inputs
+from tasks import TaskDict, inputs
 from tasks.once import once
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class UserError(AgentError):
     """The provisioned user cannot be created or configured as asked."""
 
 
-def generate(ctx: Context) -> Iterator[dict[str, Any]]:
+def generate(ctx: Context) -> Iterator[TaskDict]:
     """User tasks, only when this agent provisions."""
     if inputs.mode(ctx) != "waagent":
         return
