@@ -246,6 +246,8 @@ def _read_from_medium(handle: BinaryIO, name: str, limit: int, shown: str) -> by
     import pycdlib
     from pycdlib.pycdlibexception import PyCdlibException
 
+    # pycdlib is a last resort on media our readers refused, hence often damaged ones:
+    # besides PyCdlibException it then raises struct.error, IndexError and the like.
     handle.seek(0)
     iso = pycdlib.PyCdlib()
     try:
@@ -255,10 +257,18 @@ def _read_from_medium(handle: BinaryIO, name: str, limit: int, shown: str) -> by
             raise ProbeFailed(f"{shown}: cannot read the UDF file system: {udf_error}") \
                 from None
         return None
+    except Exception as err:  # noqa: BLE001 - pycdlib's own errors on damaged structures
+        raise ProbeFailed(f"{shown}: cannot read the ISO 9660/UDF file system: "
+                          f"{type(err).__name__}: {err}") from None
     try:
         return _read_with_pycdlib(iso, name, limit, shown)
+    except OvfError:
+        raise
     except PyCdlibException as err:
         raise ProbeFailed(f"{shown}: cannot read the ISO 9660/UDF file system: {err}") from None
+    except Exception as err:  # noqa: BLE001 - as above: struct.error, IndexError, ...
+        raise ProbeFailed(f"{shown}: cannot read the ISO 9660/UDF file system: "
+                          f"{type(err).__name__}: {err}") from None
     finally:
         iso.close()
 

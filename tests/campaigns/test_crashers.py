@@ -117,3 +117,23 @@ def test_route_table_fields_wider_than_32_bits() -> None:
                 "eth0\t00000000\t0\t0001\t0\t0\t0\tFFFFFFFFFF\t0\t0\t0"):
         routes = parse_route_table(head + bad + "\n" + good)
         assert [str(network) for _, network, _ in routes] == ["0.0.0.0/0"]
+
+
+@regression("ISO 9660/UDF")
+def test_media_pycdlib_struct_error_is_probe_failed(tmp_path: Path) -> None:
+    """On a medium our readers do not read, pycdlib, the last resort, raised struct.error
+    (not a PyCdlibException) for a path table of 1 byte; read_media_file let it out."""
+    import struct
+
+    from fabric import build_media, default_scenario
+    from facts.media import read_media_file
+    from system.errors import ProbeFailed
+
+    image = bytearray(build_media(default_scenario(), tmp_path / "ovf.iso").read_bytes())
+    descriptor = 16 * 2048
+    struct.pack_into("<I", image, descriptor + 132, 1)  # path table size, both byte orders
+    struct.pack_into(">I", image, descriptor + 136, 1)
+    damaged = tmp_path / "damaged.iso"
+    damaged.write_bytes(bytes(image))
+    with pytest.raises(ProbeFailed, match="cannot read the ISO 9660/UDF file system"):
+        read_media_file(damaged, "missing.xml")
