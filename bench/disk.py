@@ -40,8 +40,9 @@ def one_run(fstype: str) -> tuple[float, float, float]:
         after = resource.getrusage(resource.RUSAGE_SELF)
         if status != 0 or not vm.swaps():
             raise SystemExit(f"the disk tasks failed (status {status})")
-        assert loader.CURRENT is not None
-        children = loader.CURRENT.run.child_seconds
+        ctx = loader.PROCESS.context
+        assert ctx is not None
+        children = ctx.run.child_seconds
         return wall, children, after.ru_utime - before.ru_utime
 
 

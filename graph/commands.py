@@ -81,7 +81,7 @@ class Run(DoitRun):
     # doit passes options by the names in _execute's signature: show it doit's own.
     @doit_private.takes_options_of(DoitRun._execute)
     def _execute(self, **params: Any) -> Any:
-        ctx = loader.CURRENT
+        ctx = loader.PROCESS.context
         lock_fd = None
         if ctx is not None and not ctx.lib_dir.exists() and not self._deprovision_only():
             ctx.fs.mkdir(ctx.lib_dir, why="agent state directory", mode=0o700)
@@ -176,7 +176,7 @@ def missing_tasks(task_list: Any, names: Any) -> list[str]:
 
 def explain_missing(names: list[str]) -> int:
     """Say on stderr why each task is absent; the exit status of such a command."""
-    ctx = loader.CURRENT
+    ctx = loader.PROCESS.context
     for name in names:
         reason = (absent_task_reason(ctx, name) if ctx is not None
                   else f"{name} is not in this graph")

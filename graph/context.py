@@ -3,22 +3,87 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conf import Config, load_config
 from conf.config import default_config
 from system import FileSystem, Root, Runner
 
+if TYPE_CHECKING:
+    from facts.distro import Distro
+    from facts.media import ProvisioningData
+    from facts.scvmm import ScvmmMedia
+    from wire.artifacts import ArtifactClient
+    from wire.documents import GoalState
+    from wire.wireserver import WireServerClient
+
 DEFAULT_CONF = "/etc/waagent.conf"
+
+
+class Unread(Enum):
+    """A fact of the run not read yet, where None is an answer ("there is none")."""
+
+    UNREAD = "unread"
+
+
+UNREAD = Unread.UNREAD
+
+
+@dataclass
+class RunState:
+    """What one run has read, fetched or decided, shared by its tasks (tasks/inputs.py
+    and the areas fill it lazily, in actions and checks, never while the graph loads).
+    None, or UNREAD where None is an answer, means not read yet."""
+
+    # -- facts of this VM and root (tasks.inputs)
+    vm_id: str | None = None
+    distro: Distro | None = None
+    # Who provisions: "waagent", "cloud-init", "disabled" or "scvmm" (tasks.inputs.mode).
+    mode: str | None = None
+    # The provisioning data of this boot (None: no DVD, media= or kept copy).
+    ovf: ProvisioningData | None | Unread = UNREAD
+    # The stored OVF facts (gather:ovf forgets them when it stores new ones).
+    ovf_facts: dict[str, Any] | None = None
+    scvmm_media: ScvmmMedia | None | Unread = UNREAD
+    # -- the platform
+    wireserver: WireServerClient | None = None
+    goal_state: GoalState | None = None
+    # A goal state document fetched to compare with the stored one, kept unparsed for
+    # `goal_state` to parse without fetching it again.
+    goal_state_document: bytes | None = None
+    # Waits for the transport key pair started ahead (wire.transport.start_transport_keygen).
+    transport_pair: Callable[[], tuple[bytes, bytes]] | None = None
+    # -- a plan: what a run would store or clear, kept in memory (a plan stores nothing)
+    planned_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    planned_clear: bool = False
+    # -- provisioning once per VM (tasks.once): task -> the inputs it was done with
+    once_records: dict[str, Any] | None = None
+    # -- the resource disk (tasks.disk): the device as the actions wait for it, and as
+    # present now (for probes)
+    disk_device: str | None | Unread = UNREAD
+    disk_present: str | None | Unread = UNREAD
+    # -- the kernel area: (IPv4 address, MAC) of the RDMA interface
+    rdma_addresses: tuple[str, str | None] | None = None
+    # -- extensions (tasks.extensions)
+    artifact_client: ArtifactClient | None = None
+    # handler name -> the exit code of the old version's uninstall, for the new one's enable
+    uninstall_codes: dict[str, str] = field(default_factory=dict)
+    # goal state id -> when waiting for the handlers a handler depends on gives up
+    dependency_deadlines: dict[str, float] = field(default_factory=dict)
+    # -- deprovision: the operator said no; the message says so (graph.reporter prints it)
+    deprovision_cancelled: str | None = None
 
 
 class Context:
     """One agent run: the root it works on, its configuration and its system boundary."""
 
     def __init__(self, root: Root, conf: Config, run: Runner, fs: FileSystem,
-                 vars: dict[str, str] | None = None, memo: dict[str, Any] | None = None,
+                 vars: dict[str, str] | None = None, state: RunState | None = None,
                  ) -> None:
         self.root = root
         self.conf = conf
@@ -26,8 +91,8 @@ class Context:
         self.fs = fs
         # Command-line variables (root=, conf=, media=, wireserver=...), as given.
         self.vars: dict[str, str] = vars if vars is not None else {}
-        # Per-run memo for facts several tasks read (filled lazily, never at load for speed).
-        self.memo: dict[str, Any] = memo if memo is not None else {}
+        # What this run has read and decided so far, shared by its tasks.
+        self.state = state if state is not None else RunState()
 
     @cached_property
     def lib_dir(self) -> Path:

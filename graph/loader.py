@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,20 @@ KNOWN_VARS = ("root", "conf", "chroot", "media", "wireserver", "hostplugin", "im
               "verbose", "force", "full", "user")
 STATE_DB = "graph-state.sqlite3"
 
-# Set by the plan command before the graph loads: actions then only record changes.
-PLAN_MODE = False
-# The Context of the graph loaded last in this process (commands read it).
-CURRENT: Context | None = None
-# A Context made before doit loaded (`start_early_work`), for the graph to use.
-EARLY: Context | None = None
+
+@dataclass
+class LoaderState:
+    """What the loader keeps in this process between loads of the graph."""
+
+    # The Context of the graph loaded last in this process (commands read it).
+    context: Context | None = None
+    # Set by the plan command before the graph loads: actions then only record changes.
+    plan_mode: bool = False
+    # A Context made before doit loaded (`start_early_work`), for the graph to use.
+    early_context: Context | None = None
+
+
+PROCESS = LoaderState()
 
 
 def command_line_vars() -> dict[str, str]:
@@ -52,18 +61,17 @@ def start_early_work(args: list[str]) -> None:
     often done when the certificates need it. The Context made for it is the one the graph
     then uses (same command-line variables), so the work is collected by the tasks.
     """
-    global EARLY
     from tasks.inputs import start_transport_pair
 
     pairs = (arg.split("=", 1) for arg in args if "=" in arg)
     variables = {name: value for name, value in pairs if name in KNOWN_VARS}
-    if PLAN_MODE:
+    if PROCESS.plan_mode:
         return
     try:
-        EARLY = make_context(variables)
+        early = PROCESS.early_context = make_context(variables)
     except ConfigError:
         return  # the graph's loading reports it, as for any other command
-    start_transport_pair(EARLY)
+    start_transport_pair(early)
 
 
 def state_db_path(ctx: Context) -> Path:
@@ -98,7 +106,7 @@ def configure_logging(ctx: Context) -> None:
     The agent's modules log to children of the "waagent" logger; a command that loads
     the graph again in this process (the daemon) replaces the handlers."""
     verbose = bool(ctx.var("verbose")) or ctx.conf.flag("Logs.Verbose")
-    log_file = None if PLAN_MODE else ctx.root / "var/log/waagent.log"
+    log_file = None if PROCESS.plan_mode else ctx.root / "var/log/waagent.log"
     logger = logging.getLogger("waagent")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -168,20 +176,20 @@ def _group_creator(group: Group) -> Callable[[], TaskDict]:
 
 def dodo_namespace(variables: dict[str, str] | None = None) -> dict[str, Any]:
     """The names doit loads: DOIT_CONFIG and task_<area>/task_<group> creators."""
-    global CURRENT, EARLY
     from graph.doit_private import install_task_creators
 
     install_task_creators()
     wanted = variables if variables is not None else command_line_vars()
     try:
-        ctx = EARLY if EARLY is not None and EARLY.vars == wanted and not PLAN_MODE \
-            else make_context(wanted, plan=PLAN_MODE)
+        early = PROCESS.early_context
+        ctx = early if early is not None and early.vars == wanted and not PROCESS.plan_mode \
+            else make_context(wanted, plan=PROCESS.plan_mode)
     except ConfigError as err:
         from doit.exceptions import InvalidDodoFile
 
         # doit prints it as one line, "ERROR: <file>:<line>: ...", and exits 3.
         raise InvalidDodoFile(str(err)) from None
-    CURRENT, EARLY = ctx, None
+    PROCESS.context, PROCESS.early_context = ctx, None
     configure_logging(ctx)
     namespace: dict[str, Any] = {"DOIT_CONFIG": doit_config(ctx)}
     for area in AREAS:

@@ -37,7 +37,7 @@ FILE_CHANGES = ("write", "remove", "truncate", "move", "symlink")
 
 def shown_path(path: str | Path) -> str:
     """A real path as the VM sees it (`/etc/hostname`), for people."""
-    ctx = loader.CURRENT
+    ctx = loader.PROCESS.context
     if ctx is not None:
         try:
             return ctx.root.system_path(Path(path).absolute())
@@ -256,7 +256,7 @@ class PlanReporter:
         return not task.actions
 
     def _planned(self) -> list[PlannedChange]:
-        ctx = loader.CURRENT
+        ctx = loader.PROCESS.context
         return ctx.run.planned if ctx is not None else []
 
     def _reasons(self, task: Any) -> list[str]:
@@ -285,7 +285,7 @@ class PlanReporter:
         """Files this task would change: later tasks reading them would run too."""
         for target in task.targets:
             self.deps.remade[str(Path(target).absolute())] = task.name
-        ctx = loader.CURRENT
+        ctx = loader.PROCESS.context
         for change in changes:
             if change.kind in FILE_CHANGES and ctx is not None:
                 self.deps.remade[str(ctx.root / change.target.split(" -> ")[-1])] = task.name
@@ -366,11 +366,11 @@ def copy_state_db(real: Path, scratch_dir: Path) -> Path:
 @contextmanager
 def plan_mode() -> Iterator[None]:
     """The graph loaded inside is in plan mode: its Runner and FileSystem only record."""
-    loader.PLAN_MODE = True
+    loader.PROCESS.plan_mode = True
     try:
         yield
     finally:
-        loader.PLAN_MODE = False
+        loader.PROCESS.plan_mode = False
 
 
 opt_json = {"name": "json_output", "long": "json", "type": bool, "default": False,

@@ -331,7 +331,7 @@ class Graph(ScratchStateCommand, DoitCmdBase):
         graph = build_graph(tasks, getattr(self.loader, "namespace", None))
         if not no_status:
             add_plan_status(graph, self.dep_manager, tasks)
-        ctx = loader.CURRENT
+        ctx = loader.PROCESS.context
         add_last_run(graph, last_run(ctx) if ctx is not None else None)
         try:
             text = RENDERERS[graph_format](graph)

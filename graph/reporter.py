@@ -96,7 +96,7 @@ class WaagentReporter:
     @staticmethod
     def _changes() -> int:
         """Changes the Runner has recorded so far in this run (system.runner)."""
-        ctx = loader.CURRENT
+        ctx = loader.PROCESS.context
         return ctx.run.changes if ctx is not None else 0
 
     def execute_task(self, task: Any) -> None:
@@ -121,9 +121,8 @@ class WaagentReporter:
 
     def _cancelled(self) -> str | None:
         """The operator's refusal (a deprovision answered no), or None."""
-        ctx = loader.CURRENT
-        found = ctx.memo.get("deprovision_cancelled") if ctx is not None else None
-        return str(found) if found else None
+        ctx = loader.PROCESS.context
+        return (ctx.state.deprovision_cancelled or None) if ctx is not None else None
 
     def add_failure(self, task: Any, fail: Any) -> None:
         from doit.exceptions import UnmetDependency
@@ -186,11 +185,14 @@ class WaagentReporter:
                        f"{counts['up-to-date']} up to date{not_run} in {took:.2f} s"
                        f"{unchanged}\n")
         self._report_provisioning_failure()
-        self._write_report(took)
+        try:
+            self._write_report(took)
+        except OSError as err:  # a full or read-only Lib.Dir (the crash campaign)
+            self.out.write(f"run report not written: {err}\n")
 
     def _report_provisioning_failure(self) -> None:
         """The first failure in a critical area reaches the platform as ProvisioningFailed."""
-        ctx = loader.CURRENT
+        ctx = loader.PROCESS.context
         if ctx is None or ctx.run.plan:
             return
         from tasks import AREAS
@@ -204,7 +206,7 @@ class WaagentReporter:
                 return
 
     def _write_report(self, took: float) -> None:
-        ctx = loader.CURRENT
+        ctx = loader.PROCESS.context
         if ctx is None or ctx.run.plan:
             return
         if "deprovision:agent-state" in self.results:

@@ -90,7 +90,7 @@ def install(ctx: Context) -> None:
             # 410 Gone: the goal state moved on while we read it; take the new one.
             from tasks.gather import store_goal_facts
 
-            ctx.memo.pop("goal_state", None)
+            ctx.state.goal_state = None
             state = inputs.goal_state(ctx)
             store_goal_facts(ctx, state)
         if document is not None:

@@ -493,10 +493,6 @@ def pending(ctx: Context, step: Step) -> str | None:
     return f"{found[0].describe(ctx)}{more}"
 
 
-# ctx.memo key: the operator said no; the message says so (graph/reporter.py reads it).
-CANCELLED = "deprovision_cancelled"
-
-
 def confirm(ctx: Context, steps: list[Step]) -> None:
     """List what will be removed, warn, and ask y/n on stdin unless force=y or plan mode."""
     lines = []
@@ -520,7 +516,7 @@ def confirm(ctx: Context, steps: list[Step]) -> None:
         message = (f"deprovision cancelled ({got} on stdin): nothing was removed; "
                    "answer y, or pass -force (force=y) to skip the question")
         # The run's reporter prints this one line and nothing about the steps not run.
-        ctx.memo[CANCELLED] = message
+        ctx.state.deprovision_cancelled = message
         raise AgentError(message)
 
 

@@ -55,7 +55,7 @@ from facts.resource_disk import (
     command_path,
     gather_disk_facts,
 )
-from graph.context import Context
+from graph.context import UNREAD, Context
 from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed, ProbeFailed, UnsafeOperation
 from tasks import TaskDict, inputs
@@ -214,12 +214,9 @@ def require_safe(ctx: Context, device: str, filesystem: str) -> tuple[DiskFacts,
 def resource_disk(ctx: Context) -> str | None:
     """The resource disk (system path), waiting up to DISK_APPEAR_SECONDS when the VM's
     storage controller is there but the disk is not yet; memoized for the run."""
-    if "disk:device" in ctx.memo:
-        found: str | None = ctx.memo["disk:device"]
-        return found
-    found = wait_for_resource_disk(ctx, DISK_APPEAR_SECONDS)
-    ctx.memo["disk:device"] = found
-    return found
+    if ctx.state.disk_device is UNREAD:
+        ctx.state.disk_device = wait_for_resource_disk(ctx, DISK_APPEAR_SECONDS)
+    return ctx.state.disk_device
 
 
 def present_resource_disk(ctx: Context) -> str | None:
@@ -227,11 +224,11 @@ def present_resource_disk(ctx: Context) -> str | None:
 
     A VM without a resource disk is up to date, not "to do" at every boot; a disk that
     comes late is waited for by the actions of the first boot (and seen at the next)."""
-    if "disk:present" not in ctx.memo:
-        ctx.memo["disk:present"] = (ctx.memo.get("disk:device")
-                                    or wait_for_resource_disk(ctx, 0))
-    found: str | None = ctx.memo["disk:present"]
-    return found
+    if ctx.state.disk_present is UNREAD:
+        waited_for = ctx.state.disk_device
+        ctx.state.disk_present = (waited_for if waited_for is not UNREAD and waited_for
+                                  else wait_for_resource_disk(ctx, 0))
+    return ctx.state.disk_present
 
 
 def wait_for_resource_disk(ctx: Context, seconds: float,

@@ -337,9 +337,9 @@ def artifact_client(ctx: Context, state: Any) -> Any:
     from tasks.status import proxy
     from wire.artifacts import ArtifactClient
 
-    found = ctx.memo.get("artifact_client")
+    found = ctx.state.artifact_client
     if found is None:
-        found = ctx.memo["artifact_client"] = ArtifactClient(
+        found = ctx.state.artifact_client = ArtifactClient(
             hostplugin_client(ctx, state, retry=False), proxy=proxy(ctx),
             backoff=float(os.environ.get(BACKOFF_VARIABLE) or 2.0))
     return found
@@ -945,7 +945,7 @@ def update_handler(ctx: Context, handler: Handler, old_version: str) -> None:
         raise
     uninstall_code = old_command("uninstall")
     remove_handler(ctx, old.name, old_version, why=f"updated to {new}")
-    ctx.memo[f"uninstall_exit_code:{handler.name}"] = uninstall_code
+    ctx.state.uninstall_codes[handler.name] = uninstall_code
     if manifest.update_with_install:
         run_command(ctx, handler, new, "install",
                     {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": uninstall_code},
@@ -971,7 +971,7 @@ def copy_state_files(ctx: Context, name: str, old: str, new: str) -> None:
 @failing("enable")
 def enable_handler(ctx: Context, handler: Handler) -> None:
     """enableCommand (each extension of a multi-config handler); HandlerState Enabled."""
-    uninstall_code = ctx.memo.pop(f"uninstall_exit_code:{handler.name}", NOT_RUN)
+    uninstall_code = ctx.state.uninstall_codes.pop(handler.name, NOT_RUN)
     env = {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": uninstall_code}
     if handler.multi_config:
         enable_extensions(ctx, handler, env)
@@ -1100,7 +1100,7 @@ def remove_handler(ctx: Context, name: str, version: str, *, why: str) -> None:
 def wait_for_handler(ctx: Context, handler: Handler, goal_id: str) -> None:
     """Poll the handler's status every 5 s until success or error (one 90-minute deadline
     per goal state); a failure marks the handlers after it as failed."""
-    deadline = ctx.memo.setdefault(f"dependency_deadline:{goal_id}", time.monotonic() + float(
+    deadline = ctx.state.dependency_deadlines.setdefault(goal_id, time.monotonic() + float(
         os.environ.get(DEPENDENCY_VARIABLE) or DEPENDENCY_TIMEOUT))
     settings = handler.settings[0]
     if handler_state(ctx, handler.name, handler.version) != ENABLED and not ctx.run.plan:

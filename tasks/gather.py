@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from graph.context import Context
+from graph.context import Context, RunState
 from graph.uptodate import Inputs, Probe
 from tasks import TaskDict, inputs
 
@@ -112,12 +112,8 @@ def clear_per_vm_state(ctx: Context, previous: str, current: str) -> None:
         for path in sorted(ctx.lib_dir.glob(pattern)):
             ctx.fs.remove(path, why=f"state of the previous VM {previous}")
     # Facts read so far may be the old VM's; a transport key pair being made is this VM's.
-    keygen = ctx.memo.get("transport_pair")
-    ctx.memo.clear()
-    if keygen is not None:
-        ctx.memo["transport_pair"] = keygen
-    if ctx.run.plan:  # the removals were only recorded: the plan must not read those files
-        ctx.memo[inputs.PLANNED_CLEAR] = True
+    # In a plan the removals were only recorded: the plan must not read those files.
+    ctx.state = RunState(transport_pair=ctx.state.transport_pair, planned_clear=ctx.run.plan)
 
 
 def ovf_missing(ctx: Context) -> str | None:
@@ -143,7 +139,7 @@ def gather_ovf(ctx: Context) -> None:
     facts = data.env.public_facts()
     facts["source"] = data.source
     inputs.keep_facts(ctx, "ovf", facts)
-    ctx.memo.pop(inputs.OVF_FACTS, None)
+    ctx.state.ovf_facts = None
 
 
 def gather_goal_state(ctx: Context) -> None:

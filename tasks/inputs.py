@@ -1,9 +1,9 @@
 """What the provisioning tasks decide from, gathered once per run and shared.
 
 Values are read lazily (in actions and up-to-date checks, never while the graph
-loads) and memoised in `ctx.memo`. Tasks fingerprint the *stored* facts
-(facts.store, written by the gather tasks) so a later boot without the DVD
-sees the same inputs as the boot that provisioned.
+loads) and kept in the run's state (`ctx.state`, graph.context.RunState). Tasks
+fingerprint the *stored* facts (facts.store, written by the gather tasks) so a later
+boot without the DVD sees the same inputs as the boot that provisioned.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facts import store
-from graph.context import Context
+from graph.context import UNREAD, Context
 from system.errors import AgentError
 
 if TYPE_CHECKING:
@@ -25,22 +25,10 @@ if TYPE_CHECKING:
     from wire.wireserver import WireServerClient
 
 PROVISIONED_FILE = "provisioned"
-OVF_FACTS = "ovf_facts"  # ctx.memo key of the stored OVF facts
-GOAL_STATE_DOCUMENT = "goal_state_document"  # ctx.memo key of a fetched, unparsed goal state
-# ctx.memo key of the facts a plan gathered: kept in memory, since a plan stores nothing.
-PLANNED_FACTS = "planned_facts"
-# ctx.memo key set when a plan would clear the previous VM's state (stored facts included).
-PLANNED_CLEAR = "planned_clear"
 
 
 class NotProvisionable(AgentError):
     """Provisioning cannot start: no OVF data, or the data is unusable."""
-
-
-def _memo(ctx: Context, key: str, make: Any) -> Any:
-    if key not in ctx.memo:
-        ctx.memo[key] = make()
-    return ctx.memo[key]
 
 
 # The VM id of an offline image root (no DMI): per-VM work done in the image is done
@@ -57,23 +45,28 @@ def vm_id(ctx: Context) -> str:
             return IMAGE_VM_ID
         return read_vm_id(ctx.root)
 
-    return str(_memo(ctx, "vm_id", read))
+    if ctx.state.vm_id is None:
+        ctx.state.vm_id = read()
+    return ctx.state.vm_id
 
 
 def distro(ctx: Context) -> Distro:
     """The distribution of the root (family, init system, DHCP client, sshd unit)."""
     from facts.distro import distro as read_distro
 
-    return _memo(ctx, "distro", lambda: read_distro(ctx.root))  # type: ignore[no-any-return]
+    if ctx.state.distro is None:
+        ctx.state.distro = read_distro(ctx.root)
+    return ctx.state.distro
 
 
 def provisioning_data(ctx: Context) -> ProvisioningData | None:
     """The OVF for this boot: the `media=` image, the DVD, or the kept copy."""
     from facts.media import provisioning_data as read
 
-    image = ctx.var("media")
-    return _memo(ctx, "ovf", lambda: read(  # type: ignore[no-any-return]
-        ctx.fs, ctx.conf, image=Path(image) if image else None))
+    if ctx.state.ovf is UNREAD:
+        image = ctx.var("media")
+        ctx.state.ovf = read(ctx.fs, ctx.conf, image=Path(image) if image else None)
+    return ctx.state.ovf
 
 
 def keep_facts(ctx: Context, name: str, facts: dict[str, Any]) -> None:
@@ -84,16 +77,16 @@ def keep_facts(ctx: Context, name: str, facts: dict[str, Any]) -> None:
         import json
 
         # As the store would give it back: JSON values (lists, not tuples).
-        ctx.memo.setdefault(PLANNED_FACTS, {})[name] = json.loads(store.dumps(facts))
+        ctx.state.planned_facts[name] = json.loads(store.dumps(facts))
 
 
 def stored_facts(ctx: Context, name: str) -> dict[str, Any] | None:
     """A facts document as this run stored it (in a plan: gathered into memory)."""
     if ctx.run.plan:
-        planned = ctx.memo.get(PLANNED_FACTS, {})
+        planned = ctx.state.planned_facts
         if name in planned:
-            return planned[name]  # type: ignore[no-any-return]
-        if ctx.memo.get(PLANNED_CLEAR):
+            return planned[name]
+        if ctx.state.planned_clear:
             return None  # the previous VM's facts would be gone by now
     return store.load(ctx.root, ctx.conf, name)
 
@@ -104,13 +97,13 @@ def ovf_facts(ctx: Context) -> dict[str, Any]:
     Read once a run (two dozen checks ask; treat it as read-only); gather:ovf forgets it
     when it stores new facts.
     """
-    found = ctx.memo.get(OVF_FACTS)
+    found = ctx.state.ovf_facts
     if found is None:
         found = stored_facts(ctx, "ovf")
         if found is None:
             raise NotProvisionable("no provisioning data: no ovf-env.xml was found on a DVD, "
                                    "in the media= image or in the kept copy")
-        ctx.memo[OVF_FACTS] = found
+        ctx.state.ovf_facts = found
     return found
 
 
@@ -141,19 +134,21 @@ def wireserver(ctx: Context) -> WireServerClient:
         remember_endpoint(ctx.fs, ctx.root, ctx.conf, endpoint.address)
         return WireServerClient(endpoint.address)
 
-    return _memo(ctx, "wireserver", make)  # type: ignore[no-any-return]
+    if ctx.state.wireserver is None:
+        ctx.state.wireserver = make()
+    return ctx.state.wireserver
 
 
 def goal_state(ctx: Context) -> GoalState:
     """The current goal state, fetched once per run. The protocol version is checked on
     first contact (no goal state stored yet), as the platform's agent does at start."""
-    def fetch() -> GoalState:
+    if ctx.state.goal_state is None:
         client = wireserver(ctx)
         if stored_facts(ctx, "goalstate") is None:  # a GET: a plan asks too
             client.check_protocol_version()
-        return client.goal_state(fetched=ctx.memo.pop(GOAL_STATE_DOCUMENT, None))
-
-    return _memo(ctx, "goal_state", fetch)  # type: ignore[no-any-return]
+        fetched, ctx.state.goal_state_document = ctx.state.goal_state_document, None
+        ctx.state.goal_state = client.goal_state(fetched=fetched)
+    return ctx.state.goal_state
 
 
 def goal_state_digest(text: str) -> str:
@@ -180,7 +175,7 @@ def goal_state_unchanged(ctx: Context) -> bool:
     handled = _handled_goal_state(ctx)
     if handled is None:
         return False
-    document = ctx.memo[GOAL_STATE_DOCUMENT] = wireserver(ctx).goal_state_document()
+    document = ctx.state.goal_state_document = wireserver(ctx).goal_state_document()
     return goal_state_digest(decode_text(document)) == handled
 
 
@@ -191,12 +186,12 @@ def start_transport_pair(ctx: Context) -> None:
     doit loads (graph.loader.start_early_work) and again by gather:vm (a no-op by then)."""
     from wire import TRANSPORT_CERT, TRANSPORT_KEY
 
-    if ctx.run.plan or "transport_pair" in ctx.memo or (
+    if ctx.run.plan or ctx.state.transport_pair is not None or (
             (ctx.lib_dir / TRANSPORT_KEY).exists() and (ctx.lib_dir / TRANSPORT_CERT).exists()):
         return
     from wire.certs import start_transport_keygen
 
-    ctx.memo["transport_pair"] = start_transport_keygen(ctx.fs, ctx.lib_dir, openssl(ctx))
+    ctx.state.transport_pair = start_transport_keygen(ctx.fs, ctx.lib_dir, openssl(ctx))
 
 
 def openssl(ctx: Context) -> str:
@@ -209,7 +204,7 @@ def transport_pair(ctx: Context) -> TransportPair:
     """The kept transport pair, or a new one (started ahead by `start_transport_pair`)."""
     from wire.certs import ensure_transport_pair
 
-    return ensure_transport_pair(ctx.fs, ctx.lib_dir, generated=ctx.memo.get("transport_pair"))
+    return ensure_transport_pair(ctx.fs, ctx.lib_dir, generated=ctx.state.transport_pair)
 
 
 def provisioned_vm_id(ctx: Context) -> str | None:
@@ -249,16 +244,19 @@ def mode(ctx: Context) -> str:
 
         return "cloud-init" if cloud_init_enabled(ctx.root) else "waagent"
 
-    return str(_memo(ctx, "mode", decide))
+    if ctx.state.mode is None:
+        ctx.state.mode = decide()
+    return ctx.state.mode
 
 
 def scvmm_media(ctx: Context) -> ScvmmMedia | None:
     """System Center VMM's DVD (the `media=` image, or a DVD device), or None."""
     from facts.scvmm import scvmm_media as find
 
-    image = ctx.var("media")
-    return _memo(ctx, "scvmm_media",  # type: ignore[no-any-return]
-                 lambda: find(ctx.root, Path(image) if image else None))
+    if ctx.state.scvmm_media is UNREAD:
+        image = ctx.var("media")
+        ctx.state.scvmm_media = find(ctx.root, Path(image) if image else None)
+    return ctx.state.scvmm_media
 
 
 def home_dir(ctx: Context, username: str) -> str:

@@ -235,9 +235,9 @@ def rdma_addresses(ctx: Context) -> tuple[str, str | None]:
                             "rdmaIPv4Address: is this an RDMA-capable (HPC) size?")
         return instance.rdma_ipv4_address, instance.rdma_mac_address
 
-    if "rdma_addresses" not in ctx.memo:
-        ctx.memo["rdma_addresses"] = read()
-    return ctx.memo["rdma_addresses"]  # type: ignore[no-any-return]
+    if ctx.state.rdma_addresses is None:
+        ctx.state.rdma_addresses = read()
+    return ctx.state.rdma_addresses
 
 
 def rdma_inputs(ctx: Context) -> dict[str, Any]:

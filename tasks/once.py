@@ -26,7 +26,6 @@ from system.errors import AgentError
 from tasks import TaskDict, call_action, inputs
 
 RECORD_DIR = "provisioning"
-_RECORDS = "once_records"  # ctx.memo key: this VM's record, read once a run
 _SAFE_ID = frozenset(string.ascii_letters + string.digits + "-")
 
 
@@ -40,7 +39,7 @@ def record_path(ctx: Context) -> Path:
 
 def records(ctx: Context) -> dict[str, Any]:
     """Task -> the inputs it was done with, for this VM (empty before its first task)."""
-    found = ctx.memo.get(_RECORDS)
+    found = ctx.state.once_records  # this VM's record, read once a run
     if found is None:
         path = record_path(ctx)
         try:
@@ -55,7 +54,7 @@ def records(ctx: Context) -> dict[str, Any]:
                                   "it, or delete it to provision this VM again") from None
         if not isinstance(found, dict):
             raise OnceRecordError(f"{ctx.root.system_path(path)} does not hold a JSON object")
-        ctx.memo[_RECORDS] = found
+        ctx.state.once_records = found
     return found
 
 
@@ -68,7 +67,7 @@ def remember(ctx: Context, task: str, done_with: Mapping[str, Any]) -> None:
     ctx.fs.mkdir(path.parent, why="per-VM provisioning record", mode=0o700)
     ctx.fs.write(path, json.dumps(updated, sort_keys=True, indent=1) + "\n", mode=0o600,
                  quiet=True, why=f"{task} done for this VM")
-    ctx.memo[_RECORDS] = updated
+    ctx.state.once_records = updated
 
 
 class OnceRecordError(AgentError):

@@ -24,16 +24,16 @@ def early_root(tmp_path: Path) -> Iterator[Path]:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/waagent.conf").write_text("ResourceDisk.Format=n\n")
     yield tmp_path
-    loader.EARLY = None
+    loader.PROCESS.early_context = None
 
 
 @needs_openssl
 def test_the_graph_uses_the_context_whose_keygen_started_early(early_root: Path) -> None:
     loader.start_early_work([f"root={early_root}", "wireserver=http://127.0.0.1:9"])
-    early = loader.EARLY
-    assert early is not None and "transport_pair" in early.memo
+    early = loader.PROCESS.early_context
+    assert early is not None and early.state.transport_pair is not None
     loader.dodo_namespace({"root": str(early_root), "wireserver": "http://127.0.0.1:9"})
-    assert loader.CURRENT is early and loader.EARLY is None
+    assert loader.PROCESS.context is early and loader.PROCESS.early_context is None
     pair = inputs.transport_pair(early)
     assert load_transport_pair(early.lib_dir) == pair
     assert not list(early.lib_dir.glob(".transport-pair-*")), "scratch directory removed"
@@ -43,15 +43,15 @@ def test_other_variables_get_a_context_of_their_own(early_root: Path) -> None:
     # No openssl: nothing is left running in the sandbox when the test ends.
     (early_root / "etc/waagent.conf").write_text("OS.OpensslPath=/nonexistent/openssl\n")
     loader.start_early_work([f"root={early_root}", "verbose=y"])
-    early = loader.EARLY
+    early = loader.PROCESS.early_context
     loader.dodo_namespace({"root": str(early_root)})
-    assert loader.CURRENT is not early
+    assert loader.PROCESS.context is not early
 
 
 def test_no_early_work_for_a_plan(early_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loader, "PLAN_MODE", True)
+    monkeypatch.setattr(loader.PROCESS, "plan_mode", True)
     loader.start_early_work([f"root={early_root}"])
-    assert loader.EARLY is None and not (early_root / "var").exists()
+    assert loader.PROCESS.early_context is None and not (early_root / "var").exists()
 
 
 def test_scratch_of_an_agent_that_is_gone_is_removed(tmp_path: Path) -> None:

@@ -278,7 +278,7 @@ def rdma_context(root: Path, **options: str) -> Context:
     shared = parse_shared_config(SHARED_CONFIG).rdma
     assert shared is not None
     # As SharedConfig of the goal state gives them (tasks.kernel.rdma_addresses).
-    ctx.memo["rdma_addresses"] = (shared.rdma_ipv4_address, shared.rdma_mac_address)
+    ctx.state.rdma_addresses = (shared.rdma_ipv4_address, shared.rdma_mac_address)
     return ctx
 
 

@@ -24,7 +24,7 @@ def context(tmp_path: Path, vm_id: str = "vm-1", plan: bool = False) -> Context:
     root = Root(tmp_path)
     runner = Runner(root=root, plan=plan)
     ctx = Context(root=root, conf=default_config(), run=runner, fs=FileSystem(runner))
-    ctx.memo["vm_id"] = vm_id  # tasks.inputs.vm_id reads its memo first
+    ctx.state.vm_id = vm_id  # tasks.inputs.vm_id reads the run state first
     return ctx
 
 
@@ -56,7 +56,7 @@ def test_runs_until_recorded_then_is_up_to_date_from_the_record(tmp_path: Path) 
     assert task["uptodate"][0].reason == "not done yet for VM id vm-1"
     run(task)
     assert calls == ["work"]
-    # A new run (new memo, no doit state at all) sees the record on disk.
+    # A new run (new run state, no doit state at all) sees the record on disk.
     again = task_for(context(tmp_path), calls, {"vm_id": "vm-1", "username": "bob"})
     assert check(again)
     assert again["uptodate"][0].kept == "provisioned for VM id vm-1; inputs unchanged"

@@ -59,7 +59,7 @@ def test_family_plan(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     ctx = make_context({"root": str(root)}, plan=True)
     # Plan what the agent would run on that system if it were the running one.
     monkeypatch.setattr(type(ctx.run), "is_live", property(lambda self: True))
-    ctx.memo["ovf"] = None
+    ctx.state.ovf = None
     from facts import store
 
     store_dir = ctx.lib_dir / "facts"

@@ -50,7 +50,7 @@ def graph(sandbox: Path, *args: str, build: Any = None) -> tuple[int, str]:
     before = tree_digest(sandbox)
     status, out, err = run_command(["graph", *args], build or (lambda: with_delayed(sandbox)))
     assert tree_digest(sandbox) == before, "drawing the graph changes nothing"
-    assert not loader.PLAN_MODE
+    assert not loader.PROCESS.plan_mode
     return status, out + err
 
 

@@ -25,7 +25,7 @@ def plan(sandbox: Path, *tasks: str, build: Any = None) -> tuple[int, dict[str, 
     status, out, err = run_command(["plan", "--json", *(tasks or ("demo",))],
                                    build or (lambda: demo_namespace(sandbox)))
     assert tree_digest(sandbox) == before, "a plan must change nothing"
-    assert not loader.PLAN_MODE, "plan mode ends with the plan"
+    assert not loader.PROCESS.plan_mode, "plan mode ends with the plan"
     return status, json.loads(out)
 
 

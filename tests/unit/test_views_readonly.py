@@ -97,7 +97,7 @@ def always_namespace(sandbox: Path) -> dict[str, Any]:
     from graph import loader
 
     namespace = demo_namespace(sandbox)
-    ctx = loader.CURRENT
+    ctx = loader.PROCESS.context
     assert ctx is not None
 
     def write_same() -> None:

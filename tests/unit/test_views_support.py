@@ -81,7 +81,7 @@ def demo_tasks(ctx: Context) -> Any:
 def demo_namespace(root: Path) -> Namespace:
     """The real graph for `root` plus the demo area (and a `demo` group)."""
     namespace = loader.dodo_namespace({"root": str(root)})
-    ctx = loader.CURRENT
+    ctx = loader.PROCESS.context
     assert ctx is not None
 
     def task_demo() -> Any:
