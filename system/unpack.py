@@ -27,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import lzma
 import os
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO
 
@@ -140,8 +142,9 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: str,
     except UnsafeArchive:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
-            NotImplementedError, RuntimeError) as err:
-        # zipfile says "Bad CRC-32 for file ..." for a corrupt member.
+            NotImplementedError, RuntimeError, zlib.error, lzma.LZMAError) as err:
+        # zipfile says "Bad CRC-32 for file ..." for a corrupt member; a damaged deflate
+        # or LZMA stream raises its codec's own error (bzip2's is an OSError).
         raise UnsafeArchive(archive, info.filename, f"it cannot be read: {err}") from None
     if size != info.file_size:
         raise UnsafeArchive(archive, info.filename, f"it holds {size} bytes, not the "

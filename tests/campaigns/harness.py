@@ -115,8 +115,10 @@ def holds(parser: str, call: Callable[[], Any], allowed: tuple[type[BaseExceptio
         pass
     except Exception as err:  # noqa: BLE001 - that is the property under test
         where = _where(err)
-        raise _crash(parser, f"{type(err).__name__} at {where}",
-                     f"{type(err).__name__} at {where}: {err!s:.300}") from err
+        kind = type(err).__qualname__
+        if type(err).__module__ not in ("builtins", "__main__"):
+            kind = f"{type(err).__module__}.{kind}"
+        raise _crash(parser, f"{kind} at {where}", f"{kind} at {where}: {err!s:.300}") from err
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
