@@ -88,7 +88,9 @@ def _head(reader: _Reader) -> tuple[int, str, dict[str, str]]:
     status_line = reader.line().decode("latin-1")
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+    # isascii: "2\xb20" is three digits to isdigit() (superscript two), not to int().
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not (code.isascii()
+                                                                  and code.isdigit()):
         raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80]!r}")
     headers: dict[str, str] = {}
     size = len(status_line)
@@ -109,6 +111,9 @@ def _chunked(reader: _Reader, cap: int) -> bytes:
     while True:
         size_text = reader.line().split(b";", 1)[0].strip()
         try:
+            # Hex digits only: int() would also take "-5", "0x10" and "1_0".
+            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+                raise ValueError
             size = int(size_text, 16)
         except ValueError:
             raise BadResponse(f"bad chunk size {size_text[:20]!r}") from None

@@ -137,3 +137,63 @@ def test_media_pycdlib_struct_error_is_probe_failed(tmp_path: Path) -> None:
     damaged.write_bytes(bytes(image))
     with pytest.raises(ProbeFailed, match="cannot read the ISO 9660/UDF file system"):
         read_media_file(damaged, "missing.xml")
+
+
+def _zip_with_damaged_stream(method: int) -> bytes:
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=method) as zf:
+        zf.writestr("bin/enable.sh", b"#!/bin/sh\nexit 0\n" * 20)
+    data = bytearray(out.getvalue())
+    start = 30 + len("bin/enable.sh")  # the member's data, after its local header
+    if method == zipfile.ZIP_DEFLATED:
+        data[start] = 0x07  # a deflate block of the reserved type 3
+    else:
+        data[start + 4:start + 16] = b"\xff" * 12  # LZMA properties and stream
+    return bytes(data)
+
+
+@pytest.mark.parametrize("method", [8, 14])  # ZIP_DEFLATED, ZIP_LZMA
+@regression("extension packages (zip)")
+def test_zip_member_with_a_damaged_compressed_stream(method: int) -> None:
+    """check_zip let zlib.error ("Error -3 while decompressing data: invalid block type")
+    and lzma.LZMAError out of a member whose compressed stream is damaged."""
+    from system.unpack import UnsafeArchive, check_zip
+
+    with pytest.raises(UnsafeArchive, match="bin/enable.sh.*cannot be read"):
+        check_zip(_zip_with_damaged_stream(method), name="Ext.A-1.0.zip")
+
+
+def _answer(data: bytes) -> object:
+    import socket
+
+    from wire.http1 import _read_answer, _Reader
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(data)
+        theirs.shutdown(socket.SHUT_WR)
+        return _read_answer(_Reader(ours), "GET", 4096)
+
+
+@regression("HTTP answers")
+def test_http_status_with_a_superscript_digit() -> None:
+    """'HTTP/1.1 2\\xb20 OK': the Latin-1 head holds '2²0', which isdigit() accepts and
+    int() refuses: ValueError instead of BadResponse."""
+    from wire.http1 import BadResponse
+
+    with pytest.raises(BadResponse, match="not an HTTP/1.x status line"):
+        _answer(b"HTTP/1.1 2\xb20 OK\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("size", [b"-5", b"0x5", b"+5", b"5_0"])
+def test_http_chunk_size_is_hex_digits_only(size: bytes) -> None:
+    """int(text, 16) also takes a sign, '0x' and '_': a negative chunk size desynchronised
+    the framing (read while fixing the status line above)."""
+    from wire.http1 import BadResponse
+
+    with pytest.raises(BadResponse, match="bad chunk size"):
+        _answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size
+                + b"\r\nhello\r\n0\r\n\r\n")
