@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, overload
 
 from system.errors import AgentError, ProbeFailed
 from system.redact import MASK, redact
@@ -35,6 +35,74 @@ SECRET_KEYS = frozenset({"password", "user_password", "custom_data", "private_ke
 
 class SecretInFacts(AgentError):
     """A facts document would have stored a secret; nothing was written."""
+
+
+# Stored facts as `load` gives them back, typed. TypedDicts rather than NamedTuples: the
+# tasks fingerprint and record these values as stored (graph.uptodate.Inputs, tasks/once.py
+# compare JSON objects), a plan keeps them as the JSON the store would give back, and facts
+# stored by an older agent may lack a key (NotRequired); a TypedDict is that very JSON
+# object, checked by mypy key by key, where a NamedTuple would need converting both ways.
+
+class OvfKey(TypedDict):
+    """An SSH key of the OVF: an authorized key (value, or a certificate's fingerprint) or
+    a key pair (fingerprint and path, no value)."""
+
+    path: str
+    fingerprint: str | None
+    value: NotRequired[str | None]
+
+
+class OvfFacts(TypedDict):
+    """"ovf": the OVF's public facts (OvfEnv.public_facts) and where they were read."""
+
+    username: str
+    hostname: str | None
+    password_set: bool
+    custom_data_sha256: str | None
+    disable_ssh_password_authentication: bool
+    public_keys: list[OvfKey]
+    key_pairs: list[OvfKey]
+    provision_guest_agent: bool
+    preprovisioned_vm: bool
+    preprovisioned_vm_type: str | None
+    source: NotRequired[str]
+
+
+class GoalStateFacts(TypedDict):
+    """"goalstate": the goal state the agent handled last."""
+
+    incarnation: str
+    container_id: str
+    role_instance_id: str | None
+    has_certificates: NotRequired[bool]  # not kept by older agents: assume some
+    sha256: NotRequired[str]  # of the document (older agents kept none)
+
+
+class VmFacts(TypedDict):
+    """"vm": this VM's id and distribution."""
+
+    vm_id: str
+    family: str
+    distro: str
+    version: str
+    init_system: str
+    dhcp_client: str | None
+    sshd_service: str
+    cloud_init_enabled: bool
+
+
+class CertificateFacts(TypedDict):
+    """"certificates": the certificates installed for a goal state."""
+
+    incarnation: str
+    thumbprints: list[str]
+
+
+class CertificateKey(TypedDict):
+    """An SSH public key made from a delivered certificate (its sha256 says which)."""
+
+    sha256: str
+    key: str
 
 
 def facts_path(root: Root, conf: Config, name: str) -> Path:
@@ -85,7 +153,20 @@ def save(fs: FileSystem, conf: Config, name: str, facts: Mapping[str, Any]) -> b
     return fs.write(path, text, mode=0o600, why=f"facts {name} changed")
 
 
-def load(root: Root, conf: Config, name: str) -> dict[str, Any] | None:
+@overload
+def load(root: Root, conf: Config, name: Literal["ovf"]) -> OvfFacts | None: ...
+@overload
+def load(root: Root, conf: Config, name: Literal["goalstate"]) -> GoalStateFacts | None: ...
+@overload
+def load(root: Root, conf: Config, name: Literal["vm"]) -> VmFacts | None: ...
+@overload
+def load(root: Root, conf: Config, name: Literal["certificates"]) -> CertificateFacts | None: ...
+@overload
+def load(root: Root, conf: Config,
+         name: Literal["certificate_keys"]) -> dict[str, CertificateKey] | None: ...
+@overload
+def load(root: Root, conf: Config, name: str) -> Mapping[str, Any] | None: ...
+def load(root: Root, conf: Config, name: str) -> Mapping[str, Any] | None:
     """A stored facts document, or None when it was never gathered."""
     path = facts_path(root, conf, name)
     try:

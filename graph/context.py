@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from facts.distro import Distro
     from facts.media import ProvisioningData
     from facts.scvmm import ScvmmMedia
+    from facts.store import OvfFacts
     from wire.artifacts import ArtifactClient
     from wire.documents import GoalState
     from wire.wireserver import WireServerClient
@@ -48,7 +49,7 @@ class RunState:
     # The provisioning data of this boot (None: no DVD, media= or kept copy).
     ovf: ProvisioningData | None | Unread = UNREAD
     # The stored OVF facts (gather:ovf forgets them when it stores new ones).
-    ovf_facts: dict[str, Any] | None = None
+    ovf_facts: OvfFacts | None = None
     scvmm_media: ScvmmMedia | None | Unread = UNREAD
     # -- the platform
     wireserver: WireServerClient | None = None

@@ -12,14 +12,14 @@ agent started), which the hostname, user, host key and sshd work overlaps.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from facts import store
 from graph.context import Context
 from graph.uptodate import Inputs, Probe
 from tasks import TaskDict, inputs
 
-FACTS = "certificates"
+FACTS: Final = "certificates"
 
 
 def generate(ctx: Context) -> Iterator[TaskDict]:
@@ -97,5 +97,5 @@ def install(ctx: Context) -> None:
             bundle = install_certificates(ctx.fs, ctx.lib_dir, document, pair,
                                           openssl=inputs.openssl(ctx))
             found = sorted(bundle.thumbprints)
-    store.save(ctx.fs, ctx.conf, FACTS, {"incarnation": state.incarnation,
-                                         "thumbprints": found})
+    facts: store.CertificateFacts = {"incarnation": state.incarnation, "thumbprints": found}
+    store.save(ctx.fs, ctx.conf, FACTS, facts)

@@ -140,7 +140,7 @@ def goal_state_facts(state: "ExtensionsGoalState", **extra: Any) -> dict[str, An
             "in_svd_seq_no": state.in_svd_seq_no, "handlers": handlers, **extra}
 
 
-def stored_goal_state(ctx: Context) -> dict[str, Any] | None:
+def stored_goal_state(ctx: Context) -> Mapping[str, Any] | None:
     return inputs.stored_facts(ctx, FACTS)
 
 

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from facts.store import GoalStateFacts, VmFacts
 from graph.context import Context, RunState
 from graph.uptodate import Inputs, Probe
 from tasks import TaskDict, inputs
@@ -96,11 +97,12 @@ def gather_vm(ctx: Context) -> None:
         clear_per_vm_state(ctx, previous, current)
     inputs.start_transport_pair(ctx)
     found = inputs.distro(ctx)
-    inputs.keep_facts(ctx, "vm", {
+    facts: VmFacts = {
         "vm_id": current, "family": found.family, "distro": found.id, "version": found.version,
         "init_system": found.init_system, "dhcp_client": found.dhcp_client,
         "sshd_service": found.sshd_service, "cloud_init_enabled": found.cloud_init_enabled,
-    })
+    }
+    inputs.keep_facts(ctx, "vm", facts)
 
 
 def clear_per_vm_state(ctx: Context, previous: str, current: str) -> None:
@@ -160,10 +162,11 @@ def gather_goal_state(ctx: Context) -> None:
 
 def store_goal_facts(ctx: Context, state: GoalState) -> None:
     """The goal state's facts the other tasks fingerprint."""
-    inputs.keep_facts(ctx, "goalstate", {
+    facts: GoalStateFacts = {
         "incarnation": state.incarnation,
         "container_id": state.container_id,
         "role_instance_id": state.role_instance_id,
         "has_certificates": bool(state.certificates_url),
         "sha256": inputs.goal_state_digest(state.xml),
-    })
+    }
+    inputs.keep_facts(ctx, "goalstate", facts)

@@ -9,10 +9,12 @@ boot without the DVD sees the same inputs as the boot that provisioned.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from facts import store
+from facts.store import GoalStateFacts, OvfFacts
 from graph.context import UNREAD, Context
 from system.errors import AgentError
 
@@ -69,7 +71,7 @@ def provisioning_data(ctx: Context) -> ProvisioningData | None:
     return ctx.state.ovf
 
 
-def keep_facts(ctx: Context, name: str, facts: dict[str, Any]) -> None:
+def keep_facts(ctx: Context, name: str, facts: Mapping[str, Any]) -> None:
     """Store a facts document; in a plan, where the store write is only recorded, keep it
     in this run's memory instead, so that the tasks after it see what a run would store."""
     store.save(ctx.fs, ctx.conf, name, facts)
@@ -80,7 +82,13 @@ def keep_facts(ctx: Context, name: str, facts: dict[str, Any]) -> None:
         ctx.state.planned_facts[name] = json.loads(store.dumps(facts))
 
 
-def stored_facts(ctx: Context, name: str) -> dict[str, Any] | None:
+@overload
+def stored_facts(ctx: Context, name: Literal["ovf"]) -> OvfFacts | None: ...
+@overload
+def stored_facts(ctx: Context, name: Literal["goalstate"]) -> GoalStateFacts | None: ...
+@overload
+def stored_facts(ctx: Context, name: str) -> Mapping[str, Any] | None: ...
+def stored_facts(ctx: Context, name: str) -> Mapping[str, Any] | None:
     """A facts document as this run stored it (in a plan: gathered into memory)."""
     if ctx.run.plan:
         planned = ctx.state.planned_facts
@@ -91,7 +99,7 @@ def stored_facts(ctx: Context, name: str) -> dict[str, Any] | None:
     return store.load(ctx.root, ctx.conf, name)
 
 
-def ovf_facts(ctx: Context) -> dict[str, Any]:
+def ovf_facts(ctx: Context) -> OvfFacts:
     """The stored, secret-free OVF facts of the boot that read the media.
 
     Read once a run (two dozen checks ask; treat it as read-only); gather:ovf forgets it
@@ -107,7 +115,7 @@ def ovf_facts(ctx: Context) -> dict[str, Any]:
     return found
 
 
-def goal_facts(ctx: Context) -> dict[str, Any]:
+def goal_facts(ctx: Context) -> GoalStateFacts:
     """The stored facts of the last goal state (incarnation, ids, certificates)."""
     found = stored_facts(ctx, "goalstate")
     if found is None:

@@ -164,9 +164,11 @@ def key_from_certificate(ctx: Context, thumb: str) -> str:
     import hashlib
 
     digest = hashlib.sha256(data).hexdigest()
-    known = store.load(ctx.root, ctx.conf, "certificate_keys") or {}
-    if known.get(thumb, {}).get("sha256") == digest:
-        return str(known[thumb]["key"])
+    known: dict[str, store.CertificateKey] = (
+        store.load(ctx.root, ctx.conf, "certificate_keys") or {})
+    kept = known.get(thumb)
+    if kept is not None and kept.get("sha256") == digest:
+        return str(kept["key"])
     from wire.x509 import ssh_public_key
 
     line = ssh_public_key(data)
