@@ -22,7 +22,8 @@ class WaagentLoader(NamespaceTaskLoader):
 
     def load_doit_config(self) -> dict[str, Any]:
         self.namespace = loader.dodo_namespace()
-        return super().load_doit_config()  # type: ignore[no-any-return]
+        config: dict[str, Any] = super().load_doit_config()
+        return config
 
 
 class WaagentDoitMain(DoitMain):

@@ -1,4 +1,4 @@
-"""ruff and mypy over the whole tree (strict on conf/, system/, facts/, wire/)."""
+"""ruff and mypy over the whole tree (strict on conf/, system/, facts/, wire/, graph/, tasks/)."""
 
 from __future__ import annotations
 
