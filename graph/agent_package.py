@@ -32,7 +32,9 @@ PACKAGES = ("conf", "facts", "wire", "system", "tasks", "graph")
 MODULES = ("dodo.py",)
 # Fixed member time: the same tree and version give the same bytes.
 _ZIP_TIME = (2024, 1, 1, 0, 0, 0)
-VERSION_PATTERN = re.compile(r"^\d+(\.\d+){1,3}$")
+# ASCII digits (\d takes any script's), at most 9 each (int() refuses more than 4300), and
+# \Z: "$" would take a newline at the end.
+VERSION_PATTERN = re.compile(r"\A[0-9]{1,9}(\.[0-9]{1,9}){1,3}\Z")
 
 
 class BadAgentPackage(AgentError):

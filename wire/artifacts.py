@@ -34,7 +34,10 @@ class ArtifactUnavailable(WireError):
 
 def version_key(version: str) -> tuple[tuple[int, str], ...]:
     """A version as waagent's FlexibleVersion orders it: numeric parts compared as numbers."""
-    return tuple((int(part), "") if part.isdigit() else (-1, part)
+    # Numbers compare by their digits, never through int(): "²" is a digit to isdigit()
+    # but not to int(), and int() refuses more than 4300 digits.
+    return tuple((len(part.lstrip("0")), part.lstrip("0"))
+                 if part.isascii() and part.isdigit() else (-1, part)
                  for part in re.split(r"[.\-]", version.strip()) if part != "")
 
 

@@ -288,7 +288,10 @@ def _settings(item: Element, ext_name: str | None, state: PluginState, level: in
               depends_on: tuple[DependsOnExtension, ...], handler: str) -> ExtensionSettings:
     what = f"{handler}" + (f" extension {ext_name}" if ext_name else "")
     seq_text = attribute(item, "seqNo")
-    if seq_text is None or not seq_text.lstrip("-").isdigit():
+    digits = seq_text.removeprefix("-") if seq_text is not None else ""
+    # isascii: isdigit() also holds for "²", which int() refuses; removeprefix, not lstrip:
+    # "--1" is not a number either.
+    if seq_text is None or not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
         raise _InvalidHandler(f"{what}: seqNo={seq_text!r} is not a number")
     body = (item.text or "").strip() or None
     handler_settings: Mapping[str, Any] = {}

@@ -197,3 +197,40 @@ def test_http_chunk_size_is_hex_digits_only(size: bytes) -> None:
     with pytest.raises(BadResponse, match="bad chunk size"):
         _answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size
                 + b"\r\nhello\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize("seq_no", ["--1", "²", "9" * 5000])
+@regression("ExtensionsConfig")
+def test_extensions_config_seq_no_that_int_refuses(seq_no: str) -> None:
+    """seqNo was checked with lstrip("-").isdigit(), which "--1", a superscript "²" and 5000
+    digits pass and int() refuses: ValueError out of parse_extensions_config. The handler
+    is now invalid, the others still run."""
+    from wire.extensions_config import parse_extensions_config
+
+    document = ('<Extensions><Plugins><Plugin name="A" version="1.0"/><Plugin name="B" '
+                'version="1.0"/></Plugins><PluginSettings><Plugin name="A" version="1.0">'
+                f'<RuntimeSettings seqNo="{seq_no}"/></Plugin><Plugin name="B" version="1.0">'
+                '<RuntimeSettings seqNo="0"/></Plugin></PluginSettings></Extensions>')
+    first, second = parse_extensions_config(document.encode()).plugins
+    assert first.invalid_reason is not None and "seqNo" in first.invalid_reason
+    assert second.invalid_reason is None and second.settings[0].seq_no == 0
+
+
+@regression("manifests")
+def test_manifest_versions_that_int_refuses() -> None:
+    """pick_version ordered numeric parts with int(part) when part.isdigit(): a manifest
+    offering "²" or a part of 5000 digits raised ValueError. graph.update's choice of the
+    newest agent raised it too (VERSION_PATTERN took any digits, any length)."""
+    from graph.update import choose_version
+    from wire.artifacts import pick_version, version_key
+    from wire.extensions_config import GAFamily, ManifestVersion, PluginVersionManifest
+
+    huge = "1." + "9" * 5000
+    manifest = PluginVersionManifest((ManifestVersion("1.0.1", ()), ManifestVersion("1.²", ()),
+                                      ManifestVersion(huge, ())))
+    picked = pick_version(manifest, "1")
+    assert picked is not None and picked.version == huge
+    assert version_key("1.0.10") > version_key("1.0.9") and version_key("1.0") == version_key("1.00")
+    choice = choose_version(GAFamily("Prod", ()), ["1.0.1", huge, "1.0.2\n", "1.0.٣"],
+                            running="1.0.0", base="1.0.0", blacklisted=())
+    assert choice.version == "1.0.1"

@@ -1,6 +1,6 @@
 """WireServer and HostGAPlugin documents: wire/xmldoc.py, wire/documents.py,
-wire/subdocuments.py, wire/extensions_config.py, wire/extensions_goal_state.py and the
-manifest version choice of wire/artifacts.py."""
+wire/subdocuments.py, wire/extensions_config.py, wire/extensions_goal_state.py, and the
+version choices made from manifests (wire/artifacts.py, graph/update.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from graph.update import choose_version
 from tests.campaigns.harness import campaign, holds
 from tests.campaigns.strategies import (
     JSON_TOKENS,
@@ -31,6 +32,7 @@ from wire.artifacts import pick_version
 from wire.documents import parse_goal_state, parse_versions
 from wire.errors import DocumentError
 from wire.extensions_config import (
+    GAFamily,
     is_on_hold,
     parse_artifacts_profile,
     parse_extensions_config,
@@ -71,7 +73,8 @@ CERTS = node(Version=leaf(), Incarnation=leaf(), Format=leaf(
     text=st.sampled_from(["Pkcs7BlobWithPfxContents", "", "x"])), Data=leaf())
 
 NAMES = st.sampled_from(["Ext.A", "ext.a", "Ext.B", "Microsoft.OSTCExtensions.VMAccessForLinux"])
-VERSIONS_TEXT = st.sampled_from(["1.0", "1.0.0", "1.0.1", "2.0", "1", "", "1.0-beta", "²"])
+VERSIONS_TEXT = st.sampled_from(["1.0", "1.0.0", "1.0.1", "2.0", "1", "", "1.0-beta", "²",
+                                 "1." + "9" * 5000, "1.0.٣"])
 SETTINGS = st.one_of(
     st.just(""),
     shaped({"runtimeSettings": st.lists(shaped({"handlerSettings": shaped({
@@ -161,6 +164,9 @@ def _extensions_config(data: bytes) -> None:
     config.ga_family("Prod")
     for plugin in config.plugins:
         plugin.manifest_uris  # noqa: B018
+    for family in config.ga_families:  # the self-update's choice from the agent family
+        choose_version(family, [family.version or "", "9.9.9"], running="1.0.0",
+                       base="1.0.0", blacklisted=())
     state = from_extensions_config(config, "1")
     state.unsupported_features  # noqa: B018
     choose([state, None], handled_ticks=5)
@@ -182,6 +188,9 @@ def _manifest(data: bytes) -> None:
     for version in manifest.versions:
         pick_version(manifest, version.version)
         manifest.find(version.version)
+    # An agent family's manifest: the self-update picks the newest version offered.
+    choose_version(GAFamily("Prod", ()), [v.version for v in manifest.versions],
+                   running="1.0.0", base="1.0.0", blacklisted=())
 
 
 @campaign(1)
