@@ -166,6 +166,11 @@ def _open_volume(fp: BinaryIO) -> tuple[_Volume, _Extent]:
         _, extents = _file_entry(volume, _Extent(SECTOR, block, physical_ref))
         if isinstance(extents, bytes):
             raise UdfError("metadata file with embedded data")
+        # In the physical partition: one in the metadata partition itself would have
+        # physical_block resolve it through itself, without end.
+        if any(e.partition_ref >= len(volume.maps) or volume.maps[e.partition_ref][0] != "physical"
+               for e in extents):
+            raise UdfError("metadata file with extents outside a physical partition")
         volume.metadata_extents = extents
     return volume, file_set
 

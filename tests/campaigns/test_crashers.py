@@ -234,3 +234,26 @@ def test_manifest_versions_that_int_refuses() -> None:
     choice = choose_version(GAFamily("Prod", ()), ["1.0.1", huge, "1.0.2\n", "1.0.٣"],
                             running="1.0.0", base="1.0.0", blacklisted=())
     assert choice.version == "1.0.1"
+
+
+@regression("ISO 9660/UDF")
+def test_udf_metadata_file_with_an_extent_in_the_metadata_partition() -> None:
+    """A metadata file whose allocation descriptor (long_ad) points into the metadata
+    partition itself made physical_block resolve block 0 through itself until
+    RecursionError. Found building the metadata-partition seed of the media campaign."""
+    import io
+    import struct
+
+    from facts.udf import UdfError, _open_volume, read_udf_root_file
+    from tests.campaigns.test_fuzz_media import _fix_tag, images
+
+    image = bytearray(images()["metaudf"])
+    volume, _ = _open_volume(io.BytesIO(bytes(image)))
+    assert volume.metadata_map == 1
+    entry = volume.physical_block(volume.metadata_physical[0], 0) * 2048
+    struct.pack_into("<H", image, entry + 34, 1)  # long allocation descriptors
+    struct.pack_into("<II", image, entry + 168, 0, 16)
+    struct.pack_into("<IIH", image, entry + 176, 8 * 2048, 0, 1)  # block 0 of map 1
+    _fix_tag(image, entry)
+    with pytest.raises(UdfError, match="outside a physical partition"):
+        read_udf_root_file(io.BytesIO(bytes(image)), "ovf-env.xml", limit=1 << 20)

@@ -46,7 +46,43 @@ def images() -> dict[str, bytes]:
         image[start + index * SECTOR:start + (index + 1) * SECTOR] = (
             vrs[index] if index < len(vrs) else bytes(SECTOR))
     found["pureudf"] = bytes(image)
+    found["metaudf"] = with_metadata_partition(found["pureudf"])
     return found
+
+
+def _fix_tag(image: bytearray, start: int) -> None:
+    tag = image[start:start + 16]
+    image[start + 4] = (sum(tag[0:4]) + sum(tag[5:16])) & 0xFF
+
+
+def with_metadata_partition(base: bytes) -> bytes:
+    """A pure UDF image whose file set is reached through a UDF 2.50 metadata partition
+    (pycdlib writes none): a type 2 partition map, and a metadata file whose one extent
+    covers the physical partition, so metadata block n is physical block n."""
+    image = bytearray(base)
+    vds_length, vds_location = struct.unpack_from("<II", image, 256 * SECTOR + 16)
+    tags = {struct.unpack_from("<H", image, (vds_location + i) * SECTOR)[0]:
+            (vds_location + i) * SECTOR for i in reversed(range(vds_length // SECTOR))}
+    lvd, pd = tags[6], tags[5]
+    part_start, part_length = struct.unpack_from("<II", image, pd + 188)
+    number = struct.unpack_from("<H", image, pd + 22)[0]
+    table_length, count = struct.unpack_from("<II", image, lvd + 264)
+    free = next(n for n in range(part_start + part_length - 1, part_start, -1)
+                if not any(image[n * SECTOR:(n + 1) * SECTOR]))
+    metadata_map = bytearray(64)
+    metadata_map[0:2] = bytes([2, 64])
+    metadata_map[5:28] = b"*UDF Metadata Partition"
+    struct.pack_into("<HHI", metadata_map, 36, 1, number, free - part_start)
+    image[lvd + 440 + table_length:lvd + 504 + table_length] = metadata_map
+    struct.pack_into("<II", image, lvd + 264, table_length + 64, count + 1)
+    struct.pack_into("<H", image, lvd + 256, 1)  # the file set, through map 1
+    _fix_tag(image, lvd)
+    entry = free * SECTOR  # the metadata file's entry: short allocation descriptors
+    struct.pack_into("<HHI", image, entry, 261, 3, free - part_start)
+    struct.pack_into("<Q", image, entry + 56, part_length * SECTOR)
+    struct.pack_into("<IIII", image, entry + 168, 0, 8, part_length * SECTOR, 0)
+    _fix_tag(image, entry)
+    return bytes(image)
 
 
 def _structure_sectors(image: bytes) -> list[int]:
@@ -64,7 +100,7 @@ def corrupt_image(draw: st.DrawFn) -> bytes:
     """A real image with fields of its structures overwritten by edge values (little- or
     big-endian, 1 to 4 bytes), bytes flipped, or cut short; after a change in a UDF
     descriptor its tag checksum is often fixed, so the damage reaches past the tag."""
-    kind = draw(st.sampled_from(("iso", "udf", "pureudf")))
+    kind = draw(st.sampled_from(("iso", "udf", "pureudf", "metaudf")))
     image = bytearray(images()[kind])
     sectors = _structure_sectors(bytes(image))
     for _ in range(draw(st.integers(1, 6))):
@@ -83,9 +119,7 @@ def corrupt_image(draw: st.DrawFn) -> bytes:
             size = draw(st.integers(1, 64))
             image[offset:offset + size] = bytes(len(image[offset:offset + size]))
         if kind != "iso" and draw(st.integers(0, 3)):
-            start = sector * SECTOR
-            tag = image[start:start + 16]
-            image[start + 4] = (sum(tag[0:4]) + sum(tag[5:16])) & 0xFF
+            _fix_tag(image, sector * SECTOR)
     if draw(st.integers(0, 9)) == 0:
         del image[draw(st.integers(0, len(image))):]
     return Image(image)
