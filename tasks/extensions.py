@@ -667,7 +667,7 @@ def download_package(ctx: Context, handler: Handler) -> None:
     client = artifact_client(ctx, inputs.goal_state(ctx))
     chosen: Any = None
     if handler.package_uris:  # the manifest was read when the goal state was gathered
-        from wire.extensions_config import ManifestVersion
+        from wire.handlers import ManifestVersion
 
         chosen = ManifestVersion(handler.version, handler.package_uris)
     else:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from wire.errors import WireError
-from wire.extensions_config import ManifestVersion, PluginVersionManifest
+from wire.handlers import ManifestVersion, PluginVersionManifest
 
 log = logging.getLogger("waagent.wire.artifacts")
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from wire.errors import DocumentError
-from wire.extensions_config import (
-    DependsOnExtension,
-    ExtensionsConfig,
-    ExtensionSettings,
-    Plugin,
-    PluginState,
-)
+from wire.handlers import DependsOnExtension, ExtensionSettings, Plugin, PluginState
+
+if TYPE_CHECKING:  # the XML parser's module: only a new goal state needs it
+    from wire.extensions_config import ExtensionsConfig
 
 Source = Literal["ExtensionsConfig", "FastTrack"]
 _STATES: tuple[PluginState, ...] = ("enabled", "disabled", "uninstall")
