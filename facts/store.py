@@ -167,7 +167,12 @@ def load(root: Root, conf: Config,
 @overload
 def load(root: Root, conf: Config, name: str) -> Mapping[str, Any] | None: ...
 def load(root: Root, conf: Config, name: str) -> Mapping[str, Any] | None:
-    """A stored facts document, or None when it was never gathered."""
+    """A stored facts document, or None when it was never gathered.
+
+    A file that is not a JSON object (a disk that lost blocks, an editor) is None too, with
+    a warning: facts are a cache of what is gathered, so the gather task runs again and
+    replaces it. One-shot work is recorded elsewhere (per VM id), never here.
+    """
     path = facts_path(root, conf, name)
     try:
         text = path.read_text(encoding="utf-8")
@@ -179,10 +184,13 @@ def load(root: Root, conf: Config, name: str) -> Mapping[str, Any] | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ProbeFailed(f"facts {name}: {root.system_path(path)} is not JSON ({err}); "
-                          "delete it to gather again") from None
+        log.warning("facts %s: %s is not JSON (%s); gathering it again", name,
+                    root.system_path(path), err)
+        return None
     if not isinstance(value, dict):
-        raise ProbeFailed(f"facts {name}: {root.system_path(path)} is not a JSON object")
+        log.warning("facts %s: %s is not a JSON object; gathering it again", name,
+                    root.system_path(path))
+        return None
     return value
 
 

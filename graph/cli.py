@@ -10,6 +10,7 @@ Flags take `-`, `--` or `/` as prefix, as waagent does.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -170,6 +171,13 @@ def main(argv: Sequence[str] | None = None, run_doit: Callable[[list[str]], int]
         # The reader went away (`waagent -show-configuration | head`): stop quietly, as
         # other tools do, and keep Python from failing again when it flushes stdout.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A read-only root or a full disk before any task ran (the crash campaign).
+        print(f"waagent: cannot write {err.filename or 'the agent state'}: {err.strerror}; "
+              "make the file system writable or make room, then run again", file=sys.stderr)
         return 1
 
 

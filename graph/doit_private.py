@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import sqlite3
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -98,7 +99,7 @@ _import_doit_lean()
 check_doit_version()
 
 # doit's own modules: imported only now, after the lean import and the version check.
-from doit.dependency import SqliteDB  # noqa: E402
+from doit.dependency import DatabaseException, SqliteDB  # noqa: E402
 from doit.exceptions import InvalidDodoFile  # noqa: E402
 from doit.loader import TASK_STRING, task_params  # noqa: E402
 from doit.plugin import PluginDict  # noqa: E402
@@ -256,11 +257,20 @@ class AgentStateDB(SqliteDB):
         encode = self.codec.encode
         self._dirty: set[str] = {task_id for task_id in self._dirty
                                  if encode(self._cache[task_id]) != self._as_read.get(task_id)}
-        if self._create_on_write and self._dirty:
-            # The first rows: now the file is made (and Lib.Dir, private, if need be).
-            os.makedirs(os.path.dirname(os.path.abspath(self.name)), mode=0o700,
-                        exist_ok=True)
-            self._conn.close()
-            self._create_on_write = False
-            self._conn = self._sqlite3(self.name)
-        super().dump()
+        try:
+            if self._create_on_write and self._dirty:
+                # The first rows: now the file is made (and Lib.Dir, private, if need be).
+                os.makedirs(os.path.dirname(os.path.abspath(self.name)), mode=0o700,
+                            exist_ok=True)
+                self._conn.close()
+                self._create_on_write = False
+                self._conn = self._sqlite3(self.name)
+            super().dump()
+        except (DatabaseException, sqlite3.Error, OSError) as err:
+            # A full or read-only Lib.Dir (the crash campaign). The state is a cache (DESIGN
+            # rule 5): not saving it costs rework at the next run, never repeated one-shot work.
+            import logging
+
+            logging.getLogger("waagent.graph").error(
+                "cannot save the run's state in %s (%s): the next run redoes what it cannot "
+                "tell is done; make room in Lib.Dir", self.name, err)

@@ -215,6 +215,10 @@ def _without_user(text: str, name: str) -> str:
 
 
 def user(ctx: Context) -> list[Change]:
+    if not _contents(ctx.lib_dir, keep=_engine_files()):
+        # Lib.Dir already emptied: a deprovision ran to its last step and was stopped before
+        # it could save that (the crash campaign). No user is known, and none is guessed.
+        return []
     name = provisioned_user(ctx)
     found = []
     if name in users(ctx.root):
@@ -387,7 +391,12 @@ def _engine_files() -> tuple[str, ...]:
 
 
 def agent_state(ctx: Context) -> list[Change]:
-    return _removals(_contents(ctx.lib_dir, keep=_engine_files()),
+    # The ovf-env copy goes last: until Lib.Dir is empty, a rerun after a kill still knows
+    # the provisioned user (deprovision+user).
+    found = _contents(ctx.lib_dir, keep=_engine_files())
+    last = ("ovf-env.xml", _aside(ctx.lib_dir / "ovf-env.xml").name)
+    found.sort(key=lambda path: path.name in last)
+    return _removals(found,
                      "agent state: certificates, keys, ovf-env, custom data, facts, extensions")
 
 
