@@ -1,0 +1,468 @@
+#!/usr/bin/env python3
+"""The daemon at rest and at work: waagent-graph `-daemon` against the published Azure Linux
+agent (Debian package waagent 2.7.3) `-daemon`, side by side in identical VM roots
+(tests/e2e/harness.py), each against its own fabric serving the same scenario.
+
+    sudo .venv/bin/python bench/daemon.py [--quick] [--keep DIR]
+
+Both roots hold both agents, the package's /etc/waagent.conf with Provisioning.Agent=waagent,
+ResourceDisk.Format=n, ed25519 host keys, and the default period (Extensions.GoalStatePeriod
+6 s); waagent's lab helpers (tests/e2e/harness.install_waagent_helpers). The default scenario
+has one extension (the fabric's no-op handler). Phases:
+
+1. idle (both VMs at once): boot, DHCP, `-daemon` as the service starts it, Ready, the
+   extension enabled, a warm-up; then IDLE seconds measured. CPU: utime+stime (+cutime+cstime,
+   children it reaped) from /proc/PID/stat of every process below the agent's launcher: the
+   daemon and, for waagent, its extension handler process and their children. RSS: VmRSS of
+   the same processes, summed, sampled every 10 s over the window (mean; max shown too).
+   CPU per idle loop (ours): the window's CPU over its loops (daemon.json), monitors included.
+2. new goal state -> status (one VM after the other, so that they do not share the CPUs):
+   SAMPLES times, at a random point of the period, the fabric publishes a new incarnation;
+   the time from its publication to the first status blob acknowledging it (inSvdSeqNo), both
+   stamped by the fabric. Median.
+3. 2000 loops, a goal state change every 10th: in this process (GoalStatePeriod cannot go
+   below 1 s, so 2000 loops would take over half an hour in a VM). A `graph.daemon.Daemon` on
+   a sandbox root (tests/sandbox.py), provisioned against a fabric on 127.0.0.1 (in its own
+   process: its record of every request would grow in this one), then
+   `goal_state_pass()` LOOPS times with `Fabric.new_incarnation()` before every 10th: each of
+   those passes runs the graph in-process as the daemon does. RSS from /proc/self/status after
+   a warm-up of WARM loops and at the end. Before them, the CPU of 300 idle passes alone
+   (getrusage): the loop's own cost, without the monitors the VM figure includes.
+
+--quick: a 60 s idle window after 20 s of warm-up, 3 latency samples, 300 loops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import vmharness
+
+from fabric.scenario import default_scenario_path
+from tests.e2e import harness
+
+OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
+             "Provisioning.SshHostKeyPairType": "ed25519",
+             "Provisioning.RegenerateSshHostKeyPair": "y"}
+AGENTS = {"waagent-graph": "/" + harness.AGENT_LAUNCHER, "waagent 2.7.3": "/usr/sbin/waagent"}
+PERIOD = 6.0  # Extensions.GoalStatePeriod, the default of both
+CLOCK_TICKS = 100  # USER_HZ: /proc/PID/stat counts in 1/100 s on Linux
+SETTLE_TIMEOUT = 300.0
+RSS_EVERY = 10.0
+TARGETS = {"idle_cpu": 0.3, "idle_rss": 0.5, "cpu_per_loop_ms": 3.0, "rss_growth_mb": 1.0,
+           "latency": 0.5}
+
+
+@dataclass
+class Figures:
+    """What one agent's VM measured."""
+
+    idle_seconds: float = 0.0
+    idle_cpu: float = 0.0
+    rss_mb: list[float] = field(default_factory=list)
+    loops: int | None = None
+    latencies: list[float] = field(default_factory=list)
+    processes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+# ------------------------------------------------------------------- processes, from the host
+
+
+def proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, comm) of every process on the host."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        table[int(stat.parent.name)] = (int(fields[1]), comm)
+    return table
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (host pids), not `pid` itself."""
+    table = proc_table()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime+cutime+cstime of these processes, in seconds (gone ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return total / CLOCK_TICKS
+
+
+def rss_mb(pids: list[int]) -> float:
+    total_kb = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
+    except OSError:
+        return "?"
+
+
+# ------------------------------------------------------------------- one VM
+
+
+def prepare(root: Path) -> None:
+    harness.set_conf_options(root, OVERRIDES)
+    harness.install_waagent_helpers(root)
+
+
+def incarnation_of(blob: dict[str, Any]) -> str | None:
+    aggregate = blob["status"].get("aggregateStatus", {})
+    goal = aggregate.get("vmArtifactsAggregateStatus", {}).get("goalStateAggregateStatus", {})
+    seq: str | None = goal.get("inSvdSeqNo")
+    return seq
+
+
+def settled(lab: harness.Lab, incarnation: str) -> bool:
+    """A status blob for `incarnation` with every handler's extension Ready."""
+    for blob in lab.fabric.status_blobs():
+        handlers = blob["status"].get("aggregateStatus", {}).get("handlerAggregateStatus", [])
+        if incarnation_of(blob) == incarnation and handlers and all(
+                h.get("status") == "Ready" and "runtimeSettingsStatus" in h for h in handlers):
+            return True
+    return False
+
+
+def daemon_loops(lab: harness.Lab) -> int | None:
+    try:
+        loops: int = json.loads((lab.root / "var/lib/waagent/daemon.json").read_text())["loops"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return loops
+
+
+class AgentVm:
+    """One lab running one agent's daemon; `idle` and `latency` fill its Figures."""
+
+    def __init__(self, agent: str, work: Path, args: argparse.Namespace) -> None:
+        self.agent, self.work, self.args = agent, work, args
+        self.figures = Figures()
+        self.ready = threading.Event()  # idle phase done
+        self.go_latency = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with harness.lab(self.work, default_scenario_path(), conf=None,
+                             packages=harness.WAAGENT_PACKAGES, prepare=prepare,
+                             tag=f"bench-{'ours' if self.agent == 'waagent-graph' else 'wa'}") \
+                    as lab:
+                self.lab = lab
+                lab.vm.dhcp()
+                self.process = lab.vm.popen([AGENTS[self.agent], "-daemon"],
+                                            self.work / "agent.log")
+                lab.fabric.wait_for_health("Ready", SETTLE_TIMEOUT)
+                harness.wait_until(lambda: settled(lab, "1"), SETTLE_TIMEOUT,
+                                   f"{self.agent}: the extension enabled", 1)
+                self.idle()
+                self.ready.set()
+                self.go_latency.wait()
+                self.latency()
+        except Exception as err:  # noqa: BLE001 - reported in the table, the other VM goes on
+            log = self.work / "agent.log"
+            self.figures.error = f"{err}; the agent said: " + (
+                log.read_text(errors="replace")[-2000:] if log.exists() else "")
+        finally:
+            self.ready.set()
+            self.done.set()
+
+    def idle(self) -> None:
+        time.sleep(self.args.warmup)
+        pids = descendants(self.process.pid)
+        self.figures.processes = [cmdline(pid) for pid in pids]
+        loops0, cpu0, started = daemon_loops(self.lab), cpu_seconds(pids), time.monotonic()
+        end = started + self.args.idle
+        while time.monotonic() < end:
+            # Processes that came meanwhile count from now on (their CPU before is lost: none
+            # are expected at rest, and the table lists what ran).
+            pids = sorted(set(pids) | set(descendants(self.process.pid)))
+            self.figures.rss_mb.append(rss_mb(pids))
+            time.sleep(min(RSS_EVERY, max(0.0, end - time.monotonic())))
+        self.figures.idle_cpu = cpu_seconds(pids) - cpu0
+        self.figures.idle_seconds = time.monotonic() - started
+        loops1 = daemon_loops(self.lab)
+        if loops0 is not None and loops1 is not None:
+            self.figures.loops = loops1 - loops0
+
+    def latency(self) -> None:
+        for _ in range(self.args.samples):
+            time.sleep(random.uniform(PERIOD, 2 * PERIOD))  # any point of the period
+            self.figures.latencies.append(self.publish_and_wait())
+
+    def publish_and_wait(self) -> float:
+        """Seconds from a new incarnation's publication to the first status for it."""
+        fabric = self.lab.fabric
+        incarnation = str(fabric.control("new-incarnation")["result"])
+        blob = harness.wait_until(lambda: next(
+            (b for b in fabric.status_blobs() if incarnation_of(b) == incarnation), None),
+            SETTLE_TIMEOUT, f"{self.agent}: status for incarnation {incarnation}", 0.2)
+        published = next(p for p in fabric.record()["published"]
+                         if str(p.get("incarnation")) == incarnation)
+        # The next sample starts once this goal state is fully handled.
+        harness.wait_until(lambda: settled(self.lab, incarnation), SETTLE_TIMEOUT,
+                           f"{self.agent}: incarnation {incarnation} settled", 0.5)
+        seconds: float = blob["time"] - published["time"]
+        return seconds
+
+
+def vm_phases(base: Path, args: argparse.Namespace) -> dict[str, Figures]:
+    vms = {agent: AgentVm(agent, base / agent.replace(" ", "-"), args) for agent in AGENTS}
+    threads = [threading.Thread(target=vm.run, name=agent) for agent, vm in vms.items()]
+    for thread in threads:
+        thread.start()
+    for vm in vms.values():
+        vm.ready.wait()
+    print("idle phase done; latency samples, one VM after the other", flush=True)
+    for vm in vms.values():
+        vm.go_latency.set()
+        vm.done.wait()
+    for thread in threads:
+        thread.join()
+    return {agent: vm.figures for agent, vm in vms.items()}
+
+
+# ------------------------------------------------------------------- in-process loops
+
+
+def vm_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class FabricProcess:
+    """`waagent-fabric serve default` on 127.0.0.1 in its own process (its record of every
+    request and blob must not count in the measured process), driven by its control channel."""
+
+    def __init__(self, log: Path) -> None:
+        import subprocess
+
+        fabric_cli = Path(sys.executable).parent / "waagent-fabric"
+        self.log = log
+        self.process = subprocess.Popen(
+            [str(fabric_cli), "serve", "default", "--bind", "127.0.0.1",
+             "--control", "127.0.0.1:0"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(log, "wb"),  # noqa: SIM115
+            text=True)
+        assert self.process.stdout is not None
+        self.urls: dict[str, str] = {}
+        while "control" not in self.urls:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the fabric did not start: {log.read_text()[-2000:]}")
+            name, _, url = line.strip().partition(" ")
+            self.urls[name] = url
+
+    def control(self, action: str | None = None) -> dict[str, Any]:
+        from fabric.control import send
+
+        return send(self.urls["control"], {"action": action} if action else None)
+
+    def record(self) -> dict[str, Any]:
+        import urllib.request
+
+        with urllib.request.urlopen(self.urls["control"] + "/control/record",  # noqa: S310
+                                    timeout=60) as answer:
+            data: dict[str, Any] = json.loads(answer.read())
+        return data
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+IDLE_WARM, IDLE_PASSES = 20, 300
+FULL_STORES = 1000  # loops after which the run reports and goal state history are at their cap
+
+
+def process_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def in_process_loops(base: Path, loops: int, warm: int) -> dict[str, Any]:
+    """RSS over `loops` goal-state passes of one Daemon, a new incarnation every 10th."""
+    from fabric import build_media, default_scenario
+    from graph.daemon import Daemon
+    from tests.sandbox import make_sandbox_root
+
+    work = base / "in-process"
+    work.mkdir(parents=True, exist_ok=True)
+    fabric = FabricProcess(work / "fabric.log")
+    try:
+        scenario = default_scenario()
+        root = make_sandbox_root(work / "vm", scenario.vm_id)
+        conf = work / "waagent.conf"
+        conf.write_text("Provisioning.Agent=waagent\nResourceDisk.Format=n\n"
+                        "Provisioning.RegenerateSshHostKeyPair=y\n")
+        media = build_media(scenario, work / "ovf.iso")
+        daemon = Daemon({"root": str(root), "conf": str(conf), "wireserver": fabric.urls["wire"],
+                         "hostplugin": fabric.urls["hostplugin"], "media": str(media)})
+        if daemon.run_graph("provision", why="start") != 0:
+            raise RuntimeError("the sandbox did not provision")
+        # The goal-state pass alone (no monitors, nothing new): its CPU per pass.
+        for _ in range(IDLE_WARM):
+            daemon.goal_state_pass()
+        cpu0 = process_cpu()
+        for _ in range(IDLE_PASSES):
+            daemon.goal_state_pass()
+        idle_pass_ms = 1000 * (process_cpu() - cpu0) / IDLE_PASSES
+        trace: list[tuple[int, float]] = []
+        started = time.monotonic()
+        warm_rss = warm_at = 0.0
+        for index in range(1, loops + 1):
+            if index % 10 == 0:
+                fabric.control("new-incarnation")
+            daemon.goal_state_pass()
+            if index == warm:
+                warm_rss, warm_at = vm_rss_mb(), time.monotonic()
+            if index % max(1, loops // 10) == 0:
+                trace.append((index, round(vm_rss_mb(), 2)))
+        took = time.monotonic() - started
+        end_rss = vm_rss_mb()
+        blobs = fabric.record()["status_blobs"]
+    finally:
+        fabric.stop()
+    return {"loops": loops, "warm": warm, "warm_rss": warm_rss, "end_rss": end_rss,
+            "idle_pass_ms": idle_pass_ms,
+            "seconds": took, "after_warm_seconds": took - (warm_at - started),
+            "graph_runs": daemon.state["graph_runs"], "trace": trace, "blobs": len(blobs),
+            "problems": sum(len(b.get("problems", [])) for b in blobs),
+            "incarnation": daemon.state["goal_state"].get("incarnation")}
+
+
+# ------------------------------------------------------------------- the table
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}" if theirs else "-"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short windows, few samples")
+    parser.add_argument("--keep", help="keep the labs' logs and records here")
+    parser.add_argument("--skip-vm", action="store_true", help="only the in-process loops")
+    parser.add_argument("--loops", type=int, help="in-process loops (default 2000, quick 300)")
+    args = parser.parse_args()
+    args.warmup, args.idle, args.samples = (20, 60, 3) if args.quick else (60, 300, 7)
+    args.loops, args.warm = (args.loops or 300, 50) if args.quick else (args.loops or 2000, 100)
+    reason = harness.skip_reason(harness.WAAGENT_PACKAGES)
+    if reason:
+        print(f"bench/daemon.py: {reason}", file=sys.stderr)
+        return 2
+    base = Path(args.keep or tempfile.mkdtemp(prefix="waagent-bench-daemon-"))
+    base.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Figures] = {}
+    if not args.skip_vm:
+        print(f"idle: {args.warmup} s warm-up, {args.idle} s measured, both VMs at once",
+              flush=True)
+        figures = vm_phases(base, args)
+        for agent, found in figures.items():
+            if found.error:
+                print(f"{agent}: FAILED: {found.error}", file=sys.stderr)
+            print(f"{agent}: processes {found.processes}; latencies "
+                  f"{[round(x, 2) for x in found.latencies]}; RSS samples "
+                  f"{[round(x, 1) for x in found.rss_mb]}", flush=True)
+    print(f"in-process: {args.loops} loops, a new incarnation every 10th", flush=True)
+    # The runs' own output (doit's reporter, the agent's log lines) to a file, not the table.
+    with open(base / "in-process.log", "w") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        loops = in_process_loops(base, args.loops, args.warm)
+    print(f"in-process: {loops}", flush=True)
+
+    rows = []
+    if figures:
+        ours, theirs = figures["waagent-graph"], figures["waagent 2.7.3"]
+        rows.append((f"idle CPU s over {ours.idle_seconds:.0f} s, all agent processes",
+                     f"{ours.idle_cpu:.2f}", f"{theirs.idle_cpu:.2f}",
+                     ratio(ours.idle_cpu, theirs.idle_cpu), f"<= {TARGETS['idle_cpu']}x"))
+        ours_rss = statistics.mean(ours.rss_mb) if ours.rss_mb else 0.0
+        theirs_rss = statistics.mean(theirs.rss_mb) if theirs.rss_mb else 0.0
+        rows.append((f"idle RSS MB, sum (mean; max {max(ours.rss_mb, default=0):.1f} / "
+                     f"{max(theirs.rss_mb, default=0):.1f})", f"{ours_rss:.1f}",
+                     f"{theirs_rss:.1f}", ratio(ours_rss, theirs_rss),
+                     f"<= {TARGETS['idle_rss']}x"))
+        per_loop = 1000 * ours.idle_cpu / ours.loops if ours.loops else float("nan")
+        rows.append((f"CPU ms per idle loop ({ours.loops} loops)", f"{per_loop:.2f}", "-", "-",
+                     f"<= {TARGETS['cpu_per_loop_ms']:.0f} ms"))
+        ours_lat = statistics.median(ours.latencies) if ours.latencies else float("nan")
+        theirs_lat = statistics.median(theirs.latencies) if theirs.latencies else float("nan")
+        rows.append((f"new goal state -> status s (median of {args.samples})",
+                     f"{ours_lat:.2f}", f"{theirs_lat:.2f}", ratio(ours_lat, theirs_lat),
+                     f"<= {TARGETS['latency']}x"))
+    rows.append((f"CPU ms per idle goal-state pass, in-process ({IDLE_PASSES} passes, no "
+                 "monitors)", f"{loops['idle_pass_ms']:.2f}", "-", "-",
+                 f"<= {TARGETS['cpu_per_loop_ms']:.0f} ms"))
+    growth = loops["end_rss"] - loops["warm_rss"]
+    rows.append((f"RSS growth MB, loops {loops['warm']}..{loops['loops']} "
+                 f"({loops['warm_rss']:.1f} -> {loops['end_rss']:.1f})", f"{growth:+.2f}", "-",
+                 "-", f"<= {TARGETS['rss_growth_mb']:.0f} MB"))
+    # The agent's bounded stores (50 run reports, 50 goal states of history) are full after
+    # about 500 loops of this run: growth after that is what a long life would see.
+    later = [rss for index, rss in loops["trace"] if index >= FULL_STORES]
+    if len(later) >= 2:
+        rows.append((f"RSS growth MB, loops {FULL_STORES}..{loops['loops']} (stores full)",
+                     f"{later[-1] - later[0]:+.2f}", "-", "-",
+                     f"<= {TARGETS['rss_growth_mb']:.0f} MB"))
+    vmharness.print_table(
+        "waagent-graph -daemon vs waagent 2.7.3 -daemon (Debian 12 VM roots, default scenario, "
+        f"GoalStatePeriod {PERIOD:.0f} s){' --quick' if args.quick else ''}",
+        ("figure", "ours", "waagent 2.7.3", "ratio", "target"), rows)
+    print(f"\nin-process loops: {loops['seconds']:.1f} s, {loops['graph_runs']} graph runs, "
+          f"{loops['blobs']} status blobs ({loops['problems']} problems), last incarnation "
+          f"{loops['incarnation']}; RSS trace {loops['trace']}")
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
