@@ -101,6 +101,20 @@ class Wakeup:
         os.close(self.write_fd)
 
 
+class _ValueSavers:
+    """What a check is given in place of doit's task: Inputs checks add the values they
+    saw to `value_savers` (doit stores them after a successful run)."""
+
+    def __init__(self) -> None:
+        self.value_savers: list[Callable[[], dict[str, Any]]] = []
+
+    def values(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for saver in self.value_savers:
+            found.update(saver())
+        return found
+
+
 def doit_args(variables: dict[str, str], *targets: str) -> list[str]:
     return [*targets, *(f"{key}={value}" for key, value in variables.items())]
 
@@ -127,6 +141,8 @@ class Daemon:
         self.fast_track_next = 0.0
         self.status_key: str | None = None
         self.monitors: dict[str, Monitor] = {}
+        # Per monitor task: the inputs its fingerprint checks saw when they last passed.
+        self.monitor_values: dict[str, dict[str, Any]] = {}
         self.monitor_due: dict[str, float] = {}
         from graph.update import AgentUpdater
         from tasks.logcollector import PeriodicCollection
@@ -365,11 +381,18 @@ class Daemon:
     def monitor_targets(self, monitor: Monitor) -> list[str]:
         """The monitor's tasks in this configuration's graph (none while its area is not
         built, or when its option turns it off)."""
+        return [f"{area}:{task['name']}" for area, task in self.monitor_tasks(monitor)]
+
+    def monitor_tasks(self, monitor: Monitor) -> list[tuple[str, Any]]:
+        """The monitor's task dicts with this configuration, with their area's name."""
         import importlib
 
         from tasks import AREAS
 
-        if monitor.enabled_option and not self.ctx.conf.flag(monitor.enabled_option):
+        option = monitor.enabled_option
+        if option is not None and not (self.ctx.conf.flag(option)
+                                       if isinstance(self.ctx.conf[option], bool)
+                                       else self.ctx.conf[option] is not None):
             return []
         areas = {area.name: area for area in AREAS}
         found = []
@@ -377,18 +400,49 @@ class Daemon:
             area_name, _, task_name = target.partition(":")
             area = areas[area_name]
             generate = getattr(importlib.import_module(area.module), area.function)
-            names = [f"{area_name}:{task['name']}" for task in generate(self.ctx)]
-            found += [name for name in names if not task_name or name == target]
+            found += [(area_name, task) for task in generate(self.ctx)
+                      if not task_name or task["name"] == task_name]
         return found
+
+    def monitor_quiet(self, monitor: Monitor) -> bool:
+        """True when every check of the monitor's tasks says "up to date" now: then no doit
+        run is needed. The checks are read-only probes of the real state and fingerprints
+        of inputs, compared with what this process saw when they last passed (doit's own
+        check after each run of the monitor sets that)."""
+        from graph.uptodate import Check
+
+        quiet = True
+        for area, task in self.monitor_tasks(monitor):
+            name = f"{area}:{task['name']}"
+            checks = task.get("uptodate") or []
+            if not checks or not all(isinstance(check, Check) for check in checks):
+                quiet = False  # doit alone knows (no check: it runs every time)
+                continue
+            saved = _ValueSavers()
+            known = self.monitor_values.get(name, {})
+            try:
+                # Every check, not only up to the first that says "run": each saves the
+                # inputs it saw, for the next period.
+                verdicts = [check(saved, known) for check in checks]
+            except Exception:  # noqa: BLE001 - doit's run then meets it and reports it
+                quiet = False
+                continue
+            self.monitor_values[name] = saved.values()
+            quiet = quiet and all(verdicts)
+        return quiet
 
     def run_due_monitors(self) -> None:
         now = self.clock()
         due = [name for name, at in self.monitor_due.items() if at <= now]
         if not due:
             return
-        targets = [t for name in due for t in self.monitor_targets(self.monitors[name])]
+        # A monitor whose checks all pass needs no doit run (a run costs far more).
+        busy = [name for name in due if not self.monitor_quiet(self.monitors[name])]
+        targets = [t for name in busy for t in self.monitor_targets(self.monitors[name])]
         if targets:
-            self.run_graph(*targets, why="monitor " + ", ".join(due))
+            self.run_graph(*targets, why="monitor " + ", ".join(busy))
+            for name in busy:  # what the checks see now that the run did its work
+                self.monitor_quiet(self.monitors[name])
         for name in due:
             self.monitor_due[name] = now + self.period(self.monitors[name])
             self.state["monitors"][name] = time.time()

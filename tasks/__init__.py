@@ -139,8 +139,9 @@ GROUPS: tuple[Group, ...] = (
 
 class Monitor(NamedTuple):
     """Periodic work of the daemon (graph/daemon.py): `targets` (areas, or `AREA:TASK`)
-    run every `period_option` seconds while `enabled_option` (if any) is on. A target
-    whose area yields no such task with this configuration is skipped."""
+    run every `period_option` seconds while `enabled_option` (if any) is on (a y/n
+    option) or set (any other). A target whose area yields no such task with this
+    configuration is skipped."""
 
     name: str
     doc: str
@@ -155,7 +156,7 @@ MONITORS: tuple[Monitor, ...] = (
     Monitor("dhcp", "routes back after a DHCP client restart", ("network:routes",),
             "OS.MonitorDhcpClientRestartPeriod"),
     Monitor("scsi-timeout", "root device SCSI timeout", ("kernel:scsi-timeout",),
-            "OS.RootDeviceScsiTimeoutPeriod"),
+            "OS.RootDeviceScsiTimeoutPeriod", "OS.RootDeviceScsiTimeout"),
     Monitor("net-rules", "persistent network rules moved aside", ("network:persistent-rules",),
             "OS.RemovePersistentNetRulesPeriod"),
     Monitor("firewall", "the firewall towards the WireServer kept in place",
