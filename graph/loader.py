@@ -106,7 +106,7 @@ def configure_logging(ctx: Context) -> None:
     The agent's modules log to children of the "waagent" logger; a command that loads
     the graph again in this process (the daemon) replaces the handlers."""
     verbose = bool(ctx.var("verbose")) or ctx.conf.flag("Logs.Verbose")
-    log_file = None if PROCESS.plan_mode else ctx.root / "var/log/waagent.log"
+    log_file = None if PROCESS.plan_mode else _log_file(ctx)
     logger = logging.getLogger("waagent")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -125,6 +125,18 @@ def configure_logging(ctx: Context) -> None:
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         file_handler.addFilter(RedactingFilter())
         logger.addHandler(file_handler)
+
+
+def _log_file(ctx: Context) -> Path | None:
+    """/var/log/waagent.log as a chroot would open it: a link there is followed inside the
+    root, never to the host's file (DESIGN rule 8); None when it would leave the root."""
+    from system.errors import RootPathError
+
+    try:
+        return ctx.root.follow("var/log/waagent.log")
+    except RootPathError as err:
+        sys.stderr.write(f"WARNING no log file: {err}\n")
+        return None
 
 
 def _area_creator(area: Area, ctx: Context) -> Callable[[], Iterator[TaskDict]]:

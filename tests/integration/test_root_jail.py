@@ -152,3 +152,23 @@ def test_files_read_to_decide_are_read_inside_the_root(harness: Harness) -> None
     assert "Include /etc/ssh/sshd_config.d/*.conf" in (image / "etc/ssh/sshd_config").read_text()
     assert (harness.root / "etc/ssh/sshd_config.d/00-waagent.conf").exists(), \
         "the image's sshd_config (read through its link) includes the drop-in directory"
+
+
+def test_an_agent_log_that_links_out_is_never_written(harness: Harness) -> None:
+    """waagent.log itself as a link: absolute, it is followed inside the root; climbing out
+    with `..`, the agent logs to stderr only. The host's file is never appended to."""
+    outside = outside_tree(harness)
+    log_dir = harness.root / "var/log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "waagent.log").symlink_to(str(outside / "hosts"))  # absolute
+    (harness.root / str(outside).lstrip("/")).mkdir(parents=True)  # where it leads, inside
+    before = snapshot(outside)
+    assert harness.run().returncode == 0
+    assert snapshot(outside) == before
+    assert "reported health Ready" in (harness.root / str(outside).lstrip("/") / "hosts"
+                                       ).read_text()
+    (log_dir / "waagent.log").unlink()
+    (log_dir / "waagent.log").symlink_to(os.path.relpath(outside / "hosts", log_dir))
+    result = harness.run()
+    assert snapshot(outside) == before
+    assert "no log file" in result.stderr
