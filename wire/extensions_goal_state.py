@@ -51,7 +51,11 @@ def created_on_ticks(extensions_config: ExtensionsConfig) -> int | None:
     root = parse_xml(extensions_config.xml, "ExtensionsConfig")
     metadata = find(root, "InVMGoalStateMetaData")
     value = attribute(metadata, "createdOnTicks") if metadata is not None else None
-    return int(value) if value is not None and value.isdigit() else None
+    # ASCII digits, as many as .NET ticks have: isdigit() also holds for "²", which int()
+    # refuses, and int() refuses more than 4300 digits.
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
+        return None
+    return int(value)
 
 
 def from_extensions_config(config: ExtensionsConfig, incarnation: str, *,

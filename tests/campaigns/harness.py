@@ -13,6 +13,8 @@ bench/campaigns.py); WAAGENT_CAMPAIGN_EXAMPLES overrides the base.
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import signal
 import time
@@ -49,6 +51,20 @@ TRIED: Counter[str] = Counter()
 CRASHES: dict[str, set[str]] = {}
 # Crashers kept as regression tests (tests/campaigns/test_crashers.py), per parser.
 FIXED: dict[str, list[str]] = {}
+SECONDS: Counter[str] = Counter()
+
+
+def _write_report() -> None:
+    """The figures, as JSON, where WAAGENT_CAMPAIGN_REPORT says (bench/campaigns.py)."""
+    target = os.environ.get("WAAGENT_CAMPAIGN_REPORT")
+    if target and (TRIED or FIXED):
+        Path(target).write_text(json.dumps({
+            "profile": PROFILE, "base_examples": BASE_EXAMPLES, "tried": TRIED,
+            "seconds": SECONDS, "crashes": {k: sorted(v) for k, v in CRASHES.items()},
+            "fixed": FIXED}, indent=1))
+
+
+atexit.register(_write_report)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -99,7 +115,9 @@ def holds(parser: str, call: Callable[[], Any], allowed: tuple[type[BaseExceptio
     than `seconds`, or more than the memory bound for an input of `size` bytes."""
     TRIED[parser] += 1
     limit = seconds or TIME_LIMIT
-    if not tracemalloc.is_tracing():
+    # Traced only around the call: tracing hypothesis' own generation would slow it down.
+    started = not tracemalloc.is_tracing()
+    if started:
         tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
@@ -122,10 +140,13 @@ def holds(parser: str, call: Callable[[], Any], allowed: tuple[type[BaseExceptio
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        peak = tracemalloc.get_traced_memory()[1] - before
+        if started:
+            tracemalloc.stop()
     elapsed = time.monotonic() - start
+    SECONDS[parser] += elapsed
     if elapsed > limit:
         raise _crash(parser, "hang", f"took {elapsed:.1f} s (limit {limit} s)")
-    peak = tracemalloc.get_traced_memory()[1] - before
     bound = MEMORY_LIMIT + MEMORY_FACTOR * size
     if peak > bound:
         raise _crash(parser, "memory", f"allocated {peak} bytes for a {size}-byte input "

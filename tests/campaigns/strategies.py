@@ -166,7 +166,7 @@ def xml_element(draw: st.DrawFn, name: str, grammar: Grammar, namespace: str = "
     """An element of the grammar: each child absent, once (mostly) or twice; texts and
     attributes plausible or odd; now and then unescaped text or a stranger element."""
     attributes, body = grammar
-    values = attribute_values or tricky_text()
+    values = attribute_values if attribute_values is not None else tricky_text()
     attrs = "".join(f" {a}={quoteattr(draw(values))}" for a in attributes
                     if draw(st.integers(0, 5)) > 0)
     if namespace and depth == 0:

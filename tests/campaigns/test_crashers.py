@@ -257,3 +257,17 @@ def test_udf_metadata_file_with_an_extent_in_the_metadata_partition() -> None:
     _fix_tag(image, entry)
     with pytest.raises(UdfError, match="outside a physical partition"):
         read_udf_root_file(io.BytesIO(bytes(image)), "ovf-env.xml", limit=1 << 20)
+
+
+@pytest.mark.parametrize("ticks", ["²", "9" * 5000])
+@regression("ExtensionsConfig")
+def test_extensions_config_created_on_ticks_that_int_refuses(ticks: str) -> None:
+    """createdOnTicks was converted when isdigit() held: "²" and 5000 digits raised
+    ValueError out of from_extensions_config (found by the long run). No time is known
+    then, as when the attribute is absent."""
+    from wire.extensions_config import parse_extensions_config
+    from wire.extensions_goal_state import from_extensions_config
+
+    config = parse_extensions_config(
+        f'<Extensions><InVMGoalStateMetaData createdOnTicks="{ticks}"/></Extensions>'.encode())
+    assert from_extensions_config(config, "1").created_ticks is None
