@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = os.environ.get("WAAGENT_CAMPAIGN", "ci")
-_BASE = {"ci": 60, "long": 4000}
-BASE_EXAMPLES = int(os.environ.get("WAAGENT_CAMPAIGN_EXAMPLES") or _BASE.get(PROFILE, 60))
+_BASE = {"ci": 150, "long": 4000}
+BASE_EXAMPLES = int(os.environ.get("WAAGENT_CAMPAIGN_EXAMPLES") or _BASE.get(PROFILE, 150))
 
 # Per input: far above what any parser takes on a real document (milliseconds).
 TIME_LIMIT = float(os.environ.get("WAAGENT_CAMPAIGN_SECONDS", "5"))

@@ -85,6 +85,13 @@ def with_metadata_partition(base: bytes) -> bytes:
     return bytes(image)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _built_images() -> None:
+    """Built before the first example: pycdlib's use of `random` inside a strategy would
+    make hypothesis warn (and a derandomized run depend on it)."""
+    images()
+
+
 def _structure_sectors(image: bytes) -> list[int]:
     """Sectors that hold something: descriptors, directories, file entries, the file."""
     return [n for n in range(len(image) // SECTOR)
