@@ -142,9 +142,13 @@ def hand_over(variables: dict[str, str]) -> None:
     if os.environ.get(LAUNCHER_ENV):
         return  # this is a version the launcher started
     from graph.context import make_context
+    from graph.loader import configure_logging
 
     try:
         ctx = make_context(variables)
+        # Before anything is decided: which version runs and a blacklisting go to the
+        # agent log, as the daemon's own lines do (no handler yet: they would be lost).
+        configure_logging(ctx)
         if not ctx.conf.flag("AutoUpdate.Enabled") or _daemon_running(ctx):
             return
         now = time.time()

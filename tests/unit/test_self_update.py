@@ -286,3 +286,48 @@ def test_updater_looks_at_nothing_with_auto_update_off(
     updater.tick(context(tmp_path), state)
     updater.tick(context(tmp_path), state)  # the same goal state, before Autoupdate.Frequency
     assert looked == ["family", "family", "manifest"]
+
+
+@pytest.fixture
+def agent_logger() -> Any:
+    """The "waagent" logger as it was: configure_logging replaces its handlers."""
+    import logging
+
+    logger = logging.getLogger("waagent")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield logger
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    for handler in saved[0]:
+        logger.addHandler(handler)
+    logger.propagate, logger.level = saved[1], saved[2]
+
+
+def test_the_launchers_choices_are_in_the_agent_log(
+        tmp_path: Path, package: bytes, monkeypatch: pytest.MonkeyPatch,
+        agent_logger: Any) -> None:
+    # hand_over runs before the daemon configures logging: its lines were lost (the
+    # blacklisting reached stderr only, the version it runs nowhere).
+    ctx = context(tmp_path, "Logs.Console=n\n")
+    (tmp_path / "var/log").mkdir(parents=True)
+    update.install(ctx, "7.1.0", package)
+    directory = launcher.version_dir(ctx, "7.1.0")
+    launcher.save_record(ctx, directory, Record(tuple(
+        {"at": NOW, "pid": 1, "ended": None} for _ in range(3))))
+    monkeypatch.setattr(launcher.time, "time", lambda: NOW + 60)
+    monkeypatch.setattr(launcher.os, "execve", lambda *a: pytest.fail("no version is run"))
+    monkeypatch.delenv(launcher.LAUNCHER_ENV, raising=False)
+    launcher.hand_over({"root": str(tmp_path)})
+    for handler in agent_logger.handlers:
+        handler.flush()
+    text = (tmp_path / "var/log/waagent.log").read_text()
+    assert f"{AGENT_NAME}-7.1.0 blacklisted: 3 crashes within 5 minutes" in text
+
+    update.install(ctx, "7.2.0", build_package(REPO, "7.2.0"))
+    monkeypatch.setattr(launcher.os, "execve", lambda *a: None)
+    launcher.hand_over({"root": str(tmp_path)})
+    for handler in agent_logger.handlers:
+        handler.flush()
+    assert f"launcher: running {AGENT_NAME}-7.2.0 from /var/lib/waagent/{AGENT_NAME}-7.2.0" \
+        in (tmp_path / "var/log/waagent.log").read_text()
