@@ -215,6 +215,7 @@ class ExtensionStatusFile(NamedTuple):
     timestamp_utc: str | None = None
     found: bool = True
     problem: str | None = None
+    written_code: int | str | None = None  # `code` as the file has it (an int or its string)
 
     @property
     def terminal(self) -> bool:
@@ -320,6 +321,8 @@ def _status_of(data: object) -> ExtensionStatusFile:
         operation=_text(body.get("operation")),
         status=status,
         code=_code(body.get("code", 0), "status/code"),
+        # waagent 2.7.3 reports the code as the handler wrote it ("0" stays a string)
+        written_code=body.get("code", 0),
         message=_formatted_message(body.get("formattedMessage"), "status/formattedMessage"),
         substatus=tuple(_substatus(s) for s in substatus_list if s is not None),
         configuration_applied_time=_text(body.get("configurationAppliedTime")),

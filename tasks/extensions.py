@@ -523,7 +523,8 @@ def handler_tasks(ctx: Context, handler: Handler, goal_id: str) -> Iterator[Task
                         disable_handler, ctx, handler, installed,
                         uptodate=[Probe("enabled", lambda: _is_enabled(ctx, name, installed))])
         else:
-            yield from removal_tasks(ctx, name, installed, why="the goal state asks to uninstall it")
+            yield from removal_tasks(ctx, name, installed, why="the goal state asks to uninstall it",
+                                     settings=() if handler.multi_config else handler.settings)
         return
     current = installed_version(ctx, name)
     inputs_of = {"version": version, "goal_state": goal_id, "state": handler.state,
@@ -559,9 +560,10 @@ def handler_tasks(ctx: Context, handler: Handler, goal_id: str) -> Iterator[Task
                           Probe("enabled", lambda: _not_enabled(ctx, name, version))])
 
 
-def removal_tasks(ctx: Context, name: str, version: str, *, why: str) -> Iterator[TaskDict]:
+def removal_tasks(ctx: Context, name: str, version: str, *, why: str,
+                  settings: Sequence[Settings] = ()) -> Iterator[TaskDict]:
     yield _task(name, "uninstall", f"uninstall {name} {version}: {why}", uninstall_handler,
-                ctx, name, version, why,
+                ctx, name, version, why, tuple(settings),
                 uptodate=[Probe("present", lambda: _present(ctx, name, version))])
 
 
@@ -685,7 +687,8 @@ def download_package(ctx: Context, handler: Handler) -> None:
     except AgentError as err:
         raise ExtensionFailed(f"Failed to download artifacts: {err}", CODE_DOWNLOAD) from None
     check_package(data, target.name)
-    ctx.fs.write(target, data, mode=0o600, why=f"{handler.name} {handler.version} package")
+    # 0644, as waagent 2.7.3 leaves it
+    ctx.fs.write(target, data, mode=0o644, why=f"{handler.name} {handler.version} package")
 
 
 def check_package(data: bytes, name: str) -> None:
@@ -730,6 +733,8 @@ def unpack_package(ctx: Context, handler: Handler) -> None:
                 raise ExtensionFailed(f"the package {package.name} is refused: {err}",
                                       CODE_PACKAGE) from None
             if not ctx.run.plan:
+                # waagent writes HandlerState before `initialize` adds u+x to every file
+                set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED)
                 _make_executable(directory)
     set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED)
     if not ctx.run.plan:
@@ -747,14 +752,15 @@ def unpack_package(ctx: Context, handler: Handler) -> None:
 
 
 def _make_executable(directory: Path) -> None:
-    """waagent adds the owner's execute bit to every file of a handler."""
+    """Every file of a handler 0744, as waagent 2.7.3 leaves them: its zipfile extractall
+    ignores the zip's modes (0644 under its umask), then `initialize` adds u+x."""
     import os
     import stat
 
     for path in directory.rglob("*"):
         st = path.lstat()
-        if stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IXUSR:
-            os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IXUSR)
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != 0o744:
+            os.chmod(path, 0o744)
 
 
 def handler_environment(ctx: Context, handler: Handler) -> str:
@@ -794,7 +800,8 @@ def write_settings(ctx: Context, handler: Handler) -> None:
     """config/<seq>.settings; protectedSettings stay encrypted, as delivered."""
     config = handler_dir(ctx, handler.name, handler.version) / "config"
     for file_name, content in settings_files(handler):
-        ctx.fs.write(config / file_name, content, mode=0o600, quiet=True,
+        # 0644 as waagent's (config/ itself is 0700); protectedSettings stay encrypted
+        ctx.fs.write(config / file_name, content, mode=0o644, quiet=True,
                      why=f"{handler.name} settings")
 
 
@@ -964,8 +971,10 @@ def copy_state_files(ctx: Context, name: str, old: str, new: str) -> None:
     if status.is_dir():
         for item in sorted(status.iterdir()):
             if item.is_file() and not item.is_symlink():
-                ctx.fs.write(target / "status" / item.name, item.read_bytes(), mode=0o600,
-                             quiet=True, why=f"{name} status from {old}")
+                # with its mode, as waagent's shutil.copy
+                ctx.fs.write(target / "status" / item.name, item.read_bytes(),
+                             mode=item.stat().st_mode & 0o777, quiet=True,
+                             why=f"{name} status from {old}")
 
 
 @failing("enable")
@@ -1070,13 +1079,15 @@ def disable_handler(ctx: Context, handler: Handler, version: str) -> None:
     set_handler_status(ctx, handler._replace(version=version), "NotReady", "Plugin disabled")
 
 
-def uninstall_handler(ctx: Context, name: str, version: str, why: str) -> None:
+def uninstall_handler(ctx: Context, name: str, version: str, why: str,
+                      settings: tuple[Settings, ...] = ()) -> None:
     """Disable (when Enabled) and uninstall, then remove the directory and the package.
-    A failing command is logged and the removal goes on, as waagent does."""
+    A failing command is logged and the removal goes on, as waagent does. `settings`: a
+    single-config handler's in the goal state, whose sequence number its commands get."""
     extensions = enabled_extensions(ctx, name, version)
     # A multi-config handler: each enabled extension is disabled, by its name.
     handler = Handler(name, version, "uninstall", (), bool(extensions), 0, None,
-                      tuple(extensions))
+                      tuple(extensions) or settings)
     if (handler_dir(ctx, name, version) / "HandlerManifest.json").is_file():
         if handler_state(ctx, name, version) == ENABLED:
             each: list[Settings | None] = [*extensions] or [None]
@@ -1272,7 +1283,9 @@ def _statuses_of(ctx: Context, handler: Handler, now: float) -> "list[BlobHandle
         body: dict[str, Any] = {
             "name": file_status.name or (settings.name if handler.multi_config else handler.name),
             "operation": file_status.operation or "Enable",
-            "status": file_status.status, "code": file_status.code,
+            # as the handler wrote it, as waagent 2.7.3 reports it ("0" stays a string)
+            "status": file_status.status, "code": file_status.code if file_status.written_code
+            is None else file_status.written_code,
             "formattedMessage": {"lang": "en-US", "message": file_status.message or ""},
         }
         if file_status.substatus:

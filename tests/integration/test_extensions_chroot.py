@@ -194,7 +194,7 @@ def test_install_enable_settings_update_disable_uninstall(make_vm: Any, tmp_path
     statuses = vm.statuses()
     assert statuses["Test.Probe"].status == "Ready"
     assert statuses["Test.Probe"].extension.status["status"] == "success"
-    assert statuses["Test.Probe"].extension.status["code"] == 0  # written as "0"
+    assert statuses["Test.Probe"].extension.status["code"] == "0"  # as written, as waagent
     assert statuses["OSTCExtensions.ExampleHandlerLinux"].extension.status[
         "formattedMessage"]["message"] == "hello sample"
 

@@ -202,7 +202,7 @@ def test_statuses_read_back(tmp_path: Path) -> None:
     found = {s.name: s for s in ext.handler_statuses(ctx)}
     assert found["Good.One"].status == "Ready"
     assert found["Good.One"].extension is not None
-    assert found["Good.One"].extension.status["code"] == 0
+    assert found["Good.One"].extension.status["code"] == "0"  # as written, as waagent 2.7.3
     assert found["Good.One"].extension.status["formattedMessage"]["message"] == "fine"
     bad = found["Bad.Status"].extension
     assert bad is not None and bad.status["status"] == "error" and bad.status["code"] == 1012
