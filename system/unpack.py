@@ -158,7 +158,8 @@ def check_zip(data: bytes, *, name: str, max_bytes: int = MAX_BYTES,
     `name`, the member and the problem otherwise. Nothing is written anywhere."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as err:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError,
+            NotImplementedError) as err:  # "zip file version 12.7": one it cannot read
         raise UnsafeArchive(name, None, f"it is not a readable zip archive ({err})") from None
     with zf:
         infos = zf.infolist()

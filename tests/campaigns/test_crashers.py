@@ -271,3 +271,23 @@ def test_extensions_config_created_on_ticks_that_int_refuses(ticks: str) -> None
     config = parse_extensions_config(
         f'<Extensions><InVMGoalStateMetaData createdOnTicks="{ticks}"/></Extensions>'.encode())
     assert from_extensions_config(config, "1").created_ticks is None
+
+
+@regression("extension packages (zip)")
+def test_zip_needing_a_newer_zip_version() -> None:
+    """A central directory entry asking for zip version 12.7 to extract: zipfile.ZipFile
+    raises NotImplementedError, which check_zip let out (found by the long run)."""
+    import io
+    import struct
+    import zipfile
+
+    from system.unpack import UnsafeArchive, check_zip
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("HandlerManifest.json", b"[]")
+    data = bytearray(out.getvalue())
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<H", data, central + 6, 127)  # version needed to extract: 12.7
+    with pytest.raises(UnsafeArchive, match="not a readable zip archive"):
+        check_zip(bytes(data), name="Ext.A-1.0.zip")
