@@ -33,7 +33,7 @@ USAGE = f"""usage: waagent [-verbose] [-force] [-help] [-configuration-path:<pat
 compatible with WALinuxAgent {COMPATIBLE_WAAGENT} (/etc/waagent.conf, /var/lib/waagent).
 """
 
-# Verbs and the doit command line they run once their area has landed.
+# Verbs and the doit command line they run; None: the verb has its own entry point (_main).
 VERBS: dict[str, list[str] | None] = {
     "deprovision": ["run", "deprovision"],
     "deprovision+user": ["run", "deprovision", "user=y"],
