@@ -10,6 +10,13 @@ or a memory overrun) and the crashers kept as regression tests (defects found by
 campaigns and fixed). A crash fails the run and is listed below the table; hypothesis
 prints its minimal input and a `@reproduce_failure` line in the pytest output.
 Other campaigns add their own section here.
+
+Fault schedules and crashes (`--only schedules`, `--only crash`; root, the cached Debian
+root for the extension cases): tests/campaigns/reliability.py at `--size long` (every task
+boundary, random kills, 30 provisioning and 6 daemon schedules; `--size ci` is CI's form),
+every case audited for planted secrets. Prints the schedules (run, converged, in the time
+bound, mean and max extra seconds), the kill points (tried, converged) and the secrets
+audit (locations checked, secrets found) tables, then each problem; a problem fails the run.
 """
 
 from __future__ import annotations
@@ -62,17 +69,41 @@ def fuzzing(examples: int, pytest_args: list[str]) -> int:
     return status
 
 
+def reliability(only: str | None, size: str) -> int:
+    """The fault-schedule and crash campaigns; their tables; 1 when a case did not converge."""
+    sys.path.insert(0, str(REPO))
+    from tests.campaigns import reliability as campaigns
+
+    figures = campaigns.Figures()
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="campaigns-") as tmp:
+        if only in (None, "schedules"):
+            campaigns.schedules(Path(tmp) / "schedules", size, figures)
+        if only in (None, "crash"):
+            campaigns.crashes(Path(tmp) / "crash", size, figures)
+    print(f"\nFault schedules and crash campaign, size {size}, "
+          f"{time.monotonic() - start:.0f} s in all\n")
+    print(campaigns.tables(figures))
+    for problem in figures.problems():
+        print(f"problem: {problem}")
+    return 1 if figures.problems() else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=4000,
                         help="hypothesis examples for a fuzzing test of weight 1 (CI: 150)")
-    parser.add_argument("--only", choices=["fuzzing"], default=None,
+    parser.add_argument("--size", choices=["ci", "long"], default="long",
+                        help="fault schedules and crash campaign: CI's form or the long one")
+    parser.add_argument("--only", choices=["fuzzing", "schedules", "crash"], default=None,
                         help="run one campaign (default: all)")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest, e.g. -k dhcp")
     args = parser.parse_args()
     status = 0
     if args.only in (None, "fuzzing"):
         status |= fuzzing(args.examples, args.pytest_args)
+    if args.only in (None, "schedules", "crash"):
+        status |= reliability(args.only, args.size)
     return status
 
 
