@@ -114,3 +114,17 @@ def test_the_certificates_task_refreshes_a_stale_goal_state_more_than_once(
     fabric.inject("certificates", bump_incarnation=True, count=2)
     documents = wire.goal_state_documents(pair)
     assert documents.certificates is not None
+
+
+def test_the_new_faults_come_from_a_scenario_file_and_the_control_channel() -> None:
+    from fabric.scenario import parse_scenario
+
+    scenario = parse_scenario("username: u\nfaults:\n"
+                              "  - {route: goalstate, status: 429, retry_after: 2}\n"
+                              "  - {route: certificates, truncate: true}\n"
+                              "  - {route: goalstate, stale: true}\n")
+    assert [(f.retry_after, f.truncate, f.stale) for f in scenario.faults] == [
+        (2, False, False), (None, True, False), (None, False, True)]
+    with Fabric(scenario) as running:
+        running.control({"action": "fault", "route": "health", "status": 503, "retry_after": 1})
+        assert running.faults.pending()[-1].retry_after == 1
