@@ -26,7 +26,6 @@ runs both with no-op ifdown/ifup stubs (waagent's best case) and without ifupdow
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 import tempfile
@@ -40,27 +39,6 @@ from tests.e2e import harness
 OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
              "Provisioning.SshHostKeyPairType": "ed25519",
              "Provisioning.RegenerateSshHostKeyPair": "y"}
-MOUNT = """\
-#!/bin/sh
-# bench: the kernel cannot mount ISO 9660/UDF here: extract the DVD to the mount point.
-for arg; do target=$arg; done
-case " $* " in
-*" /dev/sr0 "*)
-  mkdir -p "$target" && touch "$target/.extracted-dvd" &&
-  exec xorriso -osirrox on -indev stdio:/dev/sr0 -extract / "$target" >/dev/null 2>&1;;
-esac
-exec /usr/bin/mount "$@"
-"""
-UMOUNT = """\
-#!/bin/sh
-# bench: the other half of the mount wrapper: an extracted DVD is emptied.
-for arg; do target=$arg; done
-if [ -e "$target/.extracted-dvd" ]; then
-  find "$target" -mindepth 1 -delete; exit 0
-fi
-exec /usr/bin/umount "$@"
-"""
-NO_OP = "#!/bin/sh\n# bench: a no-op stand-in\nexit 0\n"
 # (label, argv in the VM, whether the agent exits by itself, with no-op ifdown/ifup)
 CASES = (
     ("waagent-graph, no-op ifdown/ifup", ["/usr/local/sbin/waagent", "provision"], True, True),
@@ -73,20 +51,8 @@ READY_TIMEOUT = 120
 
 def prepare(root: Path, *, ifupdown: bool) -> None:
     """The same root for both agents: the package's conf with the overrides, the helpers."""
-    conf = root / "etc/waagent.conf"
-    text = conf.read_text()
-    for key, value in OVERRIDES.items():
-        text, found = re.subn(rf"^{re.escape(key)}=.*$", f"{key}={value}", text, flags=re.M)
-        if not found:
-            text += f"{key}={value}\n"
-    conf.write_text(text)
-    sbin = root / "usr/local/sbin"
-    harness.write_file(sbin / "mount", MOUNT, 0o755)
-    harness.write_file(sbin / "umount", UMOUNT, 0o755)
-    harness.write_file(sbin / "eject", NO_OP, 0o755)
-    if ifupdown:
-        harness.write_file(sbin / "ifdown", NO_OP, 0o755)
-        harness.write_file(sbin / "ifup", NO_OP, 0o755)
+    harness.set_conf_options(root, OVERRIDES)
+    harness.install_waagent_helpers(root, ifupdown=ifupdown)
     vmharness.install_measure(root)
 
 

@@ -729,12 +729,13 @@ def set_conf_options(root: Path, options: dict[str, str]) -> None:
     conf.write_text(text)
 
 
-def install_waagent_helpers(root: Path) -> None:
-    """What waagent 2.7.3 (WAAGENT_PACKAGES) needs to run `-daemon` in a lab (see above)."""
+def install_waagent_helpers(root: Path, *, ifupdown: bool = True) -> None:
+    """What waagent 2.7.3 (WAAGENT_PACKAGES) needs to run `-daemon` in a lab (see above);
+    `ifupdown=False` leaves out the no-op ifdown/ifup (bench/ready.py measures both)."""
     sbin = root / "usr/local/sbin"
     write_file(sbin / "mount", WAAGENT_MOUNT, 0o755)
     write_file(sbin / "umount", WAAGENT_UMOUNT, 0o755)
-    for name in ("eject", "ifdown", "ifup"):
+    for name in ("eject", *(("ifdown", "ifup") if ifupdown else ())):
         write_file(sbin / name, NO_OP, 0o755)
 
 
