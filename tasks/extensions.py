@@ -736,7 +736,8 @@ def unpack_package(ctx: Context, handler: Handler) -> None:
                 # waagent writes HandlerState before `initialize` adds u+x to every file
                 set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED)
                 _make_executable(directory)
-    set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED)
+    if read_small(directory / "config/HandlerState") != NOT_INSTALLED or ctx.run.plan:
+        set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED)
     if not ctx.run.plan:
         manifest = load_manifest(ctx, handler.name, handler.version)
         if handler.multi_config and not manifest.supports_multiple_extensions:
