@@ -14,7 +14,9 @@ the VM has no time namespace, and the fabric stamps its publications with the sa
 
 1. new goal state -> enable started: SAMPLES times, at a random point of the period, the
    fabric publishes a settings change of Bench.Probe (a new incarnation, seq + 1); the time
-   from the publication to the start of the probe's enable for that seq. Median.
+   from the publication to the start of the probe's enable for that seq. Median. Both agents
+   poll the goal state every 6 s, so most of it is the wait for the next poll: the part
+   after the agent's first goal state GET that followed the publication is shown too.
 2. 20 small handlers in one goal state: Bench.H01..H20 (the same probe, each a few ms of
    shell) are added to the scenario unpublished, then one new incarnation carries them all.
    Agent overhead per handler = (end of the last enable - the agent's first request of
@@ -65,6 +67,7 @@ TARGETS = {"latency": 0.3, "overhead_ms": 20.0, "peak_rss": 0.6}
 @dataclass
 class Figures:
     latencies: list[float] = field(default_factory=list)
+    processing: list[float] = field(default_factory=list)  # goal state fetched -> enable
     overhead_ms: float = float("nan")
     wall: float = float("nan")
     commands: float = float("nan")
@@ -200,7 +203,11 @@ class AgentVm:
         harness.wait_until(lambda: enabled_in_blob(lab, [PROBE], seq), SETTLE_TIMEOUT,
                            f"{self.agent}: seq {seq} in the status blob", 0.2)
         # The record file is rewritten at each report: now it holds the publication.
-        seconds: float = started - published_time(lab, incarnation)
+        published = published_time(lab, incarnation)
+        fetched = min(r["time"] for r in lab.fabric.record().get("requests", [])
+                      if r["route"] == "goalstate" and r["time"] >= published)
+        self.figures.processing.append(started - fetched)
+        seconds: float = started - published
         return seconds
 
     def many_handlers(self) -> None:
@@ -282,17 +289,22 @@ def main() -> int:
         found = figures[agent]
         if found.error:
             print(f"{agent}: FAILED: {found.error}", file=sys.stderr)
-        print(f"{agent}: latencies {[round(x, 2) for x in found.latencies]}; 20 handlers: "
+        print(f"{agent}: latencies {[round(x, 2) for x in found.latencies]} (after the goal "
+              f"state GET: {[round(x, 2) for x in found.processing]}); 20 handlers: "
               f"wall {found.wall:.2f} s, commands {found.commands:.2f} s, first command "
               f"{found.first_command:.2f} s after the pickup, median gaps before a command "
               f"{found.gaps}; processes {found.processes}", flush=True)
     ours, theirs = figures["waagent-graph"], figures["waagent 2.7.3"]
     ours_lat = statistics.median(ours.latencies) if ours.latencies else float("nan")
     theirs_lat = statistics.median(theirs.latencies) if theirs.latencies else float("nan")
+    ours_work = statistics.median(ours.processing) if ours.processing else float("nan")
+    theirs_work = statistics.median(theirs.processing) if theirs.processing else float("nan")
     rows = [
         (f"new goal state -> enable started, s (median of {args.samples})",
          f"{ours_lat:.2f}", f"{theirs_lat:.2f}", ratio(ours_lat, theirs_lat),
          f"<= {TARGETS['latency']}x"),
+        ("  of which: goal state GET -> enable started, s (median)", f"{ours_work:.2f}",
+         f"{theirs_work:.2f}", ratio(ours_work, theirs_work), "-"),
         ("20 handlers: agent overhead per handler, ms", f"{ours.overhead_ms:.1f}",
          f"{theirs.overhead_ms:.1f}", ratio(ours.overhead_ms, theirs.overhead_ms),
          f"<= {TARGETS['overhead_ms']:.0f} ms"),
