@@ -67,6 +67,27 @@ def test_scratch_of_an_agent_that_is_gone_is_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in lib_dir.iterdir()) == [alive.name]
 
 
+def test_scratch_still_being_written_does_not_stop_the_agent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGKILLed agent's openssl may still write into its scratch directory while the
+    next agent tidies up: the tidy-up waits for a later run, the key pair is still made."""
+    lib_dir = tmp_path / "var/lib/waagent"
+    gone = lib_dir / ".transport-pair-4194305.partial"
+    gone.mkdir(parents=True)
+    fs = FileSystem(Runner(root=Root(tmp_path)))
+    real_remove = fs.remove
+
+    def remove_racing_a_writer(path: Path, **kwargs: object) -> bool:
+        if path == gone:
+            raise OSError(39, "Directory not empty", str(path))
+        return real_remove(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs, "remove", remove_racing_a_writer)
+    collect = start_transport_keygen(fs, lib_dir, "/nonexistent/openssl")
+    cert, key = collect()
+    assert cert.startswith(b"-----BEGIN CERTIFICATE") and gone.exists()
+
+
 def test_a_run_of_provision_loads_only_the_areas_of_the_group() -> None:
     namespace = {"DOIT_CONFIG": {"default_tasks": ["provision"]},
                  **{f"task_{name}": object() for name in (
