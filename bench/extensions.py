@@ -104,7 +104,19 @@ def agent_processes(pid: int) -> dict[int, str]:
             continue
         if comm.startswith(AGENT_COMMS):
             found[current] = comm
-    return found
+    # A python3 child of an agent's python3 is a Popen between fork and exec (a handler
+    # command about to start): a transient copy of its parent, not an agent process.
+    parents = {pid: _parent(pid) for pid in found}
+    return {pid: comm for pid, comm in found.items()
+            if not (comm.startswith("python") and found.get(parents[pid], "").startswith("python"))}
+
+
+def _parent(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(text[text.rindex(")") + 2:].split()[1])
 
 
 def rss_mb(pids: list[int]) -> float:
