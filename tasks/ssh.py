@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -277,14 +278,24 @@ def host_key_path(ctx: Context, key_type: str) -> Path:
 
 
 def regenerate_host_keys(ctx: Context) -> None:
-    """Remove every host key (they came with the image) and make this VM's own."""
+    """Remove every host key (they came with the image) and make this VM's own.
+
+    Each key is made under a name of this run's own, then renamed into place: an
+    ssh-keygen left running by a killed agent may still write the old names, and
+    ssh-keygen refuses to overwrite a file (it asks, and nobody answers)."""
     for old in sorted(ssh_dir(ctx).glob("ssh_host_*key*")):
         ctx.fs.remove(old, why="host keys of the captured image")
     for key_type in host_key_types(ctx):
         path = host_key_path(ctx, key_type)
+        fresh = path.with_name(f".{path.name}.new-{os.getpid()}")
+        for leftover in (fresh, fresh.with_name(fresh.name + ".pub")):
+            ctx.fs.remove(leftover, why="an unfinished host key", quiet=True)
         ctx.run.change(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", "",
-                        "-f", ctx.command_path(path)],
+                        "-f", ctx.command_path(fresh)],
                        why=f"new {key_type} host key")
+        ctx.fs.move(fresh, path, why=f"the new {key_type} host key in place")
+        ctx.fs.move(fresh.with_name(fresh.name + ".pub"), path.with_suffix(".pub"),
+                    why=f"the new {key_type} host key in place")
 
 
 def host_key_thumbprint(ctx: Context) -> str:
