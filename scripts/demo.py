@@ -22,7 +22,6 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from fabric import Fabric, build_media, default_scenario  # noqa: E402
 from graph.cli import main as waagent_main  # noqa: E402
+from system import osutil  # noqa: E402
 from tests.sandbox import make_sandbox_root  # noqa: E402
 
 
@@ -69,9 +69,8 @@ def run_daemon(fabric: Fabric, common: list[str], work: Path) -> int:
     """The daemon's loop: status every period, a new goal state picked up, SIGTERM."""
     step("the daemon: waagent -daemon (what the service runs), a loop every 2 s")
     print("$ waagent -daemon " + " ".join(common), flush=True)
-    log = open(work / "daemon.log", "w")  # noqa: SIM115 - closed below
-    daemon = subprocess.Popen([sys.executable, "-m", "graph.cli", "-daemon", *common],
-                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    daemon = osutil.start_detached([sys.executable, "-m", "graph.cli", "-daemon", *common],
+                                   output=work / "daemon.log")
     try:
         blobs = fabric.record.status_blobs
         if not wait_for("status blobs", lambda: len(blobs()) >= 2):
@@ -94,7 +93,6 @@ def run_daemon(fabric: Fabric, common: list[str], work: Path) -> int:
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
-        log.close()
 
 
 def run_extension(fabric: Fabric, vm_id: str, work: Path) -> int:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from system.errors import CommandFailed
 from system.runner import Result, Runner
@@ -189,8 +190,10 @@ def sshd_test_argv(runner: Runner, ssh_dir: str) -> list[str] | None:
             str(runner.root.follow(ssh_dir)), ssh_dir, str(runner.root.follow(config))]
 
 
-def start_detached(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+def start_detached(argv: Sequence[str], output: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a long-lived process in its own session, detached from this terminal
-    (`waagent -start` runs the daemon so)."""
-    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    (`waagent -start` runs the daemon so); its output to `output`, or nowhere."""
+    with open(output or os.devnull, "wb") as out:
+        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                close_fds=True)
