@@ -53,10 +53,6 @@ import vmharness
 from fabric.scenario import default_scenario_path
 from tests.e2e import harness
 
-OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
-             "Provisioning.SshHostKeyPairType": "ed25519",
-             "Provisioning.RegenerateSshHostKeyPair": "y"}
-AGENTS = {"waagent-graph": "/" + harness.AGENT_LAUNCHER, "waagent 2.7.3": "/usr/sbin/waagent"}
 PERIOD = 6.0  # Extensions.GoalStatePeriod, the default of both
 CLOCK_TICKS = 100  # USER_HZ: /proc/PID/stat counts in 1/100 s on Linux
 SETTLE_TIMEOUT = 300.0
@@ -122,18 +118,6 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
-def rss_mb(pids: list[int]) -> float:
-    total_kb = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kb / 1024
-
-
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
@@ -142,11 +126,6 @@ def cmdline(pid: int) -> str:
 
 
 # ------------------------------------------------------------------- one VM
-
-
-def prepare(root: Path) -> None:
-    harness.set_conf_options(root, OVERRIDES)
-    harness.install_waagent_helpers(root)
 
 
 def incarnation_of(blob: dict[str, Any]) -> str | None:
@@ -187,12 +166,12 @@ class AgentVm:
     def run(self) -> None:
         try:
             with harness.lab(self.work, default_scenario_path(), conf=None,
-                             packages=harness.WAAGENT_PACKAGES, prepare=prepare,
+                             packages=harness.WAAGENT_PACKAGES, prepare=vmharness.prepare_daemon_root,
                              tag=f"bench-{'ours' if self.agent == 'waagent-graph' else 'wa'}") \
                     as lab:
                 self.lab = lab
                 lab.vm.dhcp()
-                self.process = lab.vm.popen([AGENTS[self.agent], "-daemon"],
+                self.process = lab.vm.popen([vmharness.AGENTS[self.agent], "-daemon"],
                                             self.work / "agent.log")
                 lab.fabric.wait_for_health("Ready", SETTLE_TIMEOUT)
                 harness.wait_until(lambda: settled(lab, "1"), SETTLE_TIMEOUT,
@@ -219,7 +198,7 @@ class AgentVm:
             # Processes that came meanwhile count from now on (their CPU before is lost: none
             # are expected at rest, and the table lists what ran).
             pids = sorted(set(pids) | set(descendants(self.process.pid)))
-            self.figures.rss_mb.append(rss_mb(pids))
+            self.figures.rss_mb.append(vmharness.memory_mb(pids, "status", "VmRSS"))
             time.sleep(min(RSS_EVERY, max(0.0, end - time.monotonic())))
         self.figures.idle_cpu = cpu_seconds(pids) - cpu0
         self.figures.idle_seconds = time.monotonic() - started
@@ -249,7 +228,7 @@ class AgentVm:
 
 
 def vm_phases(base: Path, args: argparse.Namespace) -> dict[str, Figures]:
-    vms = {agent: AgentVm(agent, base / agent.replace(" ", "-"), args) for agent in AGENTS}
+    vms = {agent: AgentVm(agent, base / agent.replace(" ", "-"), args) for agent in vmharness.AGENTS}
     threads = [threading.Thread(target=vm.run, name=agent) for agent, vm in vms.items()]
     for thread in threads:
         thread.start()
@@ -380,10 +359,6 @@ def in_process_loops(base: Path, loops: int, warm: int) -> dict[str, Any]:
 # ------------------------------------------------------------------- the table
 
 
-def ratio(ours: float, theirs: float) -> str:
-    return f"{ours / theirs:.2f}" if theirs else "-"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -423,12 +398,12 @@ def main() -> int:
         ours, theirs = figures["waagent-graph"], figures["waagent 2.7.3"]
         rows.append((f"idle CPU s over {ours.idle_seconds:.0f} s, all agent processes",
                      f"{ours.idle_cpu:.2f}", f"{theirs.idle_cpu:.2f}",
-                     ratio(ours.idle_cpu, theirs.idle_cpu), f"<= {TARGETS['idle_cpu']}x"))
+                     vmharness.ratio(ours.idle_cpu, theirs.idle_cpu), f"<= {TARGETS['idle_cpu']}x"))
         ours_rss = statistics.mean(ours.rss_mb) if ours.rss_mb else 0.0
         theirs_rss = statistics.mean(theirs.rss_mb) if theirs.rss_mb else 0.0
         rows.append((f"idle RSS MB, sum (mean; max {max(ours.rss_mb, default=0):.1f} / "
                      f"{max(theirs.rss_mb, default=0):.1f})", f"{ours_rss:.1f}",
-                     f"{theirs_rss:.1f}", ratio(ours_rss, theirs_rss),
+                     f"{theirs_rss:.1f}", vmharness.ratio(ours_rss, theirs_rss),
                      f"<= {TARGETS['idle_rss']}x"))
         per_loop = 1000 * ours.idle_cpu / ours.loops if ours.loops else float("nan")
         rows.append((f"CPU ms per idle loop ({ours.loops} loops)", f"{per_loop:.2f}", "-", "-",
@@ -436,7 +411,7 @@ def main() -> int:
         ours_lat = statistics.median(ours.latencies) if ours.latencies else float("nan")
         theirs_lat = statistics.median(theirs.latencies) if theirs.latencies else float("nan")
         rows.append((f"new goal state -> status s (median of {args.samples})",
-                     f"{ours_lat:.2f}", f"{theirs_lat:.2f}", ratio(ours_lat, theirs_lat),
+                     f"{ours_lat:.2f}", f"{theirs_lat:.2f}", vmharness.ratio(ours_lat, theirs_lat),
                      f"<= {TARGETS['latency']}x"))
     rows.append((f"CPU ms per idle goal-state pass, in-process ({IDLE_PASSES} passes, no "
                  "monitors)", f"{loops['idle_pass_ms']:.2f}", "-", "-",

@@ -52,10 +52,6 @@ from fabric.scenario import default_scenario_path
 from tests.e2e import harness
 from tests.e2e.probe_handler import build_probe, timings
 
-OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
-             "Provisioning.SshHostKeyPairType": "ed25519",
-             "Provisioning.RegenerateSshHostKeyPair": "y"}
-AGENTS = {"waagent-graph": "/" + harness.AGENT_LAUNCHER, "waagent 2.7.3": "/usr/sbin/waagent"}
 PERIOD = 6.0  # Extensions.GoalStatePeriod, the default of both
 PROBE = "Bench.Probe"
 HANDLERS = [f"Bench.H{index:02d}" for index in range(1, 21)]
@@ -119,26 +115,6 @@ def _parent(pid: int) -> int:
     return int(text[text.rindex(")") + 2:].split()[1])
 
 
-def rss_mb(pids: list[int]) -> float:
-    """The processes' resident memory, summed without counting a page twice: Pss. A
-    Popen's child between fork and exec is a python3 that shares every page of its parent:
-    VmRSS summed would count the agent twice."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
-def prepare(root: Path) -> None:
-    harness.set_conf_options(root, OVERRIDES)
-    harness.install_waagent_helpers(root)
-
-
 def write_scenario(work: Path, zip_path: Path) -> Path:
     data = yaml.safe_load(default_scenario_path().read_text())
     data["vm_settings"] = False
@@ -185,12 +161,12 @@ class AgentVm:
             self.work.mkdir(parents=True, exist_ok=True)
             scenario = write_scenario(self.work, self.zip_path)
             with harness.lab(self.work, scenario, conf=None, packages=harness.WAAGENT_PACKAGES,
-                             prepare=prepare,
+                             prepare=vmharness.prepare_daemon_root,
                              tag=f"bext-{'ours' if self.agent == 'waagent-graph' else 'wa'}") \
                     as lab:
                 self.lab = lab
                 lab.vm.dhcp()
-                self.process = lab.vm.popen([AGENTS[self.agent], "-daemon"],
+                self.process = lab.vm.popen([vmharness.AGENTS[self.agent], "-daemon"],
                                             self.work / "agent.log")
                 lab.fabric.wait_for_health("Ready", SETTLE_TIMEOUT)
                 harness.wait_until(lambda: enabled_in_blob(lab, [PROBE]), SETTLE_TIMEOUT,
@@ -243,7 +219,7 @@ class AgentVm:
             while not done.is_set():
                 found = agent_processes(self.process.pid)
                 seen.update(found)
-                samples.append(rss_mb(list(found)))
+                samples.append(vmharness.memory_mb(list(found), "smaps_rollup", "Pss"))
                 time.sleep(RSS_EVERY)
 
         sampler = threading.Thread(target=sample)
@@ -279,10 +255,6 @@ class AgentVm:
         self.figures.processes = sorted(set(seen.values()))
 
 
-def ratio(ours: float, theirs: float) -> str:
-    return f"{ours / theirs:.2f}" if theirs else "-"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,7 +271,7 @@ def main() -> int:
     base.mkdir(parents=True, exist_ok=True)
     zip_path = build_probe(base / "probe.zip", PROBE)
     figures: dict[str, Figures] = {}
-    for agent in AGENTS:
+    for agent in vmharness.AGENTS:
         print(f"{agent}: {args.samples} latency samples, then 20 handlers", flush=True)
         figures[agent] = AgentVm(agent, base / agent.replace(" ", "-"), args, zip_path).run()
         found = figures[agent]
@@ -317,15 +289,15 @@ def main() -> int:
     theirs_work = statistics.median(theirs.processing) if theirs.processing else float("nan")
     rows = [
         (f"new goal state -> enable started, s (median of {args.samples})",
-         f"{ours_lat:.2f}", f"{theirs_lat:.2f}", ratio(ours_lat, theirs_lat),
+         f"{ours_lat:.2f}", f"{theirs_lat:.2f}", vmharness.ratio(ours_lat, theirs_lat),
          f"<= {TARGETS['latency']}x"),
         ("  of which: goal state GET -> enable started, s (median)", f"{ours_work:.2f}",
-         f"{theirs_work:.2f}", ratio(ours_work, theirs_work), "-"),
+         f"{theirs_work:.2f}", vmharness.ratio(ours_work, theirs_work), "-"),
         ("20 handlers: agent overhead per handler, ms", f"{ours.overhead_ms:.1f}",
-         f"{theirs.overhead_ms:.1f}", ratio(ours.overhead_ms, theirs.overhead_ms),
+         f"{theirs.overhead_ms:.1f}", vmharness.ratio(ours.overhead_ms, theirs.overhead_ms),
          f"<= {TARGETS['overhead_ms']:.0f} ms"),
         ("20 handlers: peak RSS (Pss sum) MB, agent processes", f"{ours.peak_rss_mb:.1f}",
-         f"{theirs.peak_rss_mb:.1f}", ratio(ours.peak_rss_mb, theirs.peak_rss_mb),
+         f"{theirs.peak_rss_mb:.1f}", vmharness.ratio(ours.peak_rss_mb, theirs.peak_rss_mb),
          f"<= {TARGETS['peak_rss']}x"),
     ]
     vmharness.print_table(

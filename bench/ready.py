@@ -36,9 +36,6 @@ import vmharness
 from fabric.scenario import default_scenario_path
 from tests.e2e import harness
 
-OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
-             "Provisioning.SshHostKeyPairType": "ed25519",
-             "Provisioning.RegenerateSshHostKeyPair": "y"}
 # (label, argv in the VM, whether the agent exits by itself, with no-op ifdown/ifup)
 CASES = (
     ("waagent-graph, no-op ifdown/ifup", ["/usr/local/sbin/waagent", "provision"], True, True),
@@ -51,7 +48,7 @@ READY_TIMEOUT = 120
 
 def prepare(root: Path, *, ifupdown: bool) -> None:
     """The same root for both agents: the package's conf with the overrides, the helpers."""
-    harness.set_conf_options(root, OVERRIDES)
+    harness.set_conf_options(root, vmharness.OVERRIDES)
     harness.install_waagent_helpers(root, ifupdown=ifupdown)
     vmharness.install_measure(root)
 

@@ -125,3 +125,34 @@ def bench_args(script: str, doc: str | None, runs: int,
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+# What the side-by-side benches run both agents with: the package's waagent.conf plus these.
+OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
+             "Provisioning.SshHostKeyPairType": "ed25519",
+             "Provisioning.RegenerateSshHostKeyPair": "y"}
+AGENTS = {"waagent-graph": "/" + harness.AGENT_LAUNCHER, "waagent 2.7.3": "/usr/sbin/waagent"}
+
+
+def prepare_daemon_root(root: Path) -> None:
+    """The same VM root for both daemons: the overrides, and what waagent 2.7.3 needs."""
+    harness.set_conf_options(root, OVERRIDES)
+    harness.install_waagent_helpers(root)
+
+
+def memory_mb(pids: list[int], source: str, key: str) -> float:
+    """A /proc/PID/<source> field (`status` VmRSS, `smaps_rollup` Pss) summed, in MB;
+    processes gone meanwhile count nothing."""
+    total_kb = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/{source}").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}" if theirs else "-"
