@@ -11,6 +11,7 @@ names the problem (what the platform shows the user), never an exception in the 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -379,7 +380,10 @@ def read_status_file(path: Path, *, handler: str, retries: int = 2,
 def _read_status_once(path: Path, handler: str) -> ExtensionStatusFile:
     try:
         with open(path, "rb") as handle:
-            raw = handle.read(MAX_STATUS_READ_BYTES + 1)
+            # read(n) allocates n bytes up front: ask for what the file holds (one more
+            # byte shows a file still growing), never the 16 MB limit.
+            size = os.fstat(handle.fileno()).st_size
+            raw = handle.read(min(size, MAX_STATUS_READ_BYTES) + 1)
     except FileNotFoundError:
         return ExtensionStatusFile(
             None, None, "transitioning", CODE_SUCCESS,

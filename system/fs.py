@@ -89,8 +89,11 @@ class FileSystem:
         self.runner.record("write", self._shown(path), why)
         if self.plan:
             return True
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        except FileNotFoundError:  # the first file of its directory
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         try:
             # Mode before content, so a secret is never readable by others, even briefly.
             os.fchmod(fd, want_mode)

@@ -174,6 +174,33 @@ def _systemd_runs(root: Root) -> bool:
         "systemd-run") is not None
 
 
+# How commands are confined is decided once per agent process, not before every command
+# (systemd does not come or go under a running agent, nor does the cgroup fs): the answer
+# for a root, and the cgroup prepared for each handler and its limits. A group that
+# refused a child, or is gone, is prepared again.
+_SYSTEMD: dict[str, bool] = {}
+_GROUPS: dict[tuple[str, str, str, str, ResourceLimits], Path | None] = {}
+
+
+def _systemd_runs_once(root: Root) -> bool:
+    key = str(root.base)
+    if key not in _SYSTEMD:
+        _SYSTEMD[key] = _systemd_runs(root)
+    return _SYSTEMD[key]
+
+
+def _cgroup_once(root: Root, handler: str, limits: ResourceLimits, *, cgroup_fs: str,
+                 parent: str) -> Path | None:
+    key = (str(root.base), cgroup_fs, parent, handler, limits)
+    if key in _GROUPS:
+        group = _GROUPS[key]
+        if group is None or group.is_dir():
+            return group
+    group = _GROUPS[key] = prepare_cgroup(root, handler, limits, cgroup_fs=cgroup_fs,
+                                          parent=parent)
+    return group
+
+
 def prepare_cgroup(root: Root, handler: str, limits: ResourceLimits, *,
                    cgroup_fs: str = CGROUP_FS, parent: str = SLICE_PREFIX) -> Path | None:
     """The handler's cgroup v2 directory, made with its limits, or None (logged) when
@@ -322,7 +349,7 @@ def run_handler_command(
                      f"{json.dumps(dict(env))}"))
     child_env = {**BASE_ENV, **env}
 
-    systemd = _systemd_runs(root) if use_systemd is None else use_systemd
+    systemd = _systemd_runs_once(root) if use_systemd is None else use_systemd
     result: CommandResult | None = None
     if systemd:
         unit = f"{operation}_{uuid.uuid4()}.scope"
@@ -333,10 +360,11 @@ def run_handler_command(
             log.warning("%s: systemd-run could not start the scope %s: running %s without "
                         "it", handler, unit, operation)
     if result is None:
-        group = prepare_cgroup(root, handler, limits, cgroup_fs=cgroup_fs,
-                               parent=cgroup_parent)
+        group = _cgroup_once(root, handler, limits, cgroup_fs=cgroup_fs,
+                             parent=cgroup_parent)
         result = _run(argv, real_cwd, child_env, timeout, real_log_dir, group, runner)
         if result is None:  # the move into the cgroup failed: run unconfined
+            _GROUPS.clear()  # and look at the cgroup fs again next time
             result = _run(argv, real_cwd, child_env, timeout, real_log_dir, None, runner)
     assert result is not None
 

@@ -235,15 +235,18 @@ def _file_mode(info: zipfile.ZipInfo, kind: str) -> int:
 
 
 def unpack_zip(fs: FileSystem, data: bytes, target: Path, *, name: str,
-               replace: bool = False, durable: bool = True) -> None:
+               replace: bool = False, durable: bool = True,
+               checked: list[zipfile.ZipInfo] | None = None) -> None:
     """Check the package, then unpack it to `target` (a real path below the root, e.g.
     `<Lib.Dir>/<Name>-<Version>`) through a temporary directory renamed into place.
 
     UnsafeArchive before anything is written when the zip is refused. An existing
     `target` is an error unless `replace` (it is then swapped for the new tree). In plan
     mode the unpack is only recorded. `durable` fsyncs every file before the rename.
+    `checked`: what `check_zip` returned for these very bytes (the caller keeps their
+    digest), so they are not read and decompressed a second time.
     """
-    infos = check_zip(data, name=name)
+    infos = checked if checked is not None else check_zip(data, name=name)
     root = fs.runner.root
     real = root.contain(target)  # the directory entry itself: never through a link
     shown = root.system_path(real)

@@ -642,7 +642,8 @@ def failing(operation: str) -> Callable[[Action], Action]:
                 code = getattr(err, "code", None)
                 code = code if isinstance(code, int) and code > 0 else ERROR_CODES.get(operation, 1000)
                 if not ctx.run.plan:
-                    set_handler_status(ctx, handler, "NotReady", str(err), code)
+                    set_handler_status(ctx, handler, "NotReady", str(err), code,
+                                       durable=False)
                     if handler.multi_config:
                         for settings in handler.settings:
                             placeholder_status(ctx, handler, settings, operation, str(err), code)
@@ -686,28 +687,48 @@ def download_package(ctx: Context, handler: Handler) -> None:
         data = client.package(chosen.uris, handler=handler.name, version=chosen.version)
     except AgentError as err:
         raise ExtensionFailed(f"Failed to download artifacts: {err}", CODE_DOWNLOAD) from None
-    check_package(data, target.name)
-    # 0644, as waagent 2.7.3 leaves it
-    ctx.fs.write(target, data, mode=0o644, why=f"{handler.name} {handler.version} package")
+    check_package(target, data)
+    # 0644, as waagent 2.7.3 leaves it. Not fsynced: the package is a cache, checked
+    # (check_package) before it is unpacked, so one lost or damaged in a power cut is
+    # fetched again, never unpacked.
+    ctx.fs.write(target, data, mode=0o644, durable=False,
+                 why=f"{handler.name} {handler.version} package")
 
 
-def check_package(data: bytes, name: str) -> None:
+# The packages this process checked: path -> the digest of the bytes checked and their
+# members. check_zip reads and decompresses every member; the same bytes read again
+# (verify, then unpack, right after the download) need no second check.
+_CHECKED: dict[Path, tuple[str, list[Any]]] = {}
+
+
+def check_package(path: Path, data: bytes) -> list[Any]:
+    """The members of the package `data` (read from or bound for `path`), checked once
+    (system.unpack.check_zip); ExtensionFailed when it is refused."""
     from system.unpack import UnsafeArchive, check_zip
 
+    digest = hashlib.sha256(data).hexdigest()
+    known = _CHECKED.get(path)
+    if known is not None and known[0] == digest:
+        return known[1]
+    _CHECKED.pop(path, None)
     try:
-        check_zip(data, name=name)
+        members = check_zip(data, name=path.name)
     except UnsafeArchive as err:
-        raise ExtensionFailed(f"the package {name} is refused: {err}", CODE_PACKAGE) from None
+        raise ExtensionFailed(f"the package {path.name} is refused: {err}",
+                              CODE_PACKAGE) from None
+    _CHECKED[path] = (digest, members)
+    return members
 
 
 @failing("download")
 def verify_package(ctx: Context, handler: Handler) -> None:
-    """Check the cached zip again before unpacking (a damaged cache is fetched again)."""
+    """Check the cached zip before unpacking (a damaged cache is fetched again); the
+    bytes this process downloaded and checked are known by their digest."""
     path = package_path(ctx, handler.name, handler.version)
     if ctx.run.plan and not path.exists():
         return
     try:
-        check_package(path.read_bytes(), path.name)
+        check_package(path, path.read_bytes())
     except ExtensionFailed:
         ctx.fs.remove(path, why="a package that failed its check is fetched again")
         raise
@@ -725,16 +746,19 @@ def unpack_package(ctx: Context, handler: Handler) -> None:
         if ctx.run.plan and not package.exists():
             ctx.run.record("unpack", vm_path(ctx, directory), f"{handler.name} {handler.version}")
         else:
+            data = package.read_bytes()
             try:
                 # replace: a directory left by a failed try holds only its status
-                unpack_zip(ctx.fs, package.read_bytes(), directory, name=package.name,
-                           replace=True)
+                unpack_zip(ctx.fs, data, directory, name=package.name, replace=True,
+                           checked=check_package(package, data))
             except UnsafeArchive as err:
                 raise ExtensionFailed(f"the package {package.name} is refused: {err}",
                                       CODE_PACKAGE) from None
             if not ctx.run.plan:
-                # waagent writes HandlerState before `initialize` adds u+x to every file
-                set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED)
+                # waagent writes HandlerState before `initialize` adds u+x to every file.
+                # Not fsynced: a HandlerState lost or left empty reads as NotInstalled.
+                set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED,
+                                  durable=False)
                 _make_executable(directory)
     if read_small(directory / "config/HandlerState") != NOT_INSTALLED or ctx.run.plan:
         set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED)
@@ -896,7 +920,8 @@ def install_handler(ctx: Context, handler: Handler,
                 {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": uninstall_exit_code},
                 settings=settings)
     set_handler_state(ctx, handler.name, handler.version, INSTALLED)
-    set_handler_status(ctx, handler, "NotReady", "Plugin installed but not enabled")
+    set_handler_status(ctx, handler, "NotReady", "Plugin installed but not enabled",
+                       durable=False)
 
 
 @failing("update")
@@ -959,7 +984,8 @@ def update_handler(ctx: Context, handler: Handler, old_version: str) -> None:
                     {"AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE": uninstall_code},
                     settings=settings)
     set_handler_state(ctx, handler.name, new, INSTALLED)
-    set_handler_status(ctx, handler, "NotReady", "Plugin installed but not enabled")
+    set_handler_status(ctx, handler, "NotReady", "Plugin installed but not enabled",
+                       durable=False)
 
 
 def copy_state_files(ctx: Context, name: str, old: str, new: str) -> None:
@@ -989,7 +1015,7 @@ def enable_handler(ctx: Context, handler: Handler) -> None:
     first = handler.settings[0] if handler.settings else None
     run_command(ctx, handler, handler.version, "enable", env, settings=first)
     set_handler_state(ctx, handler.name, handler.version, ENABLED)
-    set_handler_status(ctx, handler, "Ready", "Plugin enabled")
+    set_handler_status(ctx, handler, "Ready", "Plugin enabled", durable=False)
 
 
 class MultiConfigEnableFailed(ExtensionFailed):
@@ -1152,23 +1178,30 @@ def fail_later(ctx: Context, handler: Handler, message: str) -> None:
 
 # -- state files --------------------------------------------------------------------------
 
-def set_handler_state(ctx: Context, name: str, version: str, state: str) -> None:
+def set_handler_state(ctx: Context, name: str, version: str, state: str, *,
+                      durable: bool = True) -> None:
+    """config/HandlerState: what decides whether install runs again, so fsynced unless
+    the caller says why its loss costs nothing."""
     config = handler_dir(ctx, name, version) / "config"
     if not config.is_dir():
         ctx.fs.mkdir(config, mode=0o700, why=f"{name} config folder", quiet=True)
-    ctx.fs.write(config / "HandlerState", state, quiet=True, why=f"{name} {version} {state}")
+    ctx.fs.write(config / "HandlerState", state, quiet=True, durable=durable,
+                 why=f"{name} {version} {state}")
 
 
 def set_handler_status(ctx: Context, handler: Handler, status: str, message: str,
-                       code: int = 0) -> None:
-    """config/HandlerStatus, as waagent's ExtHandlerStatus serialises."""
+                       code: int = 0, *, durable: bool = True) -> None:
+    """config/HandlerStatus, as waagent's ExtHandlerStatus serialises. `durable=False`
+    where the operation runs again at the next agent start (install is followed by
+    enable, enable reruns once per start, a failure is retried), which any power cut
+    means: that run writes it again."""
     config = handler_dir(ctx, handler.name, handler.version) / "config"
     if not config.is_dir():
         ctx.fs.mkdir(config, mode=0o700, why=f"{handler.name} config folder", quiet=True)
     body = {"name": handler.name, "version": handler.version, "status": status, "code": code,
             "message": message, "supports_multi_config": handler.multi_config,
             "extension_status": None}
-    ctx.fs.write(config / "HandlerStatus", json.dumps(body), quiet=True,
+    ctx.fs.write(config / "HandlerStatus", json.dumps(body), quiet=True, durable=durable,
                  why=f"{handler.name} status {status}")
 
 

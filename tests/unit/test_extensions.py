@@ -208,3 +208,91 @@ def test_statuses_read_back(tmp_path: Path) -> None:
     assert bad is not None and bad.status["status"] == "error" and bad.status["code"] == 1012
     assert bad.sequence_number == 2
     assert found["Hung.One"].status == "Unresponsive"
+
+
+# -- one check per package, durability per file ---------------------------------------------
+
+def probe_zip() -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    manifest = [{"name": "Pub.Handler", "version": 1.0, "handlerManifest": {
+        f"{op}Command": "run.sh" for op in ("install", "uninstall", "update", "enable",
+                                            "disable")}}]
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("HandlerManifest.json", json.dumps(manifest))
+        zf.writestr("run.sh", "#!/bin/sh\nexit 0\n")
+    return buffer.getvalue()
+
+
+class FakeArtifacts:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def package(self, uris: Any, *, handler: str, version: str) -> bytes:
+        return self.data
+
+
+def fetching_context(tmp_path: Path, data: bytes) -> tuple[Context, ext.Handler]:
+    ctx = context(tmp_path)
+    ctx.state.goal_state = object()  # type: ignore[assignment]
+    ctx.state.artifact_client = FakeArtifacts(data)  # type: ignore[assignment]
+    found = ext.handlers_of({"handlers": [{**handler(), "package_uris": ["http://x/p.zip"]}]})
+    return ctx, found[0]
+
+
+def test_a_package_is_checked_once_from_download_to_unpack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import system.unpack
+
+    checked: list[str] = []
+    real = system.unpack.check_zip
+
+    def counting(data: bytes, *, name: str) -> Any:
+        checked.append(name)
+        return real(data, name=name)
+
+    monkeypatch.setattr(system.unpack, "check_zip", counting)
+    ctx, h = fetching_context(tmp_path, probe_zip())
+    ext.download_package(ctx, h)
+    ext.verify_package(ctx, h)
+    ext.unpack_package(ctx, h)
+    assert checked == ["Pub.Handler__1.0.0.zip"]
+    assert (ext.handler_dir(ctx, h.name, h.version) / "run.sh").is_file()
+    # Other bytes at the same path are checked again, and a bad package is refused.
+    ext.package_path(ctx, h.name, h.version).write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ext.ExtensionFailed, match="refused"):
+        ext.verify_package(ctx, h)
+    assert len(checked) == 2 and not ext.package_path(ctx, h.name, h.version).exists()
+
+
+def test_what_is_fsynced_on_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HandlerState (it decides whether install runs again), the settings and the unpacked
+    tree are fsynced; the package (a cache, checked before use) and HandlerStatus (written
+    again by the next start's enable) are not."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    ctx, h = fetching_context(tmp_path, probe_zip())
+    ext.download_package(ctx, h)
+    ext.verify_package(ctx, h)
+    ext.unpack_package(ctx, h)
+    ext.write_settings(ctx, h)
+    ext.set_handler_state(ctx, h.name, h.version, ext.INSTALLED)
+    ext.set_handler_status(ctx, h, "NotReady", "Plugin installed but not enabled",
+                           durable=False)
+    directory = ext.handler_dir(ctx, h.name, h.version)
+    names = [Path(p).name for p in synced]
+    assert not any(".Pub.Handler__1.0.0.zip." in n for n in names)  # the package's temporary
+    assert not any(".HandlerStatus." in n for n in names)
+    assert any(".HandlerState." in n for n in names) and any(".0.settings." in n
+                                                             for n in names)
+    assert any(n in ("run.sh", "HandlerManifest.json") for n in names)  # unpacked, in staging
+    assert str(directory / "config") in synced  # the renames into config/
+    assert (directory / "config/HandlerState").read_text() == ext.INSTALLED

@@ -257,3 +257,22 @@ def test_malformed_heartbeat(tmp_path: Path, content: str) -> None:
     assert str(path) in str(err.value) and "Malformed heartbeat" in str(err.value)
     with pytest.raises(ExtensionError, match="does not exist"):
         heartbeat(tmp_path / "absent.log", time.time())
+
+
+def test_a_small_status_file_is_read_without_a_large_buffer(tmp_path: Path) -> None:
+    """The status blob reads every handler's status file each loop: a read sized by the
+    16 MB cap (allocated before the file is read) would show in the daemon's memory."""
+    import tracemalloc
+
+    path = tmp_path / "0.status"
+    path.write_text(json.dumps([{"version": 1.0, "status": {
+        "status": "success", "code": 0,
+        "formattedMessage": {"lang": "en-US", "message": "ok"}}}]))
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        assert read_status_file(path, handler="A-1.0").status == "success"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024

@@ -255,6 +255,32 @@ def test_a_cgroup_that_refuses_the_child_runs_it_unconfined(
     assert result.exit_code == 0 and "ran" in result.output_tail
 
 
+
+def test_the_cgroup_is_prepared_once_per_handler(handler: Handler, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import system.handler_command as hc
+
+    prepared: list[str] = []
+    real = hc.prepare_cgroup
+
+    def counting(*args: object, **kwargs: object) -> Path | None:
+        prepared.append(str(args[1]))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hc, "prepare_cgroup", counting)
+    cgroup_fs = build_cgroup_fs(tmp_path / "cgroup", "cpu")
+    handler.script("a.sh", "true\n")
+    for _ in range(3):
+        assert handler.run("a.sh", cgroup_fs=cgroup_fs).exit_code == 0
+    assert prepared == [HANDLER]
+    # Gone (removed by someone else): made again, and the command runs in it.
+    group = cgroup_fs / "azure-vmextensions" / HANDLER
+    for child in group.iterdir():
+        child.unlink()
+    group.rmdir()
+    assert handler.run("a.sh", cgroup_fs=cgroup_fs).exit_code == 0
+    assert prepared == [HANDLER, HANDLER] and (group / "cgroup.procs").exists()
+
 def test_resource_limits_fields() -> None:
     assert parse_resource_limits(None) == ResourceLimits()
     assert parse_resource_limits({"cpuQuota": 50, "memoryQuota": 512}) == \
