@@ -99,6 +99,7 @@ _import_doit_lean()
 check_doit_version()
 
 # doit's own modules: imported only now, after the lean import and the version check.
+from doit.control import TaskControl  # noqa: E402
 from doit.dependency import DatabaseException, SqliteDB  # noqa: E402
 from doit.exceptions import InvalidDodoFile  # noqa: E402
 from doit.loader import TASK_STRING, task_params  # noqa: E402
@@ -134,10 +135,28 @@ def _task_creators(namespace: Mapping[str, Any],
 
 
 def install_task_creators() -> None:
-    """Make doit's loader find task creators with `_task_creators`."""
+    """Make doit's loader find task creators with `_task_creators`, and expand task_dep
+    wildcards with `_wild_tasks`."""
     import doit.loader
 
     doit.loader._get_task_creators = _task_creators
+    TaskControl._get_wild_tasks = _wild_tasks
+
+
+# doit's own expansion, for the patterns `_wild_tasks` leaves to it.
+_doit_wild_tasks = TaskControl._get_wild_tasks
+
+
+def _wild_tasks(control: Any, pattern: str) -> list[str]:
+    """doit's expansion of a task_dep wildcard (`TaskControl._get_wild_tasks`), in the order
+    the tasks were defined. doit calls fnmatch for every task and pattern, compiling a regex
+    for each pattern on every boot; the agent's groups only use `PREFIX*` (tasks.Group), a
+    prefix test. Any other pattern goes to doit's own expansion."""
+    prefix = pattern[:-1]
+    if not pattern.endswith("*") or any(char in prefix for char in "*?["):
+        found: list[str] = _doit_wild_tasks(control, pattern)
+        return found
+    return [name for name in control._def_order if name.startswith(prefix)]
 
 
 def disable_entry_point_plugins() -> None:

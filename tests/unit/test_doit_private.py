@@ -80,3 +80,17 @@ def test_only_doit_private_touches_doits_private_names() -> None:
             if name in private and name not in ours:
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: {name}")
     assert not found, "doit's private names outside graph/doit_private.py:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("pattern", ["ssh:*", "ssh:host*", "ss*", "*", "ssh:*keys",
+                                     "ssh:?ey*", "[su]s*:*", "nothing:*"])
+def test_wildcards_expand_as_doits_own_expansion(pattern: str) -> None:
+    from doit.control import TaskControl
+    from doit.task import Task
+
+    names = ["gather:vm", "ssh:hostkeys", "ssh:keys", "ssh", "ssh2:x", "user:account",
+             "ussh:y", "ss"]
+    control = TaskControl([Task(name, None) for name in names])
+    assert doit_private._wild_tasks(control, pattern) == \
+        doit_private._doit_wild_tasks(control, pattern)
+    assert doit_private._wild_tasks(control, "ssh:*") == ["ssh:hostkeys", "ssh:keys"]
