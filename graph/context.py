@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
 from pathlib import Path
@@ -35,11 +34,13 @@ class Unread(Enum):
 UNREAD = Unread.UNREAD
 
 
-@dataclass
 class RunState:
     """What one run has read, fetched or decided, shared by its tasks (tasks/inputs.py
     and the areas fill it lazily, in actions and checks, never while the graph loads).
-    None, or UNREAD where None is an answer, means not read yet."""
+    None, or UNREAD where None is an answer, means not read yet.
+
+    The class attributes are the defaults. A plain class, not a dataclass: every start
+    makes one, and a dataclass generates and compiles its methods when it is defined."""
 
     # -- facts of this VM and root (tasks.inputs)
     vm_id: str | None = None
@@ -60,7 +61,7 @@ class RunState:
     # Waits for the transport key pair started ahead (wire.transport.start_transport_keygen).
     transport_pair: Callable[[], tuple[bytes, bytes]] | None = None
     # -- a plan: what a run would store or clear, kept in memory (a plan stores nothing)
-    planned_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    planned_facts: dict[str, dict[str, Any]]
     planned_clear: bool = False
     # -- provisioning once per VM (tasks.once): task -> the inputs it was done with
     once_records: dict[str, Any] | None = None
@@ -73,11 +74,17 @@ class RunState:
     # -- extensions (tasks.extensions)
     artifact_client: ArtifactClient | None = None
     # handler name -> the exit code of the old version's uninstall, for the new one's enable
-    uninstall_codes: dict[str, str] = field(default_factory=dict)
+    uninstall_codes: dict[str, str]
     # goal state id -> when waiting for the handlers a handler depends on gives up
-    dependency_deadlines: dict[str, float] = field(default_factory=dict)
+    dependency_deadlines: dict[str, float]
     # -- deprovision: the operator said no; the message says so (graph.reporter prints it)
     deprovision_cancelled: str | None = None
+
+    def __init__(self) -> None:
+        # The containers: one of each per run.
+        self.planned_facts = {}
+        self.uninstall_codes = {}
+        self.dependency_deadlines = {}
 
 
 class Context:

@@ -11,7 +11,6 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,9 @@ KNOWN_VARS = ("root", "conf", "chroot", "media", "wireserver", "hostplugin", "im
 STATE_DB = "graph-state.sqlite3"
 
 
-@dataclass
 class LoaderState:
-    """What the loader keeps in this process between loads of the graph."""
+    """What the loader keeps in this process between loads of the graph (the class
+    attributes are the defaults)."""
 
     # The Context of the graph loaded last in this process (commands read it).
     context: Context | None = None

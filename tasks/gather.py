@@ -115,7 +115,9 @@ def clear_per_vm_state(ctx: Context, previous: str, current: str) -> None:
             ctx.fs.remove(path, why=f"state of the previous VM {previous}")
     # Facts read so far may be the old VM's; a transport key pair being made is this VM's.
     # In a plan the removals were only recorded: the plan must not read those files.
-    ctx.state = RunState(transport_pair=ctx.state.transport_pair, planned_clear=ctx.run.plan)
+    fresh = RunState()
+    fresh.transport_pair, fresh.planned_clear = ctx.state.transport_pair, ctx.run.plan
+    ctx.state = fresh
 
 
 def ovf_missing(ctx: Context) -> str | None:
