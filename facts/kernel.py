@@ -20,8 +20,9 @@ INFINIBAND = "/sys/class/infiniband"  # SR-IOV
 RDMA_DRIVER = "hv_network_direct"
 KVP_POOL = "/var/lib/hyperv/.kvp_pool_0"
 _KVP_KEY, _KVP_VALUE = 512, 2048
-_DAT_LINE = re.compile(r'^(ofa-v2-ib0 u2\.0 nonthreadsafe default libdaplofa\.so\.2 dapl\.2\.0 )'
-                       r'"\S+ 0"', re.MULTILINE)
+# (Compiled where used, by re's cache: only the RDMA task reads dat.conf.)
+_DAT_LINE = (r'(?m)^(ofa-v2-ib0 u2\.0 nonthreadsafe default libdaplofa\.so\.2 dapl\.2\.0 )'
+             r'"\S+ 0"')
 
 
 def scsi_disks(root: Root) -> tuple[str, ...]:
@@ -144,8 +145,8 @@ def dat_conf_path(root: Root) -> str | None:
 def dat_conf_with_address(text: str, address: str) -> str:
     """dat.conf with the ofa-v2-ib0 provider bound to `address`; the line is added when
     the file has none (Intel MPI looks the provider up by name)."""
-    if _DAT_LINE.search(text):
-        return _DAT_LINE.sub(lambda m: f'{m.group(1)}"{address} 0"', text)
+    if re.search(_DAT_LINE, text):
+        return re.sub(_DAT_LINE, lambda m: f'{m.group(1)}"{address} 0"', text)
     tail = "" if not text or text.endswith("\n") else "\n"
     return (f'{text}{tail}ofa-v2-ib0 u2.0 nonthreadsafe default libdaplofa.so.2 dapl.2.0 '
             f'"{address} 0" ""\n')

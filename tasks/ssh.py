@@ -18,7 +18,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from facts import users
 from graph.context import Context
 from graph.uptodate import Inputs
 from system.errors import AgentError, CommandFailed
@@ -32,9 +31,9 @@ DROPIN_NAME = "00-waagent.conf"
 HOST_KEY_TYPES = ("rsa", "ecdsa", "ed25519")  # what "auto" makes (DSA is gone from OpenSSH)
 # An OpenSSH public key line: `[options] TYPE BASE64 [comment]` (sshd(8) AUTHORIZED_KEYS).
 # The options, when present, are one word (as the OVF and our files write them).
-_KEY_LINE = re.compile(
-    r"(?:\S+\s+)?(ssh-(?:rsa|dss|ed25519)|ecdsa-sha2-nistp[0-9]+|sk-[a-z0-9@.-]+)\s+"
-    r"([A-Za-z0-9+/=]+)(?:\s.*)?", re.DOTALL)
+# (Compiled where used, by re's cache: a no-op boot reads no key line.)
+_KEY_LINE = (r"(?s)(?:\S+\s+)?(ssh-(?:rsa|dss|ed25519)|ecdsa-sha2-nistp[0-9]+|sk-[a-z0-9@.-]+)"
+             r"\s+([A-Za-z0-9+/=]+)(?:\s.*)?")
 
 
 class SshError(AgentError):
@@ -108,6 +107,8 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
 # -- authorized keys --------------------------------------------------------------------------
 
 def _user_and_owner(ctx: Context) -> tuple[str, tuple[int, int]]:
+    from facts import users  # the accounts are read by actions only, not at every boot
+
     name = str(inputs.ovf_facts(ctx)["username"])
     entry = users.user(ctx.root, name)
     if entry is None and ctx.run.plan:
@@ -181,7 +182,7 @@ def key_from_certificate(ctx: Context, thumb: str) -> str:
 
 def key_fields(line: str) -> tuple[str, str] | None:
     """The key type and base64 body of an authorized-key line, or None when it is not one."""
-    match = _KEY_LINE.fullmatch(line.strip())
+    match = re.fullmatch(_KEY_LINE, line.strip())
     return (match[1], match[2]) if match else None
 
 

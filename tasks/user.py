@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facts import users
 from graph.context import Context
 from system.errors import AgentError, CommandFailed
 from tasks import TaskDict, inputs
@@ -27,7 +26,8 @@ log = logging.getLogger("waagent.user")
 
 # POSIX portable user names, as useradd accepts them by default: at most 32 characters,
 # a `$` allowed last.
-_USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,30}[a-z0-9_.$-]?")
+# (Compiled where used, by re's cache: a no-op boot checks no user name.)
+_USER_NAME = r"[a-z_][a-z0-9_.-]{0,30}[a-z0-9_.$-]?"
 SUDOERS_FILE = "waagent"
 _CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Salt lengths the schemes allow; PasswordCryptSaltLength is capped to them.
@@ -79,7 +79,7 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
 def username(ctx: Context) -> str:
     """The OVF's UserName, checked to be a name useradd accepts."""
     name = str(inputs.ovf_facts(ctx)["username"])
-    if not _USER_NAME.fullmatch(name):
+    if not re.fullmatch(_USER_NAME, name):
         raise UserError(f"UserName {name!r} in ovf-env.xml is not a valid user name "
                         "(lower-case letters, digits, '_', '-', '.', at most 32 characters)")
     return name
@@ -92,6 +92,7 @@ def account_inputs(ctx: Context) -> dict[str, Any]:
 
 def ensure_account(ctx: Context) -> None:
     """Create the user unless it exists; refuse to take over a system account."""
+    from facts import users  # the accounts are read by actions only, not at every boot
     from system import osutil
 
     name = username(ctx)
