@@ -7,23 +7,21 @@ the OVF is stored as OvfEnv.public_facts() (a password flag, a custom data
 sha256), and a document holding any registered secret is refused.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, overload
+from typing import Any, Literal, NotRequired, TypedDict, overload
 
+# No `from __future__ import annotations`: the TypedDicts' annotations would be strings,
+# each compiled into a ForwardRef when the module loads (on every boot).
+from conf.config import Config
 from system.errors import AgentError, ProbeFailed
+from system.fs import FileSystem
 from system.redact import MASK, redact
 from system.root import Root
-
-if TYPE_CHECKING:
-    from conf.config import Config
-    from system.fs import FileSystem
 
 log = logging.getLogger("waagent.facts.store")
 

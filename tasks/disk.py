@@ -33,8 +33,6 @@ not by the name given to mount(8). /etc/fstab is never edited: the task re-mount
 the disk at each boot.
 """
 
-from __future__ import annotations
-
 import contextlib
 import hashlib
 import logging
@@ -263,7 +261,7 @@ class DiskOptions(NamedTuple):
     encrypt_swap: bool
 
     @classmethod
-    def of(cls, ctx: Context) -> DiskOptions:
+    def of(cls, ctx: Context) -> "DiskOptions":
         conf = ctx.conf
         swap = (conf.number(SWAP_SIZE_MB) or 0) if conf.flag(ENABLE_SWAP) else 0
         return cls(conf.flag(FORMAT), conf.text(FILESYSTEM) or "ext4",
