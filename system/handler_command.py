@@ -343,33 +343,19 @@ def run_handler_command(
     real_log_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     execution_log = real_log_dir / log_name
     _truncate_head(execution_log, max_log_bytes)
+    child_env = {**BASE_ENV, **env}
+    # Open once for the command's two lines; flushed before it starts, so an agent killed
+    # meanwhile leaves the "Executing" line.
     with open(execution_log, "ab") as exec_log:
         exec_log.write(_execution_log_line(
             handler, f"Executing command: {full_command} with environment variables: "
                      f"{json.dumps(dict(env))}"))
-    child_env = {**BASE_ENV, **env}
-
-    systemd = _systemd_runs_once(root) if use_systemd is None else use_systemd
-    result: CommandResult | None = None
-    if systemd:
-        unit = f"{operation}_{uuid.uuid4()}.scope"
-        result = _run(systemd_run_argv(argv, unit=unit, handler=handler, limits=limits),
-                      real_cwd, child_env, timeout, real_log_dir, None, runner,
-                      scope=unit)
-        if result is None:
-            log.warning("%s: systemd-run could not start the scope %s: running %s without "
-                        "it", handler, unit, operation)
-    if result is None:
-        group = _cgroup_once(root, handler, limits, cgroup_fs=cgroup_fs,
-                             parent=cgroup_parent)
-        result = _run(argv, real_cwd, child_env, timeout, real_log_dir, group, runner)
-        if result is None:  # the move into the cgroup failed: run unconfined
-            _GROUPS.clear()  # and look at the cgroup fs again next time
-            result = _run(argv, real_cwd, child_env, timeout, real_log_dir, None, runner)
-    assert result is not None
-
-    lines = [line for line in result.output_tail.split("\n") if line != ""]
-    with open(execution_log, "ab") as exec_log:
+        exec_log.flush()
+        result = _confined_run(argv, real_cwd, child_env, timeout, real_log_dir, runner,
+                               handler=handler, operation=operation, limits=limits,
+                               use_systemd=use_systemd, cgroup_fs=cgroup_fs,
+                               cgroup_parent=cgroup_parent)
+        lines = [line for line in result.output_tail.split("\n") if line != ""]
         exec_log.write(_execution_log_line(handler, "\n".join([f"Command: {command}",
                                                                *lines])))
     if result.timed_out:
@@ -378,6 +364,31 @@ def run_handler_command(
     else:
         log.info("%s: %s exited with status %s after %.1f s", handler, operation,
                  result.exit_code, result.seconds)
+    return result
+
+
+def _confined_run(argv: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float,
+                  output_dir: Path, runner: Runner, *, handler: str, operation: str,
+                  limits: ResourceLimits, use_systemd: bool | None, cgroup_fs: str,
+                  cgroup_parent: str) -> CommandResult:
+    """Run in a systemd scope, else in the handler's cgroup, else unconfined: the first
+    that can start the command."""
+    systemd = _systemd_runs_once(runner.root) if use_systemd is None else use_systemd
+    if systemd:
+        unit = f"{operation}_{uuid.uuid4()}.scope"
+        result = _run(systemd_run_argv(argv, unit=unit, handler=handler, limits=limits),
+                      cwd, env, timeout, output_dir, None, runner, scope=unit)
+        if result is not None:
+            return result
+        log.warning("%s: systemd-run could not start the scope %s: running %s without "
+                    "it", handler, unit, operation)
+    group = _cgroup_once(runner.root, handler, limits, cgroup_fs=cgroup_fs,
+                         parent=cgroup_parent)
+    result = _run(argv, cwd, env, timeout, output_dir, group, runner)
+    if result is None:  # the move into the cgroup failed: run unconfined
+        _GROUPS.clear()  # and look at the cgroup fs again next time
+        result = _run(argv, cwd, env, timeout, output_dir, None, runner)
+    assert result is not None
     return result
 
 

@@ -4,10 +4,11 @@ The tasks are created after gather:extensions stored the extensions goal state (
 `create_after`), from those facts and a look at Lib.Dir (which versions are installed):
 
 extensions:<Handler>:download   manifest, then the package into `<Lib.Dir>/<Name>__<Version>.zip`
-extensions:<Handler>:verify     the zip checked before anything is unpacked (size, count,
-                                paths, links, CRC): a hostile zip gets an error status
-extensions:<Handler>:unpack     `<Lib.Dir>/<Name>-<Version>/`, HandlerEnvironment.json,
-                                config/ and status/ (0700), the log folders
+extensions:<Handler>:unpack     the zip checked before anything is unpacked (size, count,
+                                paths, links, CRC: a hostile zip gets an error status, a
+                                damaged one is fetched again), then `<Lib.Dir>/<Name>-<Version>/`,
+                                HandlerEnvironment.json, config/ and status/ (0700), the log
+                                folders
 extensions:<Handler>:settings   `config/<seq>.settings` (protectedSettings as delivered)
 extensions:<Handler>:install    installCommand (or :update from an installed version:
                                 disable old, update, uninstall old, install new)
@@ -533,11 +534,8 @@ def handler_tasks(ctx: Context, handler: Handler, goal_id: str) -> Iterator[Task
     yield _task(name, "download", f"download {name} {version}: manifest, then the package",
                 download_package, ctx, handler,
                 uptodate=[Probe("package", lambda: _package_missing(ctx, name, version))])
-    yield _task(name, "verify", f"check the {name} {version} zip before it is unpacked",
-                verify_package, ctx, handler, deps=["download"],
-                uptodate=[Probe("unpacked", lambda: _not_unpacked(ctx, name, version))])
-    yield _task(name, "unpack", f"unpack {name} {version} into Lib.Dir, HandlerEnvironment.json",
-                unpack_package, ctx, handler, deps=["verify"],
+    yield _task(name, "unpack", f"check the {name} {version} zip, unpack it into Lib.Dir, "
+                "HandlerEnvironment.json", unpack_package, ctx, handler, deps=["download"],
                 uptodate=[Probe("unpacked", lambda: _not_unpacked(ctx, name, version))])
     yield _task(name, "settings", f"write the settings of {name} (seq {_seqs(handler)})",
                 write_settings, ctx, handler, deps=["unpack"],
@@ -697,7 +695,7 @@ def download_package(ctx: Context, handler: Handler) -> None:
 
 # The packages this process checked: path -> the digest of the bytes checked and their
 # members. check_zip reads and decompresses every member; the same bytes read again
-# (verify, then unpack, right after the download) need no second check.
+# (unpack, right after the download) need no second check.
 _CHECKED: dict[Path, tuple[str, list[Any]]] = {}
 
 
@@ -721,23 +719,11 @@ def check_package(path: Path, data: bytes) -> list[Any]:
 
 
 @failing("download")
-def verify_package(ctx: Context, handler: Handler) -> None:
-    """Check the cached zip before unpacking (a damaged cache is fetched again); the
-    bytes this process downloaded and checked are known by their digest."""
-    path = package_path(ctx, handler.name, handler.version)
-    if ctx.run.plan and not path.exists():
-        return
-    try:
-        check_package(path, path.read_bytes())
-    except ExtensionFailed:
-        ctx.fs.remove(path, why="a package that failed its check is fetched again")
-        raise
-
-
-@failing("download")
 def unpack_package(ctx: Context, handler: Handler) -> None:
-    """Unpack the package and set the handler up: manifest, config/, status/, logs,
-    HandlerEnvironment.json (waagent's `initialize`)."""
+    """Check the package (a damaged one is removed, to be fetched again; the bytes this
+    process downloaded and checked are known by their digest), unpack it and set the
+    handler up: manifest, config/, status/, logs, HandlerEnvironment.json (waagent's
+    `initialize`)."""
     from system.unpack import UnsafeArchive, unpack_zip
 
     directory = handler_dir(ctx, handler.name, handler.version)
@@ -748,9 +734,14 @@ def unpack_package(ctx: Context, handler: Handler) -> None:
         else:
             data = package.read_bytes()
             try:
+                checked = check_package(package, data)
+            except ExtensionFailed:
+                ctx.fs.remove(package, why="a package that failed its check is fetched again")
+                raise
+            try:
                 # replace: a directory left by a failed try holds only its status
                 unpack_zip(ctx.fs, data, directory, name=package.name, replace=True,
-                           checked=check_package(package, data))
+                           checked=checked)
             except UnsafeArchive as err:
                 raise ExtensionFailed(f"the package {package.name} is refused: {err}",
                                       CODE_PACKAGE) from None

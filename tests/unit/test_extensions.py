@@ -109,7 +109,7 @@ def task_names(ctx: Context, *handlers: dict[str, Any]) -> list[str]:
     return [t["name"] for t in ext.generate(ctx)]
 
 
-CHAIN = ["download", "verify", "unpack", "settings"]
+CHAIN = ["download", "unpack", "settings"]
 
 
 @pytest.mark.parametrize(("on_disk", "requested", "want"), [
@@ -256,15 +256,17 @@ def test_a_package_is_checked_once_from_download_to_unpack(
     monkeypatch.setattr(system.unpack, "check_zip", counting)
     ctx, h = fetching_context(tmp_path, probe_zip())
     ext.download_package(ctx, h)
-    ext.verify_package(ctx, h)
     ext.unpack_package(ctx, h)
     assert checked == ["Pub.Handler__1.0.0.zip"]
     assert (ext.handler_dir(ctx, h.name, h.version) / "run.sh").is_file()
-    # Other bytes at the same path are checked again, and a bad package is refused.
+    # Other bytes at the same path are checked again: a damaged package is refused,
+    # removed (fetched again next time), and nothing is unpacked.
+    ext.remove_handler(ctx, h.name, h.version, why="test")
     ext.package_path(ctx, h.name, h.version).write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(ext.ExtensionFailed, match="refused"):
-        ext.verify_package(ctx, h)
+        ext.unpack_package(ctx, h)
     assert len(checked) == 2 and not ext.package_path(ctx, h.name, h.version).exists()
+    assert not (ext.handler_dir(ctx, h.name, h.version) / "run.sh").exists()
 
 
 def test_what_is_fsynced_on_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,7 +283,6 @@ def test_what_is_fsynced_on_install(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(os, "fsync", recording)
     ctx, h = fetching_context(tmp_path, probe_zip())
     ext.download_package(ctx, h)
-    ext.verify_package(ctx, h)
     ext.unpack_package(ctx, h)
     ext.write_settings(ctx, h)
     ext.set_handler_state(ctx, h.name, h.version, ext.INSTALLED)
