@@ -28,16 +28,24 @@ KNOWN_DOIT = (0, 37)
 
 # --- importing doit -------------------------------------------------------------------------
 
-# Module -> the names doit imports from it with `from MODULE import NAME`, for features the
-# agent turns off:
+# Module -> the names doit uses from it (imported with `from MODULE import NAME`, or
+# `import MODULE` then called as `MODULE.NAME`), for features the agent turns off or a
+# command that is not a run:
 # - `importlib.metadata` (with email, zipfile, csv, ...) only to scan entry points, a scan
 #   the agent turns off (`disable_entry_point_plugins`: an installed package must not
 #   replace commands in a root process);
-# - `multiprocessing` (`Process`, `Queue`) only for the parallel runner (`-n N`).
-# Both are paid on every boot (bench/README.md has the figures).
+# - `multiprocessing` (`Process`, `Queue`) only for the parallel runner (`-n N`);
+# - `configparser` only to read doit.cfg files, which the agent reads none of
+#   (graph.main: no config files);
+# - `pdb` (with cmd, bdb, code, pprint, glob) only for `--pdb`, a post-mortem debugger;
+# - `pprint` only for the `info` and `dumpdb` commands' output.
+# All are paid on every boot otherwise (bench/README.md has the figures).
 DEFERRED = {
     "importlib.metadata": ("entry_points",),
     "multiprocessing": ("Process", "Queue"),
+    "configparser": ("ConfigParser",),
+    "pdb": ("Pdb",),
+    "pprint": ("PrettyPrinter", "pformat"),
 }
 
 

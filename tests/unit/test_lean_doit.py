@@ -1,5 +1,5 @@
-"""graph.doit_private: doit loads without importlib.metadata and multiprocessing, and nothing
-else notices."""
+"""graph.doit_private: doit loads without importlib.metadata, multiprocessing, configparser,
+pdb and pprint, and nothing else notices."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ def test_the_agent_loads_doit_without_importlib_metadata() -> None:
               "multiprocessing" in sys.modules)
     """)
     assert out == "True False False"
+
+
+def test_the_agent_loads_doit_without_its_config_reader_debugger_and_printer() -> None:
+    out = run_fresh("""
+        import sys
+        import graph.main
+        print([name for name in ("configparser", "pdb", "pprint") if name in sys.modules])
+    """)
+    assert out == "[]"
 
 
 def test_a_later_import_gets_the_real_module() -> None:
@@ -60,3 +69,18 @@ def test_doits_parallel_runner_still_gets_real_processes_and_queues() -> None:
               hasattr(multiprocessing, "cpu_count"))
     """)
     assert out == "from the child True True"
+
+
+def test_doits_config_reader_debugger_and_printer_reach_the_real_ones() -> None:
+    out = run_fresh("""
+        import graph.main
+        import configparser
+        from doit import action, cmd_dumpdb, cmd_info
+        from doit.doit_cmd import DoitConfig
+        parser = DoitConfig.load_config_ini([])
+        debugger = action.pdb.Pdb()
+        printer = cmd_info.pprint.PrettyPrinter(indent=4)
+        print(isinstance(parser, configparser.ConfigParser), type(debugger).__module__,
+              type(printer).__module__, cmd_dumpdb.pprint.pformat({"a": 1}))
+    """)
+    assert out == "True pdb pprint {'a': 1}"
