@@ -1,8 +1,8 @@
 """HTTP transport for the platform: timeouts on every request, retries with backoff, a budget.
 
-The WireServer, HostGAPlugin and IMDS are reached over plain HTTP with `wire.http1` (one
-request per connection, cheap to import, and it never consults proxy variables: those
-endpoints must never be reached through a proxy). HTTPS URLs use the standard library's
+The WireServer, HostGAPlugin and IMDS are reached over plain HTTP with `wire.http1` (cheap
+to import, and it never consults proxy variables: those endpoints must never be reached
+through a proxy); a client keeps one connection per endpoint open between its requests. HTTPS URLs use the standard library's
 `http.client`; `requests` is imported only when a caller asks for a download through
 `HttpProxy.Host/Port`.
 """
@@ -10,12 +10,13 @@ endpoints must never be reached through a proxy). HTTPS URLs use the standard li
 import logging
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from typing import NamedTuple
 
 from wire import decode_text
 from wire.errors import HttpStatusError, WireError
-from wire.http1 import BadResponse, exchange
+from wire.http1 import BadResponse, Connections
 
 log = logging.getLogger("waagent.wire.http")
 
@@ -147,9 +148,16 @@ class HttpClient:
         self.retry = retry
         self.sleep = sleep
         self.max_bytes = max_bytes
+        self.connections = Connections()
+        # A client dropped without close() still closes its idle connections.
+        weakref.finalize(self, self.connections.close)
 
     def __repr__(self) -> str:
         return f"HttpClient(timeout={self.timeout!r}, retry={self.retry!r})"
+
+    def close(self) -> None:
+        """Close the connections kept open for the next request."""
+        self.connections.close()
 
     def request(
         self,
@@ -227,8 +235,8 @@ class HttpClient:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         log.debug("%s %s", method, shown_url(url))
         if parts.scheme == "http":
-            status, reason, found, data = exchange(method, parts.hostname, parts.port or 80,
-                                                   target, headers, body, timeout, cap)
+            status, reason, found, data = self.connections.exchange(
+                method, parts.hostname, parts.port or 80, target, headers, body, timeout, cap)
         else:
             status, reason, found, data = _send_https(method, parts.hostname, parts.port,
                                                       target, headers, body, timeout, cap)
