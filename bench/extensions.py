@@ -26,7 +26,9 @@ the VM has no time namespace, and the fabric stamps its publications with the sa
    processes that share them) summed over the agent's own processes (python3 and
    waagent below the launcher: ours is one process, waagent's daemon and its
    -run-exthandlers child), sampled every 50 ms from the publication until every one of the
-   20 reports its enable in the status blob. The handlers' commands are not counted.
+   20 reports its enable in the status blob. The handlers' commands are not counted. The
+   per-agent line also shows the sum just before the publication and, at the peak, where
+   it goes by mapping (heap and anonymous memory, the interpreter, shared libraries).
 
 --quick: 3 latency samples (default 7).
 """
@@ -69,6 +71,9 @@ class Figures:
     wall: float = float("nan")
     commands: float = float("nan")
     peak_rss_mb: float = float("nan")
+    idle_rss_mb: float = float("nan")  # the same sum just before the 20 were published
+    # Where the Pss of the agent's processes goes at the peak, by mapping, MB
+    peak_by_mapping: dict[str, float] = field(default_factory=dict)
     first_command: float = float("nan")  # s from the pickup to the first command
     gaps: dict[str, float] = field(default_factory=dict)  # median s between commands, by kind
     processes: list[str] = field(default_factory=list)
@@ -105,6 +110,30 @@ def agent_processes(pid: int) -> dict[int, str]:
     parents = {pid: _parent(pid) for pid in found}
     return {pid: comm for pid, comm in found.items()
             if not (comm.startswith("python") and found.get(parents[pid], "").startswith("python"))}
+
+
+def pss_by_mapping(pids: list[int]) -> dict[str, float]:
+    """Pss summed over `pids` by what it maps, MB: heap and anonymous memory, the
+    interpreter, and each shared library by its file name (the 6 largest; the rest as
+    "other")."""
+    found: dict[str, int] = {}
+    for pid in pids:
+        try:
+            lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+        except OSError:
+            continue
+        mapping = "[anon]"
+        for line in lines:
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                name = fields[5] if len(fields) > 5 else "[anon]"
+                mapping = "[heap+anon]" if name in ("[anon]", "[heap]") else Path(name).name
+            elif fields and fields[0] == "Pss:":
+                found[mapping] = found.get(mapping, 0) + int(fields[1])
+    ranked = sorted(found.items(), key=lambda item: -item[1])
+    shown = {name: round(kb / 1024, 1) for name, kb in ranked[:7]}
+    shown["other"] = round(sum(kb for _, kb in ranked[7:]) / 1024, 1)
+    return shown
 
 
 def _parent(pid: int) -> int:
@@ -214,12 +243,16 @@ class AgentVm:
         samples: list[float] = []
         seen: dict[int, str] = {}
         done = threading.Event()
+        self.figures.idle_rss_mb = vmharness.memory_mb(
+            list(agent_processes(self.process.pid)), "smaps_rollup", "Pss")
 
         def sample() -> None:
             while not done.is_set():
                 found = agent_processes(self.process.pid)
                 seen.update(found)
                 samples.append(vmharness.memory_mb(list(found), "smaps_rollup", "Pss"))
+                if samples[-1] >= max(samples):
+                    self.figures.peak_by_mapping = pss_by_mapping(list(found))
                 time.sleep(RSS_EVERY)
 
         sampler = threading.Thread(target=sample)
@@ -281,7 +314,9 @@ def main() -> int:
               f"state GET: {[round(x, 2) for x in found.processing]}); 20 handlers: "
               f"wall {found.wall:.2f} s, commands {found.commands:.2f} s, first command "
               f"{found.first_command:.2f} s after the pickup, median gaps before a command "
-              f"{found.gaps}; processes {found.processes}", flush=True)
+              f"{found.gaps}; processes {found.processes}; Pss before the 20 "
+              f"{found.idle_rss_mb:.1f} MB, at the peak by mapping {found.peak_by_mapping}",
+              flush=True)
     ours, theirs = figures["waagent-graph"], figures["waagent 2.7.3"]
     ours_lat = statistics.median(ours.latencies) if ours.latencies else float("nan")
     theirs_lat = statistics.median(theirs.latencies) if theirs.latencies else float("nan")
