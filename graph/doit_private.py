@@ -38,7 +38,10 @@ KNOWN_DOIT = (0, 37)
 # - `configparser` only to read doit.cfg files, which the agent reads none of
 #   (graph.main: no config files);
 # - `pdb` (with cmd, bdb, code, pprint, glob) only for `--pdb`, a post-mortem debugger;
-# - `pprint` only for the `info` and `dumpdb` commands' output.
+# - `pprint` only for the `info` and `dumpdb` commands' output;
+# - `pickle` only for the parallel runner; `dbm` only for the dbm backends and `dumpdb`;
+# - `gettext`, which getopt (doit's command-line parser) imports to translate the errors
+#   of a command line it rejects.
 # All are paid on every boot otherwise (bench/README.md has the figures).
 DEFERRED = {
     "importlib.metadata": ("entry_points",),
@@ -46,6 +49,9 @@ DEFERRED = {
     "configparser": ("ConfigParser",),
     "pdb": ("Pdb",),
     "pprint": ("PrettyPrinter", "pformat"),
+    "pickle": ("dumps", "loads"),
+    "dbm": ("whichdb",),
+    "gettext": ("gettext",),
 }
 
 
@@ -63,6 +69,17 @@ def _stand_in(module: str, names: tuple[str, ...]) -> types.ModuleType:
     stand_in = types.ModuleType(module, "stand-in while doit loads (graph/doit_private.py)")
     for name in names:
         setattr(stand_in, name, _deferred(module, name))
+
+    def real_attribute(name: str) -> Any:
+        """Any other attribute (an exception class doit names in an `except` clause) is the
+        real module's, imported when first asked for (a module's __getattr__, PEP 562)."""
+        real = importlib.import_module(module)
+        if real is stand_in:
+            raise AttributeError(f"{module}.{name} asked for while doit loads: add it to "
+                                 "DEFERRED (graph/doit_private.py)")
+        return getattr(real, name)
+
+    stand_in.__getattr__ = real_attribute  # type: ignore[method-assign]
     return stand_in
 
 

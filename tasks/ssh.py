@@ -10,7 +10,6 @@ ssh:report           the host key's fingerprint to the platform (role properties
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
@@ -391,6 +390,8 @@ def dropin_target(ctx: Context, text: str) -> Path | None:
 
 def overriding_dropins(ctx: Context, text: str, settings: Mapping[str, str]) -> list[str]:
     """Included files, other than ours, that set one of our options."""
+    import glob  # only when sshd_config is edited, not at every boot
+
     keys = {k.lower() for k in settings}
     found = []
     for pattern in include_dirs(ctx, text):

@@ -1,5 +1,5 @@
 """graph.doit_private: doit loads without importlib.metadata, multiprocessing, configparser,
-pdb and pprint, and nothing else notices."""
+pdb, pprint, pickle, dbm and gettext, and nothing else notices."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
+
+from graph import doit_private
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +36,8 @@ def test_the_agent_loads_doit_without_its_config_reader_debugger_and_printer() -
     out = run_fresh("""
         import sys
         import graph.main
-        print([name for name in ("configparser", "pdb", "pprint") if name in sys.modules])
+        print([name for name in ("configparser", "pdb", "pprint", "pickle", "dbm", "gettext")
+               if name in sys.modules])
     """)
     assert out == "[]"
 
@@ -84,3 +89,34 @@ def test_doits_config_reader_debugger_and_printer_reach_the_real_ones() -> None:
               type(printer).__module__, cmd_dumpdb.pprint.pformat({"a": 1}))
     """)
     assert out == "True pdb pprint {'a': 1}"
+
+
+def test_doits_pickling_dbm_and_getopts_messages_reach_the_real_ones() -> None:
+    out = run_fresh("""
+        import graph.main
+        import getopt
+        import pickle
+        from doit import cmd_dumpdb, dependency, runner
+        try:
+            getopt.getopt(["--nope"], "", ["yes"])
+        except getopt.GetoptError as err:
+            message = err.msg
+        print(pickle.loads(runner.pickle_dumps([1])) == [1],
+              runner.pickle.PicklingError is pickle.PicklingError,
+              cmd_dumpdb.whichdb("/nonexistent/db"), isinstance(dependency.dbm.error, tuple),
+              message)
+    """)
+    assert out == "True True None True option --nope not recognized"
+
+
+def test_a_stand_in_gives_the_real_modules_other_names_once_doit_is_loaded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stand_in = doit_private._stand_in("colorsys", ("rgb_to_hsv",))
+    monkeypatch.setitem(sys.modules, "colorsys", stand_in)
+    with pytest.raises(AttributeError, match=r"colorsys.hls_to_rgb .*DEFERRED"):
+        stand_in.hls_to_rgb  # noqa: B018 - what doit would do while it loads
+    monkeypatch.delitem(sys.modules, "colorsys")
+    import colorsys
+
+    assert stand_in.hls_to_rgb is colorsys.hls_to_rgb
+    assert stand_in.rgb_to_hsv(1.0, 0.0, 0.0) == colorsys.rgb_to_hsv(1.0, 0.0, 0.0)
