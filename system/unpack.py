@@ -287,8 +287,11 @@ def unpack_zip(fs: FileSystem, data: bytes, target: Path, *, name: str,
 def _extract(infos: list[zipfile.ZipInfo], data: bytes, staging: Path, name: str, *,
              durable: bool) -> None:
     """Write the members below `staging` (fresh, ours): directories, then files created
-    exclusively without following links, then links; directory modes set last."""
+    exclusively without following links, then links; directory modes set last. `durable`:
+    every file fsynced as written, then every directory once (those the archive names and
+    those made as parents of its members alike), so the tree is whole before its rename."""
     dir_modes: dict[Path, int] = {}
+    made: set[Path] = set()  # every directory below staging, named or made as a parent
     links: list[tuple[Path, str]] = []
     budget = MAX_BYTES
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -296,9 +299,11 @@ def _extract(infos: list[zipfile.ZipInfo], data: bytes, staging: Path, name: str
             parts = _parts(info.orig_filename, name)
             kind = _kind(info)
             path = staging.joinpath(*parts)
+            made.update(staging.joinpath(*parts[:depth]) for depth in range(1, len(parts)))
             if kind == "dir":
                 path.mkdir(parents=True, exist_ok=True, mode=0o700)
                 dir_modes[path] = _file_mode(info, kind)
+                made.add(path)
                 continue
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if kind == "link":
@@ -317,13 +322,10 @@ def _extract(infos: list[zipfile.ZipInfo], data: bytes, staging: Path, name: str
     for path, link_target in links:
         os.symlink(link_target, path)
     # Deepest first, so a read-only directory is closed after its children were made.
-    for path in sorted(dir_modes, key=lambda p: len(p.parts), reverse=True):
-        os.chmod(path, dir_modes[path])
-    for path in staging.rglob("*"):
-        if path.is_dir() and not path.is_symlink() and path not in dir_modes:
-            os.chmod(path, 0o755)  # made as a parent of a member: as waagent would
+    for path in sorted(made, key=lambda p: len(p.parts), reverse=True):
+        os.chmod(path, dir_modes.get(path, 0o755))  # made as a parent: as waagent would
     if durable:
-        for directory in [staging, *dir_modes]:
+        for directory in [staging, *made]:
             _fsync(directory)
 
 

@@ -277,3 +277,27 @@ def test_a_failure_while_unpacking_leaves_nothing(world: tuple[FileSystem, Path,
     with pytest.raises(OSError, match="No space"):
         unpack_zip(fs, make_zip(("a", "x", FILE)), target, name="a.zip")
     assert snapshot(top) == before
+
+
+def test_every_directory_of_the_tree_is_fsynced(world: tuple[FileSystem, Path, Path],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Directories the archive names and those made only as parents of its members alike:
+    their entries must survive a power cut once the tree is renamed into place."""
+    fs, target, _ = world
+    import system.unpack as unpack
+
+    synced: list[Path] = []
+    real = unpack._fsync
+
+    def recording(directory: Path) -> None:
+        synced.append(directory)
+        real(directory)
+
+    monkeypatch.setattr(unpack, "_fsync", recording)
+    unpack_zip(fs, make_zip(("named/", "", DIR), ("bin/lib/run.sh", "x", SCRIPT),
+                            ("top.txt", "y", FILE)), target, name="tree.zip")
+    staging = synced[0]
+    below = {str(p.relative_to(staging)) for p in synced[1:] if p.is_relative_to(staging)}
+    assert below == {"named", "bin", "bin/lib"}
+    assert synced[-1] == target.parent  # the rename into place
+    assert stat.S_IMODE((target / "bin/lib").stat().st_mode) == 0o755
