@@ -37,6 +37,10 @@ from tasks import MONITORS, Monitor, extensions, inputs
 log = logging.getLogger("waagent.daemon")
 
 STATE_FILE = "daemon.json"
+# daemon.json's counters and times (loops, the last upload, monitor runs) alone are written
+# every this many loops; any other change is written at once. Its atomic rewrite costs
+# more CPU than the rest of an idle loop.
+STATE_EVERY_LOOPS = 10
 # waagent asks again this long after the HostGAPlugin said it has no FastTrack.
 FAST_TRACK_RECHECK = 6 * 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -155,6 +159,7 @@ class Daemon:
             "graph_runs": 0,
             "conf_reloads": 0, "goal_state": {}, "status": {}, "monitors": {},
             "last_run": {}}
+        self.saved_state: tuple[str, int] | None = None  # (what it said, at loop), last written
 
     # -- process ------------------------------------------------------------------------------
 
@@ -231,6 +236,8 @@ class Daemon:
             log.warning("goal state check failed: %s", err)
             self.state["goal_state"]["error"] = str(err)
             changed = []
+        else:
+            self.state["goal_state"].pop("error", None)
         if changed:
             self.run_graph("provision", why=", ".join(changed))
         self.update_agent()
@@ -464,17 +471,32 @@ class Daemon:
     # -- what `waagent status` shows ----------------------------------------------------------
 
     def save_state(self, stopped: bool = False) -> None:
-        """`<Lib.Dir>/daemon.json`, for `waagent status` (not durable: it is rewritten
-        every loop and only informs)."""
-        state = {**self.state, "updated": time.time(), "running": not stopped}
+        """`<Lib.Dir>/daemon.json`, for `waagent status` (not durable: it only informs):
+        written when what it says changes; when only its counters and times moved, every
+        STATE_EVERY_LOOPS loops (`waagent status` says so)."""
+        state = {**self.state, "running": not stopped, "counters_every": STATE_EVERY_LOOPS}
+        said = _without_counters(state)
+        loops = self.state["loops"]
+        if self.saved_state is not None and self.saved_state[0] == said and \
+                loops < self.saved_state[1] + STATE_EVERY_LOOPS:
+            return
         try:
-            self.ctx.fs.write(self.ctx.lib_dir / STATE_FILE, json.dumps(state) + "\n",
+            self.ctx.fs.write(self.ctx.lib_dir / STATE_FILE,
+                              json.dumps({**state, "updated": time.time()}) + "\n",
                               mode=0o644, quiet=True, durable=False, why="daemon state")
         except OSError as err:
             log.warning("daemon state not saved: %s", err)
+        else:
+            self.saved_state = (said, loops)
         # The daemon's own context lives as long as the process: its runner's record of
         # changes (this file, status copies) would otherwise grow by an entry every loop.
         self.ctx.run.planned.clear()
+
+
+def _without_counters(state: dict[str, Any]) -> str:
+    """What daemon.json says, its counters and times (which move every loop) left out."""
+    return json.dumps({**state, "loops": None, "monitors": None,
+                       "status": {**state["status"], "at": None}}, sort_keys=True)
 
 
 def run_goal_state_pass(variables: dict[str, str]) -> int:

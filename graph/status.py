@@ -87,6 +87,10 @@ def write_daemon(state: dict[str, Any], out: TextIO, on_this_system: bool) -> No
               f"loops, {state.get('graph_runs', 0)} graph runs, "
               f"{state.get('conf_reloads', 0)} conf reloads; updated "
               f"{_clock(state.get('updated'))}\n")
+    every = state.get("counters_every")
+    if running and every:
+        out.write(f"  (loops and the times below as of then: the daemon writes them every "
+                  f"{every} loops, anything else at once)\n")
     goal = state.get("goal_state") or {}
     out.write(f"  goal state:    incarnation {goal.get('incarnation', '?')}, seen "
               f"{_clock(goal.get('seen_at'))}"
