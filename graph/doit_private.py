@@ -39,7 +39,8 @@ KNOWN_DOIT = (0, 37)
 #   (graph.main: no config files);
 # - `pdb` (with cmd, bdb, code, pprint, glob) only for `--pdb`, a post-mortem debugger;
 # - `pprint` only for the `info` and `dumpdb` commands' output;
-# - `pickle` only for the parallel runner; `dbm` only for the dbm backends and `dumpdb`;
+# - `pickle` and `queue` only for the parallel runners; `dbm` only for the dbm backends and
+#   `dumpdb`;
 # - `gettext`, which getopt (doit's command-line parser) imports to translate the errors
 #   of a command line it rejects.
 # All are paid on every boot otherwise (bench/README.md has the figures).
@@ -50,6 +51,7 @@ DEFERRED = {
     "pdb": ("Pdb",),
     "pprint": ("PrettyPrinter", "pformat"),
     "pickle": ("dumps", "loads"),
+    "queue": ("Queue",),
     "dbm": ("whichdb",),
     "gettext": ("gettext",),
 }

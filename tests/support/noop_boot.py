@@ -15,7 +15,7 @@ from __future__ import annotations
 NOT_ON_THE_NO_OP_BOOT = (
     "networkx", "requests", "cryptography", "asn1crypto", "passlib", "yaml", "defusedxml",
     "xml.etree", "http.client", "email", "importlib.metadata", "multiprocessing",
-    "configparser", "pdb", "pprint", "pickle", "dbm", "gettext",
+    "configparser", "pdb", "pprint", "pickle", "dbm", "gettext", "queue",
     "wire.certs", "wire.transport", "wire.openssl", "wire.cms", "wire.x509",
     "wire.subdocuments", "wire.reports", "wire.extensions_config",
     "wire.dhcp", "wire.documents", "wire.xmldoc", "pyexpat", "tasks.deprovision", "tasks.serialconsole", "graph.plan", "graph.render",

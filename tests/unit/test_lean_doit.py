@@ -1,5 +1,5 @@
 """graph.doit_private: doit loads without importlib.metadata, multiprocessing, configparser,
-pdb, pprint, pickle, dbm and gettext, and nothing else notices."""
+pdb, pprint, pickle, queue, dbm and gettext, and nothing else notices."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def test_the_agent_loads_doit_without_its_config_reader_debugger_and_printer() -
     out = run_fresh("""
         import sys
         import graph.main
-        print([name for name in ("configparser", "pdb", "pprint", "pickle", "dbm", "gettext")
-               if name in sys.modules])
+        print([name for name in ("configparser", "pdb", "pprint", "pickle", "dbm", "gettext",
+                                 "queue") if name in sys.modules])
     """)
     assert out == "[]"
 
@@ -89,6 +89,18 @@ def test_doits_config_reader_debugger_and_printer_reach_the_real_ones() -> None:
               type(printer).__module__, cmd_dumpdb.pprint.pformat({"a": 1}))
     """)
     assert out == "True pdb pprint {'a': 1}"
+
+
+def test_doits_threaded_runner_still_gets_real_queues() -> None:
+    out = run_fresh("""
+        import graph.main
+        import queue
+        from doit import runner
+        made = runner.MThreadRunner.Queue()
+        made.put("queued")
+        print(type(made) is queue.Queue, made.get(timeout=10))
+    """)
+    assert out == "True queued"
 
 
 def test_doits_pickling_dbm_and_getopts_messages_reach_the_real_ones() -> None:
