@@ -18,12 +18,16 @@ is checked by listing one table; on today's distributions `iptables` itself is a
 end to nftables. iptables stays the fallback for images without `nft`.
 
 The rule text below is what `nft list table` prints back (nftables 1.0): the check
-compares the live listing, counters aside, with it.
+compares the live listing, counters aside, with it. Listing takes an `nft` process; the
+kernel's ruleset generation (`nft_generation`, one netlink request) tells in-process
+whether anything in nftables changed since a listing found our rules in place.
 """
 
 import ipaddress
 import re
 import shutil
+import socket
+import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -144,6 +148,51 @@ def nft_rules_problem(listing: str | None, address: str, uid: int = ROOT_UID) ->
         return (f"nftables table {family} {table} lacks {len(missing)} of {len(wanted)} rules "
                 f"(first: {missing[0]})")
     return f"nftables table {family} {table} holds other rules than ours ({len(found)} rules)"
+
+
+# Netlink (linux/netfilter/nfnetlink.h, nf_tables.h): the nf_tables generation request.
+NETLINK_NETFILTER = 12
+NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+NFT_MSG_NEWGEN = (10 << 8) | 15
+NFTA_GEN_ID = 1
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 1
+
+
+def nft_generation() -> int | None:
+    """The kernel's nf_tables ruleset generation in this network namespace: every committed
+    change of the ruleset (any table, `nft flush ruleset`, iptables-nft rules) moves it.
+    None when it cannot be read (no nf_tables in the kernel, no CAP_NET_ADMIN)."""
+    request = struct.pack("=IHHII", 20, NFT_MSG_GETGEN, NLM_F_REQUEST, 1, 0) + \
+        struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                           NETLINK_NETFILTER) as sock:
+            sock.settimeout(2.0)
+            sock.send(request)
+            answer = sock.recv(4096)
+    except OSError:
+        return None
+    return parse_nft_generation(answer)
+
+
+def parse_nft_generation(answer: bytes) -> int | None:
+    """NFTA_GEN_ID of a NFT_MSG_NEWGEN netlink answer; None for an error or anything else."""
+    if len(answer) < 20:
+        return None
+    length, kind = struct.unpack_from("=IH", answer)
+    if kind != NFT_MSG_NEWGEN or length > len(answer):
+        return None
+    offset = 20  # nlmsghdr (16) and nfgenmsg (4)
+    while offset + 4 <= length:
+        size, attribute = struct.unpack_from("=HH", answer, offset)
+        if size < 4:
+            return None
+        if attribute & 0x3FFF == NFTA_GEN_ID and size >= 8:
+            generation: int = struct.unpack_from(">I", answer, offset + 4)[0]
+            return generation
+        offset += (size + 3) & ~3
+    return None
 
 
 # -- iptables ------------------------------------------------------------------------------

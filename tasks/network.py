@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from graph.context import Context
+from graph.doit_private import save_values
 from graph.uptodate import Check, Inputs
 from system import firewall
 from system.errors import AgentError
@@ -67,6 +68,41 @@ class Explained(Check):
 
     def __repr__(self) -> str:
         return f"Explained({self.name})"
+
+
+class UnchangedRuleset(Check):
+    """The firewall check, cheap while nothing moved: up to date without listing any rule
+    while the kernel's nf_tables generation is the one at which `full` (the listing) last
+    found everything in place. Any change of the ruleset (our table edited or flushed,
+    `nft flush ruleset`, iptables-nft rules) moves the generation, and the listing runs.
+    Only with the nft backend: iptables-legacy rules live outside nf_tables."""
+
+    def __init__(self, name: str, full: Explained, nft_backend: Callable[[], bool]) -> None:
+        self.name = name
+        self.full = full
+        self.nft_backend = nft_backend
+        self.key = f"nft-generation:{name}"
+
+    def __call__(self, task: Any, values: Any) -> bool:
+        try:
+            # Read before the listing: a change in between makes the next check list again.
+            generation = firewall.nft_generation() if self.nft_backend() else None
+        except Exception:  # noqa: BLE001 - the listing then tells
+            generation = None
+        if generation is not None and values.get(self.key) == generation:
+            self.reason = ""
+            self.kept = f"nftables unchanged since the rules were last listed (generation " \
+                        f"{generation})"
+            save_values(task, {self.key: generation})
+            return True
+        passed = self.full(task, values)
+        self.reason, self.kept = self.full.reason, self.full.kept
+        if passed and generation is not None:
+            save_values(task, {self.key: generation})
+        return passed
+
+    def __repr__(self) -> str:
+        return f"UnchangedRuleset({self.name})"
 
 
 def not_running_system(ctx: Context) -> str:
@@ -339,7 +375,9 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
             "uptodate": [Explained("network:firewall", lambda: disabled_problem(ctx))],
         }
         return
-    live: Check = (Explained("network:firewall", lambda: firewall_problem(ctx))
+    live: Check = (UnchangedRuleset("network:firewall",
+                                    Explained("network:firewall", lambda: firewall_problem(ctx)),
+                                    lambda: firewall.backend(ctx.run) == "nft")
                    if ctx.root.is_host else
                    Inputs("network:firewall", lambda: {"root": str(ctx.root.base),
                                                        "endpoint": endpoint_address(ctx)}))

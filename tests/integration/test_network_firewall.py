@@ -87,6 +87,25 @@ def test_the_task_keeps_the_rules_and_rebuilds_a_partial_set(lab: NetLab, tmp_pa
     assert not lab.connects(ENDPOINT, 80, uid=NOBODY)
 
 
+def test_the_ruleset_generation_moves_with_every_change(lab: NetLab, tmp_path: Path) -> None:
+    """What the daemon's firewall check reads in-process, listing nothing while it stays."""
+    read = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+            "from system.firewall import nft_generation; print(nft_generation())"]
+
+    def generation() -> int:
+        return int(lab.vm(read).stdout)
+
+    first = generation()
+    assert generation() == first
+    out = waagent(lab, "run", "network:firewall", f"conf={conf(tmp_path)}",
+                  f"wireserver=http://{ENDPOINT}:80")
+    assert out.returncode == 0, out.stdout + out.stderr
+    installed = generation()
+    assert installed != first
+    lab.vm(["nft", "flush", "table", "ip", "waagent_graph"])
+    assert generation() != installed
+
+
 def test_waagents_rules_are_replaced(lab: NetLab, tmp_path: Path) -> None:
     lab.vm(["nft", "-f", "-"], input=(
         "table ip walinuxagent {\n chain output {\n"

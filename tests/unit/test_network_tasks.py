@@ -4,7 +4,9 @@ decision, the tasks as dicts, plans and runs on a sandbox root, the command line
 from __future__ import annotations
 
 import ipaddress
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,6 +96,89 @@ def test_state_problem_names_leftovers() -> None:
     assert firewall.state_problem(state) == ("rules of an earlier agent are in place: "
                                              "nftables table ip walinuxagent and 1 more")
     assert firewall.state_problem(firewall.FirewallState("nft", None, ())) is None
+
+
+def newgen_answer(generation: int) -> bytes:
+    """A NFT_MSG_NEWGEN answer as the kernel sends it: NFTA_GEN_ID, the PID and the name of
+    the process that made the last change."""
+    def attribute(kind: int, payload: bytes) -> bytes:
+        data = struct.pack("=HH", 4 + len(payload), kind) + payload
+        return data + b"\0" * (-len(data) % 4)
+
+    attributes = (attribute(1, struct.pack(">I", generation))
+                  + attribute(2, struct.pack(">I", 4242)) + attribute(3, b"nft\0"))
+    return (struct.pack("=IHHII", 20 + len(attributes), firewall.NFT_MSG_NEWGEN, 0, 1, 0)
+            + struct.pack("=BBH", 0, 0, generation & 0xFFFF) + attributes)
+
+
+def test_the_nftables_generation_is_read_from_the_netlink_answer() -> None:
+    assert firewall.parse_nft_generation(newgen_answer(70000)) == 70000
+    error = struct.pack("=IHHIIi", 36, firewall.NLMSG_ERROR, 0, 1, 0, -1) + bytes(16)
+    assert firewall.parse_nft_generation(error) is None
+    assert firewall.parse_nft_generation(newgen_answer(5)[:12]) is None
+
+
+class Saver:
+    """What doit (and the daemon's monitor probe) give a check as its task."""
+
+    def __init__(self) -> None:
+        self.value_savers: list[Any] = []
+
+    def values(self) -> dict[str, Any]:
+        return {k: v for saver in self.value_savers for k, v in saver().items()}
+
+
+def test_the_firewall_is_listed_again_only_when_nftables_changed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    generation = [7]
+    problems: list[str | None] = [None, None, "nftables table ip waagent_graph is missing",
+                                  None]
+    listed: list[int] = []
+
+    def listing() -> tuple[str | None, str]:
+        listed.append(generation[0])
+        return problems.pop(0), "rules in place"
+
+    monkeypatch.setattr(firewall, "nft_generation", lambda: generation[0])
+    check = network.UnchangedRuleset("network:firewall",
+                                     network.Explained("network:firewall", listing),
+                                     lambda: True)
+
+    def probe(values: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        task = Saver()
+        return check(task, values), task.values()
+
+    passed, values = probe({})  # nothing known: listed
+    assert passed and listed == [7] and values == {check.key: 7}
+    passed, values = probe(values)  # nothing moved: not listed
+    assert passed and listed == [7] and "unchanged" in check.kept
+    generation[0] = 8  # any change: listed, and found in place
+    passed, values = probe(values)
+    assert passed and listed == [7, 8] and values == {check.key: 8}
+    generation[0] = 9  # a flush: listed, found missing, the task runs
+    passed, values = probe(values)
+    assert not passed and values == {} and "missing" in check.reason
+    generation[0] = 10  # the run set the rules up: listed again
+    passed, values = probe(values)
+    assert passed and listed == [7, 8, 9, 10]
+
+
+def test_without_nft_the_firewall_is_listed_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(firewall, "nft_generation", lambda: 7)
+    listed: list[bool] = []
+
+    def listing() -> tuple[str | None, str]:
+        listed.append(True)
+        return None, "iptables rules in place"
+
+    check = network.UnchangedRuleset(
+        "network:firewall", network.Explained("network:firewall", listing), lambda: False)
+    values: dict[str, Any] = {}
+    for _ in range(2):
+        task = Saver()
+        assert check(task, values)
+        values = task.values()
+    assert len(listed) == 2 and values == {}
 
 
 def test_firewalld_rules_are_permanent_direct_passthrough() -> None:
