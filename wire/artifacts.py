@@ -2,9 +2,11 @@
 
 Each artifact is asked for through the HostGAPlugin (`GET /extensionArtifact`, never
 through a proxy) at each of its locations in turn, then straight from those locations
-(location, failoverlocation, additional locations) with `requests`, which is where
-`HttpProxy.Host/Port` (or the usual proxy environment variables) apply, with TLS and
-redirects. A round over every channel is retried with backoff.
+(location, failoverlocation, additional locations), which is where `HttpProxy.Host/Port`
+(or the usual proxy environment variables) apply. A round over every channel is retried
+with backoff. A direct download through a proxy or over TLS uses `requests` (redirects
+followed); plain HTTP without a proxy uses the agent's own client (wire.http): importing
+`requests` costs the agent ~12 MB for as long as it runs.
 
 `pick_version` chooses the manifest entry a goal state asks for, as waagent does: the
 highest version whose leading components are the requested ones ("1.0" takes 1.0.7).
@@ -13,13 +15,16 @@ highest version whose leading components are the requested ones ("1.0" takes 1.0
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from wire.errors import WireError
 from wire.handlers import ManifestVersion, PluginVersionManifest
+from wire.proxy import bypassed
 
 log = logging.getLogger("waagent.wire.artifacts")
 
@@ -56,7 +61,8 @@ def pick_version(manifest: PluginVersionManifest, requested: str) -> ManifestVer
 class ArtifactClient:
     """Fetches artifacts through `hostplugin` (a wire.hostplugin.HostPluginClient, or None
     when there is none) and directly. `proxy` is an http(s) proxy URL for the direct
-    downloads only; None lets requests read the proxy environment variables."""
+    downloads only; None: the proxy environment variables' (http_proxy, https_proxy,
+    no_proxy), as `requests` reads them."""
 
     def __init__(self, hostplugin: Any | None, *, proxy: str | None = None, rounds: int = 3,
                  backoff: float = 2.0, sleep: Callable[[float], None] = time.sleep,
@@ -67,7 +73,8 @@ class ArtifactClient:
         self.backoff = backoff
         self.sleep = sleep
         self.timeout = timeout
-        self._session: Any = None
+        self._session: Any = None  # requests', for downloads through a proxy or TLS
+        self._http: Any = None  # wire.http's, for plain HTTP straight to the location
 
     def fetch(self, uris: Sequence[str], *, what: str, max_bytes: int) -> bytes:
         """The artifact from the first channel that delivers it."""
@@ -105,6 +112,12 @@ class ArtifactClient:
         return self._direct(uri, max_bytes)
 
     def _direct(self, uri: str, max_bytes: int) -> bytes:
+        if uri.lower().startswith("http://") and not self._proxied(uri):
+            from wire.http import NO_RETRY, HttpClient
+
+            if self._http is None:
+                self._http = HttpClient(retry=NO_RETRY, timeout=self.timeout)
+            return bytes(self._http.request("GET", uri, max_bytes=max_bytes).body)
         import requests
 
         if self._session is None:
@@ -121,6 +134,16 @@ class ArtifactClient:
                     raise WireError(f"larger than {max_bytes} bytes: refused", url=_shown(uri))
                 chunks.append(chunk)
         return b"".join(chunks)
+
+    def _proxied(self, uri: str) -> bool:
+        """A plain HTTP download of `uri` goes through a proxy: `proxy`, else http_proxy
+        unless no_proxy names the host (requests' reading of the environment)."""
+        if self.proxy:
+            return True
+        host = (urlsplit(uri).hostname or "").lower()
+        found = os.environ.get("http_proxy") or os.environ.get("HTTP_PROXY")
+        skip = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
+        return bool(found) and not bypassed(host, skip)
 
     def manifest(self, uris: Sequence[str], *, handler: str) -> PluginVersionManifest:
         """The handler's PluginVersionManifest."""

@@ -297,3 +297,52 @@ def test_what_is_fsynced_on_install(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert any(n in ("run.sh", "HandlerManifest.json") for n in names)  # unpacked, in staging
     assert str(directory / "config") in synced  # the renames into config/
     assert (directory / "config/HandlerState").read_text() == ext.INSTALLED
+
+
+# -- direct downloads ------------------------------------------------------------------------
+
+@pytest.fixture
+def storage() -> Any:
+    """A plain HTTP server on 127.0.0.1 answering every GET with the same bytes."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = b"<PluginVersionManifest/>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/m.xml"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_plain_http_download_without_a_proxy_needs_no_requests(
+        storage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from wire.artifacts import ArtifactClient, ArtifactUnavailable
+
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(sys.modules, "requests", None)  # `import requests` fails
+    client = ArtifactClient(None, rounds=1)
+    assert client.fetch([storage], what="m", max_bytes=1024) == b"<PluginVersionManifest/>"
+    # A proxy applies: requests (here unavailable) is what goes through it.
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    with pytest.raises(ArtifactUnavailable):
+        ArtifactClient(None, rounds=1).fetch([storage], what="m", max_bytes=1024)
+    with pytest.raises(ArtifactUnavailable):
+        ArtifactClient(None, rounds=1, proxy="http://127.0.0.1:9").fetch(
+            [storage], what="m", max_bytes=1024)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    assert ArtifactClient(None, rounds=1).fetch([storage], what="m", max_bytes=1024)
