@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from system.root import Root
-from wire import endpoint as lease_places
 from wire.errors import WireError
 
 CLASSLESS_OPTIONS = (121, 249)
@@ -98,22 +97,23 @@ def _option_value_bytes(value: str) -> bytes:
     return option_bytes(text)
 
 
-_LEASE_BLOCK = re.compile(r"lease\s*\{(.*?)\}", re.S)
-_LEASE_OPTION = re.compile(r"option\s+([\w-]+)\s+(.+?);")
-_LEASE_INTERFACE = re.compile(r'interface\s+"([^"]+)"\s*;')
+# (Compiled where used, by re's cache: only a host with a dhclient lease reads them.)
+_LEASE_BLOCK = r"(?s)lease\s*\{(.*?)\}"
+_LEASE_OPTION = r"option\s+([\w-]+)\s+(.+?);"
+_LEASE_INTERFACE = r'interface\s+"([^"]+)"\s*;'
 _DHCLIENT_CLASSLESS = {"rfc3442-classless-static-routes", "unknown-121",
                        "ms-classless-static-routes", "unknown-249"}
 
 
 def routes_from_dhclient_leases(text: str, source: str) -> LeaseRoutes | None:
     """The routes of the last lease in a dhclient lease file (dhclient appends renewals)."""
-    blocks = _LEASE_BLOCK.findall(text)
+    blocks = re.findall(_LEASE_BLOCK, text)
     if not blocks:
         return None
     block = blocks[-1]
     routers: list[ipaddress.IPv4Address] = []
     classless: list[StaticRoute] = []
-    for name, value in _LEASE_OPTION.findall(block):
+    for name, value in re.findall(_LEASE_OPTION, block):
         if name == "routers":
             routers += _addresses(value.replace(",", " ").split())
         elif name in _DHCLIENT_CLASSLESS and not classless:
@@ -121,7 +121,7 @@ def routes_from_dhclient_leases(text: str, source: str) -> LeaseRoutes | None:
                 classless += parse_classless_routes(_option_value_bytes(value))
             except (WireError, ValueError):
                 continue  # an unreadable option is no route; the routers still are
-    interface = _LEASE_INTERFACE.search(block)
+    interface = re.search(_LEASE_INTERFACE, block)
     return LeaseRoutes(source, interface.group(1) if interface else None, tuple(routers),
                        tuple(classless))
 
@@ -241,6 +241,10 @@ def _lease_files(root: Root, patterns: tuple[str, ...]) -> list[Path]:
 
 def lease_routes(root: Root) -> LeaseRoutes | None:
     """The routes of the newest lease file that has any, by client (as option 245 is read)."""
+    # Where the lease files are: the endpoint discovery's list (imported here: the module
+    # is read by checks that may not get this far).
+    from wire import endpoint as lease_places
+
     clients = (("dhclient", lease_places.DHCLIENT_LEASES),
                ("systemd-networkd", lease_places.NETWORKD_LEASES),
                ("NetworkManager", lease_places.NETWORKMANAGER_LEASES),
