@@ -21,8 +21,7 @@ log = logging.getLogger("waagent.hostname")
 
 PUBLISHED_FILE = "published_hostname"
 # A DNS label (RFC 1123): 1-63 letters, digits and hyphens, no hyphen first or last.
-# (Compiled where used, by re's cache: a no-op boot checks no host name.)
-_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 DHCLIENT_CONF = "/etc/dhcp/dhclient.conf"
 
 
@@ -70,7 +69,7 @@ def wanted_hostname(ctx: Context) -> str:
     if not name:
         raise HostnameError("ovf-env.xml has no HostName")
     name = str(name).strip()
-    if len(name) > 253 or not all(re.fullmatch(_LABEL, label) for label in name.split(".")):
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise HostnameError(f"HostName {name!r} in ovf-env.xml is not a valid host name")
     return name
 
