@@ -87,9 +87,10 @@ def _stand_in(module: str, names: tuple[str, ...]) -> types.ModuleType:
 
 def _import_doit_lean() -> None:
     """Import doit with a stand-in module for each of DEFERRED, whose names import the real
-    module when first *called*. The stand-ins are gone before anything else runs, so a later
-    `import multiprocessing` anywhere gets the real module, and doit's parallel runner and
-    entry-point scan still work if ever used."""
+    module when first *called* (any other name: when first asked for). The stand-ins are
+    gone before anything else runs, so a later `import multiprocessing` anywhere gets the
+    real module, and doit's parallel runners, entry-point scan, debugger and the rest still
+    work if ever used."""
     if "doit" in sys.modules:
         return  # too late: doit has its modules already (plain `doit` from a checkout)
     installed = {}
