@@ -6,7 +6,7 @@ against `python -c "import doit.doit_cmd"` measured in the same run.
     .venv/bin/python bench/startup.py [--runs 21] [--instructions]   (as root: useradd)
 
 Prints medians (seconds) and ratios (the median of each round's ratio, then the ratio of
-the medians); the target is a no-op provision <= 1.3x the import.
+the medians); issue 16's target is a no-op `waagent provision` <= 1.15x the import.
 With --instructions it also counts the instructions each case executes (valgrind's
 callgrind, once each, ~5 s a case): a ratio that machine noise does not move.
 """
