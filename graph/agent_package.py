@@ -18,7 +18,6 @@ import ast
 import io
 import json
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -65,6 +64,8 @@ def build_package(source: Path, version: str, *,
                                          indent=2) + "\n").encode()
     for name, data in (overrides or {}).items():
         members[name] = data.encode() if isinstance(data, str) else data
+    import zipfile  # here, as in verify_package
+
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(members):
@@ -110,6 +111,10 @@ def parse_manifest(text: str | bytes, where: str) -> PackageManifest:
 def verify_package(data: bytes, version: str, *, where: str) -> PackageManifest:
     """Check a downloaded package says `version` everywhere before it is unpacked:
     BadAgentPackage naming what disagrees. (system.unpack checks the archive itself.)"""
+    # Imported when a package comes, not by the daemon that imports this module at start
+    # (graph/update.py) and would hold zipfile for its whole life.
+    import zipfile
+
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = set(archive.namelist())

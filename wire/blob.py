@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from email.utils import format_datetime
 from typing import Literal, NamedTuple
 
 from wire.http import HttpClient
@@ -18,6 +17,11 @@ BlobType = Literal["BlockBlob", "PageBlob"]
 STORAGE_API_VERSION = "2014-02-14"
 PAGE_SIZE = 512
 MAX_PAGE_WRITE = 4 * 1024 * 1024
+# HTTP dates name days and months in English whatever the locale (strftime's %a and %b
+# follow LC_TIME). Spelled here rather than taken from email.utils, whose package the
+# daemon would otherwise import for this one header and hold for its whole life.
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 class BlobRequest(NamedTuple):
@@ -28,6 +32,13 @@ class BlobRequest(NamedTuple):
     body: bytes
 
 
+def http_date(moment: datetime.datetime) -> str:
+    """`moment` (timezone-aware) as an HTTP date: `Sun, 06 Nov 1994 08:49:37 GMT`."""
+    utc = moment.astimezone(datetime.UTC)
+    return (f"{DAYS[utc.weekday()]}, {utc.day:02d} {MONTHS[utc.month - 1]} {utc.year:04d} "
+            f"{utc:%H:%M:%S} GMT")
+
+
 def _with_query(url: str, extra: str) -> str:
     return f"{url}&{extra}" if "?" in url else f"{url}?{extra}"
 
@@ -35,7 +46,7 @@ def _with_query(url: str, extra: str) -> str:
 def status_blob_requests(sas_url: str, content: bytes, blob_type: BlobType,
                          now: datetime.datetime | None = None) -> list[BlobRequest]:
     """The PUTs that store `content` at `sas_url` as a block blob or a page blob."""
-    stamp = format_datetime(now or datetime.datetime.now(datetime.UTC), usegmt=True)
+    stamp = http_date(now or datetime.datetime.now(datetime.UTC))
     common = {"x-ms-date": stamp, "x-ms-version": STORAGE_API_VERSION}
     if blob_type == "BlockBlob":
         return [BlobRequest(sas_url, {**common, "x-ms-blob-type": "BlockBlob",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -331,3 +333,10 @@ def test_the_launchers_choices_are_in_the_agent_log(
         handler.flush()
     assert f"launcher: running {AGENT_NAME}-7.2.0 from /var/lib/waagent/{AGENT_NAME}-7.2.0" \
         in (tmp_path / "var/log/waagent.log").read_text()
+
+
+def test_the_daemon_holds_no_zipfile_until_a_package_comes() -> None:
+    # graph.update (and so graph.agent_package) is imported at every daemon start.
+    out = subprocess.run([sys.executable, "-c", "import sys, graph.update; print('zipfile' in sys.modules)"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

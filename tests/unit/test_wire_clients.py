@@ -5,8 +5,11 @@ Sleeps are injected, so retries cost nothing."""
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.fixtures import FIXTURES
-from wire.blob import MAX_PAGE_WRITE, put_status_blob, status_blob_requests
+from wire.blob import MAX_PAGE_WRITE, http_date, put_status_blob, status_blob_requests
 from wire.errors import DocumentError, HttpStatusError, WireError
 from wire.hostplugin import HostPluginClient
 from wire.http import (
@@ -526,6 +529,24 @@ def test_page_blob_requests_are_chunked() -> None:
     assert requests[2].headers["x-ms-range"] == (
         f"bytes={MAX_PAGE_WRITE}-{MAX_PAGE_WRITE + 1023}")
     assert all(len(r.body) % 512 == 0 and len(r.body) <= MAX_PAGE_WRITE for r in requests[1:])
+
+
+def test_blob_requests_are_dated_as_http_wants() -> None:
+    # The storage service reads x-ms-date as an RFC 7231 date, in GMT.
+    moment = datetime.datetime(1994, 11, 6, 9, 49, 37, tzinfo=datetime.timezone(
+        datetime.timedelta(hours=1)))
+    (put,) = status_blob_requests("https://a/b?sig=x", b"{}", "BlockBlob", now=moment)
+    assert put.headers["x-ms-date"] == "Sun, 06 Nov 1994 08:49:37 GMT"
+    assert http_date(datetime.datetime(2026, 2, 28, 23, 5, 1, tzinfo=datetime.UTC)) == (
+        "Sat, 28 Feb 2026 23:05:01 GMT")
+
+
+def test_the_status_blob_needs_no_email_package() -> None:
+    # The daemon imports wire.blob to send its status and would hold email for its life.
+    out = subprocess.run([sys.executable, "-c", "import sys, wire.blob; print('email' in sys.modules)"],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_direct_status_blob_upload(server: Callable[[Route], Scripted]) -> None:
