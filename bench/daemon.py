@@ -15,7 +15,8 @@ has one extension (the fabric's no-op handler). Phases:
    children it reaped) from /proc/PID/stat of every process below the agent's launcher: the
    daemon and, for waagent, its extension handler process and their children. RSS: VmRSS of
    the same processes, summed, sampled every 10 s over the window (mean; max shown too).
-   CPU per idle loop (ours): the window's CPU over its loops (daemon.json), monitors included.
+   CPU per idle loop (ours): the window's CPU over its loops (the status uploads the fabric
+   received in the window: one a loop), monitors included.
 2. new goal state -> status (one VM after the other, so that they do not share the CPUs):
    SAMPLES times, at a random point of the period, the fabric publishes a new incarnation;
    the time from its publication to the first status blob acknowledging it (inSvdSeqNo), both
@@ -145,12 +146,9 @@ def settled(lab: harness.Lab, incarnation: str) -> bool:
     return False
 
 
-def daemon_loops(lab: harness.Lab) -> int | None:
-    try:
-        loops: int = json.loads((lab.root / "var/lib/waagent/daemon.json").read_text())["loops"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return loops
+def uploads_between(lab: harness.Lab, start: float, end: float) -> int:
+    """Status blobs the fabric received in [start, end) (its clock: the host's)."""
+    return len([b for b in lab.fabric.status_blobs() if start <= b["time"] < end])
 
 
 class AgentVm:
@@ -192,7 +190,7 @@ class AgentVm:
         time.sleep(self.args.warmup)
         pids = descendants(self.process.pid)
         self.figures.processes = [cmdline(pid) for pid in pids]
-        loops0, cpu0, started = daemon_loops(self.lab), cpu_seconds(pids), time.monotonic()
+        cpu0, started, wall0 = cpu_seconds(pids), time.monotonic(), time.time()
         end = started + self.args.idle
         while time.monotonic() < end:
             # Processes that came meanwhile count from now on (their CPU before is lost: none
@@ -202,9 +200,7 @@ class AgentVm:
             time.sleep(min(RSS_EVERY, max(0.0, end - time.monotonic())))
         self.figures.idle_cpu = cpu_seconds(pids) - cpu0
         self.figures.idle_seconds = time.monotonic() - started
-        loops1 = daemon_loops(self.lab)
-        if loops0 is not None and loops1 is not None:
-            self.figures.loops = loops1 - loops0
+        self.figures.loops = uploads_between(self.lab, wall0, time.time())
 
     def latency(self) -> None:
         for _ in range(self.args.samples):
