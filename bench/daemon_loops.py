@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""bench/daemon.py's in-process loops, in a process of their own that imports what the daemon
+imports and nothing else: the bench's own modules (the fabric emulator, the e2e harness and
+pytest with it) would double the heap measured and change how it grows.
+
+    python bench/daemon_loops.py SETUP.json RESULT.json
+
+SETUP.json: the sandbox root, waagent.conf and media the bench made, the fabric's URLs (it
+serves from its own process), `loops`, `warm`, `idle_warm`, `idle_passes`. The Daemon
+provisions, then runs `idle_passes` goal-state passes alone (their CPU), then `loops` passes
+with a new incarnation before every 10th. RESULT.json: the figures bench/daemon.py prints.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def vm_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def loops(setup: dict[str, Any]) -> dict[str, Any]:
+    from graph.daemon import Daemon
+    from wire.http import HttpClient
+
+    # The fabric's control channel, through the agent's own HTTP client: nothing new loaded.
+    http = HttpClient()
+
+    def new_incarnation() -> None:
+        http.request("POST", setup["urls"]["control"] + "/control",
+                     body=json.dumps({"action": "new-incarnation"}).encode(),
+                     headers={"Content-Type": "application/json"})
+
+    daemon = Daemon({"root": setup["root"], "conf": setup["conf"],
+                     "wireserver": setup["urls"]["wire"],
+                     "hostplugin": setup["urls"]["hostplugin"], "media": setup["media"]})
+    if daemon.run_graph("provision", why="start") != 0:
+        raise RuntimeError("the sandbox did not provision")
+    # The goal-state pass alone (no monitors, nothing new): its CPU per pass.
+    for _ in range(setup["idle_warm"]):
+        daemon.goal_state_pass()
+    cpu0 = process_cpu()
+    for _ in range(setup["idle_passes"]):
+        daemon.goal_state_pass()
+    idle_pass_ms = 1000 * (process_cpu() - cpu0) / setup["idle_passes"]
+    total, warm = setup["loops"], setup["warm"]
+    # (loop, RSS MB, blocks the Python allocator holds): RSS can step where the live heap
+    # does not (an interpreter table that resizes, arenas that stay mapped).
+    trace: list[tuple[int, float, int]] = []
+    started = time.monotonic()
+    warm_rss = warm_at = 0.0
+    for index in range(1, total + 1):
+        if index % 10 == 0:
+            new_incarnation()
+        daemon.goal_state_pass()
+        if index == warm:
+            warm_rss, warm_at = vm_rss_mb(), time.monotonic()
+        if index % max(1, total // 10) == 0:
+            trace.append((index, round(vm_rss_mb(), 2), sys.getallocatedblocks()))
+    took = time.monotonic() - started
+    return {"loops": total, "warm": warm, "warm_rss": warm_rss, "end_rss": vm_rss_mb(),
+            "idle_pass_ms": idle_pass_ms, "seconds": took,
+            "after_warm_seconds": took - (warm_at - started),
+            "graph_runs": daemon.state["graph_runs"], "trace": trace,
+            "modules": len(sys.modules),
+            "incarnation": daemon.state["goal_state"].get("incarnation")}
+
+
+def main() -> int:
+    setup = json.loads(Path(sys.argv[1]).read_text())
+    Path(sys.argv[2]).write_text(json.dumps(loops(setup)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
