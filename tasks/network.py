@@ -129,10 +129,10 @@ def endpoint_address(ctx: Context) -> str | None:
 def route_inputs(ctx: Context) -> dict[str, Any]:
     """What makes `network:routes` run again: a DHCP client restart, another lease or
     endpoint. (Another root: only the endpoint; its kernel is not this one.)"""
-    from facts import routes
-
     if not ctx.root.is_host:
         return {"root": str(ctx.root.base), "endpoint": endpoint_address(ctx)}
+    from facts import routes  # the running system's lease and PIDs only
+
     lease = routes.lease_routes(ctx.root)
     return {"dhcp_client_pids": routes.dhcp_client_pids(ctx.root),
             "endpoint": endpoint_address(ctx),
