@@ -25,6 +25,9 @@ from pathlib import Path
 
 from system.runner import Runner
 
+# The characters of tempfile.mkstemp's random part (tempfile._RandomNameSequence).
+MKSTEMP_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
 log = logging.getLogger("waagent.fs")
 
 MARKER = "Managed by waagent-graph"
@@ -109,6 +112,8 @@ class FileSystem:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        if secret:
+            self._remove_killed_writes(target)
         if durable:
             self._fsync_dir(target.parent)
         log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s%s", self._shown(path),
@@ -230,6 +235,21 @@ class FileSystem:
             with os.fdopen(fd, "wb") as out:
                 out.write(data.encode() if isinstance(data, str) else data)
             yield path
+
+    @staticmethod
+    def _remove_killed_writes(target: Path) -> None:
+        """A write killed (SIGKILL, power cut) between its temporary file and the rename
+        leaves that file, `.NAME.` and mkstemp's 8 characters, behind. For a secret such a
+        copy would outlive it, so the next successful write of the same file removes them
+        (runs take the agent's lock: no other writer of this file is at work)."""
+        prefix = f".{target.name}."
+        for entry in os.scandir(target.parent):
+            suffix = entry.name[len(prefix):]
+            if (entry.name.startswith(prefix) and len(suffix) == 8
+                    and set(suffix) <= MKSTEMP_CHARACTERS
+                    and entry.is_file(follow_symlinks=False)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
 
     @staticmethod
     def _fsync_dir(directory: Path) -> None:

@@ -161,6 +161,22 @@ def test_write_failure_leaves_old_file_and_no_temp(
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
 
 
+def test_a_secret_write_removes_the_copies_of_killed_writes(tmp_path: Path) -> None:
+    # A SIGKILL between mkstemp and the rename left the key in a temporary file.
+    fs = FileSystem(Runner(Root(tmp_path)))
+    killed = tmp_path / ".ABC.prv.88pj0216"
+    killed.write_text("-----BEGIN PRIVATE KEY-----\nsecret\n")
+    kept = [tmp_path / ".ABC.prv.new-123", tmp_path / ".ABC.crt.88pj0216",
+            tmp_path / ".ABC.prv.TOOLONG123"]
+    for path in kept:
+        path.write_text("not a killed write of ABC.prv")
+    assert fs.write(tmp_path / ".ABC.prv", "x", why="not a secret")
+    assert killed.exists(), "only a secret's own write looks for its killed copies"
+    assert fs.write(tmp_path / "ABC.prv", "key", why="key", mode=0o600, secret=True)
+    assert not killed.exists()
+    assert all(path.exists() for path in kept)
+
+
 def test_plan_mode_files_unchanged(tmp_path: Path) -> None:
     runner = Runner(Root(tmp_path), plan=True)
     fs = FileSystem(runner)
