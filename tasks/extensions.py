@@ -378,7 +378,7 @@ def handler_state(ctx: Context, name: str, version: str) -> str:
 
 def installed_versions(ctx: Context, name: str) -> list[str]:
     """Versions of `name` with a directory in Lib.Dir, lowest first."""
-    from wire.artifacts import version_key
+    from wire.versions import version_key
 
     found = []
     try:
@@ -920,7 +920,7 @@ def update_handler(ctx: Context, handler: Handler, old_version: str) -> None:
     """waagent's update: disable the old version (when Enabled), copy mrseq and status/,
     `update` (the new one's; on a downgrade the old one's with VERSION=new), uninstall the
     old and remove it, then install the new unless updateMode says otherwise."""
-    from wire.artifacts import version_key
+    from wire.versions import version_key
 
     new = handler.version
     manifest = load_manifest(ctx, handler.name, new)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 from wire.errors import WireError
 from wire.handlers import ManifestVersion, PluginVersionManifest
 from wire.proxy import bypassed
+from wire.versions import version_key, version_matches
 
 log = logging.getLogger("waagent.wire.artifacts")
 
@@ -35,21 +35,6 @@ DIRECT_TIMEOUT = 60.0
 
 class ArtifactUnavailable(WireError):
     """No channel delivered the artifact; the message lists what each said."""
-
-
-def version_key(version: str) -> tuple[tuple[int, str], ...]:
-    """A version as waagent's FlexibleVersion orders it: numeric parts compared as numbers."""
-    # Numbers compare by their digits, never through int(): "²" is a digit to isdigit()
-    # but not to int(), and int() refuses more than 4300 digits.
-    return tuple((len(part.lstrip("0")), part.lstrip("0"))
-                 if part.isascii() and part.isdigit() else (-1, part)
-                 for part in re.split(r"[.\-]", version.strip()) if part != "")
-
-
-def version_matches(requested: str, offered: str) -> bool:
-    """True when `offered` starts with the components of `requested` (1.0 matches 1.0.3)."""
-    want, have = version_key(requested), version_key(offered)
-    return len(want) <= len(have) and have[:len(want)] == want
 
 
 def pick_version(manifest: PluginVersionManifest, requested: str) -> ManifestVersion | None:

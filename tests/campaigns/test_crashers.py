@@ -222,8 +222,9 @@ def test_manifest_versions_that_int_refuses() -> None:
     offering "²" or a part of 5000 digits raised ValueError. graph.update's choice of the
     newest agent raised it too (VERSION_PATTERN took any digits, any length)."""
     from graph.update import choose_version
-    from wire.artifacts import pick_version, version_key
+    from wire.artifacts import pick_version
     from wire.extensions_config import GAFamily, ManifestVersion, PluginVersionManifest
+    from wire.versions import version_key
 
     huge = "1." + "9" * 5000
     manifest = PluginVersionManifest((ManifestVersion("1.0.1", ()), ManifestVersion("1.²", ()),

@@ -20,7 +20,9 @@ NOT_ON_THE_NO_OP_BOOT = (
     "wire.subdocuments", "wire.reports", "wire.extensions_config",
     "wire.dhcp", "wire.documents", "wire.xmldoc", "pyexpat", "tasks.deprovision", "tasks.serialconsole", "graph.plan", "graph.render",
     # the account database: read by the user and SSH actions, not by their checks
-    "facts.users")
+    "facts.users",
+    # downloads (a handler's directory is found and ordered by wire.versions)
+    "wire.artifacts", "wire.proxy")
 
 # `python3 -c WATCHED_BOOT provision ...` runs `waagent provision` and prints, last, two
 # lines: the modules it imported, then how many times it called fsync.

@@ -15,9 +15,10 @@ from graph.context import Context, make_context
 from tasks import extensions as ext
 from tasks import inputs
 from tests.support.fixtures import FIXTURES
-from wire.artifacts import pick_version, version_matches
+from wire.artifacts import pick_version
 from wire.extensions_config import parse_extensions_config, parse_manifest
 from wire.extensions_goal_state import choose, from_extensions_config, parse_vm_settings
+from wire.versions import version_matches
 
 WALA = FIXTURES / "walinuxagent"
 
