@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -52,18 +53,23 @@ class CannedServer:
         self.listener.close()
 
 
-@pytest.fixture
-def serve() -> Iterator[type[CannedServer]]:
-    servers: list[CannedServer] = []
+def closed_after_the_test(server_class: Any) -> Iterator[Any]:
+    """`server_class` for one test: every server the test makes is closed after it."""
+    servers: list[Any] = []
 
-    class Tracked(CannedServer):
-        def __init__(self, answer: bytes) -> None:
-            super().__init__(answer)
+    class Tracked(server_class):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
             servers.append(self)
 
     yield Tracked
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[type[CannedServer]]:
+    yield from closed_after_the_test(CannedServer)
 
 
 def test_content_length_body_and_the_request_sent(serve: type[CannedServer]) -> None:
@@ -205,16 +211,7 @@ class KeepAliveServer:
 
 @pytest.fixture
 def kept() -> Iterator[type[KeepAliveServer]]:
-    servers: list[KeepAliveServer] = []
-
-    class Tracked(KeepAliveServer):
-        def __init__(self, *script: bytes) -> None:
-            super().__init__(*script)
-            servers.append(self)
-
-    yield Tracked
-    for server in servers:
-        server.close()
+    yield from closed_after_the_test(KeepAliveServer)
 
 
 @pytest.fixture
