@@ -435,9 +435,9 @@ def _run(argv: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float,
 def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
     """The command's exit status as soon as it ends; TimeoutExpired after `timeout` s.
 
-    Popen.wait(timeout=) polls with sleeps that double up to 50 ms, which added ~15 ms to
-    every short command (bench/extensions.py): a pidfd becomes readable when the process
-    exits, so the wait ends with it."""
+    Popen.wait(timeout=) polls with sleeps that double up to 50 ms, which delays the end of
+    every short command (bench/README.md has the figures): a pidfd becomes readable when
+    the process exits, so the wait ends with it."""
     try:
         pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # kernels before 5.3

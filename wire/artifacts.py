@@ -6,7 +6,7 @@ through a proxy) at each of its locations in turn, then straight from those loca
 (or the usual proxy environment variables) apply. A round over every channel is retried
 with backoff. A direct download through a proxy or over TLS uses `requests` (redirects
 followed); plain HTTP without a proxy uses the agent's own client (wire.http): importing
-`requests` costs the agent ~12 MB for as long as it runs.
+`requests` stays in the agent's memory for as long as it runs (bench/README.md: Extensions).
 
 `pick_version` chooses the manifest entry a goal state asks for, as waagent does: the
 highest version whose leading components are the requested ones ("1.0" takes 1.0.7).
