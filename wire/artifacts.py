@@ -5,8 +5,8 @@ through a proxy) at each of its locations in turn, then straight from those loca
 (location, failoverlocation, additional locations), which is where `HttpProxy.Host/Port`
 (or the usual proxy environment variables) apply. A round over every channel is retried
 with backoff. A direct download through a proxy or over TLS uses `requests` (redirects
-followed); plain HTTP without a proxy uses the agent's own client (wire.http): importing
-`requests` stays in the agent's memory for as long as it runs (bench/README.md: Extensions).
+followed); plain HTTP without a proxy uses the agent's own client (wire.http), because
+`requests`, once imported, stays in the agent's memory for as long as it runs.
 
 `pick_version` chooses the manifest entry a goal state asks for, as waagent does: the
 highest version whose leading components are the requested ones ("1.0" takes 1.0.7).
