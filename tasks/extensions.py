@@ -745,6 +745,8 @@ def unpack_package(ctx: Context, handler: Handler) -> None:
             except UnsafeArchive as err:
                 raise ExtensionFailed(f"the package {package.name} is refused: {err}",
                                       CODE_PACKAGE) from None
+            finally:
+                _CHECKED.pop(package, None)  # unpacked or refused: the daemon holds no copy
             if not ctx.run.plan:
                 # waagent writes HandlerState before `initialize` adds u+x to every file.
                 # Not fsynced: a HandlerState lost or left empty reads as NotInstalled.
