@@ -69,7 +69,6 @@ class _Reader:
         self.closed = False
         self.received = 0  # bytes read from the peer
 
-
     def _fill(self) -> bool:
         if self.closed:
             return False
