@@ -164,15 +164,9 @@ class AgentVm:
 
     def run(self) -> None:
         try:
-            with harness.lab(self.work, default_scenario_path(), conf=None,
-                             packages=harness.WAAGENT_PACKAGES, prepare=vmharness.prepare_daemon_root,
-                             tag=f"bench-{'ours' if self.agent == 'waagent-graph' else 'wa'}") \
-                    as lab:
+            with vmharness.daemon_lab(self.work, default_scenario_path(), self.agent, "bench",
+                                      SETTLE_TIMEOUT) as (lab, self.process):
                 self.lab = lab
-                lab.vm.dhcp()
-                self.process = lab.vm.popen([vmharness.AGENTS[self.agent], "-daemon"],
-                                            self.work / "agent.log")
-                lab.fabric.wait_for_health("Ready", SETTLE_TIMEOUT)
                 harness.wait_until(lambda: settled(lab, "1"), SETTLE_TIMEOUT,
                                    f"{self.agent}: the extension enabled", 1)
                 self.idle()

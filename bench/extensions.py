@@ -189,15 +189,9 @@ class AgentVm:
         try:
             self.work.mkdir(parents=True, exist_ok=True)
             scenario = write_scenario(self.work, self.zip_path)
-            with harness.lab(self.work, scenario, conf=None, packages=harness.WAAGENT_PACKAGES,
-                             prepare=vmharness.prepare_daemon_root,
-                             tag=f"bext-{'ours' if self.agent == 'waagent-graph' else 'wa'}") \
-                    as lab:
+            with vmharness.daemon_lab(self.work, scenario, self.agent, "bext",
+                                      SETTLE_TIMEOUT) as (lab, self.process):
                 self.lab = lab
-                lab.vm.dhcp()
-                self.process = lab.vm.popen([vmharness.AGENTS[self.agent], "-daemon"],
-                                            self.work / "agent.log")
-                lab.fabric.wait_for_health("Ready", SETTLE_TIMEOUT)
                 harness.wait_until(lambda: enabled_in_blob(lab, [PROBE]), SETTLE_TIMEOUT,
                                    f"{self.agent}: {PROBE} enabled", 0.5)
                 for seq in range(1, self.args.samples + 1):

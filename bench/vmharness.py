@@ -12,11 +12,13 @@ waited for (useradd, ssh-keygen, ...). A command that never ends by itself (waag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +140,21 @@ def prepare_daemon_root(root: Path) -> None:
     """The same VM root for both daemons: the overrides, and what waagent 2.7.3 needs."""
     harness.set_conf_options(root, OVERRIDES)
     harness.install_waagent_helpers(root)
+
+
+@contextlib.contextmanager
+def daemon_lab(work: Path, scenario: Path, agent: str, bench: str,
+               settle: float) -> Iterator[tuple[harness.Lab, subprocess.Popen[bytes]]]:
+    """A VM of the e2e lab holding both agents, `agent -daemon` started in it (its output in
+    work/agent.log) and Ready. The namespaces carry the bench's name, the agent and this
+    process's PID, so two benches can run at once."""
+    side = "ours" if agent == "waagent-graph" else "wa"
+    with harness.lab(work, scenario, conf=None, packages=harness.WAAGENT_PACKAGES,
+                     prepare=prepare_daemon_root, tag=f"{bench}-{side}-{os.getpid()}") as lab:
+        lab.vm.dhcp()
+        process = lab.vm.popen([AGENTS[agent], "-daemon"], work / "agent.log")
+        lab.fabric.wait_for_health("Ready", settle)
+        yield lab, process
 
 
 def memory_mb(pids: list[int], source: str, key: str) -> float:
