@@ -113,7 +113,7 @@ class FileSystem:
                 os.unlink(tmp)
             raise
         if secret:
-            self._remove_killed_writes(target)
+            self._remove_killed_writes(target, want_mode)
         if durable:
             self._fsync_dir(target.parent)
         log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s%s", self._shown(path),
@@ -237,17 +237,19 @@ class FileSystem:
             yield path
 
     @staticmethod
-    def _remove_killed_writes(target: Path) -> None:
+    def _remove_killed_writes(target: Path, mode: int) -> None:
         """A write killed (SIGKILL, power cut) between its temporary file and the rename
-        leaves that file, `.NAME.` and mkstemp's 8 characters, behind. For a secret such a
-        copy would outlive it, so the next successful write of the same file removes them
-        (runs take the agent's lock: no other writer of this file is at work)."""
+        leaves that file, `.NAME.`, mkstemp's 8 characters and the secret's mode, behind.
+        Such a copy would outlive the secret, so the next successful write of the same file
+        removes those that match all three (runs take the agent's lock: no other writer of
+        this file is at work; a file of another shape is not the agent's, and stays)."""
         prefix = f".{target.name}."
         for entry in os.scandir(target.parent):
             suffix = entry.name[len(prefix):]
             if (entry.name.startswith(prefix) and len(suffix) == 8
                     and set(suffix) <= MKSTEMP_CHARACTERS
-                    and entry.is_file(follow_symlinks=False)):
+                    and entry.is_file(follow_symlinks=False)
+                    and stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode) == mode):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
 

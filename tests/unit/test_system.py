@@ -166,10 +166,13 @@ def test_a_secret_write_removes_the_copies_of_killed_writes(tmp_path: Path) -> N
     fs = FileSystem(Runner(Root(tmp_path)))
     killed = tmp_path / ".ABC.prv.88pj0216"
     killed.write_text("-----BEGIN PRIVATE KEY-----\nsecret\n")
+    killed.chmod(0o600)
     kept = [tmp_path / ".ABC.prv.new-123", tmp_path / ".ABC.crt.88pj0216",
-            tmp_path / ".ABC.prv.TOOLONG123"]
+            tmp_path / ".ABC.prv.TOOLONG123", tmp_path / ".ABC.prv.abcd1234"]
     for path in kept:
         path.write_text("not a killed write of ABC.prv")
+        path.chmod(0o600)
+    kept[-1].chmod(0o644)  # the right name, not the secret's mode: not the agent's copy
     assert fs.write(tmp_path / ".ABC.prv", "x", why="not a secret")
     assert killed.exists(), "only a secret's own write looks for its killed copies"
     assert fs.write(tmp_path / "ABC.prv", "key", why="key", mode=0o600, secret=True)
