@@ -312,7 +312,7 @@ class Daemon:
         if self.target is None:
             return
         try:
-            from tasks.extensions import goal_state_status, handler_statuses
+            from tasks.extension_status import goal_state_status, handler_statuses
 
             blob = build_status(self.ctx, self.target, handlers=handler_statuses(self.ctx),
                                 update_status=self.updater.status,

@@ -21,7 +21,7 @@ extensions:<Handler>:uninstall  state uninstall, or a handler gone from the goal
                                 disable, uninstall, remove its directory and package
 
 Files are waagent's (extensions read them): config/HandlerState, config/HandlerStatus,
-`status/<seq>.status` written by the handler and read back by `handler_statuses`, which
+`status/<seq>.status` written by the handler and read back by tasks/extension_status.py, which
 the daemon puts in the status blob every loop. Commands run through
 system.handler_command (own session, process group and cgroup, timeouts, output files,
 CommandExecution.log), only on the running system or with chroot=y.
@@ -45,7 +45,6 @@ from tasks import TaskDict, Uptodate, inputs
 if TYPE_CHECKING:
     from facts.extensions import HandlerManifest
     from wire.extensions_goal_state import ExtensionsGoalState
-    from wire.status import HandlerStatus as BlobHandlerStatus
 
 log = logging.getLogger("waagent.extensions")
 
@@ -271,25 +270,6 @@ def processed_status(unsupported: Sequence[str], incarnation: str) -> dict[str, 
                            f"found: {', '.join(unsupported)}", "incarnation": incarnation}
     return {"status": "Success", "code": 0, "message": "GoalState executed successfully",
             "incarnation": incarnation}
-
-
-def goal_state_status(ctx: Context, in_svd_seq_no: str) -> Any:
-    """`goalStateAggregateStatus` of the last extensions goal state processed (a
-    wire.status.GoalStateStatus): Failed 2001 for unsupported required features; None
-    when none was processed yet (all on hold), as waagent leaves it out then."""
-    from wire.status import GoalStateStatus
-
-    facts = stored_goal_state(ctx)
-    if not facts or not facts.get("id") or not ctx.conf.flag("Extensions.Enabled"):
-        return GoalStateStatus(in_svd_seq_no=in_svd_seq_no)
-    processed = facts.get("processed")
-    if processed is None and facts.get("unsupported_features"):  # stored before "processed"
-        processed = processed_status(facts["unsupported_features"],
-                                     str(facts.get("incarnation") or in_svd_seq_no))
-    if processed is None:
-        return None if facts.get("on_hold") else GoalStateStatus(in_svd_seq_no=in_svd_seq_no)
-    return GoalStateStatus(in_svd_seq_no=in_svd_seq_no, status=str(processed["status"]),
-                           code=int(processed["code"]), message=str(processed["message"]))
 
 
 def hostplugin_client(ctx: Context, state: Any, *, retry: bool) -> Any:
@@ -1037,7 +1017,7 @@ def enable_extensions(ctx: Context, handler: Handler, env: Mapping[str, str]) ->
                 continue
             ctx.fs.write(state_file, EXTENSION_ENABLED, quiet=True,
                          why=f"{handler.name}.{settings.name} enabled")
-        elif _extension_enabled(state_file):
+        elif extension_enabled(state_file):
             outcome = run_command(ctx, handler, handler.version, "disable", settings=settings,
                                   manifest=manifest, check=False)
             if outcome.exit_code:
@@ -1058,7 +1038,7 @@ def extension_state_file(ctx: Context, name: str, version: str, extension: str |
     return handler_dir(ctx, name, version) / "config" / f"{extension}.HandlerState"
 
 
-def _extension_enabled(path: Path) -> bool:
+def extension_enabled(path: Path) -> bool:
     return (read_small(path) or "").lower() == EXTENSION_ENABLED
 
 
@@ -1069,7 +1049,7 @@ def enabled_extensions(ctx: Context, name: str, version: str) -> list[Settings]:
     config = handler_dir(ctx, name, version) / "config"
     for state_file in sorted(config.glob("*.HandlerState")):
         extension = state_file.name[:-len(".HandlerState")]
-        if not _extension_enabled(state_file):
+        if not extension_enabled(state_file):
             continue
         seqs = [int(p.name.split(".")[-2]) for p in config.glob(f"{extension}.*.settings")
                 if p.name.split(".")[-2].isdigit()]
@@ -1225,101 +1205,3 @@ def extension_status(ctx: Context, handler: Handler, settings: Settings) -> Any:
 
     return read_status_file(status_path(ctx, handler, settings),
                             handler=f"{handler.name}-{handler.version}", retries=0)
-
-
-# -- status for the blob ------------------------------------------------------------------
-
-def handler_statuses(ctx: Context, now: float | None = None) -> "list[BlobHandlerStatus]":
-    """The handlers of the stored goal state as the status blob reports them: each
-    handler's HandlerStatus, its heartbeat (Unresponsive after 600 s), and its status file."""
-    facts = stored_goal_state(ctx)
-    if not facts or not facts.get("id"):
-        return []
-    found: list[BlobHandlerStatus] = []
-    # A goal state failed for unsupported features: the handlers on disk, as waagent does.
-    handlers = handlers_from_disk(ctx) if facts.get("unsupported_features") \
-        else handlers_of(facts)
-    for handler in handlers:
-        try:
-            found += _statuses_of(ctx, handler, time.time() if now is None else now)
-        except Exception as err:  # noqa: BLE001 - one handler's files must not stop the blob
-            from wire.status import HandlerStatus
-
-            found.append(HandlerStatus(handler.name, handler.version, "NotReady", -1,
-                                       f"status not readable: {err}"))
-    return found
-
-
-def handlers_from_disk(ctx: Context) -> list[Handler]:
-    """The handlers installed in Lib.Dir, their extensions and sequence numbers found from
-    their settings files (`<ext>.<seq>.settings` makes a handler multi-config)."""
-    found = []
-    for name, versions in handlers_on_disk(ctx).items():
-        version = installed_version(ctx, name) or versions[-1]
-        extensions: dict[str, int] = {}
-        single = 0
-        for path in (handler_dir(ctx, name, version) / "config").glob("*.settings"):
-            multi = re.fullmatch(r"(\w+)\.(\d+)\.settings", path.name)
-            if multi:
-                extensions[multi[1]] = max(extensions.get(multi[1], 0), int(multi[2]))
-            elif path.name.split(".")[0].isdigit():
-                single = max(single, int(path.name.split(".")[0]))
-        settings = tuple(Settings(ext, seq, "enabled", None, None, None, 0)
-                         for ext, seq in sorted(extensions.items())) if extensions else (
-            Settings(None, single, "enabled", None, None, None, 0),)
-        found.append(Handler(name, version, "enabled", (), bool(extensions), 0, None, settings))
-    return found
-
-
-def _statuses_of(ctx: Context, handler: Handler, now: float) -> "list[BlobHandlerStatus]":
-    from facts.extensions import ExtensionError, heartbeat, read_handler_manifest
-    from wire.status import ExtensionStatus, HandlerStatus
-
-    directory = handler_dir(ctx, handler.name, handler.version)
-    raw = read_small(directory / "config/HandlerStatus") if (
-        directory / "config/HandlerStatus").is_file() else None
-    if raw is None:
-        return []
-    try:
-        stored = json.loads((directory / "config/HandlerStatus").read_text())
-    except ValueError as err:
-        stored = {"status": "NotReady", "code": -1,
-                  "message": f"config/HandlerStatus is not JSON: {err}"}
-    status = str(stored.get("status") or "NotReady")
-    code = int(stored.get("code") or 0)
-    message = stored.get("message")
-    state = handler_state(ctx, handler.name, handler.version)
-    base = HandlerStatus(handler.name, handler.version, status, code, message,
-                         multi_config=handler.multi_config)
-    if state == NOT_INSTALLED and not handler.multi_config:
-        return [base]
-    if state != NOT_INSTALLED:
-        try:
-            manifest = read_handler_manifest(directory / "HandlerManifest.json")
-            if manifest.report_heartbeat:
-                beat = heartbeat(directory / "heartbeat.log", now)
-                base = base._replace(status=beat.status)
-        except ExtensionError as err:
-            base = base._replace(message=str(err), code=err.code)
-    result = []
-    for settings in handler.settings:
-        if handler.multi_config and settings.state == "disabled" and not _extension_enabled(
-                directory / "config" / f"{settings.name}.HandlerState"):
-            continue
-        file_status = extension_status(ctx, handler, settings)
-        body: dict[str, Any] = {
-            "name": file_status.name or (settings.name if handler.multi_config else handler.name),
-            "operation": file_status.operation or "Enable",
-            # as the handler wrote it, as waagent 2.7.3 reports it ("0" stays a string)
-            "status": file_status.status, "code": file_status.code if file_status.written_code
-            is None else file_status.written_code,
-            "formattedMessage": {"lang": "en-US", "message": file_status.message or ""},
-        }
-        if file_status.substatus:
-            body["substatus"] = [
-                {"name": sub.name, "status": sub.status, "code": sub.code,
-                 "formattedMessage": {"lang": "en-US", "message": sub.message or ""}}
-                for sub in file_status.substatus]
-        result.append(base._replace(extension=ExtensionStatus(
-            settings.seq_no, body, name=settings.name, timestamp=file_status.timestamp_utc)))
-    return result or [base]

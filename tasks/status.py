@@ -91,7 +91,7 @@ def build_status(ctx: Context, target: StatusTarget,
     """The status blob document for this loop; `update_status` is the agent update's
     `guestAgentStatus.updateStatus` (graph/update.py), while the platform pins a version.
     `goal_state` is the extensions goal state's `goalStateAggregateStatus`
-    (tasks.extensions.goal_state_status: Failed 2001 for unsupported features; None leaves
+    (tasks.extension_status.goal_state_status: Failed 2001 for unsupported features; None leaves
     it out); by default a Success for the target's goal state."""
     from wire.status import GoalStateStatus, status_blob
 

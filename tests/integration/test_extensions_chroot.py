@@ -20,7 +20,7 @@ import pytest
 from fabric import Fabric, build_media, default_scenario
 from fabric.scenario import Extension, Scenario
 from graph.context import make_context
-from tasks.extensions import handler_statuses
+from tasks.extension_status import handler_statuses
 from tests.integration.provisioning import BASE_CONF, WAAGENT
 from tests.sandbox import product_uuid_for
 from tests.support import debian_root

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from graph.context import Context, make_context
+from tasks import extension_status, inputs
 from tasks import extensions as ext
-from tasks import inputs
 from tests.support.fixtures import FIXTURES
 from wire.artifacts import pick_version
 from wire.extensions_config import parse_extensions_config, parse_manifest
@@ -200,7 +200,7 @@ def test_statuses_read_back(tmp_path: Path) -> None:
     beat.write_text(json.dumps([{"heartbeat": {"status": "Ready", "code": 0}}]))
     old = time.time() - 700
     os.utime(beat, (old, old))
-    found = {s.name: s for s in ext.handler_statuses(ctx)}
+    found = {s.name: s for s in extension_status.handler_statuses(ctx)}
     assert found["Good.One"].status == "Ready"
     assert found["Good.One"].extension is not None
     assert found["Good.One"].extension.status["code"] == "0"  # as written, as waagent 2.7.3
