@@ -190,11 +190,12 @@ def read_handler_manifest(path: Path) -> HandlerManifest:
 
 
 class SubStatus(NamedTuple):
-    """One entry of a status file's `substatus` list."""
+    """One entry of a status file's `substatus` list. `code` is as the handler wrote it
+    (waagent neither checks nor converts it: a string "0" is reported as "0")."""
 
     name: str | None
     status: str
-    code: int
+    code: Any
     message: str | None
 
 
@@ -269,8 +270,7 @@ def _substatus(value: object) -> SubStatus:
     if status not in STATUS_VALUES:
         raise _Malformed(f"Invalid value {status!r} at substatus/status "
                          f"(one of {', '.join(STATUS_VALUES)})")
-    return SubStatus(name=_text(value.get("name")), status=status,
-                     code=_code(value.get("code", 0), "substatus/code"),
+    return SubStatus(name=_text(value.get("name")), status=status, code=value.get("code", 0),
                      message=_formatted_message(value.get("formattedMessage"),
                                                 "substatus/formattedMessage"))
 

@@ -236,7 +236,8 @@ def _file_mode(info: zipfile.ZipInfo, kind: str) -> int:
 
 def unpack_zip(fs: FileSystem, data: bytes, target: Path, *, name: str,
                replace: bool = False, durable: bool = True,
-               checked: list[zipfile.ZipInfo] | None = None) -> None:
+               checked: list[zipfile.ZipInfo] | None = None,
+               keep: tuple[str, ...] = ()) -> None:
     """Check the package, then unpack it to `target` (a real path below the root, e.g.
     `<Lib.Dir>/<Name>-<Version>`) through a temporary directory renamed into place.
 
@@ -244,7 +245,9 @@ def unpack_zip(fs: FileSystem, data: bytes, target: Path, *, name: str,
     `target` is an error unless `replace` (it is then swapped for the new tree). In plan
     mode the unpack is only recorded. `durable` fsyncs every file before the rename.
     `checked`: what `check_zip` returned for these very bytes (the caller keeps their
-    digest), so they are not read and decompressed a second time.
+    digest), so they are not read and decompressed a second time. `keep`: top-level names
+    of a replaced tree moved into the new one as they are (state written beside the
+    package's files, which a repair must not lose).
     """
     infos = checked if checked is not None else check_zip(data, name=name)
     root = fs.runner.root
@@ -271,6 +274,10 @@ def unpack_zip(fs: FileSystem, data: bytes, target: Path, *, name: str,
         if exists:
             old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{real.name}.old-"))
             os.replace(real, old / "tree")
+            for entry in keep:
+                if os.path.lexists(old / "tree" / entry):
+                    _remove(staging / entry)
+                    os.replace(old / "tree" / entry, staging / entry)
             os.replace(staging, real)
             shutil.rmtree(old)
         else:
@@ -282,6 +289,13 @@ def unpack_zip(fs: FileSystem, data: bytes, target: Path, *, name: str,
     if durable:
         _fsync(parent)
     log.info("changed: %s/ (unpacked %d files from %s)", shown, files, name)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
 
 
 def _extract(infos: list[zipfile.ZipInfo], data: bytes, staging: Path, name: str, *,

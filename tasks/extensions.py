@@ -64,6 +64,7 @@ CODE_DOWNLOAD = 1001
 CODE_PACKAGE = 1005
 CODE_GOAL_STATE = 1000
 CODE_UNSUPPORTED_FEATURES = 2001
+CODE_GOAL_STATE_UNKNOWN = -1  # waagent's GoalStateAggregateStatusCodes.GoalStateUnknownFailure
 # What waagent 2.7.3 tells handlers it supports (AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES).
 EXTENSION_FEATURES = [{"Key": "ExtensionTelemetryPipeline", "Value": "1.0"}]
 DEPENDENCY_TIMEOUT = 90 * 60.0
@@ -117,9 +118,34 @@ class Handler(NamedTuple):
     package_uris: tuple[str, ...] = ()  # from the manifest, at gather time
 
     @property
+    def dependency_level(self) -> int:
+        """Its dependsOn level; a multi-config handler's, its lowest extension's."""
+        if self.multi_config and self.settings:
+            return min(s.level for s in self.settings)
+        return self.level
+
+    @property
     def sort_key(self) -> int:
         """waagent's order: non-enabled handlers first, in reverse level order."""
-        return self.level if self.state == "enabled" else -self.level - 1
+        level = self.dependency_level
+        return level if self.state == "enabled" else -level - 1
+
+    def waited_for(self, top: int) -> list[Settings]:
+        """The extensions waagent waits for once this handler is handled: each enabled one
+        below the highest dependsOn level `top` (a multi-config handler's, by their own
+        levels); none for a handler without settings."""
+        if self.state != "enabled":
+            return []
+        if self.multi_config:
+            return [s for s in self.settings if s.state == "enabled" and s.level < top]
+        return list(self.settings[:1]) if self.level < top else []
+
+    def top_level(self) -> int:
+        """The highest dependsOn level among its enabled extensions."""
+        if self.multi_config and self.settings:
+            return max((s.level for s in self.settings if s.state == "enabled"),
+                       default=self.level)
+        return self.level
 
 
 def goal_state_facts(state: "ExtensionsGoalState", **extra: Any) -> dict[str, Any]:
@@ -416,12 +442,22 @@ def settings_digest(handler: Handler) -> str:
 # -- the tasks ----------------------------------------------------------------------------
 
 def generate(ctx: Context) -> Iterator[TaskDict]:
-    """One chain of tasks per handler of the stored extensions goal state."""
+    """One chain of tasks per handler of the stored extensions goal state; when they cannot
+    be made, one task that fails the goal state (waagent's GoalStateUnknownFailure)."""
     if not ctx.conf.flag("Extensions.Enabled"):
         return
     facts = stored_goal_state(ctx)
     if not facts or not facts.get("id"):
         return
+    try:
+        tasks = list(_generate(ctx, facts))
+    except Exception as err:  # noqa: BLE001 - whatever it is, the platform must be told
+        yield failed_task(ctx, facts, err)
+        return
+    yield from tasks
+
+
+def _generate(ctx: Context, facts: Mapping[str, Any]) -> Iterator[TaskDict]:
     handlers = sorted(handlers_of(facts), key=lambda h: h.sort_key)
     goal_id = str(facts["id"])
     # Decisions on the whole goal state come first: they hold on any root.
@@ -438,8 +474,7 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
     for name, versions in handlers_on_disk(ctx).items():
         if name not in wanted:
             yield from removal_tasks(ctx, name, versions[-1], why="it left the goal state")
-    enabled = [h for h in handlers if h.state == "enabled"]
-    top = max((h.level for h in enabled), default=0)
+    top = max((h.top_level() for h in handlers if h.state == "enabled"), default=0)
     waits: list[str] = []
     for handler in handlers:
         chain = list(handler_tasks(ctx, handler, goal_id))
@@ -447,10 +482,28 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
             for task in chain:  # waagent handles nothing of it before the levels below
                 task["task_dep"] = [*task.get("task_dep", []), *waits]
         yield from chain
-        if handler.state == "enabled" and handler.level < top and handler.settings:
-            wait = wait_task(ctx, handler, goal_id)
+        waited = handler.waited_for(top)
+        if waited:
+            wait = wait_task(ctx, handler, goal_id, waited)
             waits.append(f"extensions:{wait['name']}")
             yield wait
+
+
+def failed_task(ctx: Context, facts: Mapping[str, Any], error: Exception) -> TaskDict:
+    """The goal state could not be processed for a reason no handler owns: stored as
+    processed with status Failed and code -1, which goalStateAggregateStatus reports until
+    the next extensions goal state, as waagent's `__process_and_handle_extensions`."""
+    message = f"Unexpected error when processing goal state:{type(error).__name__}: {error}"
+
+    def fail() -> None:
+        processed = {"status": "Failed", "code": CODE_GOAL_STATE_UNKNOWN, "message": message,
+                     "incarnation": facts.get("incarnation")}
+        inputs.keep_facts(ctx, FACTS, {**facts, "processed": processed})
+        raise ExtensionFailed(message, CODE_GOAL_STATE_UNKNOWN)
+
+    log.warning("%s", message)
+    return {"name": "failed", "doc": "the extensions goal state could not be processed",
+            "actions": [(fail,)]}
 
 
 def skipped_task(ctx: Context, handlers: Sequence[Handler], goal_id: str) -> TaskDict:
@@ -545,10 +598,13 @@ def removal_tasks(ctx: Context, name: str, version: str, *, why: str,
                 uptodate=[Probe("present", lambda: _present(ctx, name, version))])
 
 
-def wait_task(ctx: Context, handler: Handler, goal_id: str) -> TaskDict:
+def wait_task(ctx: Context, handler: Handler, goal_id: str,
+              waited: Sequence[Settings]) -> TaskDict:
+    names = ", ".join(f"{handler.name}.{s.name}" for s in waited) if handler.multi_config \
+        else handler.name
     return _task(handler.name, "wait",
-                 f"wait for {handler.name} (dependsOn level {handler.level}) to succeed",
-                 wait_for_handler, ctx, handler, goal_id,
+                 f"wait for {names} (dependsOn level {handler.dependency_level}) to succeed",
+                 wait_for_handler, ctx, handler, goal_id, tuple(waited),
                  uptodate=[Inputs(f"ext-wait-{handler.name}", lambda: {
                      "goal_state": goal_id, "agent_start": agent_start(ctx),
                      "settings": settings_digest(handler)})])
@@ -609,16 +665,23 @@ Action = Callable[..., None]
 
 
 def failing(operation: str) -> Callable[[Action], Action]:
-    """Decorate an action: an error becomes the handler's NotReady status, then fails the task."""
+    """Decorate an action: an error becomes the handler's NotReady status, then fails the task.
+    An unexpected error (not an AgentError) is the handler's too, with code -1, as waagent's
+    `handle_ext_handler` reports it."""
     def wrap(action: Action) -> Action:
         def run(ctx: Context, handler: Handler, *args: Any) -> None:
             try:
                 action(ctx, handler, *args)
             except MultiConfigEnableFailed:
                 raise
-            except AgentError as err:
+            except Exception as err:  # noqa: BLE001 - reported as the handler's status
                 code = getattr(err, "code", None)
-                code = code if isinstance(code, int) and code > 0 else ERROR_CODES.get(operation, 1000)
+                if not isinstance(err, AgentError):
+                    log.warning("%s %s %s: unexpected error", handler.name, handler.version,
+                                operation, exc_info=True)
+                    code = -1
+                elif not (isinstance(code, int) and code > 0):
+                    code = ERROR_CODES.get(operation, 1000)
                 if not ctx.run.plan:
                     set_handler_status(ctx, handler, "NotReady", str(err), code,
                                        durable=False)
@@ -698,6 +761,10 @@ def check_package(path: Path, data: bytes) -> list[Any]:
     return members
 
 
+# What the agent and the handler write in a handler's directory, beside its package's files.
+HANDLER_STATE_ENTRIES = ("config", "status", "mrseq", "heartbeat.log")
+
+
 @failing("download")
 def unpack_package(ctx: Context, handler: Handler) -> None:
     """Check the package (a damaged one is removed, to be fetched again; the bytes this
@@ -708,6 +775,9 @@ def unpack_package(ctx: Context, handler: Handler) -> None:
 
     directory = handler_dir(ctx, handler.name, handler.version)
     package = package_path(ctx, handler.name, handler.version)
+    # A repair (a tree that lost files) keeps what an installed handler has: waagent never
+    # runs install again for an Installed or Enabled handler.
+    installed = handler_state(ctx, handler.name, handler.version) in (INSTALLED, ENABLED)
     if not (directory / "HandlerManifest.json").is_file():
         if ctx.run.plan and not package.exists():
             ctx.run.record("unpack", vm_path(ctx, directory), f"{handler.name} {handler.version}")
@@ -721,7 +791,7 @@ def unpack_package(ctx: Context, handler: Handler) -> None:
             try:
                 # replace: a directory left by a failed try holds only its status
                 unpack_zip(ctx.fs, data, directory, name=package.name, replace=True,
-                           checked=checked)
+                           checked=checked, keep=HANDLER_STATE_ENTRIES)
             except UnsafeArchive as err:
                 raise ExtensionFailed(f"the package {package.name} is refused: {err}",
                                       CODE_PACKAGE) from None
@@ -730,10 +800,12 @@ def unpack_package(ctx: Context, handler: Handler) -> None:
             if not ctx.run.plan:
                 # waagent writes HandlerState before `initialize` adds u+x to every file.
                 # Not fsynced: a HandlerState lost or left empty reads as NotInstalled.
-                set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED,
-                                  durable=False)
-                _make_executable(directory)
-    if read_small(directory / "config/HandlerState") != NOT_INSTALLED or ctx.run.plan:
+                if not installed:
+                    set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED,
+                                      durable=False)
+                _make_executable(directory, HANDLER_STATE_ENTRIES if installed else ())
+    if not installed and (read_small(directory / "config/HandlerState") != NOT_INSTALLED
+                          or ctx.run.plan):
         set_handler_state(ctx, handler.name, handler.version, NOT_INSTALLED)
     if not ctx.run.plan:
         manifest = load_manifest(ctx, handler.name, handler.version)
@@ -749,13 +821,16 @@ def unpack_package(ctx: Context, handler: Handler) -> None:
                  mode=0o644, why=f"{handler.name} handler environment")
 
 
-def _make_executable(directory: Path) -> None:
+def _make_executable(directory: Path, skip: tuple[str, ...] = ()) -> None:
     """Every file of a handler 0744, as waagent 2.7.3 leaves them: its zipfile extractall
-    ignores the zip's modes (0644 under its umask), then `initialize` adds u+x."""
+    ignores the zip's modes (0644 under its umask), then `initialize` adds u+x. `skip`:
+    top-level names left as they are (the state a repair kept)."""
     import os
     import stat
 
     for path in directory.rglob("*"):
+        if skip and path.relative_to(directory).parts[0] in skip:
+            continue
         st = path.lstat()
         if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != 0o744:
             os.chmod(path, 0o744)
@@ -1108,44 +1183,56 @@ def remove_handler(ctx: Context, name: str, version: str, *, why: str) -> None:
     ctx.fs.remove(handler_dir(ctx, name, version), why=f"{name} {version}: {why}")
 
 
-def wait_for_handler(ctx: Context, handler: Handler, goal_id: str) -> None:
-    """Poll the handler's status every 5 s until success or error (one 90-minute deadline
-    per goal state); a failure marks the handlers after it as failed."""
+def wait_for_handler(ctx: Context, handler: Handler, goal_id: str,
+                     waited: Sequence[Settings]) -> None:
+    """Poll the status of each extension in `waited` every 5 s until success or error (one
+    90-minute deadline per goal state); a failure marks the handlers after it as failed."""
     deadline = ctx.state.dependency_deadlines.setdefault(goal_id, time.monotonic() + float(
         os.environ.get(DEPENDENCY_VARIABLE) or DEPENDENCY_TIMEOUT))
-    settings = handler.settings[0]
-    if handler_state(ctx, handler.name, handler.version) != ENABLED and not ctx.run.plan:
-        # No task_dep on enable: this task runs after it (the area's order) even when it
-        # failed, to fail the handlers that depend on it with a status that says so.
-        fail_later(ctx, handler, "Skipping processing of extensions since execution of "
-                   f"dependent extension {handler.name} failed")
-    last = None
-    while True:
-        status = extension_status(ctx, handler, settings)
-        last = status.status
-        if status.found and status.status in ("success", "error"):
-            break
-        if time.monotonic() >= deadline or ctx.run.plan:
-            break
-        time.sleep(DEPENDENCY_POLL)
-    if last == "success":
-        return
-    if last in ("success", "error"):
-        message = f"Dependent Extension {handler.name} did not succeed. Status was {last}"
-    else:
-        message = (f"Dependent Extension {handler.name} did not reach a terminal state within "
-                   f"the allowed timeout. Last status was {last}")
-    if ctx.run.plan:
-        return
-    fail_later(ctx, handler, message)
+    for settings in waited:
+        name = f"{handler.name}.{settings.name}" if handler.multi_config else handler.name
+        failed = _enable_failed(ctx, handler, settings)
+        if failed and not ctx.run.plan:
+            # No task_dep on enable: this task runs after it (the area's order) even when
+            # it failed, to fail the handlers that depend on it with a status that says so.
+            fail_later(ctx, handler, "Skipping processing of extensions since execution of "
+                       f"dependent extension {name} failed")
+        last = None
+        while True:
+            status = extension_status(ctx, handler, settings)
+            last = status.status
+            if status.found and status.status in ("success", "error"):
+                break
+            if time.monotonic() >= deadline or ctx.run.plan:
+                break
+            time.sleep(DEPENDENCY_POLL)
+        if last == "success" or ctx.run.plan:
+            continue
+        if last == "error":
+            message = f"Dependent Extension {name} did not succeed. Status was {last}"
+        else:
+            message = (f"Dependent Extension {name} did not reach a terminal state within "
+                       f"the allowed timeout. Last status was {last}")
+        fail_later(ctx, handler, message)
+
+
+def _enable_failed(ctx: Context, handler: Handler, settings: Settings) -> bool:
+    """Whether the enable of this extension failed (multi-config: its `<ext>.HandlerState`)."""
+    if handler_state(ctx, handler.name, handler.version) != ENABLED:
+        return True
+    return handler.multi_config and not extension_enabled(
+        extension_state_file(ctx, handler.name, handler.version, settings.name))
 
 
 def fail_later(ctx: Context, handler: Handler, message: str) -> None:
-    """Mark the enabled handlers above `handler`'s dependsOn level as failed, and fail."""
-    facts = stored_goal_state(ctx) or {}
-    later = [h for h in handlers_of(facts) if h.state == "enabled" and h.level > handler.level]
+    """Mark the enabled handlers handled after `handler` (those that wait for it) as
+    failed, and fail."""
+    handlers = sorted(handlers_of(stored_goal_state(ctx) or {}), key=lambda h: h.sort_key)
+    names = [h.name for h in handlers]
+    later = handlers[names.index(handler.name) + 1:] if handler.name in names else []
     for other in later:
-        set_handler_status(ctx, other, "NotReady", message, -1)
+        if other.state == "enabled":
+            set_handler_status(ctx, other, "NotReady", message, -1)
     raise ExtensionFailed(message, -1)
 
 

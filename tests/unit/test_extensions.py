@@ -347,3 +347,144 @@ def test_a_plain_http_download_without_a_proxy_needs_no_requests(
             [storage], what="m", max_bytes=1024)
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     assert ArtifactClient(None, rounds=1).fetch([storage], what="m", max_bytes=1024)
+
+
+# -- what waagent reports when things go wrong ------------------------------------------------
+
+def test_an_unexpected_failure_fails_the_goal_state_with_code_minus_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """waagent's GoalStateUnknownFailure: goalStateAggregateStatus Failed, -1."""
+    from tasks import call_action
+
+    ctx = context(tmp_path)
+    inputs.keep_facts(ctx, "extensions", {"id": "incarnation_1", "incarnation": "1",
+                                          "handlers": [handler()],
+                                          "processed": ext.processed_status([], "1")})
+
+    def unreadable(ctx: Context) -> Any:
+        raise PermissionError(13, "Permission denied", str(ctx.lib_dir))
+
+    monkeypatch.setattr(ext, "handlers_on_disk", unreadable)
+    tasks = list(ext.generate(ctx))
+    assert [t["name"] for t in tasks] == ["failed"]
+    with pytest.raises(ext.ExtensionFailed) as err:
+        call_action(tasks[0]["actions"][0])
+    assert err.value.code == -1
+    status = extension_status.goal_state_status(ctx, "1")
+    assert (status.status, status.code) == ("Failed", -1)
+    assert status.message.startswith("Unexpected error when processing goal state:")
+    assert "Permission denied" in status.message
+
+
+def test_an_unexpected_error_in_a_handler_operation_is_its_status_with_code_minus_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx, h = fetching_context(tmp_path, probe_zip())
+    ext.download_package(ctx, h)
+    ext.unpack_package(ctx, h)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(ext, "run_command", broken)
+    with pytest.raises(ext.ExtensionFailed) as err:
+        ext.install_handler(ctx, h)
+    assert err.value.code == -1
+    stored = json.loads((ext.handler_dir(ctx, h.name, h.version) / "config/HandlerStatus")
+                        .read_text())
+    assert (stored["status"], stored["code"]) == ("NotReady", -1)
+
+
+def multi_config(name: str, *extensions: tuple[str, int, str]) -> dict[str, Any]:
+    """A multi-config handler whose extensions are (name, dependsOn level, state)."""
+    return {**handler(name), "multi_config": True, "settings": [
+        {"name": ext_name, "seq_no": 0, "state": state, "public": {}, "protected": None,
+         "thumbprint": None, "level": level} for ext_name, level, state in extensions]}
+
+
+def test_depends_on_waits_for_each_extension_of_a_multi_config_handler(tmp_path: Path) -> None:
+    """waagent waits for every enabled extension below the highest level, by its own level."""
+    ctx = context(tmp_path)
+    inputs.keep_facts(ctx, "extensions", {"id": "incarnation_1", "handlers": [
+        multi_config("Run.Command", ("first", 0, "enabled"), ("second", 0, "enabled"),
+                     ("off", 0, "disabled"), ("top", 1, "enabled")),
+        handler("Later.One", level=1)]})
+    tasks = {t["name"]: t for t in ext.generate(ctx)}
+    wait = tasks["Run.Command:wait"]
+    waited = wait["actions"][0][1][-1]
+    assert [s.name for s in waited] == ["first", "second"]
+    assert "extensions:Run.Command:wait" in tasks["Later.One:download"]["task_dep"]
+    assert "Later.One:wait" not in tasks
+
+    # The first extension succeeded, the second failed: Later.One is not handled.
+    install(ctx, "Run.Command", "1.0.0", "Enabled")
+    directory = ext.handler_dir(ctx, "Run.Command", "1.0.0")
+    (directory / "status").mkdir()
+    for name, status in (("first", "success"), ("second", "error")):
+        (directory / f"config/{name}.HandlerState").write_text("enabled")
+        (directory / f"status/{name}.0.status").write_text(json.dumps([{"status": {
+            "status": status, "code": 0}}]))
+    (ext.handler_dir(ctx, "Later.One", "1.0.0") / "config").mkdir(parents=True)
+    with pytest.raises(ext.ExtensionFailed, match="Run.Command.second did not succeed"):
+        ext.wait_for_handler(ctx, *wait["actions"][0][1][1:])
+    later = json.loads((ext.handler_dir(ctx, "Later.One", "1.0.0") / "config/HandlerStatus")
+                       .read_text())
+    assert (later["status"], later["code"]) == ("NotReady", -1)
+
+
+def test_substatus_codes_are_reported_as_the_handler_wrote_them(tmp_path: Path) -> None:
+    """waagent passes a substatus `code` on untouched: "0" stays a string, and a code that
+    is no number at all does not make the status malformed."""
+    ctx = context(tmp_path)
+    inputs.keep_facts(ctx, "extensions", {"id": "i", "handlers": [handler()]})
+    install(ctx, "Pub.Handler", "1.0.0", "Enabled")
+    h = ext.handlers_of({"handlers": [handler()]})[0]
+    ext.set_handler_status(ctx, h, "Ready", "Plugin enabled")
+    directory = ext.handler_dir(ctx, "Pub.Handler", "1.0.0")
+    (directory / "status").mkdir()
+    (directory / "status/0.status").write_text(json.dumps([{"status": {
+        "status": "success", "code": 0, "substatus": [
+            {"name": "a", "status": "success", "code": "0"},
+            {"name": "b", "status": "warning", "code": "N/A"},
+            {"name": "c", "status": "success", "code": 7}]}}]))
+    [found] = extension_status.handler_statuses(ctx)
+    assert found.extension is not None and found.extension.status["status"] == "success"
+    assert [s["code"] for s in found.extension.status["substatus"]] == ["0", "N/A", 7]
+
+
+def test_a_repaired_tree_keeps_an_installed_handlers_state(tmp_path: Path) -> None:
+    """waagent never runs install again for an Installed or Enabled handler: a repair of
+    its tree (HandlerEnvironment.json or the package's files lost) keeps HandlerState, the
+    settings, status/ and mrseq."""
+    ctx, h = fetching_context(tmp_path, probe_zip())
+    ext.download_package(ctx, h)
+    ext.unpack_package(ctx, h)
+    ext.write_settings(ctx, h)
+    ext.set_handler_state(ctx, h.name, h.version, ext.ENABLED)
+    directory = ext.handler_dir(ctx, h.name, h.version)
+    (directory / "mrseq").write_text("0")
+    (directory / "status/0.status").write_text("[]")
+
+    (directory / "HandlerEnvironment.json").unlink()
+    assert ext._not_unpacked(ctx, h.name, h.version)
+    ext.unpack_package(ctx, h)
+    assert ext.handler_state(ctx, h.name, h.version) == ext.ENABLED
+    assert (directory / "HandlerEnvironment.json").is_file()
+
+    (directory / "HandlerManifest.json").unlink()
+    (directory / "run.sh").unlink()
+    ext.unpack_package(ctx, h)
+    assert ext.handler_state(ctx, h.name, h.version) == ext.ENABLED
+    assert (directory / "run.sh").is_file() and (directory / "HandlerManifest.json").is_file()
+    assert (directory / "mrseq").read_text() == "0"
+    assert (directory / "status/0.status").read_text() == "[]"
+    assert (directory / "config/0.settings").is_file()
+    assert ext._not_installed(ctx, h.name, h.version) is None
+    assert ext._not_enabled(ctx, h.name, h.version) is None
+
+
+def test_a_fresh_unpack_is_not_installed(tmp_path: Path) -> None:
+    ctx, h = fetching_context(tmp_path, probe_zip())
+    ext.download_package(ctx, h)
+    ext.unpack_package(ctx, h)
+    assert ext.handler_state(ctx, h.name, h.version) == ext.NOT_INSTALLED
+    assert ext._not_installed(ctx, h.name, h.version) is not None

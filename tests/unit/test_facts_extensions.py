@@ -126,7 +126,7 @@ def test_sample_status(ext: Path) -> None:
     assert s.found and s.problem is None and s.terminal
     assert (s.status, s.code, s.name) == ("success", 1, "Microsoft.Azure.Extension.VMExtension")
     assert s.message is not None and s.message.startswith("Aenean semper")
-    assert s.substatus and s.substatus[0].code == 0  # written as "0"
+    assert s.substatus and s.substatus[0].code == "0"  # as written, as waagent reports it
     assert s.substatus[0].message is None  # "formattedMessage": null
 
 
