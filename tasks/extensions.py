@@ -3,8 +3,9 @@
 The tasks are created after gather:extensions stored the extensions goal state (doit's
 `create_after`), from those facts and a look at Lib.Dir (which versions are installed):
 
-extensions:<Handler>:download   manifest, then the package into `<Lib.Dir>/<Name>__<Version>.zip`
-extensions:<Handler>:unpack     the zip checked before anything is unpacked (size, count,
+extensions:<Handler>:unpack     the package into `<Lib.Dir>/<Name>__<Version>.zip` when missing
+                                (fetched with the goal state's manifests when it can be),
+                                the zip checked before anything is unpacked (size, count,
                                 paths, links, CRC: a hostile zip gets an error status, a
                                 damaged one is fetched again), then `<Lib.Dir>/<Name>-<Version>/`,
                                 HandlerEnvironment.json, config/ and status/ (0700), the log
@@ -68,6 +69,8 @@ CODE_GOAL_STATE_UNKNOWN = -1  # waagent's GoalStateAggregateStatusCodes.GoalStat
 # What waagent 2.7.3 tells handlers it supports (AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES).
 EXTENSION_FEATURES = [{"Key": "ExtensionTelemetryPipeline", "Value": "1.0"}]
 DEPENDENCY_TIMEOUT = 90 * 60.0
+# Manifests and packages fetched at once when a goal state is read (independent handlers).
+ARTIFACT_WORKERS = 4
 DEPENDENCY_POLL = 5.0
 # Tests and benchmarks shorten waagent's waits (seconds) through these variables.
 TIMEOUT_VARIABLE = "WAAGENT_HANDLER_TIMEOUT"
@@ -262,29 +265,81 @@ def resolve_versions(ctx: Context, state: Any, handlers: list[dict[str, Any]]) -
     """The version each enabled handler gets, from its manifest: the highest offered whose
     leading components are the requested ones ("1.0" takes 1.0.7), as waagent's
     decide_version does on each goal state. Its directory and package are named by it.
-    A manifest that cannot be read leaves the requested version (download says why)."""
+    A manifest that cannot be read leaves the requested version (download says why).
+
+    The handlers are independent: their manifests, and the packages not yet in Lib.Dir,
+    are fetched a few at a time. Only the fetching runs in the workers; packages are
+    checked and written here, one at a time. A package that could not be fetched is left
+    to the handler's download task, which retries and reports it."""
+    wanted = [h for h in handlers
+              if h["state"] == "enabled" and not h.get("invalid") and h["uris"]]
+    if len(wanted) < 2 or ctx.run.plan:
+        for handler in wanted:
+            _resolve(ctx, artifact_client(ctx, state), handler, prefetch=False)
+        return
+    import queue
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    # A client per worker: a client's connections serve one request at a time.
+    workers = min(ARTIFACT_WORKERS, len(wanted))
+    idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    for _ in range(workers):
+        idle.put(new_artifact_client(ctx, state, rounds=1))
+
+    def resolve(handler: dict[str, Any]) -> bytes | None:
+        client = idle.get()
+        try:
+            return _resolve(ctx, client, handler, prefetch=True)
+        finally:
+            idle.put(client)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artifacts") as pool:
+            futures = {pool.submit(resolve, handler): handler for handler in wanted}
+            for future in as_completed(futures):
+                handler, data = futures[future], future.result()
+                if data is None:
+                    continue
+                try:
+                    keep_package(ctx, handler["name"], handler["version"], data)
+                except ExtensionFailed as err:
+                    log.info("%s: %s: its download task tries again", handler["name"], err)
+    finally:
+        while not idle.empty():
+            idle.get().close()
+
+
+def _resolve(ctx: Context, client: Any, handler: dict[str, Any], *,
+             prefetch: bool) -> bytes | None:
+    """Set one handler's version from its manifest; with `prefetch`, return its package
+    when Lib.Dir has neither the package nor the handler's directory."""
     from wire.artifacts import pick_version
 
-    for handler in handlers:
-        if handler["state"] != "enabled" or handler.get("invalid") or not handler["uris"]:
-            continue
-        try:
-            manifest = artifact_client(ctx, state).manifest(handler["uris"],
-                                                            handler=handler["name"])
-        except AgentError as err:
-            handler["resolve_error"] = f"Failed to download artifacts: {err}"
-            continue
-        chosen = pick_version(manifest, handler["version"])
-        if chosen is None:
-            handler["resolve_error"] = (f"Unable to find version {handler['version']} in "
-                                        f"manifest for extension {handler['name']}")
-            continue
-        if chosen.version != handler["version"]:
-            log.info("%s: version %s resolves to %s", handler["name"], handler["version"],
-                     chosen.version)
-        handler["requested_version"] = handler["version"]
-        handler["version"] = chosen.version
-        handler["package_uris"] = list(chosen.uris)
+    try:
+        manifest = client.manifest(handler["uris"], handler=handler["name"])
+    except AgentError as err:
+        handler["resolve_error"] = f"Failed to download artifacts: {err}"
+        return None
+    chosen = pick_version(manifest, handler["version"])
+    if chosen is None:
+        handler["resolve_error"] = (f"Unable to find version {handler['version']} in "
+                                    f"manifest for extension {handler['name']}")
+        return None
+    if chosen.version != handler["version"]:
+        log.info("%s: version %s resolves to %s", handler["name"], handler["version"],
+                 chosen.version)
+    handler["requested_version"] = handler["version"]
+    handler["version"] = chosen.version
+    handler["package_uris"] = list(chosen.uris)
+    if not prefetch or not _package_missing(ctx, handler["name"], chosen.version):
+        return None
+    try:
+        return bytes(client.package(chosen.uris, handler=handler["name"],
+                                    version=chosen.version))
+    except AgentError as err:
+        log.info("%s %s: package not fetched ahead (%s): its download task tries again",
+                 handler["name"], chosen.version, err)
+        return None
 
 
 def processed_status(unsupported: Sequence[str], incarnation: str) -> dict[str, Any]:
@@ -341,15 +396,19 @@ def _on_hold(ctx: Context, blob_url: str | None) -> bool:
 
 
 def artifact_client(ctx: Context, state: Any) -> Any:
+    """The artifact client of this run (one, for the tasks, which run one at a time)."""
+    found = ctx.state.artifact_client
+    if found is None:
+        found = ctx.state.artifact_client = new_artifact_client(ctx, state)
+    return found
+
+
+def new_artifact_client(ctx: Context, state: Any, *, rounds: int = 3) -> Any:
     from tasks.status import proxy
     from wire.artifacts import ArtifactClient
 
-    found = ctx.state.artifact_client
-    if found is None:
-        found = ctx.state.artifact_client = ArtifactClient(
-            hostplugin_client(ctx, state, retry=False), proxy=proxy(ctx),
-            backoff=float(os.environ.get(BACKOFF_VARIABLE) or 2.0))
-    return found
+    return ArtifactClient(hostplugin_client(ctx, state, retry=False), proxy=proxy(ctx),
+                          rounds=rounds, backoff=float(os.environ.get(BACKOFF_VARIABLE) or 2.0))
 
 
 # -- where things are ---------------------------------------------------------------------
@@ -564,12 +623,9 @@ def handler_tasks(ctx: Context, handler: Handler, goal_id: str) -> Iterator[Task
     inputs_of = {"version": version, "goal_state": goal_id, "state": handler.state,
                  "settings": settings_digest(handler),
                  "seq": [s.seq_no for s in handler.settings]}
-    yield _task(name, "download", f"download {name} {version}: manifest, then the package",
-                download_package, ctx, handler,
-                uptodate=[Probe("package", lambda: _package_missing(ctx, name, version))])
-    yield _task(name, "unpack", f"check the {name} {version} zip, unpack it into Lib.Dir, "
-                "HandlerEnvironment.json", unpack_package, ctx, handler, deps=["download"],
-                uptodate=[Probe("unpacked", lambda: _not_unpacked(ctx, name, version))])
+    yield _task(name, "unpack", f"fetch the {name} {version} zip (when not in Lib.Dir), check "
+                "it, unpack it into Lib.Dir, HandlerEnvironment.json", unpack_package, ctx,
+                handler, uptodate=[Probe("unpacked", lambda: _not_unpacked(ctx, name, version))])
     yield _task(name, "settings", f"write the settings of {name} (seq {_seqs(handler)})",
                 write_settings, ctx, handler, deps=["unpack"],
                 uptodate=[Inputs(f"ext-settings-{name}", lambda: inputs_of),
@@ -696,12 +752,9 @@ def failing(operation: str) -> Callable[[Action], Action]:
     return wrap
 
 
-@failing("download")
 def download_package(ctx: Context, handler: Handler) -> None:
-    """Fetch the manifest, pick the version, keep the package in Lib.Dir."""
-    if handler.invalid:
-        raise ExtensionFailed(f"Ran into config errors: {handler.invalid}. Please retry again as "
-                              "another operation with updated settings", CODE_GOAL_STATE)
+    """Fetch the manifest (unless read with the goal state), pick the version, keep the
+    package in Lib.Dir."""
     target = package_path(ctx, handler.name, handler.version)
     if ctx.run.plan:
         ctx.run.record("download", target.name, f"{handler.name} {handler.version} package")
@@ -728,12 +781,17 @@ def download_package(ctx: Context, handler: Handler) -> None:
         data = client.package(chosen.uris, handler=handler.name, version=chosen.version)
     except AgentError as err:
         raise ExtensionFailed(f"Failed to download artifacts: {err}", CODE_DOWNLOAD) from None
+    keep_package(ctx, handler.name, handler.version, data)
+
+
+def keep_package(ctx: Context, name: str, version: str, data: bytes) -> None:
+    """A downloaded package into Lib.Dir, checked first (ExtensionFailed when refused)."""
+    target = package_path(ctx, name, version)
     check_package(target, data)
     # 0644, as waagent 2.7.3 leaves it. Not fsynced: the package is a cache, checked
     # (check_package) before it is unpacked, so one lost or damaged in a power cut is
     # fetched again, never unpacked.
-    ctx.fs.write(target, data, mode=0o644, durable=False,
-                 why=f"{handler.name} {handler.version} package")
+    ctx.fs.write(target, data, mode=0o644, durable=False, why=f"{name} {version} package")
 
 
 # The packages this process checked: path -> the digest of the bytes checked and their
@@ -767,12 +825,18 @@ HANDLER_STATE_ENTRIES = ("config", "status", "mrseq", "heartbeat.log")
 
 @failing("download")
 def unpack_package(ctx: Context, handler: Handler) -> None:
-    """Check the package (a damaged one is removed, to be fetched again; the bytes this
+    """Fetch the package when Lib.Dir has neither it nor the handler's tree (waagent's
+    `download`), check it (a damaged one is removed, to be fetched again; the bytes this
     process downloaded and checked are known by their digest), unpack it and set the
     handler up: manifest, config/, status/, logs, HandlerEnvironment.json (waagent's
     `initialize`)."""
     from system.unpack import UnsafeArchive, unpack_zip
 
+    if handler.invalid:
+        raise ExtensionFailed(f"Ran into config errors: {handler.invalid}. Please retry again as "
+                              "another operation with updated settings", CODE_GOAL_STATE)
+    if _package_missing(ctx, handler.name, handler.version):
+        download_package(ctx, handler)
     directory = handler_dir(ctx, handler.name, handler.version)
     package = package_path(ctx, handler.name, handler.version)
     # A repair (a tree that lost files) keeps what an installed handler has: waagent never

@@ -87,6 +87,14 @@ class ArtifactClient:
         raise ArtifactUnavailable(f"could not download {what} after {self.rounds} rounds over "
                                   f"the HostGAPlugin and {len(locations)} location(s): {shown}")
 
+    def close(self) -> None:
+        """Close the connections this client keeps open."""
+        for http in (self._http, getattr(self.hostplugin, "http", None)):
+            if http is not None:
+                http.close()
+        if self._session is not None:
+            self._session.close()
+
     def _channels(self, locations: Sequence[str]) -> list[tuple[str, str]]:
         via_plugin = [("HostGAPlugin", u) for u in locations] if self.hostplugin else []
         return via_plugin + [("direct", u) for u in locations]

@@ -1,5 +1,5 @@
 """HttpProxy and extension artifacts, through the agent's own download path (gather, then
-extensions:<Handler>:download): manifests and packages come through the HostGAPlugin,
+extensions:<Handler>:unpack): manifests and packages come through the HostGAPlugin,
 never through the proxy; when the HostGAPlugin fails, straight from their locations
 through the proxy (a recording proxy on 127.0.0.1). No root needed."""
 

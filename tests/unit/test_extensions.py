@@ -110,7 +110,7 @@ def task_names(ctx: Context, *handlers: dict[str, Any]) -> list[str]:
     return [t["name"] for t in ext.generate(ctx)]
 
 
-CHAIN = ["download", "unpack", "settings"]
+CHAIN = ["unpack", "settings"]
 
 
 @pytest.mark.parametrize(("on_disk", "requested", "want"), [
@@ -147,7 +147,7 @@ def test_depends_on_levels_order_and_wait(tmp_path: Path) -> None:
     tasks = list(ext.generate(ctx))
     names = [t["name"] for t in tasks]
     assert names[0] == "Z.Gone:uninstall"  # non-enabled first
-    assert names.index("A.First:wait") < names.index("B.Second:download")
+    assert names.index("A.First:wait") < names.index("B.Second:unpack")
     assert "C.Third:wait" not in names  # the highest level waits for nobody
     third = next(t for t in tasks if t["name"] == "C.Third:enable")
     assert {"extensions:A.First:wait", "extensions:B.Second:wait"} <= set(third["task_dep"])
@@ -412,7 +412,7 @@ def test_depends_on_waits_for_each_extension_of_a_multi_config_handler(tmp_path:
     wait = tasks["Run.Command:wait"]
     waited = wait["actions"][0][1][-1]
     assert [s.name for s in waited] == ["first", "second"]
-    assert "extensions:Run.Command:wait" in tasks["Later.One:download"]["task_dep"]
+    assert "extensions:Run.Command:wait" in tasks["Later.One:unpack"]["task_dep"]
     assert "Later.One:wait" not in tasks
 
     # The first extension succeeded, the second failed: Later.One is not handled.
@@ -488,3 +488,55 @@ def test_a_fresh_unpack_is_not_installed(tmp_path: Path) -> None:
     ext.unpack_package(ctx, h)
     assert ext.handler_state(ctx, h.name, h.version) == ext.NOT_INSTALLED
     assert ext._not_installed(ctx, h.name, h.version) is not None
+
+
+class FakeArtifactServer:
+    """Manifests and packages by URL, for the clients resolve_versions makes."""
+
+    def __init__(self, packages: dict[str, bytes | None]) -> None:
+        self.packages = packages  # handler name -> its package (None: the fetch fails)
+        self.closed = 0
+        self.threads: set[str] = set()
+
+    def client(self, ctx: Context, state: Any, *, rounds: int = 3) -> Any:
+        import threading
+
+        from wire.artifacts import ArtifactUnavailable
+        from wire.handlers import ManifestVersion, PluginVersionManifest
+
+        server = self
+
+        class Client:
+            def manifest(self, uris: Any, *, handler: str) -> PluginVersionManifest:
+                server.threads.add(threading.current_thread().name)
+                return PluginVersionManifest((ManifestVersion("1.0.7", (f"http://x/{handler}",)),))
+
+            def package(self, uris: Any, *, handler: str, version: str) -> bytes:
+                found = server.packages[handler]
+                if found is None:
+                    raise ArtifactUnavailable("no channel delivered it")
+                return found
+
+            def close(self) -> None:
+                server.closed += 1
+
+        return Client()
+
+
+def test_manifests_and_packages_of_a_goal_state_are_fetched_a_few_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = context(tmp_path)
+    server = FakeArtifactServer({"A.One": probe_zip(), "B.Two": None, "C.Bad": b"not a zip",
+                                 "D.Four": probe_zip(), "E.Five": probe_zip()})
+    monkeypatch.setattr(ext, "new_artifact_client", server.client)
+    monkeypatch.setattr(ext, "ARTIFACT_WORKERS", 2)
+    handlers = [{**handler(name, version="1.0")} for name in server.packages]
+    install(ctx, "E.Five", "1.0.7", "Enabled")  # installed: its package is not fetched again
+    ext.resolve_versions(ctx, object(), handlers)
+    assert {h["name"]: h["version"] for h in handlers} == dict.fromkeys(server.packages, "1.0.7")
+    assert all(h["package_uris"] == [f"http://x/{h['name']}"] for h in handlers)
+    packages = {p.name for p in ctx.lib_dir.glob("*.zip")}
+    # B.Two's fetch failed and C.Bad's package was refused: their download tasks try again.
+    assert packages == {"A.One__1.0.7.zip", "D.Four__1.0.7.zip"}
+    assert server.threads and all(t.startswith("artifacts") for t in server.threads)
+    assert server.closed == 2  # a client per worker, closed at the end
