@@ -31,6 +31,15 @@ the VM has no time namespace, and the fabric stamps its publications with the sa
    it goes by mapping (heap and anonymous memory, the interpreter, shared libraries).
 
 --quick: 3 latency samples (default 7).
+
+--counts: figures that do not move with the machine's load, ours only, instead of the VM
+runs: a chroot Debian root (tests/support/debian_root.py) provisioned against the fabric on
+127.0.0.1, then one `waagent -run-exthandlers chroot=y` pass that installs and enables the
+20 probes, three times: plain (the run report's task time, minus the commands' own time,
+per handler), under `strace -c` (the agent process's syscalls: fsync, openat, rename,
+mkdir, vfork), and under callgrind (the agent process's instructions, less a pass whose new
+goal state has no handler, per handler). In chroot mode every command starts through
+chroot(8) and a second shell, which the VM runs do not pay.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ SETTLE_TIMEOUT = 600.0
 RSS_EVERY = 0.05
 AGENT_COMMS = ("python3", "waagent")
 TARGETS = {"latency": 0.3, "overhead_ms": 20.0, "peak_rss": 0.6}
+# What the chroot root holds beyond debian_root's defaults (tests/integration's root).
+COUNTS_PACKAGES = ("python3", "fdisk", "e2fsprogs", "openssl")
 
 
 @dataclass
@@ -282,14 +293,107 @@ class AgentVm:
         self.figures.processes = sorted(set(seen.values()))
 
 
+COUNTED_SYSCALLS = ("fsync", "openat", "rename", "mkdir", "vfork", "newfstatat", "connect")
+
+
+def chroot_pass(handlers: int, wrap: list[str], work: Path) -> tuple[Path, float]:
+    """A fresh chroot root provisioned with no handler, then one -run-exthandlers pass
+    (under `wrap`) that handles `handlers` new probes; the root and the pass's wall time."""
+    import os
+    import subprocess
+
+    from fabric import Fabric, build_media, default_scenario
+    from tests.integration.provisioning import BASE_CONF, WAAGENT
+    from tests.sandbox import product_uuid_for
+    from tests.support import debian_root
+
+    work.mkdir(parents=True)
+    root = debian_root.fresh_debian_root(work / "vm", (*debian_root.DEFAULT_PACKAGES,
+                                                       *COUNTS_PACKAGES))
+    scenario = default_scenario()
+    scenario.extensions = []
+    dmi = root / "sys/class/dmi/id"
+    dmi.mkdir(parents=True, exist_ok=True)
+    (dmi / "product_uuid").write_text(product_uuid_for(scenario.vm_id))
+    (root / "etc/waagent.conf").write_text(BASE_CONF)
+    env = {**os.environ, "WAAGENT_HANDLER_TIMEOUT": "60", "WAAGENT_ARTIFACT_BACKOFF": "0.1"}
+    with Fabric(scenario) as fabric:
+        where = [f"root={root}", "chroot=y", f"wireserver={fabric.wire_url}",
+                 f"hostplugin={fabric.hostplugin_url}"]
+        subprocess.run([WAAGENT, "provision", *where,
+                        f"media={build_media(scenario, work / 'ovf.iso')}"],
+                       capture_output=True, check=True, env=env, timeout=600)
+        if not handlers:
+            fabric.bump_incarnation()
+        for name in HANDLERS[:handlers]:
+            fabric.set_extension(name, version="1.0.0", public_settings={"n": 1},
+                                 package=str(build_probe(work / f"{name}.zip", name)))
+        started = time.monotonic()
+        subprocess.run([*wrap, WAAGENT, "-run-exthandlers", *where], capture_output=True,
+                       check=True, env=env, timeout=600)
+        wall = time.monotonic() - started
+    states = [(root / f"var/lib/waagent/{name}-1.0.0/config/HandlerState").read_text()
+              for name in HANDLERS[:handlers]]
+    if states != ["Enabled"] * handlers:
+        raise RuntimeError(f"the probes did not all end Enabled: {states}")
+    return root, wall
+
+
+def counts(work: Path) -> int:
+    """The --counts figures (see the module's docstring)."""
+    import re
+
+    root, wall = chroot_pass(len(HANDLERS), [], work / "plain")
+    report = json.loads(sorted((root / "var/lib/waagent/runs").glob("*.json"))[-1].read_text())
+    tasks = {name: entry for name, entry in report["tasks"].items()
+             if name.startswith("extensions:")}
+    task_time = sum(entry.get("duration") or 0.0 for entry in tasks.values())
+    commands = sum(end - start for name in HANDLERS for start, end, *_ in timings(root, name))
+    per = len(HANDLERS)
+    print(f"20 handlers, chroot: wall {wall:.2f} s, run {report['seconds']:.2f} s, "
+          f"{len(tasks)} extensions tasks, their time {task_time:.3f} s, commands "
+          f"{commands:.3f} s: task time minus commands {(task_time - commands) / per * 1000:.1f}"
+          f" ms a handler", flush=True)
+
+    root, _ = chroot_pass(len(HANDLERS), ["strace", "-c", "-o", str(work / "strace.txt")],
+                          work / "strace")
+    calls: dict[str, int] = {}
+    for line in (work / "strace.txt").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[-1] in COUNTED_SYSCALLS:
+            calls[parts[-1]] = int(parts[3])
+    print("syscalls of the agent process, a handler: " + ", ".join(
+        f"{name} {calls.get(name, 0) / per:.1f}" for name in COUNTED_SYSCALLS), flush=True)
+
+    instructions = []
+    for handlers in (len(HANDLERS), 0):
+        out = work / f"callgrind.{handlers}"
+        chroot_pass(handlers, ["valgrind", "--tool=callgrind", "--trace-children=no",
+                               f"--callgrind-out-file={out}"], work / f"callgrind-{handlers}")
+        found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(errors="replace"), re.M)
+        instructions.append(int(found[1]) if found else 0)
+    print(f"instructions of the agent process: {instructions[0] / 1e6:.1f}M with 20 handlers, "
+          f"{instructions[1] / 1e6:.1f}M with none: "
+          f"{(instructions[0] - instructions[1]) / per / 1e6:.2f}M a handler", flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 latency samples")
     parser.add_argument("--samples", type=int, help="latency samples (default 7, quick 3)")
     parser.add_argument("--keep", help="keep the labs' logs and records here")
+    parser.add_argument("--counts", action="store_true",
+                        help="load-independent figures in a chroot root, ours only")
     args = parser.parse_args()
     args.samples = args.samples or (3 if args.quick else 7)
+    if args.counts:
+        work = Path(tempfile.mkdtemp(prefix="waagent-bench-extension-counts-"))
+        try:
+            return counts(work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     reason = harness.skip_reason(harness.WAAGENT_PACKAGES)
     if reason:
         print(f"bench/extensions.py: {reason}", file=sys.stderr)
