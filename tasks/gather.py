@@ -8,8 +8,9 @@ gather:goalstate the goal state: runs every time, it is how changes reach the VM
                  (first, before any provisioning work). Its certificates are installed by
                  the `certificates` area.
 gather:extensions the extensions goal state (ExtensionsConfig or FastTrack vmSettings, the
-                 newer): gather:goalstate stores it with a new goal state, this task when
-                 the daemon saw a new vmSettings ETag
+                 newer), for a new goal state or when the daemon saw a new vmSettings ETag.
+                 A task of its own so that the provision group can read it after Ready:
+                 nothing on the way to Ready needs the extensions.
 """
 
 from __future__ import annotations
@@ -58,12 +59,16 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
         "actions": [(gather_goal_state, [ctx])],
         "task_dep": ["gather:vm"],
     }
+    # Its own check, so that the action can tell a new goal state (both documents are
+    # read) from a new vmSettings ETag alone (vmSettings only).
+    new_goal_state = Inputs("extensions-goal-state", lambda: {
+        "goal_state": inputs.handled_goal_state(ctx)})
     yield {
         "name": "extensions",
         "doc": "the extensions goal state: ExtensionsConfig or FastTrack vmSettings, the newer",
-        "actions": [(gather_extensions, [ctx])],
+        "actions": [(gather_extensions_of, [ctx, new_goal_state])],
         "task_dep": ["gather:goalstate"],
-        "uptodate": [Inputs("extensions-source", lambda: extensions_source(ctx))],
+        "uptodate": [new_goal_state, Inputs("extensions-source", lambda: extensions_source(ctx))],
     }
 
 
@@ -74,12 +79,12 @@ def extensions_source(ctx: Context) -> dict[str, Any]:
     return source_inputs(ctx)
 
 
-def gather_extensions(ctx: Context, state: GoalState | None = None) -> None:
-    """Store the extensions goal state of a new goal state, or of a new vmSettings
-    (tasks/extensions.py)."""
-    from tasks.extensions import gather_extensions as gather
+def gather_extensions_of(ctx: Context, new_goal_state: Inputs) -> None:
+    """gather:extensions: with the goal state when it is not the one last gathered from
+    (its check gave a reason to run), else for a new vmSettings alone (tasks/extensions.py)."""
+    from tasks.extensions import gather_extensions
 
-    gather(ctx, state)
+    gather_extensions(ctx, inputs.goal_state(ctx) if new_goal_state.reason else None)
 
 
 def vm_summary(ctx: Context) -> dict[str, Any]:
@@ -150,7 +155,8 @@ def gather_goal_state(ctx: Context) -> None:
     """Fetch the goal state and store its facts; NotReady/Provisioning for a new VM.
 
     The document the stored facts came from is not parsed again. Its certificates are
-    the `certificates` area's: they wait for the transport key pair.
+    the `certificates` area's: they wait for the transport key pair; its extensions are
+    gather:extensions'.
     """
     state = None if inputs.goal_state_unchanged(ctx) else inputs.goal_state(ctx)
     if not inputs.is_provisioned(ctx) and inputs.mode(ctx) != "disabled":
@@ -159,7 +165,6 @@ def gather_goal_state(ctx: Context) -> None:
         report_provisioning(ctx)
     if state is not None:
         store_goal_facts(ctx, state)
-        gather_extensions(ctx, state)
 
 
 def store_goal_facts(ctx: Context, state: GoalState) -> None:

@@ -164,7 +164,7 @@ def goal_state_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _handled_goal_state(ctx: Context) -> str | None:
+def handled_goal_state(ctx: Context) -> str | None:
     """The digest of the goal state document whose facts are stored (None before the
     first one, and for facts stored by an agent that kept no digest)."""
     stored = stored_facts(ctx, "goalstate")
@@ -180,7 +180,7 @@ def goal_state_unchanged(ctx: Context) -> bool:
     """
     from wire import decode_text
 
-    handled = _handled_goal_state(ctx)
+    handled = handled_goal_state(ctx)
     if handled is None:
         return False
     document = ctx.state.goal_state_document = wireserver(ctx).goal_state_document()

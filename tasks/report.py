@@ -4,6 +4,8 @@ report:cloudinit     (cloud-init provisions) wait for its ovf-env.xml and host k
 report:provisioned   `<Lib.Dir>/provisioned` holds this VM's id
 report:ready         Ready, once per VM and goal state incarnation
 report:standdown     ProvisionGuestAgent=false: the agent stands down after Ready
+report:hostkey       the SSH host key's fingerprint (a role property), after Ready as the
+                     platform's agent sends it: Ready does not wait for it
 
 NotReady/Provisioning goes out with the first goal state of a VM that is not
 provisioned yet (`report_provisioning`, called by gather:goalstate), before any
@@ -84,6 +86,14 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
                 "vm_id": inputs.vm_id(ctx),
                 "provision_guest_agent": inputs.ovf_facts(ctx)["provision_guest_agent"]})],
         }
+        yield {
+            "name": "hostkey",
+            "doc": "report the SSH host key fingerprint to the platform",
+            "actions": [(report_host_key, [ctx])],
+            "task_dep": ["report:ready", "ssh:reload"],
+            "uptodate": [Inputs("hostkey-report", lambda: {
+                "vm_id": inputs.vm_id(ctx), "thumbprint": _host_key_thumbprint(ctx)})],
+        }
 
 
 def _post(ctx: Context, report: Any, *, patient: bool = False) -> None:
@@ -144,6 +154,23 @@ def stand_down_if_asked(ctx: Context) -> None:
         ctx.fs.remove(marker, why="ProvisionGuestAgent is true")
         return
     ctx.fs.write(marker, "", mode=0o600, why="ProvisionGuestAgent=false: agent stands down")
+
+
+def _host_key_thumbprint(ctx: Context) -> str:
+    from tasks.ssh import host_key_thumbprint
+
+    return host_key_thumbprint(ctx)
+
+
+def report_host_key(ctx: Context) -> None:
+    """Tell the platform the host key fingerprint (shown to the VM's owner)."""
+    state = inputs.goal_state(ctx)
+    # Recorded in a run too: a report is a change (the run report counts changes).
+    ctx.run.record("report", "role property CertificateThumbprint", "host key fingerprint")
+    if ctx.run.plan:
+        return
+    inputs.wireserver(ctx).report_role_properties(
+        state, {"CertificateThumbprint": _host_key_thumbprint(ctx)})
 
 
 def report_failure(ctx: Context, message: str) -> None:

@@ -5,7 +5,8 @@ ssh:keypairs         private keys the platform delivered, installed where the OV
 ssh:hostkeys         new host keys for this VM (Provisioning.RegenerateSshHostKeyPair)
 ssh:config           PasswordAuthentication & co. and ClientAliveInterval, checked by sshd -t
 ssh:reload           sshd reads the changes, only when its files changed
-ssh:report           the host key's fingerprint to the platform (role properties)
+
+The host key's fingerprint goes to the platform after Ready (report:hostkey).
 """
 
 from __future__ import annotations
@@ -79,14 +80,6 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
         "task_dep": ["ssh:config"],
         # Reruns exactly when a file sshd reads changed since the last reload.
         "uptodate": [Inputs("sshd-files", lambda: sshd_file_digests(ctx))],
-    }
-    yield {
-        "name": "report",
-        "doc": "report the SSH host key fingerprint to the platform",
-        "actions": [(report_host_key, [ctx])],
-        "task_dep": ["ssh:reload", "gather:goalstate"],
-        "uptodate": [Inputs("hostkey-report", lambda: {
-            "vm_id": inputs.vm_id(ctx), "thumbprint": host_key_thumbprint(ctx)})],
     }
     # Last: they wait for the certificates (see the provision group in tasks/__init__.py).
     yield once(ctx, "ssh", {
@@ -313,17 +306,6 @@ def host_key_thumbprint(ctx: Context) -> str:
                        "to report") from None
     digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
     return f"SHA256{digest}"
-
-
-def report_host_key(ctx: Context) -> None:
-    """Tell the platform the host key fingerprint (shown to the VM's owner)."""
-    state = inputs.goal_state(ctx)
-    # Recorded in a run too: a report is a change (the run report counts changes).
-    ctx.run.record("report", "role property CertificateThumbprint", "host key fingerprint")
-    if ctx.run.plan:
-        return
-    inputs.wireserver(ctx).report_role_properties(
-        state, {"CertificateThumbprint": host_key_thumbprint(ctx)})
 
 
 # -- sshd_config ------------------------------------------------------------------------------

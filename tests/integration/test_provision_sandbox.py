@@ -107,18 +107,19 @@ def test_first_boot_provisions_everything(harness: Harness) -> None:
 def test_boot_order_overlaps_the_key_generation_and_reports_ready_before_the_disk(
         harness: Harness) -> None:
     """The certificates wait for the transport key pair: everything that does not need
-    them runs first; Ready goes out before the hostname publish and the resource disk."""
+    them runs first; Ready goes out before the host key report, the hostname publish and
+    the resource disk."""
     harness.run(check=True)
     tasks = harness.last_report()["tasks"]
     order = sorted((entry["start"], name) for name, entry in tasks.items() if "start" in entry)
     position = {name: index for index, (_start, name) in enumerate(order)}
     before_certificates = ["gather:goalstate", "hostname:set", "user:account", "user:password",
-                           "ssh:hostkeys", "ssh:config", "ssh:reload", "ssh:report"]
+                           "ssh:hostkeys", "ssh:config", "ssh:reload"]
     for name in before_certificates:
         assert position[name] < position["certificates:install"], order
     for name in ("ssh:authorized_keys", "ssh:keypairs"):
         assert position["certificates:install"] < position[name] < position["report:ready"]
-    for name in ("publish:hostname", "disk:partition", "disk:swapfile"):
+    for name in ("report:hostkey", "publish:hostname", "disk:partition", "disk:swapfile"):
         assert position["report:ready"] < position[name], order
 
 
@@ -165,7 +166,7 @@ def test_host_key_type_change_reruns_exactly_the_host_key_tasks(harness: Harness
     harness.run(check=True)
     harness.set_conf(BASE_CONF + "Provisioning.SshHostKeyPairType=ed25519\n")
     harness.run(check=True)
-    assert harness.ran() == {"gather:goalstate", "ssh:hostkeys", "ssh:reload", "ssh:report"}
+    assert harness.ran() == {"gather:goalstate", "ssh:hostkeys", "ssh:reload", "report:hostkey"}
     keys = sorted(p.name for p in (harness.root / "etc/ssh").glob("ssh_host_*"))
     assert keys == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
     reasons = harness.last_report()["tasks"]["ssh:hostkeys"]["reason"]
@@ -177,8 +178,8 @@ def test_new_certificates_in_a_new_incarnation_rerun_the_key_tasks(harness: Harn
     incarnation = harness.fabric.bump_incarnation(add_certificates=["rotated"])
     fetched = len(harness.fabric.record.requests(route="goalstate"))
     harness.run(check=True)
-    assert harness.ran() == {"gather:goalstate", "certificates:install", "ssh:authorized_keys",
-                             "ssh:keypairs", "report:ready"}
+    assert harness.ran() == {"gather:goalstate", "gather:extensions", "certificates:install",
+                             "ssh:authorized_keys", "ssh:keypairs", "report:ready"}
     assert harness.health()[-1] == ("Ready", None, None)
     # The changed document is fetched once: the check keeps it for the parser.
     assert len(harness.fabric.record.requests(route="goalstate")) == fetched + 1

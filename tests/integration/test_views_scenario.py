@@ -24,7 +24,7 @@ def vm(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
     scenario = default_scenario()
     root = make_sandbox_root(tmp_path / "vm", scenario.vm_id)
     media = build_media(scenario, tmp_path / "ovf.iso")
-    # Host keys made by the agent: the sandbox has none, and ssh:report needs one.
+    # Host keys made by the agent: the sandbox has none, and report:hostkey needs one.
     write_conf(root, {"ResourceDisk.EnableSwap": "y", "ResourceDisk.SwapSizeMB": 2048,
                       "Provisioning.RegenerateSshHostKeyPair": "y"})
     with Fabric(scenario) as fabric:
