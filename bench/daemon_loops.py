@@ -35,6 +35,7 @@ def process_cpu() -> float:
 
 def loops(setup: dict[str, Any]) -> dict[str, Any]:
     from graph.daemon import Daemon
+    from tasks.extension_status import SETTLED_NS
     from wire.http import HttpClient
 
     # The fabric's control channel, through the agent's own HTTP client: nothing new loaded.
@@ -50,7 +51,10 @@ def loops(setup: dict[str, Any]) -> dict[str, Any]:
                      "hostplugin": setup["urls"]["hostplugin"], "media": setup["media"]})
     if daemon.run_graph("provision", why="start") != 0:
         raise RuntimeError("the sandbox did not provision")
-    # The goal-state pass alone (no monitors, nothing new): its CPU per pass.
+    # The goal-state pass alone (no monitors, nothing new): its CPU per pass. Its first
+    # loop comes Extensions.InitialGoalStatePeriod after provisioning, when the files the
+    # status is read from are old enough to be trusted by their stamps (StatusParts).
+    time.sleep(SETTLED_NS / 1e9)
     for _ in range(setup["idle_warm"]):
         daemon.goal_state_pass()
     cpu0 = process_cpu()

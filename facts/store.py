@@ -7,6 +7,7 @@ the OVF is stored as OvfEnv.public_facts() (a password flag, a custom data
 sha256), and a document holding any registered secret is refused.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -105,9 +106,17 @@ class CertificateKey(TypedDict):
 
 def facts_path(root: Root, conf: Config, name: str) -> Path:
     """The real path of a facts file, `<Lib.Dir>/facts/<name>.json`."""
+    return root / conf.required_path("Lib.Dir") / FACTS_DIR / _file_name(name)
+
+
+@functools.cache
+def _file_name(name: str) -> str:
+    """`<name>.json`, one string per name for the process's life: pathlib interns every
+    part of a path, and a part made anew at each use would be interned anew each time,
+    wasting a slot of CPython's interned-string table each time (the daemon's memory)."""
     if not _NAME.fullmatch(name):
         raise ValueError(f"facts name {name!r} must be lower-case letters, digits, '-' or '_'")
-    return root / conf.required_path("Lib.Dir") / FACTS_DIR / f"{name}.json"
+    return f"{name}.json"
 
 
 def to_jsonable(value: Any) -> Any:

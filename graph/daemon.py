@@ -137,13 +137,17 @@ class Daemon:
         extensions.AGENT_START = f"daemon-{os.getpid()}-{time.time():.0f}"
         self.stopping = False
         self.reload_asked = False
+        self.conf_path = self._conf_path()
         self.conf_stamp = self._conf_stamp()
         self.goal_state_digest: str | None = None
         self.goal_state: Any = None  # wire.documents.GoalState of that digest
         self.target: Any = None  # tasks.status.StatusTarget of that goal state
         self.vm_settings_etag: str | None = None
         self.fast_track_next = 0.0
-        self.status_key: str | None = None
+        self.status_key: Any = None  # the last blob without its times (tasks.status)
+        from tasks.extension_status import StatusParts
+
+        self.status_parts = StatusParts()
         self.monitors: dict[str, Monitor] = {}
         # Per monitor task: the inputs its fingerprint checks saw when they last passed.
         self.monitor_values: dict[str, dict[str, Any]] = {}
@@ -312,11 +316,9 @@ class Daemon:
         if self.target is None:
             return
         try:
-            from tasks.extension_status import goal_state_status, handler_statuses
-
-            blob = build_status(self.ctx, self.target, handlers=handler_statuses(self.ctx),
-                                update_status=self.updater.status,
-                                goal_state=goal_state_status(self.ctx, self.target.in_svd_seq_no))
+            parts = self.status_parts.get(self.ctx, self.target.in_svd_seq_no)
+            blob = build_status(self.ctx, self.target, handlers=parts.handlers,
+                                update_status=self.updater.status, goal_state=parts.goal_state)
             content = encode(blob)
             via = upload_status(self.ctx, self.target, content)
             new, self.status_key = status_is_new(self.status_key, blob)
@@ -357,18 +359,21 @@ class Daemon:
         except AgentError as err:
             log.error("waagent.conf not reloaded: %s", err)
             return
+        self.conf_path = self._conf_path()
         self.state["conf_reloads"] += 1
         self.target = self.goal_state = self.goal_state_digest = None
         self._schedule_monitors()
         self.run_graph("provision", why="waagent.conf changed")
 
     def _conf_path(self) -> Path:
+        """Found once per context and kept: each loop stats it (a Path made anew every loop
+        would also intern its parts anew, issue 17)."""
         given = self.variables.get("conf")
         return Path(given) if given else self.ctx.root.follow(DEFAULT_CONF)
 
     def _conf_stamp(self) -> tuple[int, int] | None:
         try:
-            st = self._conf_path().stat()
+            st = self.conf_path.stat()
         except FileNotFoundError:
             return None
         return st.st_mtime_ns, st.st_size

@@ -1,15 +1,21 @@
-"""The handlers' part of the status blob, read from their files every loop: each handler's
+"""The handlers' part of the status blob, read from their files: each handler's
 config/HandlerStatus and HandlerState, its heartbeat (Unresponsive after 600 s), and the
 status file its extension wrote (`status/<seq>.status`); and goalStateAggregateStatus.
-The daemon (graph/daemon.py) puts them in the blob it uploads."""
+The daemon (graph/daemon.py) puts them in the blob it uploads every loop, through a
+StatusParts, which reads the files again only when one of them changed."""
 
 import json
+import os
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from facts import store
 from graph.context import Context
 from tasks.extensions import (
+    FACTS,
     NOT_INSTALLED,
     Handler,
     Settings,
@@ -21,21 +27,99 @@ from tasks.extensions import (
     handlers_on_disk,
     installed_version,
     processed_status,
-    read_small,
+    status_path,
     stored_goal_state,
 )
 
 if TYPE_CHECKING:
+    from wire.status import GoalStateStatus
     from wire.status import HandlerStatus as BlobHandlerStatus
+
+# A file changed this recently may change again unseen within its time stamps' granularity
+# (the racy-git rule): what was read from it is not reused.
+SETTLED_NS = 2_000_000_000
+
+
+class Parts(NamedTuple):
+    """The handlers' part of one loop's status blob."""
+
+    handlers: "list[BlobHandlerStatus]"
+    goal_state: "GoalStateStatus | None"
+
+
+class Reads:
+    """The files a build of Parts read; `reusable` is False when the parts also depend on
+    the time (a heartbeat's age) or on a directory listing."""
+
+    def __init__(self) -> None:
+        self.files: list[Path] = []
+        self.reusable = True
+
+
+def _signature(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class StatusParts:
+    """The daemon's handlers' part of the blob, built again only when a file it was read
+    from, or a directory holding one (a file created, removed or renamed), has changed
+    since: an idle loop then stats a few files instead of reading and parsing them. The
+    paths are kept from one build to the next: made anew each loop, their parts would be
+    interned anew each time (CPython's interned-string table grows with that)."""
+
+    def __init__(self) -> None:
+        self._last: _Built | None = None
+
+    def get(self, ctx: Context, in_svd_seq_no: str) -> Parts:
+        key = (ctx.lib_dir, ctx.conf.flag("Extensions.Enabled"), in_svd_seq_no)
+        last = self._last
+        if last is not None and last.reusable and last.key == key and \
+                [_signature(path) for path in last.paths] == last.signatures:
+            return last.parts
+        reads = Reads()
+        parts = read_parts(ctx, in_svd_seq_no, reads=reads)
+        paths = [*reads.files, *dict.fromkeys(path.parent for path in reads.files)]
+        signatures = [_signature(path) for path in paths]
+        recent = time.time_ns() - SETTLED_NS
+        settled = all(sig is None or max(sig[2], sig[3]) < recent for sig in signatures)
+        self._last = _Built(key, paths, signatures, parts, reads.reusable and settled)
+        return parts
+
+
+class _Built(NamedTuple):
+    key: Any  # what else the parts depend on
+    paths: list[Path]  # the files read and their directories
+    signatures: list[tuple[int, int, int, int] | None]  # of the paths, after the build
+    parts: Parts
+    reusable: bool
+
+
+def read_parts(ctx: Context, in_svd_seq_no: str, now: float | None = None,
+               reads: Reads | None = None) -> Parts:
+    """The handlers' statuses and goalStateAggregateStatus, the stored goal state read
+    once for both; `reads` collects the files read."""
+    reads = reads or Reads()
+    reads.files.append(store.facts_path(ctx.root, ctx.conf, FACTS))
+    facts = stored_goal_state(ctx)
+    return Parts(_handler_statuses(ctx, facts, time.time() if now is None else now, reads),
+                 _goal_state_status(ctx, facts, in_svd_seq_no))
 
 
 def goal_state_status(ctx: Context, in_svd_seq_no: str) -> Any:
     """`goalStateAggregateStatus` of the last extensions goal state processed (a
     wire.status.GoalStateStatus): Failed 2001 for unsupported required features; None
     when none was processed yet (all on hold), as waagent leaves it out then."""
+    return _goal_state_status(ctx, stored_goal_state(ctx), in_svd_seq_no)
+
+
+def _goal_state_status(ctx: Context, facts: Mapping[str, Any] | None,
+                       in_svd_seq_no: str) -> Any:
     from wire.status import GoalStateStatus
 
-    facts = stored_goal_state(ctx)
     if not facts or not facts.get("id") or not ctx.conf.flag("Extensions.Enabled"):
         return GoalStateStatus(in_svd_seq_no=in_svd_seq_no)
     processed = facts.get("processed")
@@ -51,16 +135,24 @@ def goal_state_status(ctx: Context, in_svd_seq_no: str) -> Any:
 def handler_statuses(ctx: Context, now: float | None = None) -> "list[BlobHandlerStatus]":
     """The handlers of the stored goal state as the status blob reports them: each
     handler's HandlerStatus, its heartbeat (Unresponsive after 600 s), and its status file."""
-    facts = stored_goal_state(ctx)
+    return _handler_statuses(ctx, stored_goal_state(ctx), time.time() if now is None else now,
+                             Reads())
+
+
+def _handler_statuses(ctx: Context, facts: Mapping[str, Any] | None, now: float,
+                      reads: Reads) -> "list[BlobHandlerStatus]":
     if not facts or not facts.get("id"):
         return []
     found: list[BlobHandlerStatus] = []
     # A goal state failed for unsupported features: the handlers on disk, as waagent does.
-    handlers = handlers_from_disk(ctx) if facts.get("unsupported_features") \
-        else handlers_of(facts)
+    if facts.get("unsupported_features"):
+        reads.reusable = False
+        handlers = handlers_from_disk(ctx)
+    else:
+        handlers = handlers_of(facts)
     for handler in handlers:
         try:
-            found += _statuses_of(ctx, handler, time.time() if now is None else now)
+            found += _statuses_of(ctx, handler, now, reads)
         except Exception as err:  # noqa: BLE001 - one handler's files must not stop the blob
             from wire.status import HandlerStatus
 
@@ -90,17 +182,23 @@ def handlers_from_disk(ctx: Context) -> list[Handler]:
     return found
 
 
-def _statuses_of(ctx: Context, handler: Handler, now: float) -> "list[BlobHandlerStatus]":
+def _statuses_of(ctx: Context, handler: Handler, now: float,
+                 reads: Reads) -> "list[BlobHandlerStatus]":
     from facts.extensions import ExtensionError, heartbeat, read_handler_manifest
     from wire.status import ExtensionStatus, HandlerStatus
 
     directory = handler_dir(ctx, handler.name, handler.version)
-    raw = read_small(directory / "config/HandlerStatus") if (
-        directory / "config/HandlerStatus").is_file() else None
+    status_file, state_file = directory / "config/HandlerStatus", directory / "config/HandlerState"
+    manifest_file = directory / "HandlerManifest.json"
+    reads.files += [status_file, state_file, manifest_file]
+    try:
+        raw = status_file.read_bytes() if status_file.is_file() else None
+    except (FileNotFoundError, NotADirectoryError):
+        raw = None
     if raw is None:
         return []
     try:
-        stored = json.loads((directory / "config/HandlerStatus").read_text())
+        stored = json.loads(raw.decode())
     except ValueError as err:
         stored = {"status": "NotReady", "code": -1,
                   "message": f"config/HandlerStatus is not JSON: {err}"}
@@ -114,17 +212,21 @@ def _statuses_of(ctx: Context, handler: Handler, now: float) -> "list[BlobHandle
         return [base]
     if state != NOT_INSTALLED:
         try:
-            manifest = read_handler_manifest(directory / "HandlerManifest.json")
+            manifest = read_handler_manifest(manifest_file)
             if manifest.report_heartbeat:
+                reads.reusable = False  # the heartbeat's age moves with the clock
                 beat = heartbeat(directory / "heartbeat.log", now)
                 base = base._replace(status=beat.status)
         except ExtensionError as err:
             base = base._replace(message=str(err), code=err.code)
     result = []
     for settings in handler.settings:
-        if handler.multi_config and settings.state == "disabled" and not extension_enabled(
-                directory / "config" / f"{settings.name}.HandlerState"):
-            continue
+        if handler.multi_config and settings.state == "disabled":
+            enabled_file = directory / "config" / f"{settings.name}.HandlerState"
+            reads.files.append(enabled_file)
+            if not extension_enabled(enabled_file):
+                continue
+        reads.files.append(status_path(ctx, handler, settings))
         file_status = extension_status(ctx, handler, settings)
         body: dict[str, Any] = {
             "name": file_status.name or (settings.name if handler.multi_config else handler.name),

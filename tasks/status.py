@@ -13,6 +13,7 @@ takes a blob that stops arriving as an agent that stopped.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -158,13 +159,14 @@ def keep_status_copy(ctx: Context, target: StatusTarget, content: bytes) -> None
     ctx.fs.mkdir(directory, why="goal state history", mode=0o700, quiet=True)
     ctx.fs.write(directory / STATUS_FILE, content, mode=0o600, quiet=True, durable=False,
                  why="status copy")
-    kept = sorted(history.iterdir(), key=lambda p: p.stat().st_mtime)
+    # Listed as names: a Path of each would intern each name again at every copy kept.
+    kept = sorted(os.listdir(history), key=lambda name: os.stat(os.path.join(history, name)).st_mtime)
     for old in kept[:-HISTORY_KEEP]:
-        if old != directory:
-            ctx.fs.remove(old, why="old goal state history", quiet=True)
+        if old != directory.name:
+            ctx.fs.remove(history / old, why="old goal state history", quiet=True)
 
 
-def status_is_new(previous: str | None, blob: dict[str, Any]) -> tuple[bool, str]:
+def status_is_new(previous: Any, blob: dict[str, Any]) -> tuple[bool, Any]:
     """Whether the blob says something new (its times aside), and its key for next time."""
     from wire.status import without_timestamps
 
