@@ -69,9 +69,9 @@ CODE_GOAL_STATE_UNKNOWN = -1  # waagent's GoalStateAggregateStatusCodes.GoalStat
 # What waagent 2.7.3 tells handlers it supports (AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES).
 EXTENSION_FEATURES = [{"Key": "ExtensionTelemetryPipeline", "Value": "1.0"}]
 DEPENDENCY_TIMEOUT = 90 * 60.0
+DEPENDENCY_POLL = 5.0
 # Manifests and packages fetched at once when a goal state is read (independent handlers).
 ARTIFACT_WORKERS = 4
-DEPENDENCY_POLL = 5.0
 # Tests and benchmarks shorten waagent's waits (seconds) through these variables.
 TIMEOUT_VARIABLE = "WAAGENT_HANDLER_TIMEOUT"
 DEPENDENCY_VARIABLE = "WAAGENT_DEPENDENCY_TIMEOUT"
@@ -265,12 +265,13 @@ def resolve_versions(ctx: Context, state: Any, handlers: list[dict[str, Any]]) -
     """The version each enabled handler gets, from its manifest: the highest offered whose
     leading components are the requested ones ("1.0" takes 1.0.7), as waagent's
     decide_version does on each goal state. Its directory and package are named by it.
-    A manifest that cannot be read leaves the requested version (download says why).
+    A manifest that cannot be read leaves the requested version (the unpack task, which
+    reads it again, says why).
 
     The handlers are independent: their manifests, and the packages not yet in Lib.Dir,
     are fetched a few at a time. Only the fetching runs in the workers; packages are
     checked and written here, one at a time. A package that could not be fetched is left
-    to the handler's download task, which retries and reports it."""
+    to the handler's unpack task, which retries and reports it."""
     wanted = [h for h in handlers
               if h["state"] == "enabled" and not h.get("invalid") and h["uris"]]
     if len(wanted) < 2 or ctx.run.plan:
@@ -303,7 +304,7 @@ def resolve_versions(ctx: Context, state: Any, handlers: list[dict[str, Any]]) -
                 try:
                     keep_package(ctx, handler["name"], handler["version"], data)
                 except ExtensionFailed as err:
-                    log.info("%s: %s: its download task tries again", handler["name"], err)
+                    log.info("%s: %s: its unpack task tries again", handler["name"], err)
     finally:
         while not idle.empty():
             idle.get().close()
@@ -337,7 +338,7 @@ def _resolve(ctx: Context, client: Any, handler: dict[str, Any], *,
         return bytes(client.package(chosen.uris, handler=handler["name"],
                                     version=chosen.version))
     except AgentError as err:
-        log.info("%s %s: package not fetched ahead (%s): its download task tries again",
+        log.info("%s %s: package not fetched ahead (%s): its unpack task tries again",
                  handler["name"], chosen.version, err)
         return None
 

@@ -536,7 +536,7 @@ def test_manifests_and_packages_of_a_goal_state_are_fetched_a_few_at_a_time(
     assert {h["name"]: h["version"] for h in handlers} == dict.fromkeys(server.packages, "1.0.7")
     assert all(h["package_uris"] == [f"http://x/{h['name']}"] for h in handlers)
     packages = {p.name for p in ctx.lib_dir.glob("*.zip")}
-    # B.Two's fetch failed and C.Bad's package was refused: their download tasks try again.
+    # B.Two's fetch failed and C.Bad's package was refused: their unpack tasks try again.
     assert packages == {"A.One__1.0.7.zip", "D.Four__1.0.7.zip"}
     assert server.threads and all(t.startswith("artifacts") for t in server.threads)
     assert server.closed == 2  # a client per worker, closed at the end
