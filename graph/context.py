@@ -60,6 +60,9 @@ class RunState:
     goal_state_document: bytes | None = None
     # Waits for the transport key pair started ahead (wire.transport.start_transport_keygen).
     transport_pair: Callable[[], tuple[bytes, bytes]] | None = None
+    # The incarnation whose certificates this run installed (tasks.certificates: the SSH
+    # keys may need them before Ready, the certificates area installs them after).
+    certificates_installed: str | None = None
     # -- a plan: what a run would store or clear, kept in memory (a plan stores nothing)
     planned_facts: dict[str, dict[str, Any]]
     planned_clear: bool = False

@@ -4,9 +4,11 @@ certificates:install  when the goal state has certificates and they changed (a n
                       incarnation, or a stored certificate is gone): fetch the document
                       with the transport certificate, decrypt it, store the files
 
-A task of its own, placed by the provision group (tasks/__init__.py) after the work that
-does not need it: it waits for the transport key pair (an RSA key generated since the
-agent started), which the hostname, user, host key and sshd work overlaps.
+A task of its own, placed by the provision group (tasks/__init__.py) after Ready: it waits
+for the transport key pair (an RSA key generated since the agent started), and nothing on
+the way to Ready needs the certificates unless the OVF names one for an SSH key or a key
+pair. Then ssh:certificates installs them first (`install`), and this task finds them
+installed by this run.
 """
 
 from __future__ import annotations
@@ -48,15 +50,23 @@ def thumbprints(ctx: Context) -> list[str]:
     return list(found["thumbprints"]) if found else []
 
 
+def named_by_ovf(ctx: Context) -> dict[str, str]:
+    """The certificates the OVF's SSH keys (those without a value) and key pairs name:
+    thumbprint -> the file of Lib.Dir they need (`.crt`, or `.prv` for a key pair)."""
+    ovf = inputs.ovf_facts(ctx)
+    named = {str(k["fingerprint"]).upper(): ".crt" for k in ovf["public_keys"]
+             if not k.get("value") and k.get("fingerprint")}
+    named.update((str(k["fingerprint"]).upper(), ".prv") for k in ovf["key_pairs"])
+    return named
+
+
 def planned_thumbprints(ctx: Context) -> str:
     """The certificates the OVF's keys and key pairs name, for a plan to show."""
     if inputs.mode(ctx) != "waagent":
         return "none (this agent does not provision)"
-    ovf = inputs.ovf_facts(ctx)
-    named = [f"{str(k['fingerprint']).upper()} (SSH key)" for k in ovf["public_keys"]
-             if not k.get("value") and k.get("fingerprint")]
-    named += [f"{str(k['fingerprint']).upper()} (key pair)" for k in ovf["key_pairs"]]
-    return ", ".join(named) or "none"
+    named = named_by_ovf(ctx)
+    return ", ".join(f"{thumb} ({'key pair' if suffix == '.prv' else 'SSH key'})"
+                     for thumb, suffix in named.items()) or "none"
 
 
 def stored_missing(ctx: Context) -> str | None:
@@ -67,13 +77,16 @@ def stored_missing(ctx: Context) -> str | None:
 
 
 def install(ctx: Context) -> None:
-    """Fetch and store the certificates of the current goal state."""
+    """Fetch and store the certificates of the current goal state (once a run)."""
     state = inputs.goal_state(ctx)
+    if ctx.state.certificates_installed == state.incarnation:
+        return  # ssh:certificates needed them before Ready
     found: list[str] = []
     if state.certificates_url:
         if ctx.run.plan:  # a plan keeps no transport key: it could not decrypt them
             ctx.run.record("fetch", "certificates", f"incarnation {state.incarnation}; "
                            f"the OVF names {planned_thumbprints(ctx)}")
+            ctx.state.certificates_installed = state.incarnation
             return
         from wire.certs import install_certificates
         from wire.errors import HttpStatusError
@@ -99,3 +112,4 @@ def install(ctx: Context) -> None:
             found = sorted(bundle.thumbprints)
     facts: store.CertificateFacts = {"incarnation": state.incarnation, "thumbprints": found}
     store.save(ctx.fs, ctx.conf, FACTS, facts)
+    ctx.state.certificates_installed = state.incarnation

@@ -1,5 +1,7 @@
 """SSH: authorized keys, key pairs, sshd_config, host keys, and the sshd reload.
 
+ssh:certificates     the certificates the OVF's keys and key pairs name, when one is not
+                     in Lib.Dir yet (the certificates area installs them all after Ready)
 ssh:authorized_keys  keys from the OVF (by value, or by certificate thumbprint)
 ssh:keypairs         private keys the platform delivered, installed where the OVF says
 ssh:hostkeys         new host keys for this VM (Provisioning.RegenerateSshHostKeyPair)
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from graph.context import Context
-from graph.uptodate import Inputs
+from graph.uptodate import Inputs, Probe
 from system.errors import AgentError, CommandFailed
 from tasks import TaskDict, certificates, inputs
 from tasks.once import once
@@ -81,19 +83,43 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
         # Reruns exactly when a file sshd reads changed since the last reload.
         "uptodate": [Inputs("sshd-files", lambda: sshd_file_digests(ctx))],
     }
-    # Last: they wait for the certificates (see the provision group in tasks/__init__.py).
+    # Ready waits for the certificates only when a key or key pair needs one: it is then
+    # fetched here, and waits for the transport key pair (see the provision group in
+    # tasks/__init__.py). A thumbprint names one certificate's content: one in Lib.Dir
+    # needs no new fetch.
+    yield {
+        "name": "certificates",
+        "doc": "fetch the certificates the OVF's SSH keys and key pairs name",
+        "actions": [(certificates.install, [ctx])],
+        "task_dep": ["gather:ovf", "gather:goalstate"],
+        "uptodate": [Probe("named-certificates", lambda: named_certificates_missing(ctx))],
+    }
     yield once(ctx, "ssh", {
         "name": "authorized_keys",
         "doc": "authorized_keys of the user from the OVF keys and certificates",
         "actions": [(install_authorized_keys, [ctx])],
-        "task_dep": ["user:account", "certificates:install"],
+        "task_dep": ["user:account", "ssh:certificates"],
     }, lambda: key_inputs(ctx))
     yield once(ctx, "ssh", {
         "name": "keypairs",
         "doc": "install the key pairs the platform delivered (private key 0600)",
         "actions": [(install_key_pairs, [ctx])],
-        "task_dep": ["user:account", "certificates:install"],
+        "task_dep": ["user:account", "ssh:certificates"],
     }, lambda: keypair_inputs(ctx))
+
+
+def named_certificates_missing(ctx: Context) -> str | None:
+    """What the OVF's keys and key pairs need from the certificates and Lib.Dir lacks."""
+    missing = [thumb + suffix for thumb, suffix in certificates.named_by_ovf(ctx).items()
+               if not (ctx.lib_dir / (thumb + suffix)).exists()]
+    return f"not in Lib.Dir: {', '.join(missing)}" if missing else None
+
+
+def delivered(ctx: Context, suffix: str) -> list[str]:
+    """The certificates of the goal state that the OVF's keys (`.crt`) or key pairs
+    (`.prv`) name: others, delivered after Ready, are no input of the key tasks."""
+    named = {t for t, s in certificates.named_by_ovf(ctx).items() if s == suffix}
+    return [thumb for thumb in certificates.thumbprints(ctx) if thumb.upper() in named]
 
 
 # -- authorized keys --------------------------------------------------------------------------
@@ -115,8 +141,8 @@ def key_inputs(ctx: Context) -> dict[str, Any]:
     by_cert = [k["fingerprint"] for k in ovf["public_keys"] if not k.get("value")]
     return {"vm_id": inputs.vm_id(ctx), "username": ovf["username"],
             "keys": ovf["public_keys"], "certificates": sorted(by_cert),
-            # Certificates the platform delivers can change with a new incarnation.
-            "delivered": certificates.thumbprints(ctx),
+            # A certificate the OVF names may come with a later incarnation only.
+            "delivered": delivered(ctx, ".crt"),
             **ctx.conf.subset(["OS.HomeDir"])}
 
 
@@ -151,7 +177,7 @@ def key_from_certificate(ctx: Context, thumb: str) -> str:
     try:
         data = cert.read_bytes()
     except FileNotFoundError:
-        if ctx.run.plan:  # certificates:install would deliver it; a plan fetches none
+        if ctx.run.plan:  # ssh:certificates would fetch it; a plan fetches none
             return f"certificate {thumb}"
         raise SshError(f"SSH key by certificate {thumb}: {ctx.root.system_path(cert)} "
                        "was not delivered in the goal state's certificates") from None
@@ -222,7 +248,7 @@ def ensure_private_dir(ctx: Context, directory: Path, owner: tuple[int, int]) ->
 def keypair_inputs(ctx: Context) -> dict[str, Any]:
     ovf = inputs.ovf_facts(ctx)
     return {"vm_id": inputs.vm_id(ctx), "username": ovf["username"],
-            "key_pairs": ovf["key_pairs"], "delivered": certificates.thumbprints(ctx),
+            "key_pairs": ovf["key_pairs"], "delivered": delivered(ctx, ".prv"),
             **ctx.conf.subset(["OS.HomeDir"])}
 
 
@@ -245,7 +271,7 @@ def install_key_pairs(ctx: Context) -> None:
         try:
             pem = source.read_bytes()
         except FileNotFoundError:
-            if ctx.run.plan:  # certificates:install would deliver it; a plan fetches none
+            if ctx.run.plan:  # ssh:certificates would fetch it; a plan fetches none
                 ensure_private_dir(ctx, target.parent, owner)
                 ctx.run.record("write", ctx.root.system_path(target), f"private key of key "
                                f"pair {thumb}, from the goal state's certificates")

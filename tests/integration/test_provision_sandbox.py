@@ -116,9 +116,13 @@ def test_boot_order_overlaps_the_key_generation_and_reports_ready_before_the_dis
     before_certificates = ["gather:goalstate", "hostname:set", "user:account", "user:password",
                            "ssh:hostkeys", "ssh:config", "ssh:reload"]
     for name in before_certificates:
-        assert position[name] < position["certificates:install"], order
+        assert position[name] < position["ssh:certificates"], order
+    # The OVF names a key and a key pair by thumbprint: their certificates come first.
     for name in ("ssh:authorized_keys", "ssh:keypairs"):
-        assert position["certificates:install"] < position[name] < position["report:ready"]
+        assert position["ssh:certificates"] < position[name] < position["report:ready"]
+    fetched = harness.fabric.record.requests(route="certificates")
+    ready = harness.fabric.record.health_reports()[-1]
+    assert ready["state"] == "Ready" and len(fetched) == 1 and fetched[0]["time"] < ready["time"]
     for name in ("report:hostkey", "publish:hostname", "disk:partition", "disk:swapfile"):
         assert position["report:ready"] < position[name], order
 
@@ -139,11 +143,47 @@ def test_work_that_needs_an_unchanged_goal_state_does_not_fetch_it_again(
         harness: Harness) -> None:
     harness.run(check=True)
     lib = harness.root / "var/lib/waagent"
-    next(lib.glob("*.crt")).unlink()  # the certificates check finds work to do
+    # Delivered in order: the SSH key's and the key pair's (the OVF names them), then the
+    # extension's.
+    unnamed = harness.scenario.thumbprints()[2]
+    (lib / f"{unnamed}.crt").unlink()  # the certificates check finds work to do
     fetched = len(harness.fabric.record.requests(route="goalstate"))
     harness.run(check=True)
     assert "certificates:install" in harness.ran()
     assert len(harness.fabric.record.requests(route="goalstate")) == fetched + 1
+
+
+def test_a_missing_certificate_the_ovf_names_is_fetched_again_before_ready(
+        harness: Harness) -> None:
+    harness.run(check=True)
+    key_pair = harness.root / f"var/lib/waagent/{harness.scenario.thumbprints()[1]}.prv"
+    key_pair.unlink()
+    fetched = len(harness.fabric.record.requests(route="certificates"))
+    harness.run(check=True)
+    # Fetched once, by ssh:certificates; the key tasks' inputs did not change.
+    assert harness.ran() == {"gather:goalstate", "ssh:certificates"}
+    assert len(harness.fabric.record.requests(route="certificates")) == fetched + 1
+    assert key_pair.exists()
+
+
+def test_keys_by_value_only_need_no_certificate_before_ready(tmp_path: Path) -> None:
+    """Neither a key nor a key pair by thumbprint: ssh:certificates has nothing to fetch,
+    the certificates are still installed (the extensions need them)."""
+    need_root()
+    need_tools("useradd", "chpasswd", "ssh-keygen", "visudo", "sshd", "unshare")
+    scenario = default_scenario()
+    scenario.ssh_keys = [k for k in scenario.ssh_keys if not k.as_certificate]
+    scenario.key_pairs = []
+    with Fabric(scenario) as fabric:
+        harness = Harness(tmp_path, fabric)
+        harness.run(check=True)
+        tasks = harness.last_report()["tasks"]
+        assert tasks["ssh:certificates"]["result"] == "up-to-date"
+        assert tasks["certificates:install"]["result"] == "changed"
+        assert list((harness.root / "var/lib/waagent").glob("*.crt"))
+        assert harness.health()[-1] == ("Ready", None, None)
+        harness.run(check=True)
+        assert harness.ran() == {"gather:goalstate"}
 
 
 def test_a_no_op_boot_imports_none_of_the_heavy_modules_and_syncs_nothing(
@@ -173,13 +213,17 @@ def test_host_key_type_change_reruns_exactly_the_host_key_tasks(harness: Harness
     assert any("Provisioning.SshHostKeyPairType: rsa -> ed25519" in r for r in reasons)
 
 
-def test_new_certificates_in_a_new_incarnation_rerun_the_key_tasks(harness: Harness) -> None:
+def test_new_certificates_in_a_new_incarnation_are_installed_without_the_key_tasks(
+        harness: Harness) -> None:
+    """A certificate the OVF does not name is no input of the SSH key tasks."""
     harness.run(check=True)
     incarnation = harness.fabric.bump_incarnation(add_certificates=["rotated"])
     fetched = len(harness.fabric.record.requests(route="goalstate"))
     harness.run(check=True)
     assert harness.ran() == {"gather:goalstate", "gather:extensions", "certificates:install",
-                             "ssh:authorized_keys", "ssh:keypairs", "report:ready"}
+                             "report:ready"}
+    stored = json.loads((harness.root / "var/lib/waagent/facts/certificates.json").read_text())
+    assert len(stored["thumbprints"]) == 4
     assert harness.health()[-1] == ("Ready", None, None)
     # The changed document is fetched once: the check keeps it for the parser.
     assert len(harness.fabric.record.requests(route="goalstate")) == fetched + 1
