@@ -3,11 +3,15 @@
 Linux agent (Debian package waagent 2.7.3), each provisioning an identical VM root against
 the same fabric (tests/e2e/harness.py), interleaved round by round.
 
-    sudo .venv/bin/python bench/ready.py [--runs 5] [--keep DIR]
+    sudo .venv/bin/python bench/ready.py [--runs 5] [--keep DIR] [--keys-by-value]
 
 Every sample is a fresh VM: one Debian root (with both agents installed, so the roots are
 identical), the default scenario, and the package's /etc/waagent.conf with
 Provisioning.Agent=waagent, ResourceDisk.Format=n and Provisioning.SshHostKeyPairType=ed25519.
+The default scenario gives one SSH key and one key pair by certificate thumbprint: Ready
+waits for the certificates, i.e. for the transport key pair (RSA). `--keys-by-value` runs
+the same scenario without those two, every SSH key given by value in the OVF: our agent then
+fetches the certificates after Ready, waagent 2.7.3 still before provisioning.
 The boot's DHCP runs first (not timed); then the agent starts as its service would:
 `waagent provision` (ours) or `waagent -daemon` (2.7.3).
 
@@ -32,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 import vmharness
+import yaml
 
 from fabric.scenario import default_scenario_path
 from tests.e2e import harness
@@ -53,9 +58,20 @@ def prepare(root: Path, *, ifupdown: bool) -> None:
     vmharness.install_measure(root)
 
 
-def sample(work: Path, argv: list[str], exits: bool, ifupdown: bool) -> tuple[float, int]:
+def keys_by_value_scenario(base: Path) -> Path:
+    """The default scenario without the SSH key and the key pair delivered as certificates."""
+    scenario = yaml.safe_load(default_scenario_path().read_text())
+    scenario["ssh_keys"] = [key for key in scenario["ssh_keys"] if not key.get("as_certificate")]
+    scenario.pop("key_pairs", None)
+    path = base / "keys-by-value.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return path
+
+
+def sample(work: Path, scenario: Path, argv: list[str], exits: bool,
+           ifupdown: bool) -> tuple[float, int]:
     """One provisioning of a fresh VM: (seconds to Ready, peak RSS in KiB)."""
-    with harness.lab(work, default_scenario_path(), conf=None, packages=harness.WAAGENT_PACKAGES,
+    with harness.lab(work, scenario, conf=None, packages=harness.WAAGENT_PACKAGES,
                      prepare=lambda root: prepare(root, ifupdown=ifupdown)) as vm_lab:
         vm_lab.vm.dhcp()
         log = work / "agent.log"
@@ -72,16 +88,22 @@ def sample(work: Path, argv: list[str], exits: bool, ifupdown: bool) -> tuple[fl
 
 
 def main() -> int:
+    by_value = "--keys-by-value" in sys.argv
+    if by_value:
+        sys.argv.remove("--keys-by-value")
     args = vmharness.bench_args("bench/ready.py", __doc__, 5, harness.WAAGENT_PACKAGES)
     if args is None:
         return 2
     base = Path(args.keep or tempfile.mkdtemp(prefix="waagent-bench-ready-"))
+    base.mkdir(parents=True, exist_ok=True)
+    scenario = keys_by_value_scenario(base) if by_value else default_scenario_path()
     times: dict[str, list[float]] = {label: [] for label, *_ in CASES}
     rss: dict[str, list[float]] = {label: [] for label, *_ in CASES}
     # Round by round, so that machine noise hits every case alike.
     for run in range(args.runs):
         for index, (label, argv, exits, ifupdown) in enumerate(CASES):
-            seconds, maxrss = sample(base / f"run{run}-case{index}", argv, exits, ifupdown)
+            seconds, maxrss = sample(base / f"run{run}-case{index}", scenario, argv, exits,
+                                     ifupdown)
             times[label].append(seconds)
             rss[label].append(maxrss / 1024)
             print(f"run {run + 1}/{args.runs}  {label:34} Ready after {seconds:6.3f} s  "
@@ -92,7 +114,7 @@ def main() -> int:
              f"{vmharness.median(rss[label]):.1f}") for label, *_ in CASES]
     vmharness.print_table(
         f"Time to Ready and peak RSS, medians of {args.runs} runs (fresh Debian 12 VM root, "
-        "default scenario, ed25519 host key)",
+        f"{'keys by value' if by_value else 'default scenario'}, ed25519 host key)",
         ("agent", "Ready s", "x waagent best", "peak RSS MB"), rows)
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
