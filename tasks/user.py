@@ -252,8 +252,18 @@ def check_sudoers_syntax(ctx: Context, path: Path, text: str) -> None:
                         f"{(result.stderr or result.stdout).strip()}")
 
 
+# Shadow password fields that hold no hash: no password matches them, and none can be
+# unlocked back (`passwd -l` keeps the hash behind a `!`, an empty field needs none).
+_NO_HASH = frozenset({"*", "!", "!!", "!*", "*LOCK*"})
+
+
 def lock_root_password(ctx: Context) -> None:
-    """Replace root's hash by a lock (the hash is removed, not just disabled)."""
+    """Replace root's hash by a lock (the hash is removed, not just disabled); a root
+    without a hash (cloud images lock it) is left as it is."""
     from system import osutil
 
+    fields = shadow_fields(ctx, "root")
+    if fields and len(fields) > 1 and fields[1] in _NO_HASH:
+        log.debug("root has no password hash (%r): nothing to delete", fields[1])
+        return
     osutil.set_password_hash(ctx.run, "root", "*LOCK*", why="delete root's password")
