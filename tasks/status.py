@@ -160,7 +160,8 @@ def keep_status_copy(ctx: Context, target: StatusTarget, content: bytes) -> None
     ctx.fs.write(directory / STATUS_FILE, content, mode=0o600, quiet=True, durable=False,
                  why="status copy")
     # Listed as names: a Path of each would intern each name again at every copy kept.
-    kept = sorted(os.listdir(history), key=lambda name: os.stat(os.path.join(history, name)).st_mtime)
+    kept = sorted(os.listdir(history),
+                  key=lambda name: os.stat(os.path.join(history, name)).st_mtime)
     for old in kept[:-HISTORY_KEEP]:
         if old != directory.name:
             ctx.fs.remove(history / old, why="old goal state history", quiet=True)
