@@ -234,12 +234,12 @@ def _statuses_of(ctx: Context, handler: Handler, now: float,
             # as the handler wrote it, as waagent 2.7.3 reports it ("0" stays a string)
             "status": file_status.status, "code": file_status.code if file_status.written_code
             is None else file_status.written_code,
-            "formattedMessage": {"lang": "en-US", "message": file_status.message or ""},
+            "formattedMessage": {"lang": "en-US", "message": file_status.message},
         }
         if file_status.substatus:
             body["substatus"] = [
                 {"name": sub.name, "status": sub.status, "code": sub.code,
-                 "formattedMessage": {"lang": "en-US", "message": sub.message or ""}}
+                 "formattedMessage": {"lang": "en-US", "message": sub.message}}
                 for sub in file_status.substatus]
         result.append(base._replace(extension=ExtensionStatus(
             settings.seq_no, body, name=settings.name, timestamp=file_status.timestamp_utc)))

@@ -211,6 +211,25 @@ def test_statuses_read_back(tmp_path: Path) -> None:
     assert found["Hung.One"].status == "Unresponsive"
 
 
+def test_messages_the_handler_left_out_are_reported_as_null(tmp_path: Path) -> None:
+    """waagent sends a missing message as null, not as an empty string."""
+    ctx = context(tmp_path)
+    inputs.keep_facts(ctx, "extensions", {"id": "i", "handlers": [handler("Quiet.One")]})
+    install(ctx, "Quiet.One", "1.0.0", "Enabled")
+    h = ext.handlers_of({"handlers": [handler("Quiet.One")]})[0]
+    ext.set_handler_status(ctx, h, "Ready", "Plugin enabled")
+    status = ext.handler_dir(ctx, "Quiet.One", "1.0.0") / "status"
+    status.mkdir()
+    (status / "0.status").write_text(json.dumps([{"version": "1.0", "status": {
+        "status": "success", "code": 0, "substatus": [{"name": "s", "status": "success",
+                                                       "code": 0}]}}]))
+    found = extension_status.handler_statuses(ctx)[0].extension
+    assert found is not None
+    assert found.status["formattedMessage"] == {"lang": "en-US", "message": None}
+    assert found.status["substatus"][0]["formattedMessage"] == {"lang": "en-US",
+                                                                "message": None}
+
+
 # -- one check per package, durability per file ---------------------------------------------
 
 def probe_zip() -> bytes:
