@@ -97,9 +97,11 @@ AREAS: tuple[Area, ...] = (
     Area("gather", "gather facts: provisioning media, goal state, hardware", "tasks.gather", critical=True),
     Area("hostname", "set the hostname and publish it to DNS", "tasks.hostname", critical=True),
     Area("user", "the provisioned user: account, password, sudoers", "tasks.user", critical=True),
-    # After the user area: it waits for the transport key pair, which the work before overlaps.
+    # After Ready: it waits for the transport key pair, and the way to Ready needs the
+    # certificates only for an SSH key or key pair the OVF names by thumbprint (then
+    # ssh:certificates installs them first). A failure is retried by the next run.
     Area("certificates", "the goal state's certificates, decrypted into Lib.Dir",
-         "tasks.certificates", critical=True),
+         "tasks.certificates"),
     Area("ssh", "SSH: authorized keys, key pairs, sshd_config, host keys, reload", "tasks.ssh", critical=True),
     Area("customdata", "save, decode and run custom data", "tasks.customdata", critical=True),
     # After Ready: a DHCP renew (dhclient -x) must not delay it.
@@ -123,14 +125,15 @@ AREAS: tuple[Area, ...] = (
 
 GROUPS: tuple[Group, ...] = (
     # doit runs a group's areas in this order: Ready is reported as soon as the critical
-    # areas are done, before the resource disk (mkfs, a late disk) can delay it. The
-    # certificates wait for the transport key pair, made since the agent started: the
-    # hostname, user, host key and sshd work runs first, the SSH keys from certificates
-    # after them.
+    # areas are done, before the resource disk (mkfs, a late disk) can delay it. SSH keys
+    # by certificate wait for the transport key pair, made since the agent started: the
+    # hostname, user, host key and sshd work runs first, those keys after them. The
+    # certificates and the extensions goal state are read after Ready, for the extensions.
     Group("provision", "boot-time provisioning: everything, report Ready",
-          ("scvmm", "gather", "hostname", "user", "ssh:hostkeys", "ssh:config", "ssh:reload",
-           "ssh:report", "certificates", "ssh", "customdata", "report", "publish", "disk",
-           "network", "kernel", "extensions")),
+          ("scvmm", "gather:vm", "gather:ovf", "gather:goalstate", "hostname", "user",
+           "ssh:hostkeys", "ssh:config", "ssh:reload", "ssh", "customdata", "report",
+           "certificates", "publish", "disk", "network", "kernel", "gather:extensions",
+           "extensions")),
     # `waagent -run-exthandlers`: one goal-state pass of the daemon, without provisioning.
     Group("goalstate", "one goal-state pass: the goal state, its certificates, the extensions",
           ("gather:vm", "gather:goalstate", "gather:extensions", "certificates", "extensions")),

@@ -123,7 +123,8 @@ def test_boot_order_overlaps_the_key_generation_and_reports_ready_before_the_dis
     fetched = harness.fabric.record.requests(route="certificates")
     ready = harness.fabric.record.health_reports()[-1]
     assert ready["state"] == "Ready" and len(fetched) == 1 and fetched[0]["time"] < ready["time"]
-    for name in ("report:hostkey", "publish:hostname", "disk:partition", "disk:swapfile"):
+    for name in ("report:hostkey", "certificates:install", "gather:extensions",
+                 "publish:hostname", "disk:partition", "disk:swapfile"):
         assert position["report:ready"] < position[name], order
 
 
@@ -180,10 +181,34 @@ def test_keys_by_value_only_need_no_certificate_before_ready(tmp_path: Path) -> 
         tasks = harness.last_report()["tasks"]
         assert tasks["ssh:certificates"]["result"] == "up-to-date"
         assert tasks["certificates:install"]["result"] == "changed"
+        # Fetched after Ready: nothing on the way to Ready waited for the transport key.
+        ready = next(h for h in fabric.record.health_reports() if h["state"] == "Ready")
+        assert fabric.record.requests(route="certificates")[0]["time"] > ready["time"]
         assert list((harness.root / "var/lib/waagent").glob("*.crt"))
         assert harness.health()[-1] == ("Ready", None, None)
         harness.run(check=True)
         assert harness.ran() == {"gather:goalstate"}
+
+
+def test_certificates_failing_after_ready_are_no_provisioning_failure(tmp_path: Path) -> None:
+    """With every key by value the certificates come after Ready: their failure is the
+    run's (the next run fetches them again), not a ProvisioningFailed after Ready."""
+    need_root()
+    need_tools("useradd", "chpasswd", "ssh-keygen", "visudo", "sshd", "unshare")
+    scenario = default_scenario()
+    scenario.ssh_keys = [k for k in scenario.ssh_keys if not k.as_certificate]
+    scenario.key_pairs = []
+    with Fabric(scenario) as fabric:
+        harness = Harness(tmp_path, fabric)
+        fabric.inject("certificates", status=404, count=2)  # both ciphers refused
+        result = harness.run()
+        assert result.returncode != 0
+        assert harness.last_report()["tasks"]["certificates:install"]["result"] == "failed"
+        assert harness.health() == [("NotReady", "Provisioning", "Provisioning"),
+                                    ("Ready", None, None)]
+        harness.run(check=True)
+        assert harness.ran() == {"gather:goalstate", "certificates:install"}
+        assert list((harness.root / "var/lib/waagent").glob("*.crt"))
 
 
 def test_a_no_op_boot_imports_none_of_the_heavy_modules_and_syncs_nothing(
