@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fabric import Fabric, default_scenario
+from fabric.scenario import Scenario
 from tests.conftest import need_root, need_tools
 from tests.integration.provisioning import BASE_CONF, Harness
 from tests.support.noop_boot import WATCHED_BOOT, check_watched_boot
@@ -167,15 +168,21 @@ def test_a_missing_certificate_the_ovf_names_is_fetched_again_before_ready(
     assert key_pair.exists()
 
 
+def keys_by_value_scenario() -> Scenario:
+    """The default scenario with every SSH key by value and no key pair: nothing on the
+    way to Ready needs a certificate."""
+    scenario = default_scenario()
+    scenario.ssh_keys = [k for k in scenario.ssh_keys if not k.as_certificate]
+    scenario.key_pairs = []
+    return scenario
+
+
 def test_keys_by_value_only_need_no_certificate_before_ready(tmp_path: Path) -> None:
     """Neither a key nor a key pair by thumbprint: ssh:certificates has nothing to fetch,
     the certificates are still installed (the extensions need them)."""
     need_root()
     need_tools("useradd", "chpasswd", "ssh-keygen", "visudo", "sshd", "unshare")
-    scenario = default_scenario()
-    scenario.ssh_keys = [k for k in scenario.ssh_keys if not k.as_certificate]
-    scenario.key_pairs = []
-    with Fabric(scenario) as fabric:
+    with Fabric(keys_by_value_scenario()) as fabric:
         harness = Harness(tmp_path, fabric)
         harness.run(check=True)
         tasks = harness.last_report()["tasks"]
@@ -195,10 +202,7 @@ def test_certificates_failing_after_ready_are_no_provisioning_failure(tmp_path: 
     run's (the next run fetches them again), not a ProvisioningFailed after Ready."""
     need_root()
     need_tools("useradd", "chpasswd", "ssh-keygen", "visudo", "sshd", "unshare")
-    scenario = default_scenario()
-    scenario.ssh_keys = [k for k in scenario.ssh_keys if not k.as_certificate]
-    scenario.key_pairs = []
-    with Fabric(scenario) as fabric:
+    with Fabric(keys_by_value_scenario()) as fabric:
         harness = Harness(tmp_path, fabric)
         fabric.inject("certificates", status=404, count=2)  # both ciphers refused
         result = harness.run()

@@ -57,10 +57,8 @@ def write_status(directory: Path, message: str) -> None:
         "formattedMessage": {"lang": "en-US", "message": message}}}]))
 
 
-@pytest.fixture
-def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the reads of the files (one entry per build), files trusted at once."""
-    monkeypatch.setattr(extension_status, "SETTLED_NS", 0)
+def count_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the reads of the files: one entry per build."""
     counted: list[int] = []
     real = extension_status.read_parts
 
@@ -70,6 +68,13 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(extension_status, "read_parts", counting)
     return counted
+
+
+@pytest.fixture
+def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the builds, files trusted at once."""
+    monkeypatch.setattr(extension_status, "SETTLED_NS", 0)
+    return count_builds(monkeypatch)
 
 
 def message(parts: extension_status.Parts) -> str:
@@ -136,14 +141,7 @@ def test_files_changed_just_now_are_read_every_time(tmp_path: Path,
     changed less than SETTLED_NS ago is read again at every loop."""
     ctx = context(tmp_path)
     directory = installed(ctx)
-    counted: list[int] = []
-    real = extension_status.read_parts
-
-    def counting(*args: Any, **kwargs: Any) -> extension_status.Parts:
-        counted.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(extension_status, "read_parts", counting)
+    counted = count_builds(monkeypatch)
     cache = extension_status.StatusParts()
     cache.get(ctx, "1")
     write_status(directory, "fin2")
