@@ -142,17 +142,72 @@ def prepare_daemon_root(root: Path) -> None:
     harness.install_waagent_helpers(root)
 
 
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")  # the cgroup v1 hierarchy of the cpuacct controller
+
+
+class CpuCgroup:
+    """A cpuacct cgroup (v1) the bench makes for one measured command and removes after it:
+    the command joins it before it starts (`argv`), so every process it starts, at any depth,
+    is charged to `usage_ns()`, in nanoseconds, whether it has exited or not."""
+
+    def __init__(self, name: str) -> None:
+        self.path = CPUACCT / name
+
+    def __enter__(self) -> CpuCgroup:
+        if not (CPUACCT / "cpuacct.usage").is_file():
+            raise RuntimeError(f"no cgroup v1 cpuacct hierarchy at {CPUACCT} (cpuacct.usage): "
+                               "the bench counts the agents' CPU there")
+        self.path.mkdir()
+        try:
+            # A short shell loop in the cgroup must be charged to it.
+            subprocess.run(self.argv(["sh", "-c", "i=0; while [ $i -lt 20000 ]; do "
+                                      "i=$((i+1)); done"]), check=True)
+            if self.usage_ns() <= 0:
+                raise RuntimeError(f"{self.path}: a process that ran in it was not charged")
+        except BaseException:
+            self.path.rmdir()
+            raise
+        return self
+
+    def argv(self, command: list[str]) -> list[str]:
+        """`command`, started in this cgroup (the host's sh joins it, then execs)."""
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs"),
+                *command]
+
+    def usage_ns(self) -> int:
+        return int((self.path / "cpuacct.usage").read_text())
+
+    def holds(self, pid: int) -> bool:
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return False
+        return any(line.split(":", 2)[1:] == ["cpuacct", "/" + self.path.name]
+                   for line in lines)
+
+    def __exit__(self, *exc: object) -> None:
+        # The lab has killed what ran in it; the last exits can take a moment.
+        harness.wait_until(lambda: not (self.path / "cgroup.procs").read_text().strip(), 30,
+                           f"the processes of {self.path} to exit", 0.2)
+        self.path.rmdir()
+
+
 @contextlib.contextmanager
-def daemon_lab(work: Path, scenario: Path, agent: str, bench: str,
-               settle: float) -> Iterator[tuple[harness.Lab, subprocess.Popen[bytes]]]:
+def daemon_lab(work: Path, scenario: Path, agent: str, bench: str, settle: float,
+               cgroup: CpuCgroup | None = None,
+               ) -> Iterator[tuple[harness.Lab, subprocess.Popen[bytes]]]:
     """A VM of the e2e lab holding both agents, `agent -daemon` started in it (its output in
-    work/agent.log) and Ready. The namespaces carry the bench's name, the agent and this
-    process's PID, so two benches can run at once."""
+    work/agent.log; in `cgroup`, if given) and Ready. The namespaces carry the bench's name,
+    the agent and this process's PID, so two benches can run at once."""
     side = "ours" if agent == "waagent-graph" else "wa"
     with harness.lab(work, scenario, conf=None, packages=harness.WAAGENT_PACKAGES,
                      prepare=prepare_daemon_root, tag=f"{bench}-{side}-{os.getpid()}") as lab:
         lab.vm.dhcp()
-        process = lab.vm.popen([AGENTS[agent], "-daemon"], work / "agent.log")
+        argv = lab.vm.exec_argv([AGENTS[agent], "-daemon"])
+        with open(work / "agent.log", "wb") as log:
+            process = subprocess.Popen(cgroup.argv(argv) if cgroup else argv,
+                                       env=harness.VM_ENV, stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=subprocess.STDOUT)
         lab.fabric.wait_for_health("Ready", settle)
         yield lab, process
 
