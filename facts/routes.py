@@ -9,7 +9,9 @@ clients' processes from `/proc/<pid>/comm`.
 """
 
 import ipaddress
+import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -279,17 +281,24 @@ def route_table(root: Root) -> str:
     return (root / "proc/net/route").read_text()
 
 
-def dhcp_client_pids(root: Root) -> list[int]:
-    """PIDs of the running DHCP client processes, sorted (a restart changes them)."""
-    pids = []
+def dhcp_client_pids(root: Root, known: Sequence[int] = ()) -> list[int]:
+    """PIDs of the running DHCP client processes, sorted (a restart changes them).
+
+    When every PID in `known` (the last answer) still runs a DHCP client, that is the
+    answer, without listing every process: waagent's monitor looks again only when one of
+    its PIDs is gone, and a VM runs hundreds of processes."""
     proc = root / "proc"
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            name = (entry / "comm").read_text().strip()
-        except OSError:
-            continue  # gone meanwhile
-        if name in DHCP_CLIENT_PROCESSES:
-            pids.append(int(entry.name))
-    return sorted(pids)
+    if known and all(_process_name(proc, str(pid)) in DHCP_CLIENT_PROCESSES for pid in known):
+        return sorted(known)
+    with os.scandir(proc) as entries:
+        return sorted(int(entry.name) for entry in entries if entry.name.isdigit()
+                      and _process_name(proc, entry.name) in DHCP_CLIENT_PROCESSES)
+
+
+def _process_name(proc: Path, pid: str) -> str | None:
+    """/proc/PID/comm, or None for a process that is gone."""
+    try:
+        with open(os.path.join(proc, pid, "comm"), "rb") as comm:
+            return comm.read().decode(errors="replace").strip()
+    except OSError:
+        return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from functools import cached_property
 from pathlib import Path
@@ -72,6 +72,9 @@ class RunState:
     # present now (for probes)
     disk_device: str | None | Unread = UNREAD
     disk_present: str | None | Unread = UNREAD
+    # -- the network area: the DHCP client PIDs seen last (the daemon's monitor looks at
+    # these first; tasks.network)
+    dhcp_client_pids: Sequence[int] = ()
     # -- the kernel area: (IPv4 address, MAC) of the RDMA interface
     rdma_addresses: tuple[str, str | None] | None = None
     # -- extensions (tasks.extensions)

@@ -134,7 +134,9 @@ def route_inputs(ctx: Context) -> dict[str, Any]:
     from facts import routes  # the running system's lease and PIDs only
 
     lease = routes.lease_routes(ctx.root)
-    return {"dhcp_client_pids": routes.dhcp_client_pids(ctx.root),
+    clients = ctx.state.dhcp_client_pids = routes.dhcp_client_pids(
+        ctx.root, ctx.state.dhcp_client_pids)
+    return {"dhcp_client_pids": clients,
             "endpoint": endpoint_address(ctx),
             "lease": None if lease is None else {
                 "routers": [str(r) for r in lease.routers],

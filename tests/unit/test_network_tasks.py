@@ -4,7 +4,9 @@ decision, the tasks as dicts, plans and runs on a sandbox root, the command line
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +281,26 @@ def test_route_table_lookup() -> None:
     assert route_to(with_default, "168.63.129.16") == "0.0.0.0/0 dev eth0"
 
 
+def test_the_route_check_hands_the_dhcp_client_pids_seen_last_to_the_next_look(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's monitor checks the routes' inputs every period with one context: the
+    PIDs it found last are what it looks at first."""
+    from facts import routes
+
+    seen: list[list[int]] = []
+
+    def pids(root: object, known: Sequence[int] = ()) -> list[int]:
+        seen.append(list(known))
+        return [4, 9]
+
+    monkeypatch.setattr(routes, "dhcp_client_pids", pids)
+    monkeypatch.setattr(routes, "lease_routes", lambda root: None)
+    ctx = make_context({"root": "/", "wireserver": f"http://{ENDPOINT}:80"})
+    assert network.route_inputs(ctx)["dhcp_client_pids"] == [4, 9]
+    network.route_inputs(ctx)
+    assert seen == [[], [4, 9]]
+
+
 def test_dhcp_client_pids_from_proc(tmp_path: Path) -> None:
     from facts.routes import dhcp_client_pids
     from system import Root
@@ -288,6 +310,16 @@ def test_dhcp_client_pids_from_proc(tmp_path: Path) -> None:
         (tmp_path / f"proc/{pid}/comm").write_text(name + "\n")
     (tmp_path / "proc/self").mkdir()
     assert dhcp_client_pids(Root(tmp_path)) == [7, 30]
+
+    # While the PIDs seen last still run a DHCP client, they are not looked for again.
+    (tmp_path / "proc/40").mkdir()
+    (tmp_path / "proc/40/comm").write_text("dhclient\n")
+    assert dhcp_client_pids(Root(tmp_path), [7, 30]) == [7, 30]
+    # One is gone (or its PID now runs another program): every process is listed again.
+    (tmp_path / "proc/7/comm").write_text("bash\n")
+    assert dhcp_client_pids(Root(tmp_path), [7, 30]) == [30, 40]
+    shutil.rmtree(tmp_path / "proc/30")
+    assert dhcp_client_pids(Root(tmp_path), [30, 40]) == [40]
 
 
 def test_lease_routes_read_in_the_root(tmp_path: Path) -> None:
