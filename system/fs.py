@@ -74,7 +74,8 @@ class FileSystem:
         Without `mode`/`owner` an existing file keeps its own; a new file gets 0644 and root.
         `secret` keeps the reason out of the log; `quiet` logs the change at DEBUG (state files).
         `durable=False` skips the fsyncs, for records whose loss in a power cut costs
-        nothing (run reports): still atomic, but possibly absent after a crash.
+        nothing (run reports) or is found and repaired by the next run: still atomic (never
+        partly written), but possibly absent or empty after a crash.
         """
         content = data.encode() if isinstance(data, str) else data
         target, seen = self._entry(path), self._followed(path)

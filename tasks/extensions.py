@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -681,19 +682,35 @@ def _package_missing(ctx: Context, name: str, version: str) -> str | None:
     return f"{package_path(ctx, name, version).name} is not in Lib.Dir"
 
 
+def _unwritten(path: Path, content: str = "x") -> str | None:
+    """Why `path` is not a file as the agent wrote it: missing, or empty where `content`
+    is not. Files the agent writes without fsync (settings, HandlerEnvironment.json) are
+    left by a crash absent or empty, never partly written (ext4 and xfs order a file's
+    data before its size), so this check finds them and their task writes them again."""
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return "is missing"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a file"
+    return "is empty" if content and not st.st_size else None
+
+
 def _not_unpacked(ctx: Context, name: str, version: str) -> str | None:
     directory = handler_dir(ctx, name, version)
     for needed in ("HandlerManifest.json", "HandlerEnvironment.json"):
-        if not (directory / needed).is_file():
-            return f"{directory.name}/{needed} is missing"
+        why = _unwritten(directory / needed)
+        if why:
+            return f"{directory.name}/{needed} {why}"
     return None
 
 
 def _settings_missing(ctx: Context, handler: Handler) -> str | None:
-    for file_name, _ in settings_files(handler):
-        path = handler_dir(ctx, handler.name, handler.version) / "config" / file_name
-        if not path.is_file():
-            return f"config/{file_name} is missing"
+    config = handler_dir(ctx, handler.name, handler.version) / "config"
+    for file_name, content in settings_files(handler):
+        why = _unwritten(config / file_name, content)
+        if why:
+            return f"config/{file_name} {why}"
     return None
 
 
@@ -882,17 +899,15 @@ def unpack_package(ctx: Context, handler: Handler) -> None:
     logs = log_dir(ctx, handler.name)
     ctx.fs.mkdir(logs, mode=0o755, why=f"{handler.name} log folder", quiet=True)
     ctx.fs.mkdir(logs / "events", mode=0o700, why=f"{handler.name} events folder", quiet=True)
+    # Not fsynced: a crash that loses it or leaves it empty is found by this task's check.
     ctx.fs.write(directory / "HandlerEnvironment.json", handler_environment(ctx, handler),
-                 mode=0o644, why=f"{handler.name} handler environment")
+                 mode=0o644, durable=False, why=f"{handler.name} handler environment")
 
 
 def _make_executable(directory: Path, skip: tuple[str, ...] = ()) -> None:
     """Every file of a handler 0744, as waagent 2.7.3 leaves them: its zipfile extractall
     ignores the zip's modes (0644 under its umask), then `initialize` adds u+x. `skip`:
     top-level names left as they are (the state a repair kept)."""
-    import os
-    import stat
-
     for path in directory.rglob("*"):
         if skip and path.relative_to(directory).parts[0] in skip:
             continue
@@ -938,8 +953,10 @@ def write_settings(ctx: Context, handler: Handler) -> None:
     """config/<seq>.settings; protectedSettings stay encrypted, as delivered."""
     config = handler_dir(ctx, handler.name, handler.version) / "config"
     for file_name, content in settings_files(handler):
-        # 0644 as waagent's (config/ itself is 0700); protectedSettings stay encrypted
-        ctx.fs.write(config / file_name, content, mode=0o644, quiet=True,
+        # 0644 as waagent's (config/ itself is 0700); protectedSettings stay encrypted.
+        # Not fsynced: a crash that loses or empties one is found by the settings task's
+        # check, which runs before any command of the handler.
+        ctx.fs.write(config / file_name, content, mode=0o644, quiet=True, durable=False,
                      why=f"{handler.name} settings")
 
 

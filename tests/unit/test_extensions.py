@@ -290,9 +290,10 @@ def test_a_package_is_checked_once_from_download_to_unpack(
 
 
 def test_what_is_fsynced_on_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """HandlerState (it decides whether install runs again), the settings and the unpacked
-    tree are fsynced; the package (a cache, checked before use) and HandlerStatus (written
-    again by the next start's enable) are not."""
+    """HandlerState (it decides whether install runs again) and the unpacked tree are
+    fsynced; the package (a cache, checked before use), HandlerStatus (written again by the
+    next start's enable), the settings and HandlerEnvironment.json (their tasks' checks
+    find them lost or empty) are not."""
     synced: list[str] = []
     real = os.fsync
 
@@ -310,13 +311,45 @@ def test_what_is_fsynced_on_install(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                            durable=False)
     directory = ext.handler_dir(ctx, h.name, h.version)
     names = [Path(p).name for p in synced]
-    assert not any(".Pub.Handler__1.0.0.zip." in n for n in names)  # the package's temporary
-    assert not any(".HandlerStatus." in n for n in names)
-    assert any(".HandlerState." in n for n in names) and any(".0.settings." in n
-                                                             for n in names)
+    for unsynced in (".Pub.Handler__1.0.0.zip.", ".HandlerStatus.", ".0.settings.",
+                     ".HandlerEnvironment.json."):
+        assert not any(unsynced in n for n in names), unsynced
+    assert any(".HandlerState." in n for n in names)
     assert any(n in ("run.sh", "HandlerManifest.json") for n in names)  # unpacked, in staging
-    assert str(directory / "config") in synced  # the renames into config/
+    assert str(directory / "config") in synced  # the rename into config/
     assert (directory / "config/HandlerState").read_text() == ext.INSTALLED
+
+
+def test_settings_and_environment_a_crash_left_empty_are_written_again(tmp_path: Path) -> None:
+    """A file written without fsync can be found empty after a crash: the checks of the
+    unpack and settings tasks say so (their tasks run again), and the tasks write it whole."""
+    ctx, h = fetching_context(tmp_path, probe_zip())
+    h = h._replace(settings=(ext.Settings(None, 3, "enabled", {"a": 1}, None, None, 0),))
+    ext.download_package(ctx, h)
+    ext.unpack_package(ctx, h)
+    ext.write_settings(ctx, h)
+    assert ext._not_unpacked(ctx, h.name, h.version) is None
+    assert ext._settings_missing(ctx, h) is None
+    directory = ext.handler_dir(ctx, h.name, h.version)
+
+    (directory / "HandlerEnvironment.json").write_text("")
+    (directory / "config/3.settings").write_text("")
+    assert ext._not_unpacked(ctx, h.name, h.version) == \
+        "Pub.Handler-1.0.0/HandlerEnvironment.json is empty"
+    assert ext._settings_missing(ctx, h) == "config/3.settings is empty"
+    ext.unpack_package(ctx, h)
+    ext.write_settings(ctx, h)
+    assert ext._not_unpacked(ctx, h.name, h.version) is None
+    assert ext._settings_missing(ctx, h) is None
+    assert json.loads((directory / "config/3.settings").read_text())["runtimeSettings"]
+
+    # A handler without settings gets an empty 0.settings: empty is what it should be.
+    bare = h._replace(settings=())
+    ext.write_settings(ctx, bare)
+    assert (directory / "config/0.settings").read_text() == ""
+    assert ext._settings_missing(ctx, bare) is None
+    (directory / "config/0.settings").unlink()
+    assert ext._settings_missing(ctx, bare) == "config/0.settings is missing"
 
 
 # -- direct downloads ------------------------------------------------------------------------
