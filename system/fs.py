@@ -90,7 +90,8 @@ class FileSystem:
             want_owner is None or (st.st_uid, st.st_gid) == want_owner)
         if current == content and same_meta:
             return False
-        self.runner.record("write", self._shown(path), why)
+        shown = self._shown(path)
+        self.runner.record("write", shown, why)
         if self.plan:
             return True
         try:
@@ -117,7 +118,7 @@ class FileSystem:
             self._remove_killed_writes(target, want_mode)
         if durable:
             self._fsync_dir(target.parent)
-        log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s%s", self._shown(path),
+        log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s%s", shown,
                 "" if secret else f" ({why})")
         return True
 
@@ -134,15 +135,15 @@ class FileSystem:
         if st is not None and stat.S_IMODE(st.st_mode) == mode and (
                 owner is None or (st.st_uid, st.st_gid) == owner):
             return False
-        self.runner.record("mkdir", self._shown(path), why)
+        shown = self._shown(path)
+        self.runner.record("mkdir", shown, why)
         if self.plan:
             return True
         real.mkdir(parents=True, exist_ok=True)
         os.chmod(real, mode)
         if owner is not None:
             os.chown(real, *owner, follow_symlinks=False)
-        log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s/ (%s)",
-                self._shown(path), why)
+        log.log(logging.DEBUG if quiet else logging.INFO, "changed: %s/ (%s)", shown, why)
         return True
 
     def remove(self, path: Path, *, why: str, quiet: bool = False) -> bool:
@@ -150,15 +151,15 @@ class FileSystem:
         path = self._entry(path)
         if not os.path.lexists(path):
             return False
-        self.runner.record("remove", self._shown(path), why)
+        shown = self._shown(path)
+        self.runner.record("remove", shown, why)
         if self.plan:
             return True
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink()
-        log.log(logging.DEBUG if quiet else logging.INFO, "removed: %s (%s)",
-                self._shown(path), why)
+        log.log(logging.DEBUG if quiet else logging.INFO, "removed: %s (%s)", shown, why)
         return True
 
     def chmod(self, path: Path, mode: int, *, why: str) -> bool:
