@@ -30,7 +30,8 @@ the VM has no time namespace, and the fabric stamps its publications with the sa
    per-agent line also shows the sum just before the publication and, at the peak, where
    it goes by mapping (heap and anonymous memory, the interpreter, shared libraries).
 
---quick: 3 latency samples (default 7).
+--quick: 3 latency samples (default 7). --ours: our agent only, its figures without
+waagent's (a quicker look at a change; `--samples 0` skips the latency part).
 
 --counts: figures that do not move with the machine's load, ours only, instead of the VM
 runs: a chroot Debian root (tests/support/debian_root.py) provisioned against the fabric on
@@ -383,11 +384,13 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 latency samples")
     parser.add_argument("--samples", type=int, help="latency samples (default 7, quick 3)")
+    parser.add_argument("--ours", action="store_true", help="our agent only, no waagent run")
     parser.add_argument("--keep", help="keep the labs' logs and records here")
     parser.add_argument("--counts", action="store_true",
                         help="load-independent figures in a chroot root, ours only")
     args = parser.parse_args()
-    args.samples = args.samples or (3 if args.quick else 7)
+    if args.samples is None:
+        args.samples = 3 if args.quick else 7
     if args.counts:
         work = Path(tempfile.mkdtemp(prefix="waagent-bench-extension-counts-"))
         try:
@@ -401,8 +404,8 @@ def main() -> int:
     base = Path(args.keep or tempfile.mkdtemp(prefix="waagent-bench-extensions-"))
     base.mkdir(parents=True, exist_ok=True)
     zip_path = build_probe(base / "probe.zip", PROBE)
-    figures: dict[str, Figures] = {}
-    for agent in vmharness.AGENTS:
+    figures: dict[str, Figures] = {agent: Figures() for agent in vmharness.AGENTS}
+    for agent in ["waagent-graph"] if args.ours else vmharness.AGENTS:
         print(f"{agent}: {args.samples} latency samples, then 20 handlers", flush=True)
         figures[agent] = AgentVm(agent, base / agent.replace(" ", "-"), args, zip_path).run()
         found = figures[agent]
