@@ -8,7 +8,8 @@ A task of its own, placed by the provision group (tasks/__init__.py) after Ready
 for the transport key pair (an RSA key generated since the agent started), and nothing on
 the way to Ready needs the certificates unless the OVF names one for an SSH key or a key
 pair. Then ssh:certificates installs them first (`install`), and this task finds them
-installed by this run.
+installed by this run. It first starts reading the goal state's extensions in the
+background, for gather:extensions.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
     yield {
         "name": "install",
         "doc": "fetch, decrypt and store the goal state's certificates (.crt, .prv)",
-        "actions": [(install, [ctx])],
+        "actions": [(read_extensions_ahead, [ctx]), (install, [ctx])],
         "task_dep": ["gather:goalstate"],
         "uptodate": [Inputs("certificates", lambda: wanted(ctx)),
                      Probe("certificates", lambda: stored_missing(ctx))],
@@ -74,6 +75,16 @@ def stored_missing(ctx: Context) -> str | None:
         if not (ctx.lib_dir / f"{thumb}.crt").exists():
             return f"certificate {thumb}.crt is missing from Lib.Dir"
     return None
+
+
+def read_extensions_ahead(ctx: Context) -> None:
+    """Start reading the new goal state's extensions (tasks/extensions.py: network work
+    that writes nothing) before the certificates: it goes on while they are fetched and
+    decrypted, and gather:extensions, placed after this area, takes it. Not in `install`,
+    which ssh:certificates also runs on the way to Ready."""
+    from tasks.extensions import start_reading
+
+    start_reading(ctx, inputs.goal_state(ctx))
 
 
 def install(ctx: Context) -> None:

@@ -45,6 +45,8 @@ from system.errors import AgentError
 from tasks import TaskDict, Uptodate, inputs
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from facts.extensions import HandlerManifest
     from wire.extensions_goal_state import ExtensionsGoalState
 
@@ -200,8 +202,9 @@ def gather_extensions(ctx: Context, state: Any = None) -> None:
     """Store the extensions goal state: ExtensionsConfig (with its artifacts profile's
     onHold) or FastTrack vmSettings, the newer; never one older than the stored one.
 
-    With `state` (a new goal state, from gather:goalstate) both documents are read;
-    without it (gather:extensions, the daemon saw a new vmSettings ETag) only vmSettings.
+    With `state` (a new goal state, from gather:goalstate) both documents are read, or
+    taken as `start_reading` read them ahead; without it (gather:extensions, the daemon
+    saw a new vmSettings ETag) only vmSettings.
     """
     if not ctx.conf.flag("Extensions.Enabled"):
         return
@@ -212,10 +215,12 @@ def gather_extensions(ctx: Context, state: Any = None) -> None:
         if VM_SETTINGS_ETAG is None or stored is None or \
                 stored.get("vm_settings_etag") == VM_SETTINGS_ETAG:
             return
-        _gather(ctx, stored, inputs.goal_state(ctx), with_config=False)
+        _store(ctx, stored, _read(ctx, stored, inputs.goal_state(ctx), with_config=False,
+                                  wire=inputs.wireserver(ctx),
+                                  artifacts=artifact_client(ctx, inputs.goal_state(ctx))))
         return
     try:
-        _gather(ctx, stored, state, with_config=True)
+        _store(ctx, stored, _take_reading(ctx, stored, state))
     except (AgentError, OSError) as err:
         # Not the goal state's failure: gather:extensions tries again at the next run.
         log.warning("extensions goal state not read: %s", err)
@@ -223,17 +228,82 @@ def gather_extensions(ctx: Context, state: Any = None) -> None:
                                        "gather_error": str(err)})
 
 
-def _gather(ctx: Context, stored: Mapping[str, Any] | None, state: Any, *,
-            with_config: bool) -> None:
+class Reading(NamedTuple):
+    """An extensions goal state as read: the facts to store (None: none newer than the
+    stored one), the vmSettings ETag, and the packages fetched ahead (each with its
+    handler's facts), checked but not yet written."""
+
+    facts: dict[str, Any] | None
+    etag: str | None
+    packages: list[tuple[dict[str, Any], bytes]]
+
+
+# The reading `start_reading` started, and what it was started for (the root, the goal
+# state's incarnation and the stored facts it compared with), taken by gather:extensions.
+# One at a time: the agent's runs take its lock.
+_AHEAD: "tuple[tuple[str, str, Mapping[str, Any] | None], Future[Reading]] | None" = None
+
+
+def start_reading(ctx: Context, state: Any) -> None:
+    """Read the extensions goal state of a new goal state (`state`) in the background:
+    both documents, the manifests and the packages not yet in Lib.Dir. That is network
+    work which writes nothing, so it runs while the tasks before gather:extensions do
+    (the certificates' fetch and decryption), with clients of its own; gather:extensions
+    takes what it read, or reads itself when nothing was started for its goal state."""
+    global _AHEAD
+    stored = stored_goal_state(ctx)
+    if (not ctx.conf.flag("Extensions.Enabled") or ctx.run.plan
+            or (stored or {}).get("incarnation") == state.incarnation):
+        return  # read already (the goalstate group gathers the extensions first)
+    import threading
+    from concurrent.futures import Future
+
+    from wire.wireserver import WireServerClient
+
+    shared = inputs.wireserver(ctx)  # found on this thread: it may remember the endpoint
+    wire = WireServerClient(shared.base, identity=shared.identity)
+    artifacts = new_artifact_client(ctx, state)
+    outcome: Future[Reading] = Future()
+
+    def read() -> None:
+        try:
+            outcome.set_result(_read(ctx, stored, state, with_config=True, wire=wire,
+                                     artifacts=artifacts))
+        except BaseException as err:  # noqa: BLE001 - gather:extensions raises it
+            outcome.set_exception(err)
+        finally:
+            wire.http.close()
+            artifacts.close()
+
+    # A daemon thread: an agent stopped meanwhile does not wait for the downloads.
+    threading.Thread(target=read, name="extensions-reading", daemon=True).start()
+    _AHEAD = ((str(ctx.root.base), str(state.incarnation), stored), outcome)
+
+
+def _take_reading(ctx: Context, stored: Mapping[str, Any] | None, state: Any) -> Reading:
+    """What `start_reading` read for this goal state and these stored facts (waiting for
+    it), else a reading now."""
+    global _AHEAD
+    ahead, _AHEAD = _AHEAD, None
+    if ahead is not None and ahead[0] == (str(ctx.root.base), str(state.incarnation), stored):
+        return ahead[1].result()
+    return _read(ctx, stored, state, with_config=True, wire=inputs.wireserver(ctx),
+                 artifacts=artifact_client(ctx, state))
+
+
+def _read(ctx: Context, stored: Mapping[str, Any] | None, state: Any, *, with_config: bool,
+          wire: Any, artifacts: Any) -> Reading:
+    """Read the extensions goal state with these clients; nothing is written (this may
+    run on a thread of its own: see `start_reading`)."""
     from wire.extensions_goal_state import choose, from_extensions_config, parse_vm_settings
 
     candidates: list[ExtensionsGoalState | None] = []
     if with_config:
-        config = inputs.wireserver(ctx).extensions_config(state)
+        config = wire.extensions_config(state)
         if config is not None:
             candidates.append(from_extensions_config(
                 config, state.incarnation,
-                on_hold=_on_hold(ctx, config.in_vm_artifacts_profile_blob)))
+                on_hold=_on_hold(ctx, artifacts, config.in_vm_artifacts_profile_blob)))
     etag = None
     answer = _vm_settings(ctx, state)
     if answer is not None and answer.document is not None:
@@ -245,10 +315,7 @@ def _gather(ctx: Context, stored: Mapping[str, Any] | None, state: Any, *,
     handled = stored.get("created_ticks") if stored and stored.get("id") else None
     chosen = choose(candidates, handled)
     if chosen is None:
-        kept = {k: v for k, v in (stored or {"id": None, "handlers": []}).items()
-                if k != "gather_error"}
-        inputs.keep_facts(ctx, FACTS, {**kept, "vm_settings_etag": etag})
-        return
+        return Reading(None, etag, [])
     log.info("extensions goal state %s from %s (%d handler(s))", chosen.id, chosen.source,
              len(chosen.plugins))
     on_hold = chosen.on_hold and ctx.conf.flag("EnableOverProvisioning")
@@ -257,12 +324,29 @@ def _gather(ctx: Context, stored: Mapping[str, Any] | None, state: Any, *,
         chosen.unsupported_features, state.incarnation)
     facts = goal_state_facts(chosen, vm_settings_etag=etag, incarnation=state.incarnation,
                              processed=processed)
+    packages = []
     if not on_hold and not chosen.unsupported_features:
-        resolve_versions(ctx, state, facts["handlers"])
-    inputs.keep_facts(ctx, FACTS, facts)
+        packages = resolve_versions(ctx, state, facts["handlers"], artifacts)
+    return Reading(facts, etag, packages)
 
 
-def resolve_versions(ctx: Context, state: Any, handlers: list[dict[str, Any]]) -> None:
+def _store(ctx: Context, stored: Mapping[str, Any] | None, reading: Reading) -> None:
+    """Keep what was read: the packages fetched ahead in Lib.Dir, then the facts."""
+    if reading.facts is None:
+        kept = {k: v for k, v in (stored or {"id": None, "handlers": []}).items()
+                if k != "gather_error"}
+        inputs.keep_facts(ctx, FACTS, {**kept, "vm_settings_etag": reading.etag})
+        return
+    for handler, data in reading.packages:
+        try:
+            keep_package(ctx, handler["name"], handler["version"], data)
+        except ExtensionFailed as err:
+            log.info("%s: %s: its unpack task tries again", handler["name"], err)
+    inputs.keep_facts(ctx, FACTS, reading.facts)
+
+
+def resolve_versions(ctx: Context, state: Any, handlers: list[dict[str, Any]],
+                     artifacts: Any) -> list[tuple[dict[str, Any], bytes]]:
     """The version each enabled handler gets, from its manifest: the highest offered whose
     leading components are the requested ones ("1.0" takes 1.0.7), as waagent's
     decide_version does on each goal state. Its directory and package are named by it.
@@ -270,17 +354,18 @@ def resolve_versions(ctx: Context, state: Any, handlers: list[dict[str, Any]]) -
     reads it again, says why).
 
     The handlers are independent: their manifests, and the packages not yet in Lib.Dir,
-    are fetched a few at a time. Only the fetching runs in the workers; packages are
-    checked and written here, one at a time. A package that could not be fetched is left
-    to the handler's unpack task, which retries and reports it."""
+    are fetched a few at a time, and each package checked as it arrives. Returned: the
+    packages that passed, with their handlers (written to Lib.Dir by the caller). A
+    package that could not be fetched, or was refused, is left to the handler's unpack
+    task, which retries and reports it. One handler: no workers, the client `artifacts`."""
     wanted = [h for h in handlers
               if h["state"] == "enabled" and not h.get("invalid") and h["uris"]]
     if len(wanted) < 2 or ctx.run.plan:
         for handler in wanted:
-            _resolve(ctx, artifact_client(ctx, state), handler, prefetch=False)
-        return
+            _resolve(ctx, artifacts, handler, prefetch=False)
+        return []
     import queue
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    from concurrent.futures import ThreadPoolExecutor
 
     # A client per worker: a client's connections serve one request at a time.
     workers = min(ARTIFACT_WORKERS, len(wanted))
@@ -291,24 +376,25 @@ def resolve_versions(ctx: Context, state: Any, handlers: list[dict[str, Any]]) -
     def resolve(handler: dict[str, Any]) -> bytes | None:
         client = idle.get()
         try:
-            return _resolve(ctx, client, handler, prefetch=True)
+            data = _resolve(ctx, client, handler, prefetch=True)
         finally:
             idle.put(client)
+        if data is not None:
+            try:
+                check_package(package_path(ctx, handler["name"], handler["version"]), data)
+            except ExtensionFailed as err:
+                log.info("%s: %s: its unpack task tries again", handler["name"], err)
+                return None
+        return data
 
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artifacts") as pool:
-            futures = {pool.submit(resolve, handler): handler for handler in wanted}
-            for future in as_completed(futures):
-                handler, data = futures[future], future.result()
-                if data is None:
-                    continue
-                try:
-                    keep_package(ctx, handler["name"], handler["version"], data)
-                except ExtensionFailed as err:
-                    log.info("%s: %s: its unpack task tries again", handler["name"], err)
+            fetched = list(pool.map(resolve, wanted))
     finally:
         while not idle.empty():
             idle.get().close()
+    return [(handler, data) for handler, data in zip(wanted, fetched, strict=True)
+            if data is not None]
 
 
 def _resolve(ctx: Context, client: Any, handler: dict[str, Any], *,
@@ -382,15 +468,15 @@ def _vm_settings(ctx: Context, state: Any) -> Any:
     return answer if answer.status == "changed" else None
 
 
-def _on_hold(ctx: Context, blob_url: str | None) -> bool:
+def _on_hold(ctx: Context, artifacts: Any, blob_url: str | None) -> bool:
     """InVMArtifactsProfileBlob `onHold` (EnableOverProvisioning only, as waagent)."""
     if not blob_url or not ctx.conf.flag("EnableOverProvisioning"):
         return False
     from wire.extensions_config import is_on_hold, parse_artifacts_profile
 
     try:
-        data = artifact_client(ctx, inputs.goal_state(ctx)).fetch(
-            [blob_url], what="the InVMArtifactsProfile", max_bytes=64 * 1024)
+        data = artifacts.fetch([blob_url], what="the InVMArtifactsProfile",
+                               max_bytes=64 * 1024)
         return is_on_hold(parse_artifacts_profile(data))
     except AgentError as err:
         log.warning("InVMArtifactsProfile not read (%s): not on hold", err)

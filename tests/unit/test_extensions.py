@@ -352,6 +352,93 @@ def test_settings_and_environment_a_crash_left_empty_are_written_again(tmp_path:
     assert ext._settings_missing(ctx, bare) == "config/0.settings is missing"
 
 
+# -- the extensions goal state read ahead ----------------------------------------------------
+
+def reading_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Context, list[Any]]:
+    """A context whose extensions goal state reads are recorded: (incarnation, thread)."""
+    import threading
+
+    (tmp_path / "var/lib/waagent").mkdir(parents=True, exist_ok=True)
+    ctx = make_context({"root": str(tmp_path), "chroot": "y",
+                        "wireserver": "http://127.0.0.1:9"})
+    reads: list[Any] = []
+
+    def read(ctx: Context, stored: Any, state: Any, *, with_config: bool, wire: Any,
+             artifacts: Any) -> ext.Reading:
+        reads.append((state.incarnation, threading.current_thread().name))
+        if state.incarnation == "bad":
+            from wire.errors import WireError
+
+            raise WireError("the WireServer is away")
+        return ext.Reading({"id": f"incarnation_{state.incarnation}",
+                            "incarnation": state.incarnation, "handlers": []}, None, [])
+
+    class Artifacts:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(ext, "_read", read)
+    monkeypatch.setattr(ext, "new_artifact_client", lambda ctx, state, rounds=3: Artifacts())
+    monkeypatch.setattr(ext, "_AHEAD", None)
+    return ctx, reads
+
+
+def test_the_extensions_goal_state_read_ahead_is_what_gather_extensions_stores(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """start_reading reads on a thread of its own; gather:extensions takes that reading
+    for the same goal state (nothing is read twice), and reads itself for another."""
+    from types import SimpleNamespace
+
+    ctx, reads = reading_context(tmp_path, monkeypatch)
+    two = SimpleNamespace(incarnation="2")
+    ext.start_reading(ctx, two)
+    ext.gather_extensions(ctx, two)
+    assert reads == [("2", "extensions-reading")]
+    assert ext.stored_goal_state(ctx)["id"] == "incarnation_2"  # type: ignore[index]
+
+    ext.start_reading(ctx, two)  # its extensions are stored already: nothing to read
+    assert len(reads) == 1
+    ext.start_reading(ctx, SimpleNamespace(incarnation="3"))
+    ext.gather_extensions(ctx, SimpleNamespace(incarnation="4"))  # not the one read ahead
+    assert ("4", "MainThread") in reads
+    assert ext.stored_goal_state(ctx)["id"] == "incarnation_4"  # type: ignore[index]
+
+    # Read ahead against facts stored since (vmSettings alone): compared with stale facts,
+    # so read again.
+    five = SimpleNamespace(incarnation="5")
+    ext.start_reading(ctx, five)
+    inputs.keep_facts(ctx, ext.FACTS, {"id": "vmSettings_9", "incarnation": "4", "handlers": []})
+    ext.gather_extensions(ctx, five)
+    assert reads.count(("5", "MainThread")) == 1
+
+
+def test_a_failed_reading_ahead_is_gather_extensions_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error of the reading ahead is raised where gather:extensions takes it: stored as
+    gather_error (the next run tries again), as an error while reading there would be."""
+    from types import SimpleNamespace
+
+    ctx, reads = reading_context(tmp_path, monkeypatch)
+    bad = SimpleNamespace(incarnation="bad")
+    ext.start_reading(ctx, bad)
+    ext.gather_extensions(ctx, bad)
+    assert reads == [("bad", "extensions-reading")]
+    assert "the WireServer is away" in ext.stored_goal_state(ctx)["gather_error"]  # type: ignore[index]
+
+
+def test_nothing_is_read_ahead_in_a_plan_or_with_extensions_disabled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    ctx, reads = reading_context(tmp_path, monkeypatch)
+    ctx.run.plan = True
+    ext.start_reading(ctx, SimpleNamespace(incarnation="2"))
+    ctx.run.plan = False
+    monkeypatch.setattr(type(ctx.conf), "flag", lambda conf, name: name != "Extensions.Enabled")
+    ext.start_reading(ctx, SimpleNamespace(incarnation="2"))
+    assert reads == [] and ext._AHEAD is None
+
+
 # -- direct downloads ------------------------------------------------------------------------
 
 @pytest.fixture
@@ -584,11 +671,16 @@ def test_manifests_and_packages_of_a_goal_state_are_fetched_a_few_at_a_time(
     monkeypatch.setattr(ext, "ARTIFACT_WORKERS", 2)
     handlers = [{**handler(name, version="1.0")} for name in server.packages]
     install(ctx, "E.Five", "1.0.7", "Enabled")  # installed: its package is not fetched again
-    ext.resolve_versions(ctx, object(), handlers)
+    fetched = ext.resolve_versions(ctx, object(), handlers, None)
     assert {h["name"]: h["version"] for h in handlers} == dict.fromkeys(server.packages, "1.0.7")
     assert all(h["package_uris"] == [f"http://x/{h['name']}"] for h in handlers)
-    packages = {p.name for p in ctx.lib_dir.glob("*.zip")}
     # B.Two's fetch failed and C.Bad's package was refused: their unpack tasks try again.
-    assert packages == {"A.One__1.0.7.zip", "D.Four__1.0.7.zip"}
+    assert [h["name"] for h, _ in fetched] == ["A.One", "D.Four"]
+    assert not list(ctx.lib_dir.glob("*.zip"))  # nothing written: the caller keeps them
     assert server.threads and all(t.startswith("artifacts") for t in server.threads)
     assert server.closed == 2  # a client per worker, closed at the end
+    ext._store(ctx, None, ext.Reading({"id": "incarnation_2", "handlers": handlers}, None,
+                                      fetched))
+    assert {p.name for p in ctx.lib_dir.glob("*.zip")} == {"A.One__1.0.7.zip",
+                                                          "D.Four__1.0.7.zip"}
+    assert ext.stored_goal_state(ctx)["id"] == "incarnation_2"  # type: ignore[index]
