@@ -260,9 +260,13 @@ def start_reading(ctx: Context, state: Any) -> None:
 
     from wire.wireserver import WireServerClient
 
-    shared = inputs.wireserver(ctx)  # found on this thread: it may remember the endpoint
-    wire = WireServerClient(shared.base, identity=shared.identity)
-    artifacts = new_artifact_client(ctx, state)
+    try:
+        shared = inputs.wireserver(ctx)  # found on this thread: it may remember the endpoint
+        wire = WireServerClient(shared.base, identity=shared.identity)
+        artifacts = new_artifact_client(ctx, state)
+    except (AgentError, OSError) as err:  # the task that started it goes on
+        log.debug("extensions goal state not read ahead: %s", err)
+        return  # gather:extensions reads it, and reports what fails
     outcome: Future[Reading] = Future()
 
     def read() -> None:

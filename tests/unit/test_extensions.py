@@ -439,6 +439,19 @@ def test_nothing_is_read_ahead_in_a_plan_or_with_extensions_disabled(
     assert reads == [] and ext._AHEAD is None
 
 
+def test_a_reading_that_cannot_start_leaves_the_certificates_task_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No WireServer to read from (a sandbox root without wireserver=): start_reading
+    says nothing is read ahead instead of failing certificates:install, which started it;
+    gather:extensions meets the problem itself and reports it."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(ext, "_AHEAD", None)
+    ctx = context(tmp_path)  # no wireserver=
+    ext.start_reading(ctx, SimpleNamespace(incarnation="2"))
+    assert ext._AHEAD is None
+
+
 # -- direct downloads ------------------------------------------------------------------------
 
 @pytest.fixture
