@@ -475,9 +475,10 @@ def main() -> int:
                  f"({loops['warm_rss']:.1f} -> {loops['end_rss']:.1f})", f"{growth:+.2f}", "-",
                  "-", f"<= {TARGETS['rss_growth_mb']:.0f} MB"))
     # RSS takes one step, ~1 MB, a few hundred loops in: CPython 3.11's table of interned
-    # strings doubles once the path parts pathlib interns (and frees) have used up its free
-    # slots; the live heap (allocated blocks) stays flat. Growth after that is what a long
-    # life would see.
+    # strings is rebuilt once the strings interned and freed meanwhile (path parts, names
+    # read from files) have used up its free slots, and it doubles then because more than a
+    # third of it is live (the names in the daemon's modules); the live heap (allocated
+    # blocks) stays flat. Growth after that is what a long life would see.
     later = [rss for index, rss, _ in loops["trace"] if index >= STEADY]
     if len(later) >= 2:
         rows.append((f"RSS growth MB, loops {STEADY}..{loops['loops']} (after the step)",
@@ -491,6 +492,11 @@ def main() -> int:
           f"{loops['blobs']} status blobs ({loops['problems']} problems), last incarnation "
           f"{loops['incarnation']}, {loops['modules']} modules; (loop, RSS MB, allocated "
           f"blocks) {loops['trace']}")
+    interned = loops["interned"]
+    if interned:
+        print(f"interned strings at the end: {interned['live']} live in a table of "
+              f"{interned['size']} (a resize doubles it when more than "
+              f"{interned['size'] // 3} are live)")
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -13,6 +13,7 @@ with a new incarnation before every 10th. RESULT.json: the figures bench/daemon.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import resource
 import sys
@@ -31,6 +32,69 @@ def vm_rss_mb() -> float:
 def process_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _mappings() -> list[tuple[int, int, str, str]]:
+    """(start, end, permissions, path) of this process's mappings."""
+    found = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        found.append((start, end, fields[1], fields[5] if len(fields) > 5 else ""))
+    return found
+
+
+def interned_table() -> dict[str, int] | None:
+    """CPython 3.11's dict of interned strings (unicodeobject.c's static `interned`): its
+    live strings and its table size. At a resize (when its free slots, which dead strings
+    also use up, run out) the table is rebuilt at the smallest power of two >= 3 x live
+    (dictobject.c GROWTH_RATE): it doubles only when more than a third of its size is live.
+
+    Found without symbols: among the words of the interpreter's writable data (where the
+    static lives) that point to a dict, the dict whose every entry maps a string to itself
+    (interned[s] is s), the largest. Layouts: Include/internal/pycore_dict.h (3.11, 64-bit).
+    None on another Python."""
+    if sys.version_info[:2] != (3, 11) or sys.maxsize != 2**63 - 1:
+        return None
+    maps = _mappings()
+    readable = [(start, end) for start, end, perms, _ in maps if perms.startswith("r")]
+
+    def mapped(address: int, size: int) -> bool:
+        return any(start <= address and address + size <= end for start, end in readable)
+
+    def word(address: int) -> int:
+        return ctypes.c_uint64.from_address(address).value
+
+    dict_type = id(dict)
+    image = next(path for start, end, _, path in maps if start <= dict_type < end)
+    data, after_image = [], False
+    for start, end, perms, path in maps:
+        # The image's .data, and its .bss in the anonymous mapping right after it.
+        if perms.startswith("rw") and (path == image or (after_image and not path)):
+            data.append((start, end))
+        after_image = path == image or (after_image and not path and perms.startswith("rw"))
+    best: dict[str, int] | None = None
+    for start, end in data:
+        for address in range(start, end, 8):
+            candidate = word(address)
+            if candidate % 8 or not mapped(candidate, 48) or word(candidate + 8) != dict_type \
+                    or word(candidate + 40):  # a split table (ma_values) is not it
+                continue
+            keys = word(candidate + 32)
+            if not mapped(keys, 32):
+                continue
+            log2_size, log2_index_bytes, kind = ctypes.string_at(keys + 8, 3)
+            live, entries = word(candidate + 16), word(keys + 24)
+            sample = min(entries, 200)
+            first = keys + 32 + (1 << log2_index_bytes)
+            if kind != 1 or live < 1000 or not mapped(first, 16 * sample):
+                continue
+            pairs = [(word(first + 16 * i), word(first + 16 * i + 8)) for i in range(sample)]
+            used = [(key, value) for key, value in pairs if value]
+            if len(used) > sample // 2 and all(key == value for key, value in used) and (
+                    best is None or live > best["live"]):
+                best = {"live": live, "size": 1 << log2_size}
+    return best
 
 
 def loops(setup: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +141,7 @@ def loops(setup: dict[str, Any]) -> dict[str, Any]:
             trace.append((index, round(vm_rss_mb(), 2), sys.getallocatedblocks()))
     took = time.monotonic() - started
     return {"loops": total, "warm": warm, "warm_rss": warm_rss, "end_rss": vm_rss_mb(),
+            "interned": interned_table(),
             "idle_pass_ms": idle_pass_ms, "seconds": took,
             "after_warm_seconds": took - (warm_at - started),
             "graph_runs": daemon.state["graph_runs"], "trace": trace,
