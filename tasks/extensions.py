@@ -17,6 +17,8 @@ extensions:<Handler>:enable     enableCommand: on every new extensions goal stat
                                 per agent start (handlers skip repeats through `mrseq`)
 extensions:<Handler>:wait       a handler below the highest dependsOn level: its status
                                 polled every 5 s until success or error
+extensions:processed            a goal state that failed (-1) and is processed again: its
+                                stored failure replaced by success
 extensions:<Handler>:disable    state disabled: disableCommand when Enabled
 extensions:<Handler>:uninstall  state uninstall, or a handler gone from the goal state:
                                 disable, uninstall, remove its directory and package
@@ -605,6 +607,8 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
     except Exception as err:  # noqa: BLE001 - whatever it is, the platform must be told
         yield failed_task(ctx, facts, err)
         return
+    if (facts.get("processed") or {}).get("code") == CODE_GOAL_STATE_UNKNOWN:
+        yield recovered_task(ctx, facts)
     yield from tasks
 
 
@@ -655,6 +659,19 @@ def failed_task(ctx: Context, facts: Mapping[str, Any], error: Exception) -> Tas
     log.warning("%s", message)
     return {"name": "failed", "doc": "the extensions goal state could not be processed",
             "actions": [(fail,)]}
+
+
+def recovered_task(ctx: Context, facts: Mapping[str, Any]) -> TaskDict:
+    """A goal state that failed with GoalStateUnknownFailure and is processed again (the
+    agent restarted): waagent reports it processed from then on, so the stored -1 goes."""
+    incarnation = str(facts.get("incarnation") or facts["id"])
+
+    def recover() -> None:
+        processed = processed_status(facts.get("unsupported_features", []), incarnation)
+        inputs.keep_facts(ctx, FACTS, {**facts, "processed": processed})
+
+    return {"name": "processed", "doc": f"goal state {facts['id']} processed this time: its "
+            "stored failure (-1) is replaced", "actions": [(recover,)]}
 
 
 def skipped_task(ctx: Context, handlers: Sequence[Handler], goal_id: str) -> TaskDict:

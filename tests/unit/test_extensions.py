@@ -527,6 +527,16 @@ def test_an_unexpected_failure_fails_the_goal_state_with_code_minus_1(
     assert status.message.startswith("Unexpected error when processing goal state:")
     assert "Permission denied" in status.message
 
+    # The agent restarts and processes the same goal state without the error: from then on
+    # it is reported processed, as waagent's next pass over it reports it.
+    monkeypatch.undo()
+    tasks = list(ext.generate(ctx))
+    assert tasks[0]["name"] == "processed"
+    call_action(tasks[0]["actions"][0])
+    status = extension_status.goal_state_status(ctx, "1")
+    assert (status.status, status.code) == ("Success", 0)
+    assert "processed" not in [t["name"] for t in ext.generate(ctx)]
+
 
 def test_an_unexpected_error_in_a_handler_operation_is_its_status_with_code_minus_1(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
