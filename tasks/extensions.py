@@ -17,6 +17,9 @@ extensions:<Handler>:enable     enableCommand: on every new extensions goal stat
                                 per agent start (handlers skip repeats through `mrseq`)
 extensions:<Handler>:wait       a handler below the highest dependsOn level: its status
                                 polled every 5 s until success or error
+extensions:<Handler>:enable-level-N, :wait-level-N
+                                a multi-config handler's extensions at a higher level N than
+                                its first: waagent orders extensions, not handlers, by level
 extensions:processed            a goal state that failed (-1) and is processed again: its
                                 stored failure replaced by success
 extensions:<Handler>:disable    state disabled: disableCommand when Enabled
@@ -154,6 +157,30 @@ class Handler(NamedTuple):
             return max((s.level for s in self.settings if s.state == "enabled"),
                        default=self.level)
         return self.level
+
+    def level_parts(self) -> list["Handler"]:
+        """The handler as waagent takes it in dependsOn order, which sorts extensions, not
+        handlers: an enabled multi-config handler whose extensions sit at several levels
+        is enabled once per level, each time with that level's extensions (a part); any
+        other handler is one part."""
+        levels = sorted({s.level for s in self.settings})
+        if self.state != "enabled" or not self.multi_config or len(levels) < 2:
+            return [self]
+        return [self._replace(settings=tuple(s for s in self.settings if s.level == level))
+                for level in levels]
+
+    def part_suffix(self, part: "Handler") -> str:
+        """What the tasks of a part after its handler's first carry in their names."""
+        first = self.level_parts()[0]
+        return "" if part.dependency_level == first.dependency_level else \
+            f"-level-{part.dependency_level}"
+
+
+def in_dependency_order(handlers: Sequence[Handler]) -> list[Handler]:
+    """The parts of every handler (Handler.level_parts) in the order waagent handles them:
+    non-enabled first in reverse level order, then by level, ties in goal-state order."""
+    return sorted((part for handler in handlers for part in handler.level_parts()),
+                  key=lambda part: part.sort_key)
 
 
 def goal_state_facts(state: "ExtensionsGoalState", **extra: Any) -> dict[str, Any]:
@@ -613,7 +640,7 @@ def generate(ctx: Context) -> Iterator[TaskDict]:
 
 
 def _generate(ctx: Context, facts: Mapping[str, Any]) -> Iterator[TaskDict]:
-    handlers = sorted(handlers_of(facts), key=lambda h: h.sort_key)
+    handlers = handlers_of(facts)
     goal_id = str(facts["id"])
     # Decisions on the whole goal state come first: they hold on any root.
     if facts.get("unsupported_features"):
@@ -630,16 +657,20 @@ def _generate(ctx: Context, facts: Mapping[str, Any]) -> Iterator[TaskDict]:
         if name not in wanted:
             yield from removal_tasks(ctx, name, versions[-1], why="it left the goal state")
     top = max((h.top_level() for h in handlers if h.state == "enabled"), default=0)
+    whole = {handler.name: handler for handler in handlers}
     waits: list[str] = []
-    for handler in handlers:
-        chain = list(handler_tasks(ctx, handler, goal_id))
+    for part in in_dependency_order(handlers):
+        handler = whole[part.name]
+        suffix = handler.part_suffix(part)
+        chain = [later_enable_task(ctx, handler, part, goal_id, suffix)] if suffix else \
+            list(handler_tasks(ctx, handler, goal_id, enabling=part))
         if handler.state == "enabled" and waits:
             for task in chain:  # waagent handles nothing of it before the levels below
                 task["task_dep"] = [*task.get("task_dep", []), *waits]
         yield from chain
-        waited = handler.waited_for(top)
+        waited = part.waited_for(top)
         if waited:
-            wait = wait_task(ctx, handler, goal_id, waited)
+            wait = wait_task(ctx, part, goal_id, waited, suffix)
             waits.append(f"extensions:{wait['name']}")
             yield wait
 
@@ -712,8 +743,10 @@ def _task(handler: str, step: str, doc: str, action: Any, *args: Any,
             "task_dep": [f"extensions:{handler}:{d}" for d in deps], "uptodate": list(uptodate)}
 
 
-def handler_tasks(ctx: Context, handler: Handler, goal_id: str) -> Iterator[TaskDict]:
-    """The tasks one handler needs for the state the goal state asks."""
+def handler_tasks(ctx: Context, handler: Handler, goal_id: str, *,
+                  enabling: Handler | None = None) -> Iterator[TaskDict]:
+    """The tasks one handler needs for the state the goal state asks; its enable takes the
+    extensions of `enabling`, its first part (Handler.level_parts), when given."""
     name, version = handler.name, handler.version
     if handler.state != "enabled":
         on_disk = installed_versions(ctx, name)
@@ -749,11 +782,31 @@ def handler_tasks(ctx: Context, handler: Handler, goal_id: str) -> Iterator[Task
                     deps=["settings"],
                     uptodate=[Probe("installed", lambda: _not_installed(ctx, name, version))])
         before = "install"
-    yield _task(name, "enable", f"enable {name} {version} (seq {_seqs(handler)})",
-                enable_handler, ctx, handler, deps=[before],
-                uptodate=[Inputs(f"ext-enable-{name}",
-                                 lambda: {**inputs_of, "agent_start": agent_start(ctx)}),
-                          Probe("enabled", lambda: _not_enabled(ctx, name, version))])
+    yield enable_task(ctx, handler, enabling or handler, goal_id, deps=[before])
+
+
+def enable_task(ctx: Context, handler: Handler, part: Handler, goal_id: str, *,
+                deps: Sequence[str], suffix: str = "") -> TaskDict:
+    name, version = handler.name, handler.version
+    inputs_of = {"version": version, "goal_state": goal_id, "state": handler.state,
+                 "settings": settings_digest(part), "seq": [s.seq_no for s in part.settings]}
+    return _task(name, f"enable{suffix}", f"enable {name} {version} (seq {_seqs(part)})",
+                 enable_handler, ctx, part, deps=deps,
+                 uptodate=[Inputs(f"ext-enable-{name}{suffix}",
+                                  lambda: {**inputs_of, "agent_start": agent_start(ctx)}),
+                           Probe("enabled", lambda: _not_enabled(ctx, name, version))])
+
+
+def later_enable_task(ctx: Context, handler: Handler, part: Handler, goal_id: str,
+                      suffix: str) -> TaskDict:
+    """The enable of a multi-config handler's extensions at a higher dependsOn level, after
+    the handlers of the levels between (its first part's tasks set the handler up)."""
+    parts = handler.level_parts()
+    before = parts[parts.index(part) - 1]
+    current = installed_version(ctx, handler.name)
+    setup = "update" if current is not None and current != handler.version else "install"
+    return enable_task(ctx, handler, part, goal_id, suffix=suffix,
+                       deps=[setup, f"enable{handler.part_suffix(before)}"])
 
 
 def removal_tasks(ctx: Context, name: str, version: str, *, why: str,
@@ -764,13 +817,13 @@ def removal_tasks(ctx: Context, name: str, version: str, *, why: str,
 
 
 def wait_task(ctx: Context, handler: Handler, goal_id: str,
-              waited: Sequence[Settings]) -> TaskDict:
+              waited: Sequence[Settings], suffix: str = "") -> TaskDict:
     names = ", ".join(f"{handler.name}.{s.name}" for s in waited) if handler.multi_config \
         else handler.name
-    return _task(handler.name, "wait",
+    return _task(handler.name, f"wait{suffix}",
                  f"wait for {names} (dependsOn level {handler.dependency_level}) to succeed",
                  wait_for_handler, ctx, handler, goal_id, tuple(waited),
-                 uptodate=[Inputs(f"ext-wait-{handler.name}", lambda: {
+                 uptodate=[Inputs(f"ext-wait-{handler.name}{suffix}", lambda: {
                      "goal_state": goal_id, "agent_start": agent_start(ctx),
                      "settings": settings_digest(handler)})])
 
@@ -1413,15 +1466,26 @@ def _enable_failed(ctx: Context, handler: Handler, settings: Settings) -> bool:
         extension_state_file(ctx, handler.name, handler.version, settings.name))
 
 
-def fail_later(ctx: Context, handler: Handler, message: str) -> None:
-    """Mark the enabled handlers handled after `handler` (those that wait for it) as
-    failed, and fail."""
-    handlers = sorted(handlers_of(stored_goal_state(ctx) or {}), key=lambda h: h.sort_key)
-    names = [h.name for h in handlers]
-    later = handlers[names.index(handler.name) + 1:] if handler.name in names else []
-    for other in later:
-        if other.state == "enabled":
+def fail_later(ctx: Context, part: Handler, message: str) -> None:
+    """Mark what is handled after `part` (what waits for it) as failed, as waagent reports
+    each extension it skips, and fail: a single-config handler's HandlerStatus; for a
+    multi-config one an error status for each of the part's extensions that has none, and
+    a HandlerStatus only where there is none yet."""
+    parts = in_dependency_order(handlers_of(stored_goal_state(ctx) or {}))
+    keys = [(p.name, p.dependency_level) for p in parts]
+    key = (part.name, part.dependency_level)
+    for other in parts[keys.index(key) + 1:] if key in keys else []:
+        if other.state != "enabled":
+            continue
+        config = handler_dir(ctx, other.name, other.version) / "config"
+        if not other.multi_config or not (config / "HandlerStatus").exists():
             set_handler_status(ctx, other, "NotReady", message, -1)
+        if other.multi_config:
+            status = handler_dir(ctx, other.name, other.version) / "status"
+            ctx.fs.mkdir(status, mode=0o700, why=f"{other.name} status folder", quiet=True)
+            for settings in other.settings:
+                if settings.state == "enabled":
+                    placeholder_status(ctx, other, settings, "Enable", message, -1)
     raise ExtensionFailed(message, -1)
 
 

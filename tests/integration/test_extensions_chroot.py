@@ -274,6 +274,27 @@ def test_depends_on_waits_for_the_lower_level_and_a_failure_stops_the_chain(
                 and vm.state("Bad.After-1.0.0") == "Enabled")
 
 
+def test_a_multi_config_handler_is_enabled_level_by_level(make_vm: Any, tmp_path: Path) -> None:
+    """waagent orders extensions, not handlers: a multi-config handler's level-1 extension is
+    enabled before the level-2 handler, its level-3 extension after that one succeeded."""
+    from fabric.scenario import ExtensionConfig
+
+    multi = make_handler(tmp_path / "multi", supportsMultipleExtensions=True)
+    middle = make_handler(tmp_path / "middle", enable="sleep 1")
+    vm = make_vm(
+        Extension(name="Multi.Probe", package=str(multi), multi_config=[
+            ExtensionConfig(name="late", dependency_level=3, public_settings={"x": 3}),
+            ExtensionConfig(name="early", dependency_level=1, public_settings={"x": 1})]),
+        Extension(name="Middle.Probe", package=str(middle), dependency_level=2,
+                  public_settings={"m": 2}))
+    out = vm.boot()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [line for line in vm.order() if line.startswith("enable")] == [
+        "enable 1.0.0 early", "enable 1.0.0", "enable 1.0.0 late"], out.stdout
+    assert vm.lib("Multi.Probe-1.0.0", "config/late.HandlerState").read_text() == "enabled"
+    assert vm.state("Multi.Probe-1.0.0") == "Enabled"
+
+
 def hostile_zip(path: Path) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("HandlerManifest.json", json.dumps([{"handlerManifest": {

@@ -593,6 +593,46 @@ def test_depends_on_waits_for_each_extension_of_a_multi_config_handler(tmp_path:
     assert (later["status"], later["code"]) == ("NotReady", -1)
 
 
+def test_a_multi_config_handler_is_enabled_level_by_level_between_other_handlers(
+        tmp_path: Path) -> None:
+    """waagent sorts extensions, not handlers, by dependsOn level: a multi-config handler's
+    extension at level 3 is enabled after the level-2 handler it depends on succeeded, and
+    its level-1 extension before that handler."""
+    ctx = context(tmp_path)
+    inputs.keep_facts(ctx, "extensions", {"id": "incarnation_1", "handlers": [
+        multi_config("Run.Command", ("late", 3, "enabled"), ("early", 1, "enabled")),
+        handler("Mid.One", level=2)]})
+    tasks = {t["name"]: t for t in ext.generate(ctx)}
+    assert list(tasks) == [
+        "Run.Command:unpack", "Run.Command:settings", "Run.Command:install", "Run.Command:enable",
+        "Run.Command:wait", "Mid.One:unpack", "Mid.One:settings", "Mid.One:install",
+        "Mid.One:enable", "Mid.One:wait", "Run.Command:enable-level-3"]
+    enabled = {name: [s.name for s in tasks[name]["actions"][0][1][1].settings]
+               for name in ("Run.Command:enable", "Run.Command:enable-level-3")}
+    assert enabled == {"Run.Command:enable": ["early"], "Run.Command:enable-level-3": ["late"]}
+    assert [s.name for s in tasks["Run.Command:wait"]["actions"][0][1][-1]] == ["early"]
+    assert {"extensions:Run.Command:wait", "extensions:Mid.One:wait",
+            "extensions:Run.Command:enable"} <= set(tasks["Run.Command:enable-level-3"]["task_dep"])
+    assert "extensions:Run.Command:wait" in tasks["Mid.One:unpack"]["task_dep"]
+
+    # Mid.One failed: the level-3 extension gets an error status of its own, and the
+    # handler's status (its level-1 extension is enabled) stays as it was.
+    install(ctx, "Run.Command", "1.0.0", "Enabled")
+    run = ext.handler_dir(ctx, "Run.Command", "1.0.0")
+    (run / "config/HandlerStatus").write_text('{"status": "Ready"}')
+    install(ctx, "Mid.One", "1.0.0", "Enabled")
+    mid = ext.handler_dir(ctx, "Mid.One", "1.0.0")
+    (mid / "status").mkdir()
+    (mid / "status/0.status").write_text(json.dumps([{"status": {"status": "error", "code": 1}}]))
+    with pytest.raises(ext.ExtensionFailed, match="Mid.One did not succeed"):
+        ext.wait_for_handler(ctx, *tasks["Mid.One:wait"]["actions"][0][1][1:])
+    late = json.loads((run / "status/late.0.status").read_text())[0]["status"]
+    assert (late["status"], late["code"]) == ("error", -1)
+    assert "Mid.One did not succeed" in late["formattedMessage"]["message"]
+    assert json.loads((run / "config/HandlerStatus").read_text()) == {"status": "Ready"}
+    assert not (run / "status/early.0.status").exists()
+
+
 def test_substatus_codes_are_reported_as_the_handler_wrote_them(tmp_path: Path) -> None:
     """waagent passes a substatus `code` on untouched: "0" stays a string, and a code that
     is no number at all does not make the status malformed."""
