@@ -14,6 +14,8 @@ from conf.config import default_config
 from system import FileSystem, Root, Runner
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from facts.distro import Distro
     from facts.media import ProvisioningData
     from facts.scvmm import ScvmmMedia
@@ -79,6 +81,10 @@ class RunState:
     rdma_addresses: tuple[str, str | None] | None = None
     # -- extensions (tasks.extensions)
     artifact_client: ArtifactClient | None = None
+    # A new goal state's extensions read on a thread while its certificates are fetched
+    # (tasks.extensions.start_reading): for which incarnation, against which stored facts,
+    # and the reading, which gather:extensions takes.
+    extensions_ahead: tuple[str, Any, Future[Any]] | None = None
     # handler name -> the exit code of the old version's uninstall, for the new one's enable
     uninstall_codes: dict[str, str]
     # goal state id -> when waiting for the handlers a handler depends on gives up

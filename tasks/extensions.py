@@ -50,8 +50,6 @@ from system.errors import AgentError
 from tasks import TaskDict, Uptodate, inputs
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from facts.extensions import HandlerManifest
     from wire.extensions_goal_state import ExtensionsGoalState
 
@@ -267,19 +265,12 @@ class Reading(NamedTuple):
     packages: list[tuple[dict[str, Any], bytes]]
 
 
-# The reading `start_reading` started, and what it was started for (the root, the goal
-# state's incarnation and the stored facts it compared with), taken by gather:extensions.
-# One at a time: the agent's runs take its lock.
-_AHEAD: "tuple[tuple[str, str, Mapping[str, Any] | None], Future[Reading]] | None" = None
-
-
 def start_reading(ctx: Context, state: Any) -> None:
     """Read the extensions goal state of a new goal state (`state`) in the background:
     both documents, the manifests and the packages not yet in Lib.Dir. That is network
     work which writes nothing, so it runs while the tasks before gather:extensions do
     (the certificates' fetch and decryption), with clients of its own; gather:extensions
     takes what it read, or reads itself when nothing was started for its goal state."""
-    global _AHEAD
     stored = stored_goal_state(ctx)
     if (not ctx.conf.flag("Extensions.Enabled") or ctx.run.plan
             or (stored or {}).get("incarnation") == state.incarnation):
@@ -310,16 +301,16 @@ def start_reading(ctx: Context, state: Any) -> None:
 
     # A daemon thread: an agent stopped meanwhile does not wait for the downloads.
     threading.Thread(target=read, name="extensions-reading", daemon=True).start()
-    _AHEAD = ((str(ctx.root.base), str(state.incarnation), stored), outcome)
+    ctx.state.extensions_ahead = (str(state.incarnation), stored, outcome)
 
 
 def _take_reading(ctx: Context, stored: Mapping[str, Any] | None, state: Any) -> Reading:
     """What `start_reading` read for this goal state and these stored facts (waiting for
     it), else a reading now."""
-    global _AHEAD
-    ahead, _AHEAD = _AHEAD, None
-    if ahead is not None and ahead[0] == (str(ctx.root.base), str(state.incarnation), stored):
-        return ahead[1].result()
+    ahead, ctx.state.extensions_ahead = ctx.state.extensions_ahead, None
+    if ahead is not None and ahead[:2] == (str(state.incarnation), stored):
+        reading: Reading = ahead[2].result()
+        return reading
     return _read(ctx, stored, state, with_config=True, wire=inputs.wireserver(ctx),
                  artifacts=artifact_client(ctx, state))
 

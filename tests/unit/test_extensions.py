@@ -379,7 +379,6 @@ def reading_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Co
 
     monkeypatch.setattr(ext, "_read", read)
     monkeypatch.setattr(ext, "new_artifact_client", lambda ctx, state, rounds=3: Artifacts())
-    monkeypatch.setattr(ext, "_AHEAD", None)
     return ctx, reads
 
 
@@ -436,7 +435,7 @@ def test_nothing_is_read_ahead_in_a_plan_or_with_extensions_disabled(
     ctx.run.plan = False
     monkeypatch.setattr(type(ctx.conf), "flag", lambda conf, name: name != "Extensions.Enabled")
     ext.start_reading(ctx, SimpleNamespace(incarnation="2"))
-    assert reads == [] and ext._AHEAD is None
+    assert reads == [] and ctx.state.extensions_ahead is None
 
 
 def test_a_reading_that_cannot_start_leaves_the_certificates_task_alone(
@@ -446,10 +445,9 @@ def test_a_reading_that_cannot_start_leaves_the_certificates_task_alone(
     gather:extensions meets the problem itself and reports it."""
     from types import SimpleNamespace
 
-    monkeypatch.setattr(ext, "_AHEAD", None)
     ctx = context(tmp_path)  # no wireserver=
     ext.start_reading(ctx, SimpleNamespace(incarnation="2"))
-    assert ext._AHEAD is None
+    assert ctx.state.extensions_ahead is None
 
 
 # -- direct downloads ------------------------------------------------------------------------
