@@ -83,6 +83,8 @@ class Root:
 
     def system_path(self, real: str | Path) -> str:
         """The path as the VM sees it (`/etc/hostname`) for a real path inside the root."""
+        if self._is_host and isinstance(real, Path) and real.is_absolute():
+            return str(real)  # already the VM's path: no need to parse it again
         rel = str(Path(real).relative_to(self.base))
         return "/" if rel == "." else "/" + rel
 
