@@ -485,6 +485,19 @@ _NOT_XML_1_0 = ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\ud800"
                 "\ufffe", "\uffff"]
 
 
+def test_every_character_outside_xml_1_0_and_only_those_is_replaced() -> None:
+    """Checked over every code point against the Char production itself."""
+    from wire.reports import REPLACEMENT, xml_chars
+
+    def allowed(code: int) -> bool:
+        return (code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD
+                or 0x10000 <= code <= 0x10FFFF)
+
+    every = "".join(map(chr, range(0x110000)))
+    expected = "".join(char if allowed(ord(char)) else REPLACEMENT for char in every)
+    assert xml_chars(every) == expected
+
+
 def test_failed_report_with_control_characters_is_valid_xml_1_0() -> None:
     """A custom-data script's stderr with ANSI colours and stray bytes (surrogateescape)."""
     reason = ("custom data failed: \x1b[31merror\x1b[0m\tat line 2\r\nbad byte \udcff "
