@@ -224,8 +224,14 @@ def envelope_certificates(
     Recipient by subjectKeyIdentifier (-keyid); AES-128-CBC only when the agent
     asks for AES128_CBC, otherwise DES-EDE3-CBC as the platform answers old agents.
     """
+    return envelope_pkcs12(build_pkcs12(items), transport, cipher_name)
+
+
+def envelope_pkcs12(pfx: bytes, transport: x509.Certificate, cipher_name: str | None) -> bytes:
+    """`envelope_certificates` for a PKCS#12 already built (the fabric builds one per goal
+    state, as the platform does, and encrypts it to each transport certificate asking)."""
     cipher = "aes128" if (cipher_name or "").upper() == "AES128_CBC" else "des3"
-    return _openssl_cms_encrypt(build_pkcs12(items), transport, cipher, keyid=True)
+    return _openssl_cms_encrypt(pfx, transport, cipher, keyid=True)
 
 
 def encrypt_settings(plaintext: bytes, cert: x509.Certificate) -> str:

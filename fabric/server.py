@@ -29,8 +29,9 @@ from fabric import documents, status_blob
 from fabric.certs import (
     CertificateError,
     Delivered,
+    build_pkcs12,
     encrypt_settings,
-    envelope_certificates,
+    envelope_pkcs12,
     transport_cert_from_header,
 )
 from fabric.control import ControlServer, Timeline, parse_address, perform
@@ -116,6 +117,14 @@ class GoalState:
     etag: str = ""
     scenario: Scenario | None = None
     created_ticks: int = 0  # extensions goal state creation time (.NET ticks) of the newest one served
+    _pfx: bytes | None = None
+
+    def pfx(self) -> bytes:
+        """The PKCS#12 of the delivered certificates, built once: its key derivations
+        (5 x 2000 SHA-1 rounds in Python) would otherwise delay every Certificates answer."""
+        if self._pfx is None:
+            self._pfx = build_pkcs12(self.delivered)
+        return self._pfx
 
 
 def _typed_field(name: str, value: Any) -> Any:
@@ -848,7 +857,7 @@ class Fabric:
         try:
             transport = transport_cert_from_header(header)
             cipher = request.header("x-ms-cipher-name")
-            envelope = envelope_certificates(goal_state.delivered, transport, cipher) if goal_state.delivered else None
+            envelope = envelope_pkcs12(goal_state.pfx(), transport, cipher) if goal_state.delivered else None
         except CertificateError as error:
             return _error(400, str(error))
         self.record.add_certificates({
