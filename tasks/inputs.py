@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from facts.distro import Distro
     from facts.media import ProvisioningData
     from facts.scvmm import ScvmmMedia
-    from wire.certs import TransportPair
     from wire.documents import GoalState
+    from wire.transport import TransportPair
     from wire.wireserver import WireServerClient
 
 PROVISIONED_FILE = "provisioned"
@@ -197,7 +197,7 @@ def start_transport_pair(ctx: Context) -> None:
     if ctx.run.plan or ctx.state.transport_pair is not None or (
             (ctx.lib_dir / TRANSPORT_KEY).exists() and (ctx.lib_dir / TRANSPORT_CERT).exists()):
         return
-    from wire.certs import start_transport_keygen
+    from wire.transport import start_transport_keygen
 
     ctx.state.transport_pair = start_transport_keygen(ctx.fs, ctx.lib_dir, openssl(ctx))
 
@@ -210,7 +210,7 @@ def openssl(ctx: Context) -> str:
 
 def transport_pair(ctx: Context) -> TransportPair:
     """The kept transport pair, or a new one (started ahead by `start_transport_pair`)."""
-    from wire.certs import ensure_transport_pair
+    from wire.transport import ensure_transport_pair
 
     return ensure_transport_pair(ctx.fs, ctx.lib_dir, generated=ctx.state.transport_pair)
 

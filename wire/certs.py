@@ -26,12 +26,7 @@ from wire.cms import decrypt_cms, read_pkcs12
 from wire.errors import CertificateError
 from wire.openssl import decrypt_with_openssl
 from wire.subdocuments import CertificateFile
-
-# Re-exported for tasks/inputs.py, which imports the transport pair from here: drop them
-# once it imports wire.transport.
-from wire.transport import TransportPair as TransportPair
-from wire.transport import ensure_transport_pair as ensure_transport_pair
-from wire.transport import start_transport_keygen as start_transport_keygen
+from wire.transport import TransportPair
 from wire.x509 import CertificateBundle
 
 log = logging.getLogger("waagent.wire.certs")
