@@ -103,10 +103,7 @@ def install(ctx: Context) -> None:
         from wire.errors import HttpStatusError
         from wire.wireserver import STALE_REFRESHES
 
-        import time as _t, logging as _l
-        _a=_t.time()
         pair = inputs.transport_pair(ctx)
-        _b=_t.time()
         for attempt in range(1, STALE_REFRESHES + 1):
             try:
                 document = inputs.wireserver(ctx).certificates(state, pair)
@@ -120,12 +117,10 @@ def install(ctx: Context) -> None:
             ctx.state.goal_state = None
             state = inputs.goal_state(ctx)
             store_goal_facts(ctx, state)
-        _c=_t.time()
         if document is not None:
             bundle = install_certificates(ctx.fs, ctx.lib_dir, document, pair,
                                           openssl=inputs.openssl(ctx))
             found = sorted(bundle.thumbprints)
-        _l.getLogger("waagent").info("TIMING key wait %.3f fetch %.3f decrypt %.3f at %.3f", _b-_a, _c-_b, _t.time()-_c, _a)
     facts: store.CertificateFacts = {"incarnation": state.incarnation, "thumbprints": found}
     store.save(ctx.fs, ctx.conf, FACTS, facts)
     ctx.state.certificates_installed = state.incarnation
