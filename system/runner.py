@@ -11,6 +11,7 @@ paths in the root are resolved inside it (DESIGN rule 8).
 import logging
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -92,6 +93,69 @@ class Runner:
     ) -> Result:
         """Run a read-only command: it runs in plan mode too."""
         return self._run(argv, timeout=timeout, check=check, stdin=input, env=env, cwd=None)
+
+    def probe_pipe(
+        self,
+        first: Sequence[str],
+        second: Sequence[str],
+        *,
+        input: str | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        """Run the read-only pipeline `first | second` (also in plan mode); `input` goes
+        to the first. Its output goes straight into the second, never through the agent:
+        binary data (a decrypted PKCS#12) stays off the disk and out of our memory.
+
+        The second's output, both commands' stderr, and the first non-zero exit status
+        (the first command's when both failed)."""
+        full = [self._argv(first), self._argv(second)]
+        child_env = {"PATH": os.environ.get("PATH", _PATH) + ":" + _PATH, "LC_ALL": "C"}
+        limit = timeout if timeout is not None else self.timeout
+        started = time.monotonic()
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            procs.append(subprocess.Popen(  # noqa: S603 - argv list, never a shell
+                full[0], stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env))
+            procs.append(subprocess.Popen(  # noqa: S603 - argv list, never a shell
+                full[1], stdin=procs[0].stdout, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=child_env))
+        except FileNotFoundError as err:
+            for proc in procs:
+                proc.kill()
+                proc.communicate()
+            raise CommandFailed(f"{err.filename}: command not found (needed to run: "
+                                f"{self.show(first)} | {self.show(second)})", 127) from None
+        head, tail = procs
+        # The second command holds the pipe now; the first gets EPIPE if it ends early.
+        assert head.stdout is not None
+        head.stdout.close()
+        head.stdout = None
+        # The first is fed and drained on a thread of its own: fed from here, it could
+        # block on a full pipe while the second waits for us to read its output.
+        head_stderr: list[bytes] = []
+        feeder = threading.Thread(target=lambda: head_stderr.append(head.communicate(
+            input.encode() if input is not None else None)[1]), daemon=True)
+        feeder.start()
+        try:
+            stdout, stderr = tail.communicate(timeout=max(0.0, started + limit - time.monotonic()))
+            feeder.join(max(0.0, started + limit - time.monotonic()))
+            if feeder.is_alive():
+                raise subprocess.TimeoutExpired(full[0], limit)
+        except subprocess.TimeoutExpired:
+            for proc in procs:
+                proc.kill()
+            tail.communicate()
+            feeder.join()
+            raise CommandFailed(f"{self.show(first)} | {self.show(second)}: timed out after "
+                                f"{limit:.0f} s") from None
+        finally:
+            self.child_seconds += time.monotonic() - started
+        returncode = head.returncode or tail.returncode
+        errors = b"".join(head_stderr) + stderr
+        return Result((*full[0], "|", *full[1]), returncode,
+                      stdout.decode(errors="replace"), errors.decode(errors="replace"),
+                      time.monotonic() - started)
 
     def change(
         self,

@@ -67,7 +67,7 @@ def install_certificates(fs: FileSystem, lib_dir: Path, document: CertificateFil
         return CertificateBundle((), ())
     envelope = decode_certificate_data(document.data)
     try:
-        bundle = decrypt_with_openssl(fs, lib_dir, envelope, pair, openssl)
+        bundle = decrypt_with_openssl(fs, envelope, pair, openssl)
     except CertificateError as err:
         log.info("%s: decrypting the certificates in-process", err)
         try:

@@ -26,34 +26,27 @@ def command_path(fs: FileSystem, path: Path) -> str:
     return str(path)
 
 
-def decrypt_with_openssl(fs: FileSystem, lib_dir: Path, envelope: bytes, pair: TransportPair,
+def decrypt_with_openssl(fs: FileSystem, envelope: bytes, pair: TransportPair,
                          openssl: str) -> CertificateBundle:
-    """The openssl binary's way: `cms -decrypt`, then `pkcs12 -nodes` to PEM."""
+    """The openssl binary's way: `cms -decrypt | pkcs12 -nodes` to PEM, as waagent pipes
+    them. The decrypted PKCS#12 (the keys in clear) goes from one to the other through the
+    pipe and is never written; both start at once."""
     runner = fs.runner
     if runner.plan:
         raise CertificateError("certificates need the openssl binary to decrypt; not run in "
                                "plan mode")
-    armoured = to_pem("CMS", envelope).decode()
-    fs.mkdir(lib_dir, mode=0o700, why="agent state directory (holds private keys)")
-    scratch = lib_dir / ".Certificates.p12.partial"
+    decrypt = [openssl, "cms", "-decrypt", "-inform", "PEM",
+               "-inkey", command_path(fs, pair.key_path),
+               "-recip", command_path(fs, pair.cert_path)]
     try:
-        runner.change([openssl, "cms", "-decrypt", "-inform", "PEM",
-                       "-inkey", command_path(fs, pair.key_path),
-                       "-recip", command_path(fs, pair.cert_path),
-                       "-out", command_path(fs, scratch)],
-                      input=armoured, why="decrypt platform certificates")
-        pem = ""
+        result = None
         for extra in ([], ["-legacy"]):  # OpenSSL 3 reads old PKCS#12 ciphers only with -legacy
-            result = runner.probe([openssl, "pkcs12", "-nodes", "-password", "pass:", *extra,
-                                   "-in", command_path(fs, scratch)])
+            result = runner.probe_pipe(decrypt, [openssl, "pkcs12", "-nodes", "-password",
+                                                 "pass:", *extra],
+                                       input=to_pem("CMS", envelope).decode())
             if result.ok:
-                pem = result.stdout
-                break
-        if not pem:
-            raise CertificateError(f"{openssl} pkcs12 could not read the decrypted certificates")
+                return parse_pem_bundle(result.stdout.encode())
     except CommandFailed as err:
         raise CertificateError(f"{openssl} could not decrypt the certificates: {err}") from None
-    finally:
-        # A decrypted PKCS#12 holds the keys in clear: never leave it behind.
-        fs.remove(scratch, why="remove decrypted certificates scratch file", quiet=True)
-    return parse_pem_bundle(pem.encode())
+    detail = result.stderr.strip()[-2000:] if result is not None else ""
+    raise CertificateError(f"{openssl} could not decrypt the certificates: {detail}")

@@ -48,6 +48,33 @@ def test_runner_timeout_and_missing_tool(tmp_path: Path) -> None:
         runner.probe(["no-such-tool-xyz"])
 
 
+def test_pipe_passes_binary_output_straight_to_the_second_command(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path))
+    # More than a pipe's buffer each way, every byte value: the feeding thread and the
+    # binary pass-through are what is tested.
+    data = tmp_path / "data"
+    data.write_bytes(bytes(range(256)) * 1024)
+    result = runner.probe_pipe(["cat", str(data)], ["sha256sum"])
+    import hashlib
+
+    assert result.ok and result.stdout.split()[0] == hashlib.sha256(data.read_bytes()).hexdigest()
+    text = "line\n" * 50000
+    assert runner.probe_pipe(["cat"], ["wc", "-l"], input=text).stdout.strip() == "50000"
+    assert runner.planned == []  # read-only: nothing recorded
+
+
+def test_pipe_reports_the_failing_command(tmp_path: Path) -> None:
+    runner = Runner(Root(tmp_path))
+    first_fails = runner.probe_pipe(["sh", "-c", "echo no key >&2; exit 3"], ["cat"])
+    assert first_fails.returncode == 3 and "no key" in first_fails.stderr
+    second_fails = runner.probe_pipe(["echo", "x"], ["sh", "-c", "cat >/dev/null; echo bad >&2; exit 5"])
+    assert second_fails.returncode == 5 and "bad" in second_fails.stderr
+    with pytest.raises(CommandFailed, match="timed out"):
+        runner.probe_pipe(["sleep", "5"], ["cat"], timeout=0.2)
+    with pytest.raises(CommandFailed, match="command not found"):
+        runner.probe_pipe(["echo"], ["no-such-tool-xyz"])
+
+
 def test_started_command_runs_beside_the_caller(tmp_path: Path) -> None:
     runner = Runner(Root(tmp_path))
     marker = tmp_path / "done"

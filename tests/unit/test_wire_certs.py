@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from system.fs import FileSystem
 from system.root import Root
-from system.runner import Runner
+from system.runner import Result, Runner
 from tests.support.fixtures import FIXTURES
 from wire.certs import decrypt_certificate_file, install_certificates
 from wire.cms import decrypt_cms
@@ -360,8 +361,9 @@ def test_openssl_decrypts_a_cipher_the_in_process_path_does_not_know(tmp_path: P
     bundle = install_certificates(fs, lib_dir, document, pair)
     assert set(bundle.thumbprints) == EXPECTED
     assert key_files(lib_dir) == ["F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9.prv"]
-    assert not list(lib_dir.glob(".Certificates*")), "decrypted scratch file left behind"
-    assert any(c.kind == "run" and "cms -decrypt" in c.target for c in fs.runner.planned)
+    # Decrypted through a pipe: nothing but the transport pair and the results is written.
+    assert sorted(path.suffix for path in lib_dir.iterdir()) == [".crt", ".crt", ".pem", ".pem",
+                                                                 ".prv"]
 
 
 @needs_openssl
@@ -434,13 +436,20 @@ def test_every_private_key_of_a_pkcs12_is_read() -> None:
 
 @needs_openssl
 def test_certificates_are_decrypted_by_openssl_outside_the_process(
-        sandbox: tuple[FileSystem, Path]) -> None:
+        sandbox: tuple[FileSystem, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     fs, lib_dir = sandbox
+    piped: list[tuple[str, str]] = []
+    run_pipe = fs.runner.probe_pipe
+
+    def spy(first: list[str], second: list[str], **options: Any) -> Result:
+        piped.append((" ".join(first[:3]), " ".join(second[:3])))
+        return run_pipe(first, second, **options)
+
+    monkeypatch.setattr(fs.runner, "probe_pipe", spy)
     document = parse_certificate_file((WIRE / "certs.xml").read_bytes())
     bundle = install_certificates(fs, lib_dir, document, fixture_pair())
     assert set(bundle.thumbprints) == EXPECTED
-    runs = [c.target for c in fs.runner.planned if c.kind == "run"]
-    assert any(r.startswith("openssl cms -decrypt") for r in runs), runs
+    assert piped == [("openssl cms -decrypt", "openssl pkcs12 -nodes")]
 
 
 def test_without_openssl_the_certificates_are_decrypted_in_process(
