@@ -3,7 +3,7 @@
 Linux agent (Debian package waagent 2.7.3), each provisioning an identical VM root against
 the same fabric (tests/e2e/harness.py), interleaved round by round.
 
-    sudo .venv/bin/python bench/ready.py [--runs 5] [--keep DIR] [--keys-by-value]
+    sudo .venv/bin/python bench/ready.py [--runs 5] [--keep DIR] [--keys-by-value] [--trace]
 
 Every sample is a fresh VM: one Debian root (with both agents installed, so the roots are
 identical), the default scenario, and the package's /etc/waagent.conf with
@@ -17,6 +17,8 @@ The boot's DHCP runs first (not timed); then the agent starts as its service wou
 
 - time to Ready: from the agent's start (stamped in the VM) to the Ready health report as
   the fabric recorded it (same clock);
+- `--trace`: for our agent, each task on the way to Ready, from its run report: when it
+  started (seconds after the agent's start) and how long it took;
 - peak RSS: ru_maxrss of the agent's process (or of the largest child it reaped) over the
   run; waagent's daemon never exits, so it is stopped once the fabric has its Ready.
   Ours is measured to its exit, i.e. including the work after Ready.
@@ -68,8 +70,17 @@ def keys_by_value_scenario(base: Path) -> Path:
     return path
 
 
+def print_trace(vm_lab: harness.Lab, start: float, ready_at: float) -> None:
+    """The tasks of our agent's run up to Ready, from its run report."""
+    tasks = vm_lab.run_reports()[-1]["tasks"]
+    for name, entry in sorted(tasks.items(), key=lambda item: item[1].get("start", 0)):
+        began = entry.get("start", 0) - start
+        if began <= ready_at - start:
+            print(f"    {began:6.3f} s  +{entry.get('duration', 0):.3f}  {name}", flush=True)
+
+
 def sample(work: Path, scenario: Path, argv: list[str], exits: bool,
-           ifupdown: bool) -> tuple[float, int]:
+           ifupdown: bool, trace: bool = False) -> tuple[float, int]:
     """One provisioning of a fresh VM: (seconds to Ready, peak RSS in KiB)."""
     with harness.lab(work, scenario, conf=None, packages=harness.WAAGENT_PACKAGES,
                      prepare=lambda root: prepare(root, ifupdown=ifupdown)) as vm_lab:
@@ -84,13 +95,16 @@ def sample(work: Path, scenario: Path, argv: list[str], exits: bool,
         measured = vmharness.finish_measured(vm_lab.vm, process, log, kill=not exits)
         if exits and measured.status != 0:
             raise RuntimeError(f"{argv[0]} exited {measured.status}: {log.read_text()[-3000:]}")
+        if trace and exits:
+            print_trace(vm_lab, measured.start, ready["time"])
         return ready["time"] - measured.start, measured.maxrss_kb
 
 
 def main() -> int:
-    by_value = "--keys-by-value" in sys.argv
-    if by_value:
-        sys.argv.remove("--keys-by-value")
+    by_value, trace = "--keys-by-value" in sys.argv, "--trace" in sys.argv
+    for flag in ("--keys-by-value", "--trace"):
+        if flag in sys.argv:
+            sys.argv.remove(flag)
     args = vmharness.bench_args("bench/ready.py", __doc__, 5, harness.WAAGENT_PACKAGES)
     if args is None:
         return 2
@@ -103,7 +117,7 @@ def main() -> int:
     for run in range(args.runs):
         for index, (label, argv, exits, ifupdown) in enumerate(CASES):
             seconds, maxrss = sample(base / f"run{run}-case{index}", scenario, argv, exits,
-                                     ifupdown)
+                                     ifupdown, trace)
             times[label].append(seconds)
             rss[label].append(maxrss / 1024)
             print(f"run {run + 1}/{args.runs}  {label:34} Ready after {seconds:6.3f} s  "

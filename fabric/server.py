@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -117,14 +118,12 @@ class GoalState:
     etag: str = ""
     scenario: Scenario | None = None
     created_ticks: int = 0  # extensions goal state creation time (.NET ticks) of the newest one served
-    _pfx: bytes | None = None
 
+    @cached_property
     def pfx(self) -> bytes:
         """The PKCS#12 of the delivered certificates, built once: its key derivations
         (5 x 2000 SHA-1 rounds in Python) would otherwise delay every Certificates answer."""
-        if self._pfx is None:
-            self._pfx = build_pkcs12(self.delivered)
-        return self._pfx
+        return build_pkcs12(self.delivered)
 
 
 def _typed_field(name: str, value: Any) -> Any:
@@ -857,7 +856,7 @@ class Fabric:
         try:
             transport = transport_cert_from_header(header)
             cipher = request.header("x-ms-cipher-name")
-            envelope = envelope_pkcs12(goal_state.pfx(), transport, cipher) if goal_state.delivered else None
+            envelope = envelope_pkcs12(goal_state.pfx, transport, cipher) if goal_state.delivered else None
         except CertificateError as error:
             return _error(400, str(error))
         self.record.add_certificates({

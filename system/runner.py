@@ -27,6 +27,11 @@ DEFAULT_TIMEOUT = 120.0
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def _child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A command's whole environment: the tools' PATH, the C locale, and `extra`."""
+    return {"PATH": os.environ.get("PATH", _PATH) + ":" + _PATH, "LC_ALL": "C", **(extra or {})}
+
+
 class Result(NamedTuple):
     """What a command did."""
 
@@ -109,7 +114,7 @@ class Runner:
         The second's output, both commands' stderr, and the first non-zero exit status
         (the first command's when both failed)."""
         full = [self._argv(first), self._argv(second)]
-        child_env = {"PATH": os.environ.get("PATH", _PATH) + ":" + _PATH, "LC_ALL": "C"}
+        child_env = _child_env()
         limit = timeout if timeout is not None else self.timeout
         started = time.monotonic()
         procs: list[subprocess.Popen[bytes]] = []
@@ -285,9 +290,7 @@ class Runner:
         cwd: str | None,
     ) -> "Started":
         full = self._argv(argv)
-        child_env = {"PATH": os.environ.get("PATH", _PATH) + ":" + _PATH, "LC_ALL": "C"}
-        if env:
-            child_env.update(env)
+        child_env = _child_env(env)
         limit = timeout if timeout is not None else self.timeout
         started = time.monotonic()
         try:

@@ -38,15 +38,15 @@ def decrypt_with_openssl(fs: FileSystem, envelope: bytes, pair: TransportPair,
     decrypt = [openssl, "cms", "-decrypt", "-inform", "PEM",
                "-inkey", command_path(fs, pair.key_path),
                "-recip", command_path(fs, pair.cert_path)]
+    to_pem12 = [openssl, "pkcs12", "-nodes", "-password", "pass:"]
+    armoured = to_pem("CMS", envelope).decode()
     try:
-        result = None
-        for extra in ([], ["-legacy"]):  # OpenSSL 3 reads old PKCS#12 ciphers only with -legacy
-            result = runner.probe_pipe(decrypt, [openssl, "pkcs12", "-nodes", "-password",
-                                                 "pass:", *extra],
-                                       input=to_pem("CMS", envelope).decode())
-            if result.ok:
-                return parse_pem_bundle(result.stdout.encode())
+        result = runner.probe_pipe(decrypt, to_pem12, input=armoured)
+        if not result.ok:  # OpenSSL 3 reads old PKCS#12 ciphers only with -legacy
+            result = runner.probe_pipe(decrypt, [*to_pem12, "-legacy"], input=armoured)
     except CommandFailed as err:
         raise CertificateError(f"{openssl} could not decrypt the certificates: {err}") from None
-    detail = result.stderr.strip()[-2000:] if result is not None else ""
-    raise CertificateError(f"{openssl} could not decrypt the certificates: {detail}")
+    if not result.ok:
+        raise CertificateError(f"{openssl} could not decrypt the certificates: "
+                               f"{result.stderr.strip()[-2000:]}")
+    return parse_pem_bundle(result.stdout.encode())

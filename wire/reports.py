@@ -7,12 +7,11 @@ from typing import Literal, NamedTuple
 
 MAX_HEALTH_DESCRIPTION_BYTES = 4096
 
-# Every character XML 1.0 does not allow (its Char production keeps tab, LF, CR, and
-# U+0020 up, without surrogates, U+FFFE and U+FFFF), not even as a character reference:
-# the other control characters, the surrogates, U+FFFE and U+FFFF. Such text comes from
-# commands' output (ANSI colours in a script's stderr, bytes decoded with
-# surrogateescape); one of them makes the platform reject the whole report. (Written as
-# the forbidden set: the negated allowed set compiles into a 64K-entry table at import.)
+# Every character XML 1.0 does not allow, not even as a character reference: its Char
+# production keeps tab, LF, CR and U+0020 up, without the surrogates, U+FFFE and U+FFFF.
+# Such text comes from commands' output (ANSI colours in a script's stderr, bytes decoded
+# with surrogateescape); one of them makes the platform reject the whole report. Written as
+# the forbidden set: the negated allowed set compiles into a 64K-entry table at import.
 _NOT_XML_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 REPLACEMENT = "\ufffd"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
@@ -55,8 +56,6 @@ def test_pipe_passes_binary_output_straight_to_the_second_command(tmp_path: Path
     data = tmp_path / "data"
     data.write_bytes(bytes(range(256)) * 1024)
     result = runner.probe_pipe(["cat", str(data)], ["sha256sum"])
-    import hashlib
-
     assert result.ok and result.stdout.split()[0] == hashlib.sha256(data.read_bytes()).hexdigest()
     text = "line\n" * 50000
     assert runner.probe_pipe(["cat"], ["wc", "-l"], input=text).stdout.strip() == "50000"
