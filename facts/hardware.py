@@ -40,6 +40,19 @@ def vm_id_from_product_uuid(text: str) -> str:
     return "-".join(swapped + groups[3:])
 
 
+def same_vm_id(recorded: str, current: str) -> bool:
+    """Whether a VM id another agent recorded names this VM, compared as waagent does
+    (`is_current_instance_id`): in any case, or with its first three groups still in
+    SMBIOS byte order, as some agents kept them."""
+    recorded, current = recorded.strip().lower(), current.lower()
+    if recorded == current:
+        return True
+    try:
+        return vm_id_from_product_uuid(recorded) == current
+    except ValueError:
+        return False
+
+
 def vm_id(root: Root) -> str:
     """This VM's id, keyed per-VM work (a VM from a captured image has a new one)."""
     text = read_text(root, "/sys/class/dmi/id/product_uuid", "VM id")

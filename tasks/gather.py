@@ -98,7 +98,7 @@ def gather_vm(ctx: Context) -> None:
     """Store VM facts; a marker of another VM means this root was captured: start afresh."""
     current = inputs.vm_id(ctx)
     previous = inputs.provisioned_vm_id(ctx)
-    if previous is not None and previous != current:
+    if previous is not None and not inputs.marker_names_this_vm(previous, current):
         clear_per_vm_state(ctx, previous, current)
     inputs.start_transport_pair(ctx)
     found = inputs.distro(ctx)
@@ -137,6 +137,12 @@ def ovf_missing(ctx: Context) -> str | None:
 def gather_ovf(ctx: Context) -> None:
     """Read the provisioning data; store its public facts when read from real media."""
     data = inputs.provisioning_data(ctx)
+    if data is None and inputs.is_provisioned(ctx):
+        # Provisioned already (perhaps by waagent, before this agent replaced it): there is
+        # nothing to provision from, and nothing that needs it (tasks/once.py).
+        log.warning("no provisioning data (no DVD with ovf-env.xml, no kept copy in "
+                    "Lib.Dir); this VM is provisioned: its provisioning is left as it is")
+        return
     if data is None:
         raise inputs.NotProvisionable(
             "no provisioning data: no DVD with ovf-env.xml (looked for /dev/sr0, hd[c-z], "

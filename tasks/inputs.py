@@ -216,18 +216,27 @@ def transport_pair(ctx: Context) -> TransportPair:
 
 
 def provisioned_vm_id(ctx: Context) -> str | None:
-    """The VM id in `<Lib.Dir>/provisioned`, or None when this root was never provisioned."""
+    """What `<Lib.Dir>/provisioned` holds: the id of the VM provisioned here ("" in the
+    empty marker of older agents), or None when this root was never provisioned."""
     try:
-        text = (ctx.lib_dir / PROVISIONED_FILE).read_text().strip()
+        return (ctx.lib_dir / PROVISIONED_FILE).read_text().strip()
     except FileNotFoundError:
         return None
-    # Older agents wrote an empty marker: provisioned, VM unknown.
-    return text or "unknown"
+
+
+def marker_names_this_vm(recorded: str, current: str) -> bool:
+    """Whether a marker's id is this VM's, whichever agent wrote it: an id as waagent
+    compares them (any case, or in SMBIOS byte order), or none at all (older agents
+    wrote an empty marker, which waagent takes as this VM's)."""
+    from facts.hardware import same_vm_id
+
+    return recorded == "" or same_vm_id(recorded, current)
 
 
 def is_provisioned(ctx: Context) -> bool:
-    """True when the marker holds this VM's id."""
-    return provisioned_vm_id(ctx) == vm_id(ctx)
+    """True when the marker says this VM was provisioned (by this agent or another)."""
+    recorded = provisioned_vm_id(ctx)
+    return recorded is not None and marker_names_this_vm(recorded, vm_id(ctx))
 
 
 def mode(ctx: Context) -> str:

@@ -10,11 +10,22 @@ The action itself writes the record, atomically and durably, right after its wor
 right before it for work that must never be repeated (running custom data). So deleting
 doit's state DB, or a SIGKILL before doit saves it, costs no repeated one-shot work:
 doit's DB stays a cache.
+
+A VM whose `<Lib.Dir>/provisioned` marker says it is provisioned while this agent has no
+record of it was provisioned before this agent ran on it: by waagent, which this agent
+replaced on a running VM. Its provisioning tasks are then adopted: their current inputs
+are recorded as done, without their work (no new host keys, no password set again, custom
+data not run again), as waagent does nothing of provisioning for a provisioned VM. The
+record says so (`adopted`) before the first task's entry, so a SIGKILL halfway through the
+adoption adopts the rest at the next start. From then on an adopted task is like any
+other done task: a change of its inputs runs it again. This agent's own provisioning
+writes records before the marker, so it never adopts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import string
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,7 +36,10 @@ from graph.uptodate import Check, describe_changes, mask
 from system.errors import AgentError
 from tasks import TaskDict, call_action, inputs
 
+log = logging.getLogger("waagent.once")
+
 RECORD_DIR = "provisioning"
+ADOPTED = "adopted"  # a record's entry: this VM was provisioned before the record began
 _SAFE_ID = frozenset(string.ascii_letters + string.digits + "-")
 
 
@@ -70,6 +84,14 @@ def remember(ctx: Context, task: str, done_with: Mapping[str, Any]) -> None:
     ctx.state.once_records = updated
 
 
+def provisioned_before_record(ctx: Context) -> bool:
+    """Whether this VM was provisioned before this agent kept a record of it (see the
+    module): the record says it adopted the VM, or it is empty and the marker says
+    provisioned."""
+    found = records(ctx)
+    return ADOPTED in found or (not found and inputs.is_provisioned(ctx))
+
+
 class OnceRecordError(AgentError):
     """The per-VM provisioning record cannot be read."""
 
@@ -83,6 +105,8 @@ class Done(Check):
         self.compute = compute
         # The inputs of the last check, which the action records once it has done its work.
         self.current: dict[str, Any] | None = None
+        # The last check found the task done before this record existed (see the module).
+        self.adopting = False
 
     def inputs_now(self) -> dict[str, Any]:
         """The inputs as the record keeps them (secrets as digests)."""
@@ -93,6 +117,14 @@ class Done(Check):
             current = self.current = self.inputs_now()
             done_with = records(self.ctx).get(self.name)
             vm = inputs.vm_id(self.ctx)
+            self.adopting = done_with is None and provisioned_before_record(self.ctx)
+        except inputs.NotProvisionable as err:
+            if not inputs.is_provisioned(self.ctx):
+                return self._cannot_check(err)
+            # No OVF data left to compare with (gather:ovf said so): no new platform data.
+            self.reason = ""
+            self.kept = "this VM is provisioned; no OVF data left to compare its inputs with"
+            return True
         except Exception as err:  # noqa: BLE001 - see Check._cannot_check
             return self._cannot_check(err)
         if done_with == current:
@@ -100,8 +132,13 @@ class Done(Check):
             self.kept = f"provisioned for VM id {vm}; inputs unchanged"
             return True
         self.kept = ""
-        self.reason = (f"not done yet for VM id {vm}" if done_with is None
-                       else "changed " + describe_changes(done_with, current))
+        if self.adopting:
+            self.reason = (f"VM id {vm} was provisioned before this agent kept a record "
+                           "(the provisioned marker says so): recorded as done, not done again")
+        elif done_with is None:
+            self.reason = f"not done yet for VM id {vm}"
+        else:
+            self.reason = "changed " + describe_changes(done_with, current)
         return False
 
     def __repr__(self) -> str:
@@ -123,6 +160,15 @@ def once(ctx: Context, area: str, task: TaskDict,
     def run_and_record() -> None:
         records(ctx)  # an unreadable record stops the task before any work
         done_with = check.current if check.current is not None else check.inputs_now()
+        if check.adopting:
+            marker = ctx.lib_dir / inputs.PROVISIONED_FILE
+            if ADOPTED not in records(ctx):
+                remember(ctx, ADOPTED, {"marker": inputs.provisioned_vm_id(ctx)})
+            log.info("%s: this VM was provisioned before this agent kept a record of it "
+                     "(%s): recorded as done, nothing done again", name,
+                     ctx.root.system_path(marker))
+            remember(ctx, name, done_with)
+            return
         if record_first:
             remember(ctx, name, done_with)
         for action in work or ():

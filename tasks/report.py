@@ -150,7 +150,13 @@ def report_ready(ctx: Context) -> None:
 
 def stand_down_if_asked(ctx: Context) -> None:
     marker = ctx.lib_dir / DISABLE_AGENT_FILE
-    if inputs.ovf_facts(ctx)["provision_guest_agent"]:
+    try:
+        asked = inputs.ovf_facts(ctx)["provision_guest_agent"]
+    except inputs.NotProvisionable:
+        if not inputs.is_provisioned(ctx):
+            raise
+        return  # a provisioned VM whose OVF data is gone (gather:ovf): nothing new to obey
+    if asked:
         ctx.fs.remove(marker, why="ProvisionGuestAgent is true")
         return
     ctx.fs.write(marker, "", mode=0o600, why="ProvisionGuestAgent=false: agent stands down")

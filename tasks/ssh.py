@@ -116,10 +116,12 @@ def named_certificates_missing(ctx: Context) -> str | None:
 
 
 def delivered(ctx: Context, suffix: str) -> list[str]:
-    """The certificates of the goal state that the OVF's keys (`.crt`) or key pairs
-    (`.prv`) name: others, delivered after Ready, are no input of the key tasks."""
-    named = {t for t, s in certificates.named_by_ovf(ctx).items() if s == suffix}
-    return [thumb for thumb in certificates.thumbprints(ctx) if thumb.upper() in named]
+    """The certificates the OVF's keys (`.crt`) or key pairs (`.prv`) name that are in
+    Lib.Dir: others, delivered after Ready, are no input of the key tasks. Read from the
+    files, not from the certificate facts, which a VM provisioned by waagent has not yet
+    when this agent first checks its keys (tasks/once.py adopts them then)."""
+    return [thumb for thumb, kind in certificates.named_by_ovf(ctx).items()
+            if kind == suffix and (ctx.lib_dir / (thumb + suffix)).exists()]
 
 
 # -- authorized keys --------------------------------------------------------------------------

@@ -7,6 +7,9 @@ one-shot work. Only a change of a task's inputs (here a waagent.conf option) rer
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 
 from fabric import Fabric, default_scenario
 from tests.conftest import need_root, need_tools
-from tests.integration.provisioning import BASE_CONF, Harness
+from tests.integration.provisioning import BASE_CONF, WAAGENT, Harness
 
 pytestmark = pytest.mark.root
 
@@ -112,3 +115,82 @@ def test_a_changed_input_reruns_its_task(harness: Harness) -> None:
     harness.run(check=True)
     assert harness.ran() & ONCE_TASKS == {"ssh:config"}
     assert "ClientAliveInterval 120" in dropin.read_text()
+
+
+def as_if_another_agent_provisioned(root: Path, marker: str) -> None:
+    """The root as waagent leaves a VM it provisioned: its `provisioned` marker and the
+    kept ovf-env.xml, none of this agent's records, facts or doit state."""
+    lib = root / "var/lib/waagent"
+    for name in ("provisioning", "facts", "runs", "history"):
+        shutil.rmtree(lib / name, ignore_errors=True)
+    for path in lib.glob("graph-state.sqlite3*"):
+        path.unlink()
+    (lib / "published_hostname").unlink(missing_ok=True)
+    (lib / "provisioned").write_text(marker)
+
+
+def smbios_order(vm_id: str) -> str:
+    groups = vm_id.split("-")
+    swapped = ["".join(reversed([g[i:i + 2] for i in range(0, len(g), 2)])) for g in groups[:3]]
+    return "-".join(swapped + groups[3:]).upper()
+
+
+@pytest.mark.parametrize("form", ["as written here", "upper case", "SMBIOS byte order",
+                                  "empty (older agents)"])
+def test_a_vm_waagent_provisioned_is_taken_over_without_provisioning_again(
+        harness: Harness, form: str) -> None:
+    """waagent replaced by this agent on a running VM: nothing of provisioning is done again,
+    whatever form of the VM id waagent's marker holds; Ready is reported; afterwards a
+    changed input reruns its task as on a VM this agent provisioned."""
+    harness.run(check=True)
+    root, user, vm = harness.root, harness.scenario.username, harness.scenario.vm_id
+    host_key = (root / "etc/ssh/ssh_host_rsa_key.pub").read_text()
+    password = shadow_hash(root, user)
+    edits = admin_changes(root, user)
+    marker = {"as written here": vm, "upper case": vm.upper(),
+              "SMBIOS byte order": smbios_order(vm), "empty (older agents)": ""}[form]
+    as_if_another_agent_provisioned(root, marker)
+    readies = [h for h in harness.health() if h[0] == "Ready"]
+
+    harness.run(check=True)
+    for path, text in edits.items():
+        assert path.read_text() == text, f"{path} was reverted"
+    assert not (root / "home" / user / ".ssh/id_rsa.pub").exists()
+    assert not (root / "var/lib/waagent/CustomData").exists(), "custom data saved again"
+    assert shadow_hash(root, "root") == "$6$adminsalt$adminhash"
+    assert (root / "etc/ssh/ssh_host_rsa_key.pub").read_text() == host_key
+    assert shadow_hash(root, user) == password
+    assert (root / "var/lib/waagent/provisioned").read_text() == marker, "the marker is kept"
+    assert len([h for h in harness.health() if h[0] == "Ready"]) == len(readies) + 1
+    assert not any(h[1] == "ProvisioningFailed" for h in harness.health())
+    record = json.loads((root / f"var/lib/waagent/provisioning/{vm}.json").read_text())
+    assert ONCE_TASKS - {"user:rootpw"} <= set(record), record
+
+    harness.run(check=True)
+    assert not harness.ran() & ONCE_TASKS, harness.ran()
+    harness.set_conf(harness.conf.read_text() + "OS.SshClientAliveInterval=120\n")
+    harness.run(check=True)
+    assert harness.ran() & ONCE_TASKS == {"ssh:config"}
+    assert "ClientAliveInterval 120" in \
+        (root / "etc/ssh/sshd_config.d/00-waagent.conf").read_text()
+
+
+def test_a_provisioned_vm_without_ovf_data_reports_ready_not_a_failure(
+        harness: Harness) -> None:
+    """No DVD and no kept ovf-env.xml on a VM waagent provisioned (an admin removed the
+    copy): nothing to provision from and nothing to provision; Ready, not ProvisioningFailed."""
+    harness.run(check=True)
+    root = harness.root
+    host_key = (root / "etc/ssh/ssh_host_rsa_key.pub").read_text()
+    as_if_another_agent_provisioned(root, harness.scenario.vm_id)
+    (root / "var/lib/waagent/ovf-env.xml").unlink()
+    (root / "dev").mkdir(exist_ok=True)  # no DVD device in it
+    argv = [WAAGENT, "provision", f"root={root}", f"conf={harness.conf}",
+            f"wireserver={harness.fabric.wire_url}"]
+    for _ in range(2):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert "this VM is provisioned: its provisioning is left as it is" in out.stderr
+    assert harness.health()[-1][0] == "Ready"
+    assert not any(h[1] == "ProvisioningFailed" for h in harness.health())
+    assert (root / "etc/ssh/ssh_host_rsa_key.pub").read_text() == host_key

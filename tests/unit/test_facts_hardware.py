@@ -30,6 +30,19 @@ def test_vm_id_byte_swaps_the_first_three_groups() -> None:
         "12345678-9abc-def0-1234-56789abcdef0"
 
 
+@pytest.mark.parametrize("recorded, same", [
+    ("12345678-9abc-def0-1234-56789abcdef0", True),
+    ("12345678-9ABC-DEF0-1234-56789ABCDEF0\n", True),  # another agent's case
+    ("78563412-BC9A-F0DE-1234-56789ABCDEF0", True),  # kept in SMBIOS byte order
+    ("12345678-9abc-def0-1234-56789abcdef1", False),
+    ("78563412-bc9a-f0de-1234-56789abcdef1", False),
+    ("offline-image", False),
+    ("", False),
+])
+def test_same_vm_id_compares_as_waagent_does(recorded: str, same: bool) -> None:
+    assert hardware.same_vm_id(recorded, "12345678-9abc-def0-1234-56789abcdef0") is same
+
+
 def test_vm_id_from_root(tmp_path: Path) -> None:
     root = Root(tmp_path)
     _write(root, "/sys/class/dmi/id/product_uuid", "C0FFEE00-1111-2222-3333-444455556666\n")

@@ -128,3 +128,95 @@ def test_an_unreadable_record_stops_the_work(tmp_path: Path) -> None:
 def test_odd_vm_ids_make_safe_file_names(tmp_path: Path) -> None:
     ctx = context(tmp_path, vm_id="../../etc/x")
     assert once.record_path(ctx).parent == tmp_path / "var/lib/waagent/provisioning"
+
+
+def mark_provisioned(tmp_path: Path, text: str) -> None:
+    marker = tmp_path / "var/lib/waagent/provisioned"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(text)
+
+
+VM = "12345678-9abc-def0-1234-56789abcdef0"
+
+
+@pytest.mark.parametrize("marker", [VM + "\n", VM.upper(), "78563412-BC9A-F0DE-1234-56789ABCDEF0",
+                                    ""])
+def test_a_vm_another_agent_provisioned_is_adopted_without_the_work(tmp_path: Path,
+                                                                     marker: str) -> None:
+    """waagent replaced on a running VM: its marker (in any of waagent's forms, or the empty
+    one of older agents) says provisioned, this agent has no record: nothing is done again,
+    the inputs are recorded, and from then on only a change of them runs the task."""
+    mark_provisioned(tmp_path, marker)
+    ctx, calls = context(tmp_path, vm_id=VM), []
+    task = task_for(ctx, calls, {"username": "bob"}, record_first=True)
+    assert not check(task)
+    assert "provisioned before this agent kept a record" in task["uptodate"][0].reason
+    run(task)
+    assert calls == [], "an adopted task does none of its work"
+    assert check(task_for(context(tmp_path, vm_id=VM), calls, {"username": "bob"}))
+    changed = task_for(context(tmp_path, vm_id=VM), calls, {"username": "alice"})
+    assert not check(changed)
+    run(changed)
+    assert len(calls) == 1, "a changed input runs the adopted task's work"
+
+
+def test_a_marker_of_another_vm_adopts_nothing(tmp_path: Path) -> None:
+    mark_provisioned(tmp_path, "12345678-9abc-def0-1234-56789abcdef1")
+    ctx, calls = context(tmp_path, vm_id=VM), []
+    task = task_for(ctx, calls, {"username": "bob"})
+    assert not check(task)
+    assert task["uptodate"][0].reason == f"not done yet for VM id {VM}"
+    run(task)
+    assert calls == ["work"]
+
+
+def test_without_ovf_data_a_provisioned_vm_keeps_its_tasks_done(tmp_path: Path) -> None:
+    """No DVD and no kept ovf-env.xml on a provisioned VM: no new platform data, nothing
+    to do; on a VM not provisioned the check says why it cannot tell (the task then fails
+    with that message)."""
+    def missing() -> dict[str, Any]:
+        raise once.inputs.NotProvisionable("no provisioning data")
+
+    calls: list[str] = []
+    task = once.once(context(tmp_path, vm_id=VM), "user",
+                     {"name": "account", "actions": [(lambda: calls.append("work"), [])]},
+                     missing)
+    assert not check(task)
+    assert task["uptodate"][0].reason == "cannot check: no provisioning data"
+    mark_provisioned(tmp_path, VM)
+    assert check(task)
+    assert task["uptodate"][0].kept == ("this VM is provisioned; no OVF data left to compare "
+                                        "its inputs with")
+
+
+def test_an_adoption_cut_short_adopts_the_rest_at_the_next_start(tmp_path: Path) -> None:
+    """A SIGKILL after the first adopted task: the record says the VM was adopted, so the
+    next start adopts the remaining tasks instead of doing their work."""
+    mark_provisioned(tmp_path, VM)
+    calls: list[str] = []
+    first = task_for(context(tmp_path, vm_id=VM), calls, {"username": "bob"})
+    check(first)
+    run(first)
+    record = (tmp_path / f"var/lib/waagent/provisioning/{VM}.json").read_text()
+    assert '"adopted"' in record
+    ctx = context(tmp_path, vm_id=VM)
+    later = once.once(ctx, "ssh", {"name": "hostkeys", "actions": [(lambda: calls.append("keys"), [])]},
+                      lambda: {"type": "rsa"})
+    assert not check(later)
+    run(later)
+    assert calls == []
+
+
+def test_a_task_after_the_marker_in_this_agents_own_provisioning_does_its_work(
+        tmp_path: Path) -> None:
+    """This agent writes the marker after the critical tasks; a task that runs after it
+    (publishing the hostname) in the same or a later boot is not adopted."""
+    calls: list[str] = []
+    run(task_for(context(tmp_path, vm_id=VM), calls, {"username": "bob"}))
+    mark_provisioned(tmp_path, VM)
+    publish = once.once(context(tmp_path, vm_id=VM), "publish",
+                        {"name": "hostname", "actions": [(lambda: calls.append("publish"), [])]},
+                        lambda: {"hostname": "vm"})
+    assert not check(publish)
+    run(publish)
+    assert calls == ["work", "publish"]
