@@ -2,7 +2,8 @@
 package) provisions the VM, an admin changes it, then our daemon starts as the service would
 after the package swap. Nothing of provisioning is done again (tasks/once.py adopts the VM
 that waagent's `provisioned` marker names): the host keys, the password, the admin's
-hostname, authorized keys and sudoers stay; Ready is reported; the user still logs in.
+hostname, authorized keys and sudoers stay; Ready is reported; the user still logs in; the
+extension waagent installed is enabled, not installed again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +36,11 @@ def prepare(root: Path) -> None:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def handler_ready(blob: dict[str, Any]) -> bool:
+    handlers = blob["status"].get("aggregateStatus", {}).get("handlerAggregateStatus", [])
+    return bool(handlers) and all(h.get("status") == "Ready" for h in handlers)
 
 
 def waagent_pids(lab: harness.Lab) -> list[int]:
@@ -67,6 +74,8 @@ def test_our_daemon_takes_over_a_vm_waagent_provisioned(tmp_path: Path) -> None:
             lab.fabric.wait_for_health("Ready", WAIT)
             marker = root / "var/lib/waagent/provisioned"
             harness.wait_until(marker.exists, 60, "waagent's provisioned marker")
+            harness.wait_until(lambda: any(handler_ready(b) for b in lab.fabric.status_blobs()),
+                               WAIT, "the extension enabled by waagent 2.7.3")
         finally:
             harness.stop(theirs)
             stop_waagent(lab)
@@ -90,7 +99,10 @@ def test_our_daemon_takes_over_a_vm_waagent_provisioned(tmp_path: Path) -> None:
             harness.wait_until(
                 lambda: len([h for h in lab.fabric.health_reports()
                              if h["state"] == "Ready"]) > readies, WAIT, "Ready from ours")
-            harness.wait_until(lambda: lab.fabric.status_blobs(), WAIT, "a status blob")
+            blobs = len(lab.fabric.status_blobs())
+            harness.wait_until(
+                lambda: any(handler_ready(b) for b in lab.fabric.status_blobs()[blobs:]),
+                WAIT, "a status blob of ours with the extension Ready")
         finally:
             harness.stop(ours)
         said = (tmp_path / "ours.log").read_text(errors="replace")
@@ -103,3 +115,7 @@ def test_our_daemon_takes_over_a_vm_waagent_provisioned(tmp_path: Path) -> None:
             assert path.read_text() == text, f"{path} was reverted"
         assert "recorded as done, nothing done again" in said, said[-3000:]
         assert lab.ssh("true").returncode == 0, "the user no longer logs in"
+        # The handler waagent installed is enabled again, as at any agent start, not
+        # installed again.
+        assert "Fabric.Demo.NoOp-1.0.0: enable exited with status 0" in said, said[-3000:]
+        assert "install exited" not in said, said[-3000:]
