@@ -144,7 +144,10 @@ class Daemon:
         self.target: Any = None  # tasks.status.StatusTarget of that goal state
         self.vm_settings_etag: str | None = None
         self.fast_track_next = 0.0
-        self.status_key: Any = None  # the last blob without its times (tasks.status)
+        # The last status blob built, and what it says (its inputs): an idle loop, whose
+        # inputs are the last loop's, only stamps the blob with the time again.
+        self.status_blob: dict[str, Any] | None = None
+        self.status_says: Any = None
         from tasks.extension_status import StatusParts
 
         self.status_parts = StatusParts()
@@ -309,21 +312,31 @@ class Daemon:
         return not first
 
     def report_status(self) -> None:
-        """Build and upload this loop's status blob; keep a copy when it says something new."""
-        from tasks.status import build_status, keep_status_copy, status_is_new, upload_status
-        from wire.status import encode
+        """Upload this loop's status blob (built again only when what it says changed);
+        keep a copy when it says something new."""
+        from tasks.status import build_status, keep_status_copy, os_info, upload_status
+        from wire.status import encode, utc_stamp
 
         if self.target is None:
             return
         try:
             parts = self.status_parts.get(self.ctx, self.target.in_svd_seq_no)
-            blob = build_status(self.ctx, self.target, handlers=parts.handlers,
-                                update_status=self.updater.status, goal_state=parts.goal_state)
+            guest_os = os_info(self.ctx)
+            # The update status as text: a dict changed in place would compare equal.
+            update = json.dumps(self.updater.status, sort_keys=True)
+            says = (self.target, guest_os, parts, update)
+            blob = self.status_blob
+            new = blob is None or says != self.status_says
+            if blob is None or new:
+                blob = build_status(self.ctx, self.target, handlers=parts.handlers,
+                                    update_status=self.updater.status,
+                                    goal_state=parts.goal_state, guest_os=guest_os)
+            blob["timestampUTC"] = utc_stamp()
             content = encode(blob)
             via = upload_status(self.ctx, self.target, content)
-            new, self.status_key = status_is_new(self.status_key, blob)
             if new:
                 keep_status_copy(self.ctx, self.target, content)
+            self.status_blob, self.status_says = blob, says
         except Exception as err:  # noqa: BLE001 - the next loop tries again
             log.warning("status not reported: %s", err)
             self.state["status"] = {"at": time.time(), "error": str(err)}

@@ -26,7 +26,7 @@ from tasks import inputs
 if TYPE_CHECKING:
     from wire.documents import GoalState
     from wire.extensions_config import ExtensionsConfig
-    from wire.status import GoalStateStatus, HandlerStatus
+    from wire.status import GoalStateStatus, GuestOSInfo, HandlerStatus
 
 log = logging.getLogger("waagent.status")
 
@@ -67,7 +67,7 @@ def fetch_status_target(ctx: Context, state: GoalState) -> StatusTarget:
     return status_target(state, inputs.wireserver(ctx).extensions_config(state))
 
 
-def os_info(ctx: Context) -> Any:
+def os_info(ctx: Context) -> GuestOSInfo:
     """`guestOSInfo`: the running hostname, the distribution and this agent's version."""
     from wire.status import GuestOSInfo
 
@@ -88,17 +88,19 @@ def build_status(ctx: Context, target: StatusTarget,
                  handlers: Sequence[HandlerStatus] = (),
                  update_status: Mapping[str, Any] | None = None, *,
                  goal_state: GoalStateStatus | None | Literal["success"] = "success",
-                 ) -> dict[str, Any]:
+                 guest_os: GuestOSInfo | None = None) -> dict[str, Any]:
     """The status blob document for this loop; `update_status` is the agent update's
     `guestAgentStatus.updateStatus` (graph/update.py), while the platform pins a version.
     `goal_state` is the extensions goal state's `goalStateAggregateStatus`
     (tasks.extension_status.goal_state_status: Failed 2001 for unsupported features; None leaves
-    it out); by default a Success for the target's goal state."""
+    it out); by default a Success for the target's goal state. `guest_os`: `os_info` as
+    the caller read it already."""
     from wire.status import GoalStateStatus, status_blob
 
     if goal_state == "success":
         goal_state = GoalStateStatus(in_svd_seq_no=target.in_svd_seq_no)
-    blob = status_blob(os_info=os_info(ctx), handlers=handlers, goal_state=goal_state)
+    blob = status_blob(os_info=guest_os or os_info(ctx), handlers=handlers,
+                       goal_state=goal_state)
     if update_status is not None:
         blob["aggregateStatus"]["guestAgentStatus"]["updateStatus"] = dict(update_status)
     return blob
@@ -165,12 +167,3 @@ def keep_status_copy(ctx: Context, target: StatusTarget, content: bytes) -> None
     for old in kept[:-HISTORY_KEEP]:
         if old != directory.name:
             ctx.fs.remove(history / old, why="old goal state history", quiet=True)
-
-
-def status_is_new(previous: Any, blob: dict[str, Any]) -> tuple[bool, Any]:
-    """Whether the blob says something new (its times aside), and its key for next time."""
-    from wire.status import without_timestamps
-
-    key = without_timestamps(blob)
-    return key != previous, key
-

@@ -153,16 +153,3 @@ def status_blob(*, os_info: GuestOSInfo, agent_status: str = "Ready",
 def encode(blob: Mapping[str, Any]) -> bytes:
     """The bytes uploaded: compact JSON."""
     return json.dumps(blob, separators=(",", ":")).encode()
-
-
-def without_timestamps(blob: Mapping[str, Any]) -> Any:
-    """The blob with its times removed, to tell a change of state from the clock's (two
-    such views compare equal when the blobs differ only in their times)."""
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "timestampUTC"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip(blob)
