@@ -194,7 +194,9 @@ def ensure_password(ctx: Context) -> None:
             ctx.run.record("keep", f"no password for {name}", "none in the OVF: SSH keys only")
         return
     data = inputs.provisioning_data(ctx)
-    password = data.env.password if data is not None else None
+    # The kept copy in Lib.Dir never holds the password: ours leaves the element out,
+    # waagent's says "*" in its place, which must not become the password.
+    password = data.env.password if data is not None and not data.from_cache else None
     if password is None:
         fields = shadow_fields(ctx, name)
         if fields and len(fields) > 1 and fields[1].startswith("$"):

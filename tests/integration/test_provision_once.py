@@ -8,6 +8,7 @@ one-shot work. Only a change of a task's inputs (here a waagent.conf option) rer
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fabric import Fabric, default_scenario
+from fabric.documents import render_ovf
 from tests.conftest import need_root, need_tools
 from tests.integration.provisioning import BASE_CONF, WAAGENT, Harness
 
@@ -194,3 +196,26 @@ def test_a_provisioned_vm_without_ovf_data_reports_ready_not_a_failure(
     assert harness.health()[-1][0] == "Ready"
     assert not any(h[1] == "ProvisioningFailed" for h in harness.health())
     assert (root / "etc/ssh/ssh_host_rsa_key.pub").read_text() == host_key
+
+
+def test_waagents_masked_password_in_its_kept_copy_never_becomes_the_password(
+        harness: Harness) -> None:
+    """waagent keeps ovf-env.xml with `<UserPassword>*</UserPassword>`. Without the DVD, a
+    rerun of user:password after a VM was taken over (a changed PasswordCryptId) keeps the
+    hash that is set instead of making "*" the password."""
+    harness.run(check=True)
+    root, user = harness.root, harness.scenario.username
+    password = shadow_hash(root, user)
+    as_if_another_agent_provisioned(root, harness.scenario.vm_id)
+    masked = re.sub(r"<UserPassword>.*?<", "<UserPassword>*<", render_ovf(harness.scenario))
+    (root / "var/lib/waagent/ovf-env.xml").write_text(masked)
+    (root / "dev").mkdir(exist_ok=True)  # no DVD device in it
+    argv = [WAAGENT, "provision", f"root={root}", f"conf={harness.conf}",
+            f"wireserver={harness.fabric.wire_url}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    harness.set_conf(harness.conf.read_text() + "Provisioning.PasswordCryptSaltLength=12\n")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "user:password" in harness.ran()
+    assert shadow_hash(root, user) == password, "the password was set again (to \"*\"?)"
