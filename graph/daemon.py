@@ -43,6 +43,8 @@ STATE_FILE = "daemon.json"
 STATE_EVERY_LOOPS = 10
 # waagent asks again this long after the HostGAPlugin said it has no FastTrack.
 FAST_TRACK_RECHECK = 6 * 3600.0
+# How late a monitor may run, as a share of its period, to share the goal-state pass's wakeup.
+MONITOR_WAIT = 0.2
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -221,8 +223,7 @@ class Daemon:
         self._schedule_monitors()
         while not self.stopping:
             now = self.clock()
-            wake_at = min([next_pass, *self.monitor_due.values()])
-            wakeup.wait(wake_at - now)
+            wakeup.wait(self.wake_time(next_pass) - now)
             if self.stopping:
                 break
             if self.reload_asked or self._conf_stamp() != self.conf_stamp:
@@ -233,6 +234,16 @@ class Daemon:
                 next_pass = now + (self.ctx.conf.number("Extensions.GoalStatePeriod") or 6)
             self.run_due_monitors()
             self.collect_logs()
+
+    def wake_time(self, next_pass: float) -> float:
+        """When the loop wakes next: for the goal-state pass, or for a monitor that is due.
+        A monitor due less than MONITOR_WAIT of its period before the pass waits for it:
+        one wakeup instead of two, each of which costs an idle VM CPU time."""
+        wake = next_pass
+        for name, due in self.monitor_due.items():
+            if next_pass - due > MONITOR_WAIT * self.period(self.monitors[name]):
+                wake = min(wake, due)
+        return wake
 
     def goal_state_pass(self) -> None:
         """One loop: cheap facts, the graph when they changed, the status."""

@@ -1,6 +1,7 @@
 """graph/daemon.py's status of each loop: uploaded every loop with the time of that loop;
 built again, and a copy kept in the history, only when what it says changed (the goal
-state, the VM's name and system, the handlers' part, the agent update's status)."""
+state, the VM's name and system, the handlers' part, the agent update's status). And when
+the loop wakes: monitors due just before a goal-state pass run with it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from graph.daemon import Daemon
+from tasks import MONITORS
 from tasks import status as status_module
 from tasks.status import StatusTarget
 from wire import status as wire_status
@@ -103,3 +105,18 @@ def test_a_failed_upload_keeps_the_copy_for_the_next_loop(
     recorder.fail_upload = False
     daemon.report_status()
     assert (len(recorder.uploads), recorder.copies) == (1, 1)
+
+
+def test_a_monitor_due_shortly_before_the_goal_state_pass_waits_for_it(sandbox: Path) -> None:
+    """One wakeup instead of two: a monitor due less than a fifth of its period (30 s by
+    default) before the next pass runs with it; one due earlier wakes the loop itself."""
+    made = Daemon({"root": str(sandbox)}, run_doit=lambda argv: 0)
+    hostname = next(m for m in MONITORS if m.name == "hostname")
+    made.monitors = {"hostname": hostname}
+    assert made.period(hostname) == 30
+    made.monitor_due = {"hostname": 100.0}
+    assert made.wake_time(next_pass=104.0) == 104.0
+    assert made.wake_time(next_pass=106.0) == 106.0
+    assert made.wake_time(next_pass=106.5) == 100.0
+    made.monitor_due = {}
+    assert made.wake_time(next_pass=104.0) == 104.0
