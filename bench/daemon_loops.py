@@ -151,6 +151,9 @@ def loops(setup: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
+    if len(sys.argv) != 3 or sys.argv[1].startswith("-"):
+        print(__doc__, file=sys.stderr)  # bench/daemon.py runs it; a person asked for help
+        return 2
     setup = json.loads(Path(sys.argv[1]).read_text())
     figures = loops(setup)
     figures["interned"] = interned_table()
