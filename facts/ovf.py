@@ -25,6 +25,7 @@ WA_NS = "http://schemas.microsoft.com/windowsazure"
 
 # Real documents are a few KiB; anything near this is not an ovf-env.xml.
 MAX_OVF_BYTES = 1024 * 1024
+_THUMBPRINT = re.compile(r"[0-9A-F]+")  # a certificate's SHA-1 thumbprint, upper case
 
 _WA = "{" + WA_NS + "}"
 _OVF = "{" + OVF_NS + "}"
@@ -134,7 +135,7 @@ def parse_ovf_env(data: bytes | str, *, source: str = "ovf-env.xml") -> OvfEnv:
     for number, node in enumerate(config.findall(f"{_WA}SSH/{_WA}PublicKeys/{_WA}PublicKey"), 1):
         where = f"SSH/PublicKeys/PublicKey[{number}]"
         path = _key_path(node, where, source)
-        fingerprint = _fingerprint(node)
+        fingerprint = _fingerprint(node, where, source)
         value = (_text(node, "Value") or "").strip() or None
         if fingerprint is None and value is None:
             raise OvfError(f"{source}: {where} has neither Fingerprint nor Value")
@@ -144,7 +145,7 @@ def parse_ovf_env(data: bytes | str, *, source: str = "ovf-env.xml") -> OvfEnv:
     for number, node in enumerate(config.findall(f"{_WA}SSH/{_WA}KeyPairs/{_WA}KeyPair"), 1):
         where = f"SSH/KeyPairs/KeyPair[{number}]"
         path = _key_path(node, where, source)
-        fingerprint = _fingerprint(node)
+        fingerprint = _fingerprint(node, where, source)
         if fingerprint is None:
             raise OvfError(f"{source}: {where}/Fingerprint is missing or empty")
         key_pairs.append(SshKeyPair(fingerprint=fingerprint, path=path))
@@ -316,10 +317,14 @@ def _key_path(node: Element, where: str, source: str) -> str:
     return path
 
 
-def _fingerprint(node: Element) -> str | None:
-    # Certificate files are named by the upper-case thumbprint (<THUMB>.crt/.prv).
-    value = (_text(node, "Fingerprint") or "").strip()
-    return value.upper() or None
+def _fingerprint(node: Element, where: str, source: str) -> str | None:
+    # Certificate files are named by the upper-case thumbprint (<Lib.Dir>/<THUMB>.crt/.prv):
+    # anything but hex digits could name a file elsewhere ("../").
+    value = (_text(node, "Fingerprint") or "").strip().upper()
+    if value and not _THUMBPRINT.fullmatch(value):
+        raise OvfError(f"{source}: {where}/Fingerprint {value[:80]!r} is not a hexadecimal "
+                       "certificate thumbprint")
+    return value or None
 
 
 def _plain(tag: str) -> str:

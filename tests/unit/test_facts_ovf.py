@@ -173,6 +173,15 @@ def test_fingerprints_upper_cased_and_whitespace_trimmed() -> None:
     (_doc("<wa:UserName>u</wa:UserName><wa:SSH><wa:KeyPairs><wa:KeyPair>"
           "<wa:Path>/p</wa:Path></wa:KeyPair></wa:KeyPairs></wa:SSH>"),
      "KeyPair[1]/Fingerprint is missing"),
+    # A thumbprint names <Lib.Dir>/<THUMB>.crt and .prv: nothing that could leave it.
+    (_doc("<wa:UserName>u</wa:UserName><wa:SSH><wa:KeyPairs><wa:KeyPair>"
+          "<wa:Fingerprint>../../etc/shadow</wa:Fingerprint>"
+          "<wa:Path>/p</wa:Path></wa:KeyPair></wa:KeyPairs></wa:SSH>"),
+     "KeyPair[1]/Fingerprint '../../ETC/SHADOW' is not a hexadecimal"),
+    (_doc("<wa:UserName>u</wa:UserName><wa:SSH><wa:PublicKeys><wa:PublicKey>"
+          "<wa:Fingerprint>AB CD</wa:Fingerprint><wa:Path>/p</wa:Path>"
+          "</wa:PublicKey></wa:PublicKeys></wa:SSH>"),
+     "PublicKey[1]/Fingerprint 'AB CD' is not a hexadecimal"),
     (_doc("<wa:ConfigurationSetType>WindowsProvisioningConfiguration</wa:ConfigurationSetType>"
           "<wa:UserName>u</wa:UserName>"), "ConfigurationSetType"),
 ])
