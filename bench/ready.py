@@ -55,8 +55,7 @@ READY_TIMEOUT = 120
 
 def prepare(root: Path, *, ifupdown: bool) -> None:
     """The same root for both agents: the package's conf with the overrides, the helpers."""
-    harness.set_conf_options(root, vmharness.OVERRIDES)
-    harness.install_waagent_helpers(root, ifupdown=ifupdown)
+    harness.prepare_both_agents(root, ifupdown=ifupdown)
     vmharness.install_measure(root)
 
 

@@ -129,17 +129,7 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-# What the side-by-side benches run both agents with: the package's waagent.conf plus these.
-OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
-             "Provisioning.SshHostKeyPairType": "ed25519",
-             "Provisioning.RegenerateSshHostKeyPair": "y"}
 AGENTS = {"waagent-graph": "/" + harness.AGENT_LAUNCHER, "waagent 2.7.3": "/usr/sbin/waagent"}
-
-
-def prepare_daemon_root(root: Path) -> None:
-    """The same VM root for both daemons: the overrides, and what waagent 2.7.3 needs."""
-    harness.set_conf_options(root, OVERRIDES)
-    harness.install_waagent_helpers(root)
 
 
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")  # the cgroup v1 hierarchy of the cpuacct controller
@@ -201,7 +191,7 @@ def daemon_lab(work: Path, scenario: Path, agent: str, bench: str, settle: float
     the agent and this process's PID, so two benches can run at once."""
     side = "ours" if agent == "waagent-graph" else "wa"
     with harness.lab(work, scenario, conf=None, packages=harness.WAAGENT_PACKAGES,
-                     prepare=prepare_daemon_root, tag=f"{bench}-{side}-{os.getpid()}") as lab:
+                     prepare=harness.prepare_both_agents, tag=f"{bench}-{side}-{os.getpid()}") as lab:
         lab.vm.dhcp()
         argv = lab.vm.exec_argv([AGENTS[agent], "-daemon"])
         with open(work / "agent.log", "wb") as log:

@@ -336,12 +336,13 @@ class Daemon:
             # The update status as text: a dict changed in place would compare equal.
             update = json.dumps(self.updater.status, sort_keys=True)
             says = (self.target, guest_os, parts, update)
-            blob = self.status_blob
-            new = blob is None or says != self.status_says
-            if blob is None or new:
+            if self.status_blob is not None and says == self.status_says:
+                blob, new = self.status_blob, False
+            else:
                 blob = build_status(self.ctx, self.target, handlers=parts.handlers,
                                     update_status=self.updater.status,
                                     goal_state=parts.goal_state, guest_os=guest_os)
+                new = True
             blob["timestampUTC"] = utc_stamp()
             content = encode(blob)
             via = upload_status(self.ctx, self.target, content)

@@ -113,6 +113,7 @@ class Done(Check):
         return dict(mask(dict(self.compute())))
 
     def __call__(self, task: Any, values: Mapping[str, Any]) -> bool:
+        self.adopting = False
         try:
             current = self.current = self.inputs_now()
             done_with = records(self.ctx).get(self.name)

@@ -739,6 +739,21 @@ def install_waagent_helpers(root: Path, *, ifupdown: bool = True) -> None:
         write_file(sbin / name, NO_OP, 0o755)
 
 
+# What a root both agents run in has on top of the package's waagent.conf (the parity tests,
+# the takeover test, the side-by-side benches).
+BOTH_AGENTS_OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
+                         "Provisioning.SshHostKeyPairType": "ed25519",
+                         "Provisioning.RegenerateSshHostKeyPair": "y"}
+
+
+def prepare_both_agents(root: Path, overrides: dict[str, str] | None = None, *,
+                        ifupdown: bool = True) -> None:
+    """A root both agents run in: BOTH_AGENTS_OVERRIDES (or `overrides`) in its
+    waagent.conf, and what waagent 2.7.3 needs (install_waagent_helpers)."""
+    set_conf_options(root, BOTH_AGENTS_OVERRIDES if overrides is None else overrides)
+    install_waagent_helpers(root, ifupdown=ifupdown)
+
+
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

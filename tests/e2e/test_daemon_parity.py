@@ -2,7 +2,7 @@
 ours, in identical VM roots against the same fabric scenario, compared field by field.
 
 Each agent lives the same scenario in a fresh VM (Debian 12, both agents installed, the
-package's /etc/waagent.conf with the overrides below): DHCP as the boot does, `-daemon` as
+package's /etc/waagent.conf with harness.BOTH_AGENTS_OVERRIDES): DHCP as the boot does, `-daemon` as
 the service starts it, provisioning to Ready, the scenario's extension (the fabric's no-op
 handler) enabled, then a new incarnation published through the fabric's control channel.
 The blob compared is the first that acknowledges the new incarnation with every handler Ready.
@@ -27,9 +27,6 @@ from tests.e2e.conftest import checked_lab, need_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
-OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
-             "Provisioning.SshHostKeyPairType": "ed25519",
-             "Provisioning.RegenerateSshHostKeyPair": "y"}
 AGENTS = {"waagent 2.7.3": "/usr/sbin/waagent", "ours": "/" + harness.AGENT_LAUNCHER}
 # Value differences allowed, by path (a regular expression over "a.b[0].c"), and why.
 ALLOWED: dict[str, str] = {
@@ -39,11 +36,6 @@ ALLOWED: dict[str, str] = {
     r"supportedFeatures": "ours advertises FastTrack, which 2.7.3 does not support",
 }
 WAIT = 300.0  # waagent 2.7.3 takes its time: IMDS, telemetry, the handler's install
-
-
-def prepare(root: Path) -> None:
-    harness.set_conf_options(root, OVERRIDES)
-    harness.install_waagent_helpers(root)
 
 
 def settled(blob: dict[str, Any], incarnation: str) -> bool:
@@ -58,7 +50,7 @@ def settled(blob: dict[str, Any], incarnation: str) -> bool:
 def live_blob(work: Path, agent: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The agent's settled status blob for incarnation 2, and the fabric's requests."""
     with checked_lab(work, default_scenario_path(), conf=None,
-                     packages=harness.WAAGENT_PACKAGES, prepare=prepare) as lab:
+                     packages=harness.WAAGENT_PACKAGES, prepare=harness.prepare_both_agents) as lab:
         lab.vm.dhcp()
         log = work / "agent.log"
         lab.vm.popen([AGENTS[agent], "-daemon"], log)

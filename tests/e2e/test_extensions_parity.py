@@ -45,9 +45,7 @@ from tests.e2e.test_daemon_parity import differences, shape
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 NAME = "Test.Probe"
-OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
-             "Provisioning.SshHostKeyPairType": "ed25519",
-             "Provisioning.RegenerateSshHostKeyPair": "y",
+OVERRIDES = {**harness.BOTH_AGENTS_OVERRIDES,
              "Extensions.GoalStatePeriod": "2", "Extensions.InitialGoalStatePeriod": "2"}
 AGENTS = {"waagent 2.7.3": "/usr/sbin/waagent", "ours": "/" + harness.AGENT_LAUNCHER}
 # Value differences allowed, by path in a snapshot (a regular expression over
@@ -88,8 +86,7 @@ STEPS: list[tuple[str, dict[str, Any] | None, tuple[str, str] | None]] = [
 
 
 def prepare(root: Path) -> None:
-    harness.set_conf_options(root, OVERRIDES)
-    harness.install_waagent_helpers(root)
+    harness.prepare_both_agents(root, OVERRIDES)
 
 
 def probe_in_blob(blob: dict[str, Any]) -> list[dict[str, Any]]:

@@ -23,15 +23,7 @@ from tests.e2e.conftest import checked_lab, need_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
-OVERRIDES = {"Provisioning.Agent": "waagent", "ResourceDisk.Format": "n",
-             "Provisioning.SshHostKeyPairType": "ed25519",
-             "Provisioning.RegenerateSshHostKeyPair": "y"}
 WAIT = 300.0  # waagent 2.7.3 takes its time: IMDS, telemetry
-
-
-def prepare(root: Path) -> None:
-    harness.set_conf_options(root, OVERRIDES)
-    harness.install_waagent_helpers(root)
 
 
 def digest(path: Path) -> str:
@@ -66,7 +58,7 @@ def stop_waagent(lab: harness.Lab) -> None:
 def test_our_daemon_takes_over_a_vm_waagent_provisioned(tmp_path: Path) -> None:
     need_lab(harness.WAAGENT_PACKAGES)
     with checked_lab(tmp_path, default_scenario_path(), conf=None,
-                     packages=harness.WAAGENT_PACKAGES, prepare=prepare) as lab:
+                     packages=harness.WAAGENT_PACKAGES, prepare=harness.prepare_both_agents) as lab:
         lab.vm.dhcp()
         root, user = lab.root, lab.scenario.username
         theirs = lab.vm.popen(["/usr/sbin/waagent", "-daemon"], tmp_path / "waagent.log")

@@ -35,10 +35,12 @@ class Harness:
         # Health reports kept for checks made after the fabric stopped.
         self.reports: list[tuple[str, str | None, str | None]] = []
 
-    def run(self, *args: str, command: str = "provision",
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, command: str = "provision", check: bool = False,
+            media: bool = True) -> subprocess.CompletedProcess[str]:
+        """`waagent COMMAND` on the root; `media=False`: no provisioning DVD image given."""
         argv = [WAAGENT, command, f"root={self.root}", f"conf={self.conf}",
-                f"wireserver={self.fabric.wire_url}", f"media={self.media}", *args]
+                f"wireserver={self.fabric.wire_url}",
+                *([f"media={self.media}"] if media else []), *args]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
         if check:
             assert result.returncode == 0, result.stdout + result.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from fabric import Fabric, default_scenario
 from fabric.documents import render_ovf
 from tests.conftest import need_root, need_tools
-from tests.integration.provisioning import BASE_CONF, WAAGENT, Harness
+from tests.integration.provisioning import BASE_CONF, Harness
 
 pytestmark = pytest.mark.root
 
@@ -187,11 +186,8 @@ def test_a_provisioned_vm_without_ovf_data_reports_ready_not_a_failure(
     as_if_another_agent_provisioned(root, harness.scenario.vm_id)
     (root / "var/lib/waagent/ovf-env.xml").unlink()
     (root / "dev").mkdir(exist_ok=True)  # no DVD device in it
-    argv = [WAAGENT, "provision", f"root={root}", f"conf={harness.conf}",
-            f"wireserver={harness.fabric.wire_url}"]
     for _ in range(2):
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-        assert out.returncode == 0, out.stdout + out.stderr
+        out = harness.run(media=False, check=True)
     assert "this VM is provisioned: its provisioning is left as it is" in out.stderr
     assert harness.health()[-1][0] == "Ready"
     assert not any(h[1] == "ProvisioningFailed" for h in harness.health())
@@ -210,12 +206,8 @@ def test_waagents_masked_password_in_its_kept_copy_never_becomes_the_password(
     masked = re.sub(r"<UserPassword>.*?<", "<UserPassword>*<", render_ovf(harness.scenario))
     (root / "var/lib/waagent/ovf-env.xml").write_text(masked)
     (root / "dev").mkdir(exist_ok=True)  # no DVD device in it
-    argv = [WAAGENT, "provision", f"root={root}", f"conf={harness.conf}",
-            f"wireserver={harness.fabric.wire_url}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    assert out.returncode == 0, out.stdout + out.stderr
+    harness.run(media=False, check=True)
     harness.set_conf(harness.conf.read_text() + "Provisioning.PasswordCryptSaltLength=12\n")
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    assert out.returncode == 0, out.stdout + out.stderr
+    harness.run(media=False, check=True)
     assert "user:password" in harness.ran()
     assert shadow_hash(root, user) == password, "the password was set again (to \"*\"?)"
